@@ -1,0 +1,245 @@
+//! The generalized task-arithmetic family: `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`.
+//!
+//! All arithmetic happens in the working dtype `W` with torch's per-op rounding:
+//! `delta_i = rnd(x_i - b)`, optional sparsification, `D_i = rnd(rnd_W(w_i) * delta_i)`,
+//! optional sign consensus on the weighted deltas, optional normalisation by the (surviving)
+//! weight sum, optional `lambda` scaling, and `rnd(b + mixed)`.
+
+use super::precision::Precision;
+use super::sparsify::{self, Sparsifier};
+use crate::rng::Mt19937;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 15;
+
+/// Sign-consensus rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consensus {
+    /// TIES: the elected sign is the sign of the sum of weighted deltas.
+    Sum,
+}
+
+/// Static shape of one family member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GtaVariant {
+    /// Sign consensus, if any.
+    pub consensus: Option<Consensus>,
+    /// Sparsifier, if any.
+    pub sparsifier: Option<Sparsifier>,
+    /// Default of the `normalize` parameter.
+    pub default_normalize: bool,
+    /// Default of the `rescale` parameter.
+    pub default_rescale: bool,
+}
+
+/// Resolved shared parameters of one tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct GtaOptions {
+    /// Divide by the sum of (surviving) weights.
+    pub normalize: bool,
+    /// Rescale sparsified deltas to the original L1 norm.
+    pub rescale: bool,
+    /// Final scale of the merged task vector.
+    pub lambda: f64,
+}
+
+/// One non-base input.
+pub struct GtaInput {
+    /// The input tensor, values in `W`; overwritten with its task vector.
+    pub data: Vec<f32>,
+    /// Per-model weight.
+    pub weight: f64,
+    /// Per-model density (1.0 disables sparsification).
+    pub density: f64,
+    /// Random stream positioned at this input's first draw (random sparsifier only).
+    pub rng: Option<Mt19937>,
+}
+
+/// Errors from the family kernel.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GtaError {
+    /// A random sparsifier was configured but no random stream was supplied.
+    #[error("random sparsification needs a random stream for input {0}")]
+    MissingRng(usize),
+}
+
+/// Merges `inputs` onto `base`, writing the result over `base`. Each input's buffer is reused
+/// for its task vector, so memory stays at one buffer per input.
+pub fn merge<P: Precision>(
+    variant: GtaVariant,
+    opts: GtaOptions,
+    base: &mut [f32],
+    inputs: Vec<GtaInput>,
+) -> Result<(), GtaError> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
+    let mut weights: Vec<f32> = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.into_iter().enumerate() {
+        let mut d = input.data;
+        d.par_chunks_mut(CHUNK).zip(base.par_chunks(CHUNK)).for_each(|(d, b)| {
+            for (x, &b) in d.iter_mut().zip(b) {
+                *x = P::rnd(*x - b);
+            }
+        });
+        match variant.sparsifier {
+            None => {}
+            Some(Sparsifier::Magnitude) => sparsify::magnitude::<P>(&mut d, input.density, opts.rescale),
+            Some(Sparsifier::Random) => {
+                if input.density < 1.0 {
+                    let mut rng = input.rng.ok_or(GtaError::MissingRng(i))?;
+                    sparsify::random::<P>(&mut d, input.density, opts.rescale, &mut rng);
+                }
+            }
+        }
+        deltas.push(d);
+        weights.push(P::DTYPE.from_f64(input.weight));
+    }
+    // No-consensus divisor is one scalar.
+    let plain_divisor = {
+        let mut s = 0.0f32;
+        for &w in &weights {
+            s += w;
+        }
+        let s = P::rnd(s);
+        if s.abs() < 1e-8 { 1.0 } else { s }
+    };
+    let lambda = opts.lambda as f32;
+    let scale_lambda = opts.lambda != 1.0;
+    let consensus = variant.consensus;
+    let k = deltas.len();
+    base.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
+        let s = ci * CHUNK;
+        let mut wd = vec![0.0f32; k];
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let e = s + j;
+            for (m, d) in deltas.iter().enumerate() {
+                wd[m] = P::rnd(d[e] * weights[m]);
+            }
+            let (num, den) = match consensus {
+                Some(Consensus::Sum) => {
+                    let mut total = 0.0f32;
+                    for &v in wd.iter() {
+                        total += v;
+                    }
+                    let elected: f32 = if P::rnd(total) >= 0.0 { 1.0 } else { -1.0 };
+                    let mut num = 0.0f32;
+                    let mut den = 0.0f32;
+                    for (m, &v) in wd.iter().enumerate() {
+                        let mk = if sign(v) == elected { 1.0 } else { 0.0 };
+                        num += v * mk;
+                        den += weights[m] * mk;
+                    }
+                    let den = P::rnd(den);
+                    (P::rnd(num), if den == 0.0 { 1.0 } else { den })
+                }
+                None => {
+                    let mut num = 0.0f32;
+                    for &v in wd.iter() {
+                        num += v;
+                    }
+                    (P::rnd(num), plain_divisor)
+                }
+            };
+            let mut mixed = num;
+            if opts.normalize {
+                mixed = P::rnd(mixed / den);
+            }
+            if scale_lambda {
+                mixed = P::rnd(mixed * lambda);
+            }
+            *o = P::rnd(*o + mixed);
+        }
+    });
+    Ok(())
+}
+
+#[inline(always)]
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::precision::{Bf16, F32};
+
+    const TA: GtaVariant = GtaVariant {
+        consensus: None,
+        sparsifier: None,
+        default_normalize: false,
+        default_rescale: false,
+    };
+    const TIES: GtaVariant = GtaVariant {
+        consensus: Some(Consensus::Sum),
+        sparsifier: Some(Sparsifier::Magnitude),
+        default_normalize: true,
+        default_rescale: false,
+    };
+
+    fn input(data: &[f32], weight: f64, density: f64) -> GtaInput {
+        GtaInput { data: data.to_vec(), weight, density, rng: None }
+    }
+
+    fn run<P: Precision>(v: GtaVariant, o: GtaOptions, b: &[f32], inputs: Vec<GtaInput>) -> Result<Vec<f32>, GtaError> {
+        let mut out = b.to_vec();
+        merge::<P>(v, o, &mut out, inputs)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn task_arithmetic_adds_weighted_deltas() {
+        let b = [1.0f32, 2.0];
+        let x = [2.0f32, 2.5];
+        let y = [0.0f32, 3.0];
+        let opts = GtaOptions { normalize: false, rescale: false, lambda: 1.0 };
+        let out = run::<F32>(TA, opts, &b, vec![input(&x, 0.5, 1.0), input(&y, 1.0, 1.0)]).unwrap();
+        assert_eq!(out, [1.0 + 0.5 - 1.0, 2.0 + 0.25 + 1.0]);
+    }
+
+    #[test]
+    fn ties_drops_disagreeing_signs_and_normalizes_by_survivors() {
+        let b = [0.0f32];
+        let x = [1.0f32];
+        let y = [-0.5f32];
+        let opts = GtaOptions { normalize: true, rescale: false, lambda: 1.0 };
+        let out = run::<F32>(TIES, opts, &b, vec![input(&x, 1.0, 1.0), input(&y, 1.0, 1.0)]).unwrap();
+        // elected sign +; only x survives; divided by its weight
+        assert_eq!(out, [1.0]);
+    }
+
+    #[test]
+    fn bf16_weights_are_rounded_before_use() {
+        let b = [0.0f32];
+        let x = [1.0f32];
+        let opts = GtaOptions { normalize: false, rescale: false, lambda: 1.0 };
+        let out = run::<Bf16>(TA, opts, &b, vec![input(&x, 0.6, 1.0)]).unwrap();
+        assert_eq!(out, [0.601_562_5]);
+    }
+
+    #[test]
+    fn lambda_scales_and_no_inputs_returns_base() {
+        let b = [1.0f32];
+        let x = [3.0f32];
+        let opts = GtaOptions { normalize: false, rescale: false, lambda: 0.5 };
+        let out = run::<F32>(TA, opts, &b, vec![input(&x, 1.0, 1.0)]).unwrap();
+        assert_eq!(out, [2.0]);
+        let out = run::<F32>(TA, opts, &b, vec![]).unwrap();
+        assert_eq!(out, [1.0]);
+    }
+
+    #[test]
+    fn random_sparsifier_requires_a_stream() {
+        let v = GtaVariant { sparsifier: Some(Sparsifier::Random), ..TA };
+        let opts = GtaOptions { normalize: false, rescale: true, lambda: 1.0 };
+        let err = run::<F32>(v, opts, &[0.0], vec![input(&[1.0], 1.0, 0.5)]);
+        assert_eq!(err, Err(GtaError::MissingRng(0)));
+    }
+}

@@ -1,0 +1,13 @@
+//! Pure merge kernels: slices in, slices out. No I/O, no async.
+//!
+//! Each method is one file here plus one entry in [`crate::methods`]. Kernels take input
+//! tensors already converted to f32 values that are exactly representable in the working dtype
+//! and write values rounded to it.
+
+pub mod gta;
+pub mod linear;
+pub mod precision;
+pub mod slerp;
+pub mod sparsify;
+
+pub use precision::{Precision, WorkDType};

@@ -1,0 +1,107 @@
+//! `slerp`: spherical interpolation of the whole tensor as one flat vector (mergekit 0.1.5).
+//!
+//! Norms, dot product and coefficients are computed in f32 (norms and the dot are accumulated
+//! in f64 and rounded to f32, within an ulp of torch's chunked f32 reductions). Inputs that are
+//! (anti-)parallel (`|cos| > 0.9995`) fall back to linear interpolation. Output `rnd_W(c_a a + c_b b)`.
+
+use super::precision::Precision;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 15;
+const DOT_THRESHOLD: f32 = 0.9995;
+const EPS: f32 = 1e-8;
+
+/// Interpolation coefficients `(c_a, c_b)` for base `a` and other `b` at position `t`.
+pub fn slerp_coefficients(a: &[f32], b: &[f32], t: f64) -> (f32, f32) {
+    let t = t as f32;
+    if a.is_empty() {
+        return (1.0 - t, t);
+    }
+    let norm = |v: &[f32]| -> f32 {
+        let s: f64 = v
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .sum();
+        let n = s.sqrt() as f32;
+        if n > EPS { n } else { 1.0 }
+    };
+    let na = norm(a);
+    let nb = norm(b);
+    let dot: f64 = a
+        .par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(&x, &y)| ((x / na) * (y / nb)) as f64)
+                .sum::<f64>()
+        })
+        .sum();
+    let dot = (dot as f32).clamp(-1.0, 1.0);
+    if dot.abs() > DOT_THRESHOLD {
+        return (1.0 - t, t);
+    }
+    let theta = dot.acos();
+    let sin_theta = theta.sin();
+    (((1.0 - t) * theta).sin() / sin_theta, (t * theta).sin() / sin_theta)
+}
+
+/// Merges base `a` and other `b`, writing the result over `a`.
+pub fn slerp_in_place<P: Precision>(a: &mut [f32], b: &[f32], t: f64) {
+    let (ca, cb) = slerp_coefficients(a, b, t);
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| {
+        for (x, &y) in x.iter_mut().zip(y) {
+            let l = ca * *x;
+            let r = cb * y;
+            *x = P::rnd(l + r);
+        }
+    });
+}
+
+/// Merges base `a` and other `b` into `out`.
+pub fn slerp<P: Precision>(a: &[f32], b: &[f32], t: f64, out: &mut [f32]) {
+    out.copy_from_slice(a);
+    slerp_in_place::<P>(out, b, t);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::precision::F32;
+
+    fn run(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
+        let mut out = vec![0.0; a.len()];
+        slerp::<F32>(a, b, t, &mut out);
+        out
+    }
+
+    #[test]
+    fn endpoints_return_inputs() {
+        let a = [1.0f32, 0.0, 0.5];
+        let b = [0.0f32, 1.0, -0.25];
+        assert_eq!(run(&a, &b, 0.0), a);
+        let r = run(&a, &b, 1.0);
+        for (x, y) in r.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn orthogonal_unit_vectors_stay_on_the_circle() {
+        let r = run(&[1.0, 0.0], &[0.0, 1.0], 0.5);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((r[0] - h).abs() < 1e-6 && (r[1] - h).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn parallel_and_antiparallel_fall_back_to_lerp() {
+        assert_eq!(run(&[1.0, 0.0], &[2.0, 0.0], 0.25), [1.25, 0.0]);
+        assert_eq!(run(&[1.0, 0.0], &[-1.0, 0.0], 0.25), [0.5, 0.0]);
+    }
+
+    #[test]
+    fn zero_vectors_do_not_divide_by_zero() {
+        let r = run(&[0.0, 0.0], &[0.0, 0.0], 0.3);
+        assert_eq!(r, [0.0, 0.0]);
+    }
+}

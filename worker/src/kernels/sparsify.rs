@@ -1,0 +1,166 @@
+//! Sparsifiers of the task-arithmetic family: `magnitude` (TIES) and `random` (DARE).
+//!
+//! Both operate in place on one task vector `delta` whose values are already in the working
+//! dtype. With `density >= 1` the delta is left untouched and no random words are consumed.
+
+use super::precision::{Precision, round_bf16, sum_f32};
+use crate::rng::{Mt19937, bernoulli_keep};
+
+/// Which sparsifier a method uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparsifier {
+    /// Keep the `max(1, floor(density * n))` largest magnitudes (TIES).
+    Magnitude,
+    /// Keep each element with probability `density` (DARE), MT19937 Bernoulli draws.
+    Random,
+}
+
+const RESCALE_EPS: f32 = 1e-7;
+
+/// Keeps the top-`k` magnitudes of `delta` and zeroes the rest (`x * 0.0`, so signs of zeros
+/// follow torch). Ties at the threshold are broken arbitrarily, as torch's unstable sort does.
+pub fn magnitude<P: Precision>(delta: &mut [f32], density: f64, rescale: bool) {
+    if density >= 1.0 {
+        return;
+    }
+    let n = delta.len();
+    if density <= 0.0 || n == 0 {
+        delta.fill(0.0);
+        return;
+    }
+    let k = ((density * n as f64) as usize).max(1);
+    let mut mask = vec![0.0f32; n];
+    if k >= n {
+        mask.fill(1.0);
+    } else {
+        let mut idx: Vec<u32> = (0..n as u32).collect();
+        idx.select_nth_unstable_by(k - 1, |&i, &j| {
+            let (a, b) = (delta[i as usize].abs(), delta[j as usize].abs());
+            b.total_cmp(&a)
+        });
+        for &i in &idx[..k] {
+            mask[i as usize] = 1.0;
+        }
+    }
+    apply_mask::<P>(delta, &mask, rescale);
+}
+
+/// Bernoulli-drops elements of `delta` with keep probability `density`, drawing one MT19937
+/// word per element in row-major order from `rng`. The mask and rescale run in bf16 for bf16
+/// deltas and in f32 otherwise (torch's CPU rule), then the result is rounded back to `W`.
+pub fn random<P: Precision>(delta: &mut [f32], density: f64, rescale: bool, rng: &mut Mt19937) {
+    if density >= 1.0 {
+        return;
+    }
+    if P::DTYPE == super::WorkDType::Bf16 {
+        random_in::<P>(delta, round_bf16(density as f32), rescale, rng);
+    } else {
+        random_in::<super::precision::F32>(delta, density as f32, rescale, rng);
+        if P::DTYPE != super::WorkDType::F32 {
+            delta.iter_mut().for_each(|d| *d = P::rnd(*d));
+        }
+    }
+}
+
+fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut Mt19937) {
+    let before = if rescale { Q::rnd(sum_f32(delta, f32::abs)) } else { 0.0 };
+    let mut words = vec![0u32; 1 << 16];
+    let mut after = 0.0f64;
+    for chunk in delta.chunks_mut(1 << 16) {
+        let w = &mut words[..chunk.len()];
+        rng.fill_u32(w);
+        let mut part = 0.0f64;
+        for (d, &word) in chunk.iter_mut().zip(w.iter()) {
+            let m = if bernoulli_keep(word, p) { 1.0 } else { 0.0 };
+            *d = Q::rnd(*d * m);
+            part += d.abs() as f64;
+        }
+        after += part;
+    }
+    if !rescale {
+        return;
+    }
+    let after = Q::rnd(after as f32);
+    if before < RESCALE_EPS || after < RESCALE_EPS {
+        return;
+    }
+    let scale = Q::rnd(before / after);
+    use rayon::prelude::*;
+    delta.par_chunks_mut(1 << 15).for_each(|c| c.iter_mut().for_each(|d| *d = Q::rnd(*d * scale)));
+}
+
+/// `masked = delta * mask`; with `rescale`, multiply by `rnd(rnd(sum|delta|) / rnd(sum|masked|))`
+/// unless either L1 norm is below 1e-7. All in precision `P`.
+fn apply_mask<P: Precision>(delta: &mut [f32], mask: &[f32], rescale: bool) {
+    let before = if rescale { P::rnd(sum_f32(delta, f32::abs)) } else { 0.0 };
+    for (d, &m) in delta.iter_mut().zip(mask) {
+        *d = P::rnd(*d * m);
+    }
+    if !rescale {
+        return;
+    }
+    let after = P::rnd(sum_f32(delta, f32::abs));
+    if before < RESCALE_EPS || after < RESCALE_EPS {
+        return;
+    }
+    let scale = P::rnd(before / after);
+    for d in delta.iter_mut() {
+        *d = P::rnd(*d * scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::precision::{Bf16, F32};
+
+    #[test]
+    fn magnitude_keeps_exactly_k_largest() {
+        let mut d = vec![0.5f32, -3.0, 1.0, 2.0, -0.25, 0.75];
+        magnitude::<F32>(&mut d, 0.5, false);
+        assert_eq!(d, vec![0.0, -3.0, 1.0, 2.0, -0.0, 0.0]);
+        assert!(d[4].is_sign_negative());
+    }
+
+    #[test]
+    fn magnitude_keeps_at_least_one_and_handles_edges() {
+        let mut d = vec![0.1f32, -0.2, 0.05];
+        magnitude::<F32>(&mut d, 0.01, false);
+        assert_eq!(d, vec![0.0, -0.2, 0.0]);
+        let mut z = vec![1.0f32, 2.0];
+        magnitude::<F32>(&mut z, 0.0, false);
+        assert_eq!(z, vec![0.0, 0.0]);
+        let mut same = vec![1.0f32, 2.0];
+        magnitude::<F32>(&mut same, 1.0, true);
+        assert_eq!(same, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn random_rescale_restores_l1_and_consumes_one_word_per_element() {
+        let mut d: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let l1: f32 = d.iter().map(|x| x.abs()).sum();
+        let mut rng = Mt19937::new(42);
+        random::<F32>(&mut d, 0.5, true, &mut rng);
+        let l1_after: f32 = d.iter().map(|x| x.abs()).sum();
+        assert!((l1 - l1_after).abs() / l1 < 1e-4, "{l1} vs {l1_after}");
+        let mut reference = Mt19937::new(42);
+        let mut skip = vec![0u32; 1000];
+        reference.fill_u32(&mut skip);
+        assert_eq!(rng.next_u32(), reference.next_u32());
+        let zeros = d.iter().filter(|x| **x == 0.0).count();
+        assert!(zeros > 350 && zeros < 650, "{zeros}");
+    }
+
+    #[test]
+    fn random_mask_follows_the_24_bit_rule() {
+        let mut d = vec![1.0f32; 64];
+        let mut rng = Mt19937::new(7);
+        let mut words = vec![0u32; 64];
+        Mt19937::new(7).fill_u32(&mut words);
+        random::<Bf16>(&mut d, 0.53, false, &mut rng);
+        for (x, w) in d.iter().zip(&words) {
+            let keep = ((w & 0xFF_FFFF) as f32) * (1.0 / 16_777_216.0) < 0.53125;
+            assert_eq!(*x == 1.0, keep);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Registry of merge methods: names, input contracts and parameter specifications.
+//!
+//! The planner reads this table to validate configs and resolve parameters; the task executor
+//! reads it to pick a kernel. Adding a method means one kernel file and one entry here.
+
+use crate::kernels::gta::{Consensus, GtaVariant};
+use crate::kernels::sparsify::Sparsifier;
+
+/// Which kernel implements a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKind {
+    /// Weighted average ([`crate::kernels::linear`]).
+    Linear,
+    /// Spherical interpolation ([`crate::kernels::slerp`]).
+    Slerp,
+    /// Task-arithmetic family ([`crate::kernels::gta`]).
+    Gta(GtaVariant),
+}
+
+/// How a method treats `base_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasePolicy {
+    /// A base model must be configured.
+    Required,
+    /// A configured base is just another input.
+    Ignored,
+}
+
+/// Declared type of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Floating-point number.
+    Float,
+    /// Boolean.
+    Bool,
+}
+
+/// Where a parameter is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamScope {
+    /// One value per tensor, evaluated against the output tensor name.
+    Shared,
+    /// One value per input including the base, evaluated against the input tensor name.
+    Input,
+    /// One value per non-base input, evaluated against the input tensor name.
+    NonBase,
+}
+
+/// Default value of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamDefault {
+    /// No default: the parameter is required.
+    Required,
+    /// A float default.
+    Float(f64),
+    /// A boolean default.
+    Bool(bool),
+}
+
+/// One parameter of a method.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamSpec {
+    /// Name as written in YAML.
+    pub name: &'static str,
+    /// Declared type.
+    pub kind: ParamKind,
+    /// Resolution scope.
+    pub scope: ParamScope,
+    /// Default, or required.
+    pub default: ParamDefault,
+}
+
+/// What happens when an optional weight is missing from some inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionalPolicy {
+    /// Continue with the present inputs if the contract still holds.
+    Error,
+    /// Exactly one present input: output it unchanged (cast only).
+    PassthroughSingleton,
+}
+
+/// A registered merge method.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodSpec {
+    /// Registry name (`merge_method:` in YAML).
+    pub name: &'static str,
+    /// Human name for the model card.
+    pub pretty_name: &'static str,
+    /// Reference for the model card.
+    pub reference_url: &'static str,
+    /// Kernel.
+    pub kind: MethodKind,
+    /// Base policy.
+    pub base: BasePolicy,
+    /// Minimum number of inputs (including the base).
+    pub min_inputs: usize,
+    /// Maximum number of inputs (including the base).
+    pub max_inputs: Option<usize>,
+    /// Parameters.
+    pub params: Vec<ParamSpec>,
+    /// Optional-weight policy.
+    pub optional_policy: OptionalPolicy,
+}
+
+impl MethodSpec {
+    /// True when the method draws random numbers.
+    pub fn is_random(&self) -> bool {
+        matches!(self.kind, MethodKind::Gta(GtaVariant { sparsifier: Some(Sparsifier::Random), .. }))
+    }
+}
+
+const fn p(name: &'static str, kind: ParamKind, scope: ParamScope, default: ParamDefault) -> ParamSpec {
+    ParamSpec { name, kind, scope, default }
+}
+
+fn gta(name: &'static str, pretty: &'static str, url: &'static str, variant: GtaVariant) -> MethodSpec {
+    use ParamDefault as D;
+    use ParamKind as K;
+    use ParamScope as S;
+    MethodSpec {
+        name,
+        pretty_name: pretty,
+        reference_url: url,
+        kind: MethodKind::Gta(variant),
+        base: BasePolicy::Required,
+        min_inputs: 1,
+        max_inputs: None,
+        params: vec![
+            p("int8_mask", K::Bool, S::Shared, D::Bool(false)),
+            p("normalize", K::Bool, S::Shared, D::Bool(variant.default_normalize)),
+            p("rescale", K::Bool, S::Shared, D::Bool(variant.default_rescale)),
+            p("lambda", K::Float, S::Shared, D::Float(1.0)),
+            p("weight", K::Float, S::NonBase, D::Required),
+            p("density", K::Float, S::NonBase, D::Float(1.0)),
+        ],
+        optional_policy: OptionalPolicy::Error,
+    }
+}
+
+/// All registered methods.
+pub fn all() -> Vec<MethodSpec> {
+    use ParamDefault as D;
+    use ParamKind as K;
+    use ParamScope as S;
+    let sum = Some(Consensus::Sum);
+    vec![
+        MethodSpec {
+            name: "linear",
+            pretty_name: "Linear",
+            reference_url: "https://arxiv.org/abs/2203.05482",
+            kind: MethodKind::Linear,
+            base: BasePolicy::Ignored,
+            min_inputs: 1,
+            max_inputs: None,
+            params: vec![
+                p("weight", K::Float, S::Input, D::Required),
+                p("normalize", K::Bool, S::Shared, D::Bool(true)),
+            ],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "slerp",
+            pretty_name: "SLERP",
+            reference_url: "https://en.wikipedia.org/wiki/Slerp",
+            kind: MethodKind::Slerp,
+            base: BasePolicy::Required,
+            min_inputs: 2,
+            max_inputs: Some(2),
+            params: vec![p("t", K::Float, S::Shared, D::Required)],
+            optional_policy: OptionalPolicy::PassthroughSingleton,
+        },
+        gta(
+            "task_arithmetic",
+            "Task Arithmetic",
+            "https://arxiv.org/abs/2212.04089",
+            GtaVariant { consensus: None, sparsifier: None, default_normalize: false, default_rescale: false },
+        ),
+        gta(
+            "ties",
+            "TIES",
+            "https://arxiv.org/abs/2306.01708",
+            GtaVariant {
+                consensus: sum,
+                sparsifier: Some(Sparsifier::Magnitude),
+                default_normalize: true,
+                default_rescale: false,
+            },
+        ),
+        gta(
+            "dare_ties",
+            "DARE TIES",
+            "https://arxiv.org/abs/2311.03099",
+            GtaVariant {
+                consensus: sum,
+                sparsifier: Some(Sparsifier::Random),
+                default_normalize: false,
+                default_rescale: true,
+            },
+        ),
+        gta(
+            "dare_linear",
+            "Linear DARE",
+            "https://arxiv.org/abs/2311.03099",
+            GtaVariant {
+                consensus: None,
+                sparsifier: Some(Sparsifier::Random),
+                default_normalize: false,
+                default_rescale: true,
+            },
+        ),
+    ]
+}
+
+/// Looks a method up by registry name.
+pub fn lookup(name: &str) -> Option<MethodSpec> {
+    all().into_iter().find(|m| m.name == name)
+}
+
+/// Names of all registered methods, for error messages.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|m| m.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_defaults_match_mergekit() {
+        let names = names();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        let dare = lookup("dare_ties").unwrap();
+        assert!(dare.is_random());
+        let normalize = dare.params.iter().find(|p| p.name == "normalize").unwrap();
+        assert_eq!(normalize.default, ParamDefault::Bool(false));
+        let ties = lookup("ties").unwrap();
+        let normalize = ties.params.iter().find(|p| p.name == "normalize").unwrap();
+        assert_eq!(normalize.default, ParamDefault::Bool(true));
+        assert!(!ties.is_random());
+        assert!(lookup("nonsense").is_none());
+    }
+}
