@@ -65,11 +65,14 @@ pub struct LocalIo {
 
 impl TaskIo for LocalIo {
     fn read(&self, src: &TensorSource) -> Result<InputBytes, TaskError> {
-        let map = self.inputs.map_range(&src.uri, src.offset, src.length).map_err(|e| TaskError::Read {
-            uri: src.uri.clone(),
-            tensor: src.tensor_name.clone(),
-            source: e,
-        })?;
+        let map = self
+            .inputs
+            .map_range(&src.uri, src.offset, src.length)
+            .map_err(|e| TaskError::Read {
+                uri: src.uri.clone(),
+                tensor: src.tensor_name.clone(),
+                source: e,
+            })?;
         Ok(InputBytes::Mapped(map))
     }
 
@@ -118,26 +121,45 @@ const WRITE_CHUNK_ELEMS: usize = 4 << 20;
 /// Runs `task` against `io`.
 pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, TaskError> {
     let started = Instant::now();
-    let invalid = |reason: String| TaskError::InvalidTask { tensor: task.tensor.clone(), reason };
-    let kernel_err = |source: KernelError| TaskError::Kernel { tensor: task.tensor.clone(), source };
+    let invalid = |reason: String| TaskError::InvalidTask {
+        tensor: task.tensor.clone(),
+        reason,
+    };
+    let kernel_err = |source: KernelError| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    };
     let work = WorkDType::try_from(task.working_dtype()).map_err(kernel_err)?;
     let load = match task.load_dtype() {
         DType::Unspecified => None,
         d => Some(WorkDType::try_from(d).map_err(kernel_err)?),
     };
     let numel = usize::try_from(task.numel).map_err(|_| invalid("tensor too large".into()))?;
-    let dest = task.output.as_ref().ok_or_else(|| invalid("task without output".into()))?;
+    let dest = task
+        .output
+        .as_ref()
+        .ok_or_else(|| invalid("task without output".into()))?;
     let out_dtype = storage_dtype(dest.dtype()).ok_or_else(|| invalid("output dtype unspecified".into()))?;
     let size = safetensors_io::dtype_size(out_dtype).ok_or_else(|| invalid("output dtype".into()))?;
     if (size as u64).checked_mul(task.numel) != Some(dest.length) {
-        return Err(invalid(format!("output length {} != {} elements of {out_dtype:?}", dest.length, numel)));
+        return Err(invalid(format!(
+            "output length {} != {} elements of {out_dtype:?}",
+            dest.length, numel
+        )));
     }
-    let mut loader = Loader { task, io, work, load, numel, bytes_read: 0 };
+    let mut loader = Loader {
+        task,
+        io,
+        work,
+        load,
+        numel,
+        bytes_read: 0,
+    };
     let out = if task.passthrough {
         loader.load(0)?
     } else {
-        let spec = methods::lookup(&task.method)
-            .ok_or_else(|| kernel_err(KernelError::UnknownMethod(task.method.clone())))?;
+        let spec =
+            methods::lookup(&task.method).ok_or_else(|| kernel_err(KernelError::UnknownMethod(task.method.clone())))?;
         run_kernel(task, spec.kind, &mut loader)?
     };
     let bytes_read = loader.bytes_read;
@@ -148,7 +170,11 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         let offset = dest.offset + (ci * WRITE_CHUNK_ELEMS * size) as u64;
         io.write(&dest.uri, offset, buf, &task.tensor)?;
     }
-    Ok(TaskOutcome { bytes_read, bytes_written: dest.length, elapsed: started.elapsed() })
+    Ok(TaskOutcome {
+        bytes_read,
+        bytes_written: dest.length,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Loads task inputs one at a time as f32 values rounded to the working dtype.
@@ -179,7 +205,10 @@ impl Loader<'_> {
         let dtype = storage_dtype(src.dtype()).ok_or_else(|| bad("unspecified dtype".into()))?;
         let expected = safetensors_io::dtype_size(dtype).map(|s| s as u64 * self.task.numel);
         if expected != Some(src.length) {
-            return Err(bad(format!("expected {expected:?} bytes of {dtype:?}, the plan says {}", src.length)));
+            return Err(bad(format!(
+                "expected {expected:?} bytes of {dtype:?}, the plan says {}",
+                src.length
+            )));
         }
         let data = self.io.read(src)?;
         let bytes = data.as_slice();
@@ -201,12 +230,16 @@ impl Loader<'_> {
 fn round_in_place(w: WorkDType, v: &mut [f32]) {
     use rayon::prelude::*;
     if w != WorkDType::F32 {
-        v.par_chunks_mut(1 << 15).for_each(|c| c.iter_mut().for_each(|x| *x = w.round(*x)));
+        v.par_chunks_mut(1 << 15)
+            .for_each(|c| c.iter_mut().for_each(|x| *x = w.round(*x)));
     }
 }
 
 fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Vec<f32>, TaskError> {
-    let kernel_err = |source: KernelError| TaskError::Kernel { tensor: task.tensor.clone(), source };
+    let kernel_err = |source: KernelError| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    };
     let work = loader.work;
     let base_idx = task.inputs.iter().position(|i| i.is_base);
     match kind {
@@ -240,7 +273,9 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         }
         MethodKind::Gta(variant) => {
             let b = base_idx.ok_or_else(|| {
-                kernel_err(KernelError::Contract("the task-arithmetic family needs a base input".into()))
+                kernel_err(KernelError::Contract(
+                    "the task-arithmetic family needs a base input".into(),
+                ))
             })?;
             let opts = GtaOptions {
                 normalize: boolean(&task.shared_params, "normalize").map_err(kernel_err)?,
@@ -276,15 +311,27 @@ fn float(params: &HashMap<String, ParamValue>, name: &str) -> Result<f64, Kernel
     match params.get(name).and_then(|p| p.kind.as_ref()) {
         Some(param_value::Kind::Float(f)) => Ok(*f),
         Some(param_value::Kind::Int(i)) => Ok(*i as f64),
-        Some(other) => Err(KernelError::Param { name: name.into(), reason: format!("expected a number, got {other:?}") }),
-        None => Err(KernelError::Param { name: name.into(), reason: "missing".into() }),
+        Some(other) => Err(KernelError::Param {
+            name: name.into(),
+            reason: format!("expected a number, got {other:?}"),
+        }),
+        None => Err(KernelError::Param {
+            name: name.into(),
+            reason: "missing".into(),
+        }),
     }
 }
 
 fn boolean(params: &HashMap<String, ParamValue>, name: &str) -> Result<bool, KernelError> {
     match params.get(name).and_then(|p| p.kind.as_ref()) {
         Some(param_value::Kind::Bool(b)) => Ok(*b),
-        Some(other) => Err(KernelError::Param { name: name.into(), reason: format!("expected a boolean, got {other:?}") }),
-        None => Err(KernelError::Param { name: name.into(), reason: "missing".into() }),
+        Some(other) => Err(KernelError::Param {
+            name: name.into(),
+            reason: format!("expected a boolean, got {other:?}"),
+        }),
+        None => Err(KernelError::Param {
+            name: name.into(),
+            reason: "missing".into(),
+        }),
     }
 }

@@ -105,12 +105,23 @@ pub struct MethodSpec {
 impl MethodSpec {
     /// True when the method draws random numbers.
     pub fn is_random(&self) -> bool {
-        matches!(self.kind, MethodKind::Gta(GtaVariant { sparsifier: Some(Sparsifier::Random), .. }))
+        matches!(
+            self.kind,
+            MethodKind::Gta(GtaVariant {
+                sparsifier: Some(Sparsifier::Random),
+                ..
+            })
+        )
     }
 }
 
 const fn p(name: &'static str, kind: ParamKind, scope: ParamScope, default: ParamDefault) -> ParamSpec {
-    ParamSpec { name, kind, scope, default }
+    ParamSpec {
+        name,
+        kind,
+        scope,
+        default,
+    }
 }
 
 fn gta(name: &'static str, pretty: &'static str, url: &'static str, variant: GtaVariant) -> MethodSpec {
@@ -173,7 +184,12 @@ pub fn all() -> Vec<MethodSpec> {
             "task_arithmetic",
             "Task Arithmetic",
             "https://arxiv.org/abs/2212.04089",
-            GtaVariant { consensus: None, sparsifier: None, default_normalize: false, default_rescale: false },
+            GtaVariant {
+                consensus: None,
+                sparsifier: None,
+                default_normalize: false,
+                default_rescale: false,
+            },
         ),
         gta(
             "ties",

@@ -86,12 +86,11 @@ pub fn merge<P: Precision>(
         match variant.sparsifier {
             None => {}
             Some(Sparsifier::Magnitude) => sparsify::magnitude::<P>(&mut d, input.density, opts.rescale),
-            Some(Sparsifier::Random) => {
-                if input.density < 1.0 {
-                    let mut rng = input.rng.ok_or(GtaError::MissingRng(i))?;
-                    sparsify::random::<P>(&mut d, input.density, opts.rescale, &mut rng);
-                }
+            Some(Sparsifier::Random) if input.density < 1.0 => {
+                let mut rng = input.rng.ok_or(GtaError::MissingRng(i))?;
+                sparsify::random::<P>(&mut d, input.density, opts.rescale, &mut rng);
             }
+            Some(Sparsifier::Random) => {}
         }
         deltas.push(d);
         weights.push(P::DTYPE.from_f64(input.weight));
@@ -185,7 +184,12 @@ mod tests {
     };
 
     fn input(data: &[f32], weight: f64, density: f64) -> GtaInput {
-        GtaInput { data: data.to_vec(), weight, density, rng: None }
+        GtaInput {
+            data: data.to_vec(),
+            weight,
+            density,
+            rng: None,
+        }
     }
 
     fn run<P: Precision>(v: GtaVariant, o: GtaOptions, b: &[f32], inputs: Vec<GtaInput>) -> Result<Vec<f32>, GtaError> {
@@ -199,7 +203,11 @@ mod tests {
         let b = [1.0f32, 2.0];
         let x = [2.0f32, 2.5];
         let y = [0.0f32, 3.0];
-        let opts = GtaOptions { normalize: false, rescale: false, lambda: 1.0 };
+        let opts = GtaOptions {
+            normalize: false,
+            rescale: false,
+            lambda: 1.0,
+        };
         let out = run::<F32>(TA, opts, &b, vec![input(&x, 0.5, 1.0), input(&y, 1.0, 1.0)]).unwrap();
         assert_eq!(out, [1.0 + 0.5 - 1.0, 2.0 + 0.25 + 1.0]);
     }
@@ -209,7 +217,11 @@ mod tests {
         let b = [0.0f32];
         let x = [1.0f32];
         let y = [-0.5f32];
-        let opts = GtaOptions { normalize: true, rescale: false, lambda: 1.0 };
+        let opts = GtaOptions {
+            normalize: true,
+            rescale: false,
+            lambda: 1.0,
+        };
         let out = run::<F32>(TIES, opts, &b, vec![input(&x, 1.0, 1.0), input(&y, 1.0, 1.0)]).unwrap();
         // elected sign +; only x survives; divided by its weight
         assert_eq!(out, [1.0]);
@@ -219,7 +231,11 @@ mod tests {
     fn bf16_weights_are_rounded_before_use() {
         let b = [0.0f32];
         let x = [1.0f32];
-        let opts = GtaOptions { normalize: false, rescale: false, lambda: 1.0 };
+        let opts = GtaOptions {
+            normalize: false,
+            rescale: false,
+            lambda: 1.0,
+        };
         let out = run::<Bf16>(TA, opts, &b, vec![input(&x, 0.6, 1.0)]).unwrap();
         assert_eq!(out, [0.601_562_5]);
     }
@@ -228,7 +244,11 @@ mod tests {
     fn lambda_scales_and_no_inputs_returns_base() {
         let b = [1.0f32];
         let x = [3.0f32];
-        let opts = GtaOptions { normalize: false, rescale: false, lambda: 0.5 };
+        let opts = GtaOptions {
+            normalize: false,
+            rescale: false,
+            lambda: 0.5,
+        };
         let out = run::<F32>(TA, opts, &b, vec![input(&x, 1.0, 1.0)]).unwrap();
         assert_eq!(out, [2.0]);
         let out = run::<F32>(TA, opts, &b, vec![]).unwrap();
@@ -237,8 +257,15 @@ mod tests {
 
     #[test]
     fn random_sparsifier_requires_a_stream() {
-        let v = GtaVariant { sparsifier: Some(Sparsifier::Random), ..TA };
-        let opts = GtaOptions { normalize: false, rescale: true, lambda: 1.0 };
+        let v = GtaVariant {
+            sparsifier: Some(Sparsifier::Random),
+            ..TA
+        };
+        let opts = GtaOptions {
+            normalize: false,
+            rescale: true,
+            lambda: 1.0,
+        };
         let err = run::<F32>(v, opts, &[0.0], vec![input(&[1.0], 1.0, 0.5)]);
         assert_eq!(err, Err(GtaError::MissingRng(0)));
     }

@@ -9,5 +9,6 @@ pub mod linear;
 pub mod precision;
 pub mod slerp;
 pub mod sparsify;
+pub mod torch_sum;
 
 pub use precision::{Precision, WorkDType};

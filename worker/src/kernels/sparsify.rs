@@ -3,7 +3,8 @@
 //! Both operate in place on one task vector `delta` whose values are already in the working
 //! dtype. With `density >= 1` the delta is left untouched and no random words are consumed.
 
-use super::precision::{Precision, round_bf16, sum_f32};
+use super::precision::{Precision, round_bf16};
+use super::torch_sum::{torch_sum_bf16, torch_sum_f32};
 use crate::rng::{Mt19937, bernoulli_keep};
 
 /// Which sparsifier a method uses.
@@ -62,44 +63,51 @@ pub fn random<P: Precision>(delta: &mut [f32], density: f64, rescale: bool, rng:
     }
 }
 
+/// Sum of `|x|` over a tensor of precision `P`, in torch's CPU summation order, rounded to `P`.
+fn l1<P: Precision>(xs: &[f32]) -> f32 {
+    if P::DTYPE == super::WorkDType::F32 {
+        torch_sum_f32(xs, f32::abs)
+    } else {
+        P::rnd(torch_sum_bf16(xs, f32::abs))
+    }
+}
+
 fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut Mt19937) {
-    let before = if rescale { Q::rnd(sum_f32(delta, f32::abs)) } else { 0.0 };
+    let before = if rescale { l1::<Q>(delta) } else { 0.0 };
     let mut words = vec![0u32; 1 << 16];
-    let mut after = 0.0f64;
     for chunk in delta.chunks_mut(1 << 16) {
         let w = &mut words[..chunk.len()];
         rng.fill_u32(w);
-        let mut part = 0.0f64;
         for (d, &word) in chunk.iter_mut().zip(w.iter()) {
             let m = if bernoulli_keep(word, p) { 1.0 } else { 0.0 };
             *d = Q::rnd(*d * m);
-            part += d.abs() as f64;
         }
-        after += part;
     }
     if !rescale {
         return;
     }
-    let after = Q::rnd(after as f32);
+    let after = l1::<Q>(delta);
     if before < RESCALE_EPS || after < RESCALE_EPS {
         return;
     }
     let scale = Q::rnd(before / after);
     use rayon::prelude::*;
-    delta.par_chunks_mut(1 << 15).for_each(|c| c.iter_mut().for_each(|d| *d = Q::rnd(*d * scale)));
+    delta
+        .par_chunks_mut(1 << 15)
+        .for_each(|c| c.iter_mut().for_each(|d| *d = Q::rnd(*d * scale)));
 }
 
 /// `masked = delta * mask`; with `rescale`, multiply by `rnd(rnd(sum|delta|) / rnd(sum|masked|))`
 /// unless either L1 norm is below 1e-7. All in precision `P`.
 fn apply_mask<P: Precision>(delta: &mut [f32], mask: &[f32], rescale: bool) {
-    let before = if rescale { P::rnd(sum_f32(delta, f32::abs)) } else { 0.0 };
+    let before = if rescale { l1::<P>(delta) } else { 0.0 };
     for (d, &m) in delta.iter_mut().zip(mask) {
         *d = P::rnd(*d * m);
     }
     if !rescale {
         return;
     }
-    let after = P::rnd(sum_f32(delta, f32::abs));
+    let after = l1::<P>(delta);
     if before < RESCALE_EPS || after < RESCALE_EPS {
         return;
     }

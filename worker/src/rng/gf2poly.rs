@@ -205,11 +205,7 @@ impl Modulus {
             while top >= d {
                 let lo = d.max(top + 1 - self.chunk);
                 let width = top - lo + 1;
-                let mask = if width == 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << width) - 1
-                };
+                let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
                 let h = get_bits64(p, lo) & mask;
                 if h != 0 {
                     xor_bits64(p, lo, h); // clear the chunk
@@ -366,9 +362,7 @@ mod tests {
         let l = degree(&phi).unwrap();
         assert!(l <= 150 && l > 0);
         for k in 0..n - l {
-            let v = (0..=l)
-                .filter(|&j| bit(&phi, j))
-                .fold(0, |a, j| a ^ s[k + j]);
+            let v = (0..=l).filter(|&j| bit(&phi, j)).fold(0, |a, j| a ^ s[k + j]);
             assert_eq!(v, 0, "recurrence fails at k={k}");
         }
     }

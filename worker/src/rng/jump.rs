@@ -39,11 +39,7 @@ fn compute_phi() -> Modulus {
         bits[i / 64] |= u64::from(w & 1) << (i % 64);
     }
     let m = Modulus::new(&gf2poly::berlekamp_massey(&bits, n));
-    assert_eq!(
-        m.degree(),
-        MT19937_DEGREE,
-        "MT19937 characteristic polynomial"
-    );
+    assert_eq!(m.degree(), MT19937_DEGREE, "MT19937 characteristic polynomial");
     m
 }
 
@@ -130,10 +126,7 @@ mod tests {
     fn phi_has_degree_19937() {
         let phi = phi();
         assert_eq!(phi.degree(), MT19937_DEGREE);
-        assert!(
-            gf2poly::bit(phi.poly(), 0),
-            "phi(0) = 1 (T invertible on the state)"
-        );
+        assert!(gf2poly::bit(phi.poly(), 0), "phi(0) = 1 (T invertible on the state)");
         // Published fact (e.g. Panneton, L'Ecuyer & Matsumoto 2006, the WELL
         // paper): MT19937's characteristic polynomial has 135 nonzero terms.
         assert_eq!(phi.weight(), 135);
@@ -154,8 +147,8 @@ mod tests {
     #[test]
     fn jump_equals_sequential_at_many_offsets() {
         let mut offsets: Vec<u64> = vec![
-            0, 1, 2, 396, 397, 623, 624, 625, 1247, 1248, 1249, 10_000, 19_936, 19_937, 19_938,
-            123_457, 1_000_003, 50_000_013,
+            0, 1, 2, 396, 397, 623, 624, 625, 1247, 1248, 1249, 10_000, 19_936, 19_937, 19_938, 123_457, 1_000_003,
+            50_000_013,
         ];
         let mut st = 99u64;
         offsets.extend((0..8).map(|_| splitmix(&mut st) % 60_000_000));
@@ -171,11 +164,7 @@ mod tests {
                 j.jump(off);
                 assert_eq!(take(&mut j, 1300), expected, "seed {seed} offset {off}");
                 let mut a = Mt19937::at_offset(seed, off);
-                assert_eq!(
-                    a.next_u32(),
-                    expected[0],
-                    "at_offset seed {seed} offset {off}"
-                );
+                assert_eq!(a.next_u32(), expected[0], "at_offset seed {seed} offset {off}");
             }
         }
     }

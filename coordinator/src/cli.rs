@@ -1,0 +1,322 @@
+//! The `shardmerge` command line: `merge` (a drop-in for `mergekit-yaml`), `plan` (a dry run
+//! from headers only) and `demo`.
+
+use crate::plan::layout::parse_size;
+use crate::{MergeOptions, OutputOptions, RunOptions};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Merge large language models, mergekit-compatible, bit-exact and fast.
+#[derive(Debug, Parser)]
+#[command(name = "shardmerge", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Increase log verbosity (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log format for machines: `text` (default) or `json`.
+    #[arg(long, global = true, default_value = "text", env = "SHARDMERGE_LOG_FORMAT")]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  shardmerge merge config.yml ./merged --random-seed 42     # like mergekit-yaml
+  shardmerge plan config.yml                                  # what would happen, from headers only
+  shardmerge demo                                             # tiny synthetic models, two AutoMerger recipes";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Merge models as described by a mergekit YAML config (drop-in for `mergekit-yaml`).
+    Merge(MergeArgs),
+    /// Dry run: read only headers and print tasks, bytes, shard layout and peak memory.
+    Plan(PlanArgs),
+    /// Generate small synthetic Llama-shaped models and merge them with AutoMerger's recipes.
+    Demo(DemoArgs),
+}
+
+/// Flags shared by `merge` and `plan`.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Seed for random methods (DARE). Wins over `random_seed:` in the YAML.
+    #[arg(long, env = "SHARDMERGE_RANDOM_SEED")]
+    pub random_seed: Option<u64>,
+    /// Maximum bytes per output shard; accepts k/m/b suffixes (powers of 1000), like mergekit.
+    #[arg(long, default_value = "5B", value_parser = parse_size, env = "SHARDMERGE_OUT_SHARD_SIZE")]
+    pub out_shard_size: u64,
+    /// Allow merging models whose architectures differ.
+    #[arg(long)]
+    pub allow_crimes: bool,
+    /// Number of in-process workers (concurrent tasks).
+    #[arg(long, default_value_t = 2, env = "SHARDMERGE_WORKERS")]
+    pub workers: usize,
+}
+
+/// `shardmerge merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// mergekit YAML configuration.
+    pub config: PathBuf,
+    /// Output directory.
+    pub out_path: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// Copy the donor model's tokenizer files (default).
+    #[arg(long, overrides_with = "no_copy_tokenizer")]
+    pub copy_tokenizer: bool,
+    /// Do not copy tokenizer files.
+    #[arg(long)]
+    pub no_copy_tokenizer: bool,
+    /// Write README.md and mergekit_config.yml (default).
+    #[arg(long, overrides_with = "no_write_model_card")]
+    pub write_model_card: bool,
+    /// Do not write README.md and mergekit_config.yml.
+    #[arg(long)]
+    pub no_write_model_card: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Threads for merge kernels (default: all cores).
+    #[arg(short = 'j', long = "num-threads", env = "SHARDMERGE_NUM_THREADS")]
+    pub num_threads: Option<usize>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ignored: IgnoredMergekitFlags,
+}
+
+/// mergekit flags that mean nothing here; accepted so existing command lines keep working.
+#[derive(Debug, Args, Default)]
+pub struct IgnoredMergekitFlags {
+    /// (mergekit) ignored: shardmerge runs on CPU.
+    #[arg(long, hide = true)]
+    pub cuda: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub lazy_unpickle: bool,
+    /// (mergekit) ignored: memory is bounded by design.
+    #[arg(long, hide = true)]
+    pub low_cpu_memory: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub read_to_gpu: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub multi_gpu: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub gpu_rich: bool,
+    /// (mergekit) ignored: writes are always concurrent.
+    #[arg(long, hide = true)]
+    pub async_write: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub write_threads: Option<usize>,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub clone_tensors: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub trust_remote_code: bool,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub transformers_cache: Option<String>,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub lora_merge_cache: Option<String>,
+    /// (mergekit) ignored.
+    #[arg(long, hide = true)]
+    pub lora_merge_dtype: Option<String>,
+    /// (mergekit) ignored: shardmerge runs on CPU.
+    #[arg(long, hide = true)]
+    pub device: Option<String>,
+    /// (mergekit) safetensors output is the only format.
+    #[arg(long, hide = true)]
+    pub safe_serialization: bool,
+    /// (mergekit) not supported: shardmerge only writes safetensors.
+    #[arg(long, hide = true)]
+    pub no_safe_serialization: bool,
+}
+
+impl IgnoredMergekitFlags {
+    fn notes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let flags = [
+            ("--cuda", self.cuda),
+            ("--lazy-unpickle", self.lazy_unpickle),
+            ("--low-cpu-memory", self.low_cpu_memory),
+            ("--read-to-gpu", self.read_to_gpu),
+            ("--multi-gpu", self.multi_gpu),
+            ("--gpu-rich", self.gpu_rich),
+            ("--async-write", self.async_write),
+            ("--write-threads", self.write_threads.is_some()),
+            ("--clone-tensors", self.clone_tensors),
+            ("--trust-remote-code", self.trust_remote_code),
+            ("--transformers-cache", self.transformers_cache.is_some()),
+            ("--lora-merge-cache", self.lora_merge_cache.is_some()),
+            ("--lora-merge-dtype", self.lora_merge_dtype.is_some()),
+            ("--device", self.device.is_some()),
+            ("--safe-serialization", self.safe_serialization),
+        ];
+        for (name, set) in flags {
+            if set {
+                v.push(format!("note: {name} is a mergekit flag with no effect in shardmerge (CPU, bounded memory, safetensors output); ignored"));
+            }
+        }
+        v
+    }
+}
+
+/// `shardmerge plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// mergekit YAML configuration.
+    pub config: PathBuf,
+    /// Output directory the plan is made for (only names are used).
+    #[arg(default_value = "./merged")]
+    pub out_path: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// `shardmerge demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to put the synthetic models and the merged outputs.
+    #[arg(long, default_value = "demo-output")]
+    pub dir: PathBuf,
+    /// Number of in-process workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Hide progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the CLI with already-parsed arguments.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Merge(args) => run_merge(args),
+        Command::Plan(args) => run_plan(args),
+        Command::Demo(args) => {
+            crate::demo::run(&args.dir, args.workers, !args.quiet && std::io::stderr().is_terminal())
+        }
+    }
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
+    for note in args.ignored.notes() {
+        eprintln!("{note}");
+    }
+    if args.ignored.no_safe_serialization {
+        anyhow::bail!("--no-safe-serialization is not supported: shardmerge writes safetensors only");
+    }
+    let opts = MergeOptions {
+        random_seed: args.common.random_seed,
+        out_shard_size: args.common.out_shard_size,
+        output: OutputOptions {
+            copy_tokenizer: !args.no_copy_tokenizer,
+            write_model_card: !args.no_write_model_card,
+        },
+        allow_crimes: args.common.allow_crimes,
+        run: RunOptions {
+            workers: args.common.workers,
+            threads: args.num_threads,
+            progress: !args.quiet && std::io::stderr().is_terminal(),
+            shuffle: None,
+        },
+        model_root: None,
+    };
+    let config = crate::load_config(&args.config)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let report = crate::merge_config(&config, &args.out_path, &opts)
+        .with_context(|| format!("merging {} into {}", args.config.display(), args.out_path.display()))?;
+    if !args.quiet {
+        let s = &report.stats;
+        eprintln!(
+            "merged {} tensors into {} ({} shard{}, {:.1} MB written, {:.1} MB read) in {:.2}s",
+            s.tasks,
+            args.out_path.display(),
+            report.plan.proto.shards.len(),
+            if report.plan.proto.shards.len() == 1 { "" } else { "s" },
+            s.bytes_written as f64 / 1e6,
+            s.bytes_read as f64 / 1e6,
+            s.elapsed.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let config = crate::load_config(&args.config)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let opts = MergeOptions {
+        random_seed: args.common.random_seed,
+        out_shard_size: args.common.out_shard_size,
+        allow_crimes: args.common.allow_crimes,
+        ..MergeOptions::default()
+    };
+    let plan = crate::plan_config(&config, &args.out_path, &opts)?;
+    print!("{}", describe_plan(&plan, args.common.workers));
+    println!("planned in {:.3}s from headers only", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Human summary of a plan.
+pub fn describe_plan(plan: &crate::Plan, workers: usize) -> String {
+    let mut s = String::new();
+    let p = &plan.proto;
+    s.push_str(&format!("method:        {}\n", plan.method.name));
+    s.push_str(&format!(
+        "models:        {}\n",
+        plan.models
+            .iter()
+            .map(|m| m.display.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if let Some((seed, _)) = plan.seed {
+        s.push_str(&format!("random seed:   {seed}\n"));
+    }
+    s.push_str(&format!("tasks:         {}\n", p.tasks.len()));
+    s.push_str(&format!(
+        "bytes to read: {} ({:.2} GB)\n",
+        p.bytes_to_read,
+        p.bytes_to_read as f64 / 1e9
+    ));
+    s.push_str(&format!(
+        "bytes to write:{} ({:.2} GB)\n",
+        p.total_size,
+        p.total_size as f64 / 1e9
+    ));
+    s.push_str(&format!("output shards: {}\n", p.shards.len()));
+    for sh in &p.shards {
+        s.push_str(&format!(
+            "  {:<40} {:>6} tensors {:>14} bytes\n",
+            sh.file_name,
+            sh.tensors.len(),
+            sh.total_bytes
+        ));
+    }
+    let largest = plan.task_memory.iter().copied().max().unwrap_or(0);
+    s.push_str(&format!(
+        "peak memory:   ~{:.2} GB for kernels ({} workers; largest task {:.2} GB; budget keeps the two largest apart)\n",
+        plan.memory_budget() as f64 / 1e9,
+        workers,
+        largest as f64 / 1e9
+    ));
+    for w in &plan.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s
+}

@@ -1,0 +1,198 @@
+//! The embedded runtime: runs a plan's tasks on in-process workers that use the same worker
+//! library as the cluster, with a memory budget so the largest tensors never run side by side.
+//!
+//! CPU work runs on a dedicated rayon pool; each worker thread pulls the next task, waits for
+//! enough of the memory budget, executes the task and reports progress.
+
+use crate::plan::Plan;
+use indicatif::{ProgressBar, ProgressStyle};
+use shardmerge_worker::TaskError;
+use shardmerge_worker::execute::{LocalIo, execute_task};
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to run a plan in-process.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Concurrent tasks (in-process workers).
+    pub workers: usize,
+    /// Threads of the CPU pool (defaults to the number of cores).
+    pub threads: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Run tasks in a shuffled order (seeded), to show order does not matter.
+    pub shuffle: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            threads: None,
+            progress: false,
+            shuffle: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Tasks executed.
+    pub tasks: usize,
+    /// Input bytes read.
+    pub bytes_read: u64,
+    /// Output bytes written.
+    pub bytes_written: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Errors of the embedded runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Preparing the output failed.
+    #[error("preparing output {path}: {source}")]
+    Prepare {
+        /// File or directory.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The CPU pool could not start.
+    #[error("starting the CPU pool: {0}")]
+    Pool(String),
+}
+
+/// Creates the staging directory and the pre-sized shard files with their headers.
+pub fn prepare_output(plan: &Plan) -> Result<(), RunError> {
+    let prep = |path: &Path, source| RunError::Prepare {
+        path: path.display().to_string(),
+        source,
+    };
+    for shard in &plan.proto.shards {
+        let path = Path::new(&shard.staging_uri);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| prep(dir, e))?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| prep(path, e))?;
+        f.set_len(shard.total_bytes).map_err(|e| prep(path, e))?;
+        f.write_all_at(&shard.header, 0).map_err(|e| prep(path, e))?;
+    }
+    Ok(())
+}
+
+/// Runs every task of `plan` (after [`prepare_output`]).
+pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
+    let started = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.unwrap_or(0))
+        .thread_name(|i| format!("shardmerge-cpu-{i}"))
+        .build()
+        .map_err(|e| RunError::Pool(e.to_string()))?;
+    let mut order: Vec<usize> = (0..plan.proto.tasks.len()).collect();
+    if let Some(seed) = opts.shuffle {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        order.shuffle(&mut rng);
+    }
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
+    let budget_total = plan.memory_budget().max(1);
+    let budget = (Mutex::new(budget_total), Condvar::new());
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<TaskError>> = Mutex::new(None);
+    let stats = Mutex::new(RunStats::default());
+    let total_bytes: u64 = plan
+        .proto
+        .tasks
+        .iter()
+        .map(|t| t.output.as_ref().map_or(0, |o| o.length))
+        .sum();
+    let bar = if opts.progress {
+        let b = ProgressBar::new(total_bytes);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} merging [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let io = LocalIo::default();
+    std::thread::scope(|scope| {
+        for w in 0..opts.workers.max(1) {
+            let (queue, budget, failed, first_error, stats, bar, io, pool) =
+                (&queue, &budget, &failed, &first_error, &stats, &bar, &io, &pool);
+            std::thread::Builder::new()
+                .name(format!("shardmerge-worker-{w}"))
+                .spawn_scoped(scope, move || {
+                    loop {
+                        if failed.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Some(ti) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                            return;
+                        };
+                        let task = &plan.proto.tasks[ti];
+                        let need = plan.task_memory[ti].min(budget_total);
+                        {
+                            let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                            while *avail < need {
+                                avail = budget.1.wait(avail).unwrap_or_else(|e| e.into_inner());
+                            }
+                            *avail -= need;
+                        }
+                        bar.set_message(task.tensor.clone());
+                        tracing::debug!(tensor = %task.tensor, worker = w, "task started");
+                        let result = pool.install(|| execute_task(task, io));
+                        {
+                            let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                            *avail += need;
+                            budget.1.notify_all();
+                        }
+                        match result {
+                            Ok(outcome) => {
+                                bar.inc(outcome.bytes_written);
+                                let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                                s.tasks += 1;
+                                s.bytes_read += outcome.bytes_read;
+                                s.bytes_written += outcome.bytes_written;
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                })
+                .expect("spawning a worker thread");
+        }
+    });
+    bar.finish_and_clear();
+    io.outputs.close_all();
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e.into());
+    }
+    let mut s = stats.into_inner().unwrap_or_else(|e| e.into_inner());
+    s.elapsed = started.elapsed();
+    Ok(s)
+}

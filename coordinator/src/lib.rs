@@ -1,0 +1,149 @@
+//! shardmerge coordinator: reads mergekit YAML configs, plans merges from safetensors headers,
+//! and runs them (embedded in-process workers today, a gRPC cluster next).
+//!
+//! The entry points are [`merge_file`] (what `shardmerge merge` does) and [`plan::plan`]
+//! (what `shardmerge plan` prints). The command-line interface lives in [`cli`].
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod card;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod embedded;
+pub mod output;
+pub mod plan;
+pub mod pyjson;
+
+use std::path::{Path, PathBuf};
+
+pub use embedded::{RunOptions, RunStats};
+pub use output::OutputOptions;
+pub use plan::{Plan, PlanOptions};
+
+/// Everything `shardmerge merge` can be told.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Seed for random methods (wins over the YAML's `random_seed`).
+    pub random_seed: Option<u64>,
+    /// Maximum data bytes per output shard.
+    pub out_shard_size: u64,
+    /// Output switches.
+    pub output: OutputOptions,
+    /// Allow different architectures.
+    pub allow_crimes: bool,
+    /// Runtime settings.
+    pub run: RunOptions,
+    /// Directory relative model paths resolve against (default: the working directory).
+    pub model_root: Option<PathBuf>,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        Self {
+            random_seed: None,
+            out_shard_size: 5_000_000_000,
+            output: OutputOptions {
+                copy_tokenizer: true,
+                write_model_card: true,
+            },
+            allow_crimes: false,
+            run: RunOptions::default(),
+            model_root: None,
+        }
+    }
+}
+
+/// Errors of a whole merge.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// The config could not be read or parsed.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Reading the config file failed.
+    #[error("reading config {path}: {source}")]
+    ReadConfig {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Planning failed.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Running tasks failed.
+    #[error(transparent)]
+    Run(#[from] embedded::RunError),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+}
+
+/// Result of a finished merge.
+#[derive(Debug)]
+pub struct MergeReport {
+    /// The plan that was executed.
+    pub plan: Plan,
+    /// Runtime statistics.
+    pub stats: RunStats,
+}
+
+/// Reads and parses a config file.
+pub fn load_config(path: &Path) -> Result<config::MergeConfig, MergeError> {
+    if !path.is_file() {
+        return Err(MergeError::ReadConfig {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such config file"),
+        });
+    }
+    Ok(config::load_config(path)?)
+}
+
+/// Plans a parsed config for output directory `out_dir`.
+pub fn plan_config(config: &config::MergeConfig, out_dir: &Path, opts: &MergeOptions) -> Result<Plan, MergeError> {
+    let model_root = match &opts.model_root {
+        Some(r) => r.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let popts = PlanOptions {
+        out_dir: out_dir.to_path_buf(),
+        out_shard_size: opts.out_shard_size,
+        random_seed: opts.random_seed,
+        allow_crimes: opts.allow_crimes,
+        model_root,
+    };
+    Ok(plan::plan(config, &popts)?)
+}
+
+/// Merges `config` into `out_dir` on in-process workers.
+pub fn merge_config(
+    config: &config::MergeConfig,
+    out_dir: &Path,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let plan = plan_config(config, out_dir, opts)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let result = (|| {
+        embedded::prepare_output(&plan)?;
+        let stats = embedded::run_tasks(&plan, &opts.run)?;
+        output::write_metadata(&plan, config, out_dir, opts.output)?;
+        output::commit(&plan, out_dir)?;
+        Ok::<_, MergeError>(stats)
+    })();
+    match result {
+        Ok(stats) => Ok(MergeReport { plan, stats }),
+        Err(e) => {
+            output::abort(out_dir);
+            Err(e)
+        }
+    }
+}
+
+/// Reads `config_path` and merges it into `out_dir`.
+pub fn merge_file(config_path: &Path, out_dir: &Path, opts: &MergeOptions) -> Result<MergeReport, MergeError> {
+    let config = load_config(config_path)?;
+    merge_config(&config, out_dir, opts)
+}

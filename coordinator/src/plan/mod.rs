@@ -1,0 +1,237 @@
+//! The planner: from a config and the input headers to the complete output layout and the
+//! list of tasks that fill it. Reads headers only; no tensor data moves here.
+//!
+//! Steps: normalise the config into output slices ([`sources`]), enumerate output tensors and
+//! resolve their inputs ([`tensors`]), resolve parameters ([`params`]), order tensors the way
+//! mergekit executes them (code-point order of their label) and assign random-stream offsets,
+//! then lay out shards ([`layout`]) and emit one [`MergeTask`] per tensor.
+
+pub mod layout;
+pub mod params;
+pub mod sources;
+pub mod tensors;
+
+use crate::config::MergeConfig;
+use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
+use shardmerge_worker::execute::wire_dtype;
+use shardmerge_worker::methods::{self, MethodSpec};
+use shardmerge_worker::safetensors_io::dtype_size;
+use std::path::PathBuf;
+
+pub use sources::PlannedModel;
+
+/// Directory inside the output directory where shards are written before the commit.
+pub const STAGING_DIR: &str = ".shardmerge-staging";
+
+/// Errors found while planning. Each message names the config file, model, tensor or shapes.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The config is inconsistent with the method or the models.
+    #[error("{0}")]
+    Invalid(String),
+    /// A model could not be opened.
+    #[error("{0}")]
+    Model(String),
+}
+
+/// How the plan was asked for.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Maximum data bytes per output shard (mergekit's `--out-shard-size`).
+    pub out_shard_size: u64,
+    /// Seed from the command line (wins over the YAML `random_seed`).
+    pub random_seed: Option<u64>,
+    /// Allow models of different architectures.
+    pub allow_crimes: bool,
+    /// Directory that relative model paths are resolved against (the working directory).
+    pub model_root: PathBuf,
+}
+
+/// Where the random seed came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedSource {
+    /// `--random-seed`.
+    CommandLine,
+    /// `random_seed:` in the YAML.
+    Config,
+    /// Generated because none was given (recorded in the model card).
+    Generated,
+}
+
+/// A complete plan.
+#[derive(Debug)]
+pub struct Plan {
+    /// The wire form: shards and tasks.
+    pub proto: MergePlan,
+    /// The merge method.
+    pub method: MethodSpec,
+    /// Distinct input models (indexed by `TaskInput::model_index`).
+    pub models: Vec<PlannedModel>,
+    /// Model whose `config.json` and tokenizer are copied.
+    pub donor: usize,
+    /// The base model, if any.
+    pub base: Option<usize>,
+    /// New layer count (only when the config uses `slices`), with its config key.
+    pub num_layers: Option<u64>,
+    /// Seed of the random stream and its origin.
+    pub seed: Option<(u64, SeedSource)>,
+    /// Estimated peak bytes of one task, by task.
+    pub task_memory: Vec<u64>,
+    /// Warnings to show the user.
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Estimated peak memory of running with `workers` concurrent tasks under a memory budget
+    /// that never runs two of the largest tasks at once.
+    pub fn memory_budget(&self) -> u64 {
+        let mut sizes = self.task_memory.clone();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2
+    }
+}
+
+/// Plans `config`.
+pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let method = methods::lookup(&config.merge_method).ok_or_else(|| {
+        PlanError::Invalid(format!(
+            "{}: unknown merge method `{}`; available: {}",
+            sources::at_line(config, "merge_method"),
+            config.merge_method,
+            methods::names().join(", ")
+        ))
+    })?;
+    let norm = sources::normalize(config, &method, opts)?;
+    let mut warnings = norm.warnings.clone();
+    let known: Vec<&str> = method.params.iter().map(|p| p.name).collect();
+    warnings.extend(config.unknown_parameter_warnings(&known));
+    let mut out = tensors::output_tensors(config, &method, &norm)?;
+    // mergekit executes (and saves) tensors in code-point order of their label.
+    out.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.name.cmp(&b.name)));
+
+    let seed = if method.is_random() {
+        Some(match (opts.random_seed, config.random_seed) {
+            (Some(s), _) => (s, SeedSource::CommandLine),
+            (None, Some(s)) => (s, SeedSource::Config),
+            (None, None) => {
+                let s = u64::from(rand::random::<u32>());
+                warnings.push(format!(
+                    "no --random-seed given: using generated seed {s} (recorded in README.md); pass --random-seed {s} to reproduce"
+                ));
+                (s, SeedSource::Generated)
+            }
+        })
+    } else {
+        None
+    };
+
+    let layout_input: Vec<layout::LayoutTensor> = out
+        .iter()
+        .map(|t| layout::LayoutTensor {
+            name: t.name.clone(),
+            dtype: t.out_dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let shards = layout::layout(&layout_input, opts.out_shard_size)?;
+    let staging = opts.out_dir.join(STAGING_DIR);
+    let mut placement = vec![(0u32, 0u64, 0u64); out.len()];
+    let mut shard_plans = Vec::with_capacity(shards.len());
+    for (si, s) in shards.iter().enumerate() {
+        for &(ti, off, len) in &s.placements {
+            placement[ti] = (si as u32, off, len);
+        }
+        shard_plans.push(ShardPlan {
+            file_name: s.file_name.clone(),
+            staging_uri: staging.join(&s.file_name).to_string_lossy().into_owned(),
+            total_bytes: s.file_len,
+            header: s.header.clone(),
+            tensors: s.placements.iter().map(|&(ti, _, _)| out[ti].name.clone()).collect(),
+        });
+    }
+
+    let mut cursor = 0u64;
+    let mut tasks = Vec::with_capacity(out.len());
+    let mut task_memory = Vec::with_capacity(out.len());
+    let mut bytes_to_read = 0u64;
+    let mut total_size = 0u64;
+    for (ti, t) in out.iter().enumerate() {
+        let (si, offset, length) = placement[ti];
+        total_size += length;
+        let mut inputs = Vec::with_capacity(t.inputs.len());
+        let mut max_in = 0u64;
+        for inp in &t.inputs {
+            let rng_offset = if method.is_random() && !inp.is_base && inp.density.is_some_and(|d| d < 1.0) {
+                let o = cursor;
+                cursor += t.numel;
+                Some(o)
+            } else {
+                None
+            };
+            bytes_to_read += inp.info.data_len;
+            max_in = max_in.max(inp.info.data_len);
+            inputs.push(TaskInput {
+                model_index: inp.model as u32,
+                model: norm.models[inp.model].display.clone(),
+                is_base: inp.is_base,
+                source: Some(TensorSource {
+                    uri: inp.file.to_string_lossy().into_owned(),
+                    offset: inp.info.data_start,
+                    length: inp.info.data_len,
+                    dtype: wire_dtype(inp.info.dtype) as i32,
+                    shape: inp.info.shape.clone(),
+                    tensor_name: inp.info.name.clone(),
+                }),
+                params: inp.params.clone(),
+                rng_offset,
+            });
+        }
+        let buffers = match method.kind {
+            methods::MethodKind::Gta(_) => 1 + t.inputs.len() as u64,
+            _ => 2,
+        };
+        task_memory.push(
+            t.numel * 4 * buffers + max_in + (t.numel.min(4 << 20)) * dtype_size(t.out_dtype).unwrap_or(4) as u64,
+        );
+        tasks.push(MergeTask {
+            task_id: ti as u64,
+            tensor: t.name.clone(),
+            method: method.name.to_string(),
+            working_dtype: t.work.wire() as i32,
+            inputs,
+            shared_params: t.shared.clone(),
+            output: Some(TensorDestination {
+                uri: shard_plans[si as usize].staging_uri.clone(),
+                offset,
+                length,
+                dtype: wire_dtype(t.out_dtype) as i32,
+                shape: t.shape.clone(),
+                shard_index: si,
+            }),
+            random_seed: seed.map(|(s, _)| s),
+            numel: t.numel,
+            passthrough: t.passthrough,
+            load_dtype: t.load.map(|l| l.wire() as i32).unwrap_or(0),
+        });
+    }
+    let proto = MergePlan {
+        output_uri: opts.out_dir.to_string_lossy().into_owned(),
+        shards: shard_plans,
+        tasks,
+        total_size,
+        bytes_to_read,
+    };
+    Ok(Plan {
+        proto,
+        method,
+        models: norm.models,
+        donor: norm.donor,
+        base: norm.base,
+        num_layers: norm.num_layers,
+        seed,
+        task_memory,
+        warnings,
+    })
+}

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Write the tiny deterministic Llama-shaped input models used by the golden fixtures.
+
+Run with the mergekit venv's python (needs numpy, torch, safetensors):
+
+    python make_models.py [OUT_DIR]        # default: <this dir>/models
+
+Every value comes from numpy.random.default_rng with fixed seeds, computed in
+float32 and then cast (round-to-nearest-even) to bfloat16 where needed, so the
+output is byte-identical on every run and machine.
+
+Models written (all LlamaForCausalLM, vocab 64, hidden 32, intermediate 48,
+6 layers, 4 heads / 4 kv heads, untied lm_head):
+
+  base_f32, ft1_f32, ft2_f32       float32; ft_i = base + 0.02 * N(0, 1)
+  base_bf16, ft1_bf16, ft2_bf16    the same values cast to bfloat16
+  ft1_bf16_sharded                 ft1_bf16's tensors split over two shard
+                                   files plus model.safetensors.index.json
+
+The *_bf16 models carry a transformers-4.x style config.json ("torch_dtype",
+top-level "rope_theta"); the *_f32 models carry a transformers-5 style one
+("dtype", "rope_parameters"), so the fixtures show how mergekit (through
+transformers) rewrites both styles.  base_bf16 additionally has small
+tokenizer files and a generation_config.json, which mergekit copies verbatim
+when it is the donor model and --copy-tokenizer is on.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+VOCAB = 64
+HIDDEN = 32
+INTER = 48
+LAYERS = 6
+HEADS = 4
+KV_HEADS = 4
+HEAD_DIM = HIDDEN // HEADS
+
+BASE_SEED = 20261127
+FT_SEEDS = {"ft1": 1001, "ft2": 1002}
+FT_SCALE = np.float32(0.02)
+
+
+def tensor_specs():
+    """(name, shape, kind) in Llama architecture order."""
+    specs = [("model.embed_tokens.weight", (VOCAB, HIDDEN), "embed")]
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        specs += [
+            (p + "input_layernorm.weight", (HIDDEN,), "norm"),
+            (p + "self_attn.q_proj.weight", (HEADS * HEAD_DIM, HIDDEN), "matrix"),
+            (p + "self_attn.k_proj.weight", (KV_HEADS * HEAD_DIM, HIDDEN), "matrix"),
+            (p + "self_attn.v_proj.weight", (KV_HEADS * HEAD_DIM, HIDDEN), "matrix"),
+            (p + "self_attn.o_proj.weight", (HIDDEN, HEADS * HEAD_DIM), "matrix"),
+            (p + "post_attention_layernorm.weight", (HIDDEN,), "norm"),
+            (p + "mlp.up_proj.weight", (INTER, HIDDEN), "matrix"),
+            (p + "mlp.gate_proj.weight", (INTER, HIDDEN), "matrix"),
+            (p + "mlp.down_proj.weight", (HIDDEN, INTER), "matrix"),
+        ]
+    specs += [
+        ("model.norm.weight", (HIDDEN,), "norm"),
+        ("lm_head.weight", (VOCAB, HIDDEN), "matrix"),
+    ]
+    return specs
+
+
+def make_base():
+    rng = np.random.default_rng(BASE_SEED)
+    out = {}
+    for name, shape, kind in tensor_specs():
+        z = rng.standard_normal(shape).astype(np.float32)
+        if kind == "norm":
+            v = np.float32(1.0) + np.float32(0.05) * z
+        elif kind == "embed":
+            v = np.float32(0.5) * z
+        else:
+            v = z / np.float32(np.sqrt(shape[-1]))
+        out[name] = v.astype(np.float32)
+    return out
+
+
+def make_finetune(base, seed):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape, _kind in tensor_specs():
+        z = rng.standard_normal(shape).astype(np.float32)
+        out[name] = (base[name] + FT_SCALE * z).astype(np.float32)
+    return out
+
+
+def to_torch(arrays, dtype):
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(arr)).to(dtype).contiguous()
+        for name, arr in arrays.items()
+    }
+
+
+def config_v4(dtype_name):
+    """A config.json as transformers 4.4x writes it (sorted keys, torch_dtype)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "head_dim": HEAD_DIM,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTER,
+        "max_position_embeddings": 128,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": LAYERS,
+        "num_key_value_heads": KV_HEADS,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype_name,
+        "transformers_version": "4.46.3",
+        "use_cache": True,
+        "vocab_size": VOCAB,
+    }
+
+
+def config_v5(dtype_name):
+    """A config.json as transformers 5.x writes it (sorted keys, dtype)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "dtype": dtype_name,
+        "eos_token_id": 2,
+        "head_dim": HEAD_DIM,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTER,
+        "max_position_embeddings": 128,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": LAYERS,
+        "num_key_value_heads": KV_HEADS,
+        "pad_token_id": None,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "transformers_version": "5.24.0",
+        "use_cache": True,
+        "vocab_size": VOCAB,
+    }
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def tokenizer_files():
+    # A byte-level-free, 64-entry BPE vocabulary with no merges: ids 0..3 are
+    # special tokens, 4..63 are single printable characters.
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    chars += [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    chars += [str(d) for d in range(8)]
+    vocab_list = specials + chars
+    assert len(vocab_list) == VOCAB
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    added = [
+        {
+            "id": i,
+            "content": tok,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, tok in enumerate(specials)
+    ]
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [],
+        },
+    }
+    tokenizer_config = {
+        "added_tokens_decoder": {
+            str(i): {
+                "content": tok,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for i, tok in enumerate(specials)
+        },
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "model_max_length": 128,
+        "pad_token": "<pad>",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "<unk>",
+    }
+    generation_config = {
+        "_from_model_config": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "transformers_version": "4.46.3",
+    }
+    return tokenizer_json, tokenizer_config, generation_config
+
+
+def write_model(out_dir, name, tensors, config, shards=None):
+    path = os.path.join(out_dir, name)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+    write_json(os.path.join(path, "config.json"), config)
+    if shards is None:
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        return path
+    weight_map = {}
+    total = 0
+    for idx, names in enumerate(shards):
+        fname = f"model-{idx + 1:05d}-of-{len(shards):05d}.safetensors"
+        part = {n: tensors[n] for n in names}
+        save_file(part, os.path.join(path, fname), metadata={"format": "pt"})
+        for n in names:
+            weight_map[n] = fname
+            total += tensors[n].numel() * tensors[n].element_size()
+    assert sorted(weight_map) == sorted(tensors)
+    index = {
+        "metadata": {"total_size": total},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    write_json(os.path.join(path, "model.safetensors.index.json"), index)
+    return path
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "models")
+    os.makedirs(out_dir, exist_ok=True)
+
+    base = make_base()
+    arrays = {"base": base}
+    for ft, seed in FT_SEEDS.items():
+        arrays[ft] = make_finetune(base, seed)
+
+    for key, arr in arrays.items():
+        write_model(out_dir, f"{key}_f32", to_torch(arr, torch.float32), config_v5("float32"))
+        write_model(out_dir, f"{key}_bf16", to_torch(arr, torch.bfloat16), config_v4("bfloat16"))
+
+    # ft1_bf16 split over two shards: embeddings + layers 0..2 | layers 3..5 + norm + lm_head
+    ft1 = to_torch(arrays["ft1"], torch.bfloat16)
+    names = [n for n, _s, _k in tensor_specs()]
+    first = [n for n in names if n == "model.embed_tokens.weight"
+             or any(n.startswith(f"model.layers.{i}.") for i in range(3))]
+    second = [n for n in names if n not in first]
+    write_model(out_dir, "ft1_bf16_sharded", ft1, config_v4("bfloat16"), shards=[first, second])
+
+    # Tokenizer + generation config for the usual donor model.
+    tok_json, tok_cfg, gen_cfg = tokenizer_files()
+    base_dir = os.path.join(out_dir, "base_bf16")
+    write_json(os.path.join(base_dir, "tokenizer.json"), tok_json)
+    write_json(os.path.join(base_dir, "tokenizer_config.json"), tok_cfg)
+    write_json(os.path.join(base_dir, "generation_config.json"), gen_cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+//! Test support for shardmerge's end-to-end tests: locating the golden fixtures, running
+//! merges in-process, and comparing safetensors outputs tensor by tensor.
+
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+
+/// `tests/golden` in the source tree.
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// A golden case: `tests/golden/cases/<name>`.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Case name.
+    pub name: String,
+    /// Case directory.
+    pub dir: PathBuf,
+    /// `--random-seed`, if the case uses one.
+    pub random_seed: Option<u64>,
+    /// `--out-shard-size`, if given.
+    pub out_shard_size: Option<u64>,
+    /// `--no-copy-tokenizer` was given.
+    pub no_copy_tokenizer: bool,
+}
+
+/// All golden cases with an `expected/` directory, sorted by name.
+pub fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    let dir = golden_dir().join("cases");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("golden cases dir").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        if !path.join("expected").is_dir() {
+            continue;
+        }
+        let args = std::fs::read_to_string(path.join("args")).unwrap_or_default();
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let mut random_seed = None;
+        let mut out_shard_size = None;
+        for w in words.windows(2) {
+            match w[0] {
+                "--random-seed" => random_seed = Some(w[1].parse().expect("seed")),
+                "--out-shard-size" => {
+                    out_shard_size = Some(shardmerge_coordinator::plan::layout::parse_size(w[1]).expect("size"))
+                }
+                _ => {}
+            }
+        }
+        let no_copy_tokenizer = words.contains(&"--no-copy-tokenizer");
+        out.push(Case {
+            name: e.file_name().to_string_lossy().into_owned(),
+            dir: path,
+            random_seed,
+            out_shard_size,
+            no_copy_tokenizer,
+        });
+    }
+    out
+}
+
+/// Merges `case` into `out` in-process with `workers` workers (optionally shuffled).
+pub fn run_case(case: &Case, out: &Path, workers: usize, shuffle: Option<u64>) -> anyhow::Result<()> {
+    let config = shardmerge_coordinator::load_config(&case.dir.join("config.yml"))?;
+    let mut opts = shardmerge_coordinator::MergeOptions {
+        random_seed: case.random_seed,
+        model_root: Some(golden_dir()),
+        ..Default::default()
+    };
+    opts.run.workers = workers;
+    opts.run.shuffle = shuffle;
+    opts.output.copy_tokenizer = !case.no_copy_tokenizer;
+    if let Some(s) = case.out_shard_size {
+        opts.out_shard_size = s;
+    }
+    shardmerge_coordinator::merge_config(&config, out, &opts)?;
+    Ok(())
+}
+
+/// Names of the safetensors and index files in a directory, sorted.
+pub fn model_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors") || n.ends_with(".index.json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// One tensor's elements as f32 plus its raw dtype name.
+pub fn tensors_of(bytes: &[u8]) -> Vec<(String, String, Vec<usize>, Vec<f32>)> {
+    let st = SafeTensors::deserialize(bytes).expect("valid safetensors");
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            other => panic!("unexpected dtype {other:?}"),
+        };
+        out.push((name, format!("{:?}", view.dtype()), view.shape().to_vec(), values));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Distance in units in the last place of the stored dtype (`BF16` or `F32`) between two values.
+pub fn ulp_distance(dtype: &str, a: f32, b: f32) -> u64 {
+    let key = |x: f32| -> i64 {
+        let bits = x.to_bits() as i32 as i64;
+        if bits < 0 { i64::from(i32::MIN) - bits } else { bits }
+    };
+    let d = (key(a) - key(b)).unsigned_abs();
+    match dtype {
+        "BF16" => d >> 16,
+        "F16" => d >> 13,
+        _ => d,
+    }
+}
