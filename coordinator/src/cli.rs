@@ -37,6 +37,27 @@ pub enum Command {
     Plan(PlanArgs),
     /// Generate small synthetic Llama-shaped models and merge them with AutoMerger's recipes.
     Demo(DemoArgs),
+    /// Write a synthetic Llama-shaped model family (base, finetune-a, finetune-b) for benchmarks.
+    Synth(SynthArgs),
+}
+
+/// `shardmerge synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output directory (gets base/, finetune-a/, finetune-b/).
+    pub dir: PathBuf,
+    /// Hidden size.
+    #[arg(long, default_value_t = 2048)]
+    pub hidden: u64,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 8)]
+    pub layers: u64,
+    /// MLP intermediate size.
+    #[arg(long, default_value_t = 5632)]
+    pub intermediate: u64,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: u64,
 }
 
 /// Flags shared by `merge` and `plan`.
@@ -205,6 +226,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => run_plan(args),
         Command::Demo(args) => {
             crate::demo::run(&args.dir, args.workers, !args.quiet && std::io::stderr().is_terminal())
+        }
+        Command::Synth(args) => {
+            let spec = crate::demo::SynthSpec {
+                vocab: args.vocab,
+                hidden: args.hidden,
+                intermediate: args.intermediate,
+                layers: args.layers,
+                dtype: shardmerge_worker::safetensors_io::Dtype::BF16,
+            };
+            for p in crate::demo::write_family(&spec, &args.dir)? {
+                println!("{}", p.display());
+            }
+            Ok(())
         }
     }
 }

@@ -123,6 +123,18 @@ pub fn merge_config(
     opts: &MergeOptions,
 ) -> Result<MergeReport, MergeError> {
     let plan = plan_config(config, out_dir, opts)?;
+    execute_plan(plan, config, out_dir, opts)
+}
+
+/// Runs a plan made by [`plan_config`]: prepares the staged shards, runs every task, writes
+/// metadata and commits. On failure the staged data is removed and nothing that looks like a
+/// complete model is left behind.
+pub fn execute_plan(
+    plan: Plan,
+    config: &config::MergeConfig,
+    out_dir: &Path,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }

@@ -132,3 +132,38 @@ pub fn ulp_distance(dtype: &str, a: f32, b: f32) -> u64 {
         _ => d,
     }
 }
+
+/// Copies a model directory (flat) to `dst`.
+pub fn copy_model(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create model dir");
+    for e in std::fs::read_dir(src).expect("read model dir").flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy model file");
+        }
+    }
+}
+
+/// Rewrites `dir/model.safetensors`, mapping every tensor through `f(name, shape, bytes)`;
+/// `None` drops the tensor. The dtype is kept.
+pub fn rewrite_model(dir: &Path, f: impl Fn(&str, &[usize], &[u8]) -> Option<(Vec<usize>, Vec<u8>)>) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).expect("read model");
+    let st = SafeTensors::deserialize(&bytes).expect("valid model");
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some((shape, data)) = f(&name, view.shape(), view.data()) {
+            owned.push((name, view.dtype(), shape, data));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view"),
+            )
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), &path).expect("write model");
+}

@@ -18,31 +18,42 @@ pub enum Sparsifier {
 
 const RESCALE_EPS: f32 = 1e-7;
 
+/// Number of elements the magnitude sparsifier keeps: `max(1, floor(density * n))`.
+pub fn magnitude_keep_count(n: usize, density: f64) -> usize {
+    ((density * n as f64) as usize).max(1).min(n)
+}
+
+/// Keep-mask (1.0 kept, 0.0 dropped) of the top-`k` magnitudes of `delta`, ranked as f32.
+/// Ties at the threshold are broken arbitrarily, as torch's unstable sort does.
+pub fn magnitude_mask(delta: &[f32], density: f64) -> Vec<f32> {
+    let n = delta.len();
+    let k = magnitude_keep_count(n, density);
+    let mut mask = vec![0.0f32; n];
+    if k >= n {
+        mask.fill(1.0);
+        return mask;
+    }
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    idx.select_nth_unstable_by(k - 1, |&i, &j| {
+        delta[j as usize].abs().total_cmp(&delta[i as usize].abs())
+    });
+    for &i in &idx[..k] {
+        mask[i as usize] = 1.0;
+    }
+    mask
+}
+
 /// Keeps the top-`k` magnitudes of `delta` and zeroes the rest (`x * 0.0`, so signs of zeros
-/// follow torch). Ties at the threshold are broken arbitrarily, as torch's unstable sort does.
+/// follow torch).
 pub fn magnitude<P: Precision>(delta: &mut [f32], density: f64, rescale: bool) {
     if density >= 1.0 {
         return;
     }
-    let n = delta.len();
-    if density <= 0.0 || n == 0 {
+    if density <= 0.0 || delta.is_empty() {
         delta.fill(0.0);
         return;
     }
-    let k = ((density * n as f64) as usize).max(1);
-    let mut mask = vec![0.0f32; n];
-    if k >= n {
-        mask.fill(1.0);
-    } else {
-        let mut idx: Vec<u32> = (0..n as u32).collect();
-        idx.select_nth_unstable_by(k - 1, |&i, &j| {
-            let (a, b) = (delta[i as usize].abs(), delta[j as usize].abs());
-            b.total_cmp(&a)
-        });
-        for &i in &idx[..k] {
-            mask[i as usize] = 1.0;
-        }
-    }
+    let mask = magnitude_mask(delta, density);
     apply_mask::<P>(delta, &mask, rescale);
 }
 

@@ -1,0 +1,143 @@
+//! The `shardmerge` binary as users run it: mergekit-style arguments, `plan`, help and errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+fn shardmerge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardmerge"))
+}
+
+#[test]
+fn merge_accepts_mergekit_arguments_and_matches_mergekit_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let case = golden().join("cases/dare_ties_bf16_automerger");
+    let output = shardmerge()
+        .current_dir(golden())
+        .args(["merge", "cases/dare_ties_bf16_automerger/config.yml"])
+        .arg(&out)
+        .args([
+            "--random-seed",
+            "42",
+            "--cuda",
+            "--lazy-unpickle",
+            "--copy-tokenizer",
+            "--allow-crimes",
+            "-j",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("--cuda is a mergekit flag with no effect"), "{stderr}");
+    let want = std::fs::read(case.join("expected/model.safetensors")).unwrap();
+    let got = std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(want == got, "model.safetensors differs from mergekit's");
+    assert!(out.join("tokenizer.json").exists());
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("random seed 42 (--random-seed)"), "{card}");
+}
+
+#[test]
+fn no_write_model_card_and_no_copy_tokenizer_are_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let status = shardmerge()
+        .current_dir(golden())
+        .args(["merge", "cases/linear_bf16/config.yml"])
+        .arg(&out)
+        .args([
+            "--no-write-model-card",
+            "--no-copy-tokenizer",
+            "--quiet",
+            "--out-shard-size",
+            "30k",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!out.join("README.md").exists());
+    assert!(!out.join("mergekit_config.yml").exists());
+    assert!(!out.join("tokenizer.json").exists());
+    assert!(
+        out.join("model.safetensors.index.json").exists(),
+        "30k shards must split the model"
+    );
+}
+
+#[test]
+fn yaml_random_seed_is_honoured_and_the_flag_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = std::fs::read_to_string(golden().join("cases/dare_ties_bf16_automerger/config.yml")).unwrap();
+    let cfg = tmp.path().join("seeded.yml");
+    std::fs::write(&cfg, format!("{yaml}random_seed: 42\n")).unwrap();
+    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let out = tmp.path().join(name);
+        let st = shardmerge()
+            .current_dir(golden())
+            .arg("merge")
+            .arg(&cfg)
+            .arg(&out)
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let expected = std::fs::read(golden().join("cases/dare_ties_bf16_automerger/expected/model.safetensors")).unwrap();
+    assert!(
+        run("yaml-seed", &[]) == expected,
+        "YAML random_seed: 42 must reproduce mergekit --random-seed 42"
+    );
+    assert!(
+        run("flag-wins", &["--random-seed", "7"]) != expected,
+        "--random-seed must override the YAML seed"
+    );
+}
+
+#[test]
+fn plan_reads_headers_and_prints_layout() {
+    let output = shardmerge()
+        .current_dir(golden())
+        .args(["plan", "cases/multishard_bf16/config.yml", "--out-shard-size", "20k"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for needle in [
+        "tasks:",
+        "bytes to read:",
+        "output shards: 6",
+        "model-00006-of-00006.safetensors",
+        "peak memory:",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn errors_exit_nonzero_with_a_message_and_help_teaches() {
+    let output = shardmerge()
+        .args(["merge", "/nonexistent/cfg.yml", "/tmp/never"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cfg.yml"), "{stderr}");
+    let help = shardmerge().args(["merge", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--random-seed",
+        "--out-shard-size",
+        "--no-copy-tokenizer",
+        "--workers",
+        "--num-threads",
+    ] {
+        assert!(text.contains(flag), "help lacks {flag}");
+    }
+}

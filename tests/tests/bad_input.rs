@@ -1,0 +1,206 @@
+//! Bad input gets a clear error naming what is wrong, never a panic, and never output that
+//! looks like a complete model.
+
+use shardmerge_coordinator::{MergeError, MergeOptions, execute_plan, load_config, merge_config, plan_config};
+use shardmerge_tests::{copy_model, golden_dir, rewrite_model};
+use std::path::{Path, PathBuf};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    /// A temp dir with copies of the golden base and ft1 bf16 models.
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        copy_model(&golden_dir().join("models/base_bf16"), &root.join("base"));
+        copy_model(&golden_dir().join("models/ft1_bf16"), &root.join("ft1"));
+        Fixture { _tmp: tmp, root }
+    }
+
+    fn config(&self, yaml: &str) -> PathBuf {
+        let p = self.root.join("cfg.yml");
+        std::fs::write(&p, yaml.replace("ROOT", &self.root.display().to_string())).unwrap();
+        p
+    }
+
+    fn out(&self) -> PathBuf {
+        self.root.join("out")
+    }
+
+    fn merge(&self, yaml: &str) -> String {
+        let cfg = self.config(yaml);
+        let out = self.out();
+        let err =
+            shardmerge_coordinator::merge_file(&cfg, &out, &MergeOptions::default()).expect_err("the merge must fail");
+        assert_nothing_complete(&out);
+        let msg = format!("{err:#}");
+        println!("{msg}");
+        msg
+    }
+}
+
+const TA: &str = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n    parameters:\n      weight: 0.5\nmerge_method: task_arithmetic\nbase_model: ROOT/base\ndtype: bfloat16\n";
+
+fn assert_nothing_complete(out: &Path) {
+    for f in [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        ".shardmerge-staging",
+    ] {
+        assert!(
+            !out.join(f).exists(),
+            "{f} exists in {} after a failed merge",
+            out.display()
+        );
+    }
+}
+
+fn assert_contains(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error message {msg:?} does not mention {p:?}");
+    }
+}
+
+#[test]
+fn the_valid_fixture_merges() {
+    let f = Fixture::new();
+    let cfg = f.config(TA);
+    shardmerge_coordinator::merge_file(&cfg, &f.out(), &MergeOptions::default()).unwrap();
+    assert!(f.out().join("model.safetensors").exists());
+}
+
+#[test]
+fn missing_model_path_names_the_model_and_the_line() {
+    let f = Fixture::new();
+    let msg = f.merge(&TA.replace("ROOT/ft1", "ROOT/does-not-exist"));
+    assert_contains(&msg, &["does-not-exist", "not found", "cfg.yml:3"]);
+}
+
+#[test]
+fn tensor_missing_in_one_model_is_named() {
+    let f = Fixture::new();
+    rewrite_model(&f.root.join("ft1"), |name, shape, data| {
+        (name != "model.layers.3.mlp.up_proj.weight").then(|| (shape.to_vec(), data.to_vec()))
+    });
+    let msg = f.merge(TA);
+    assert_contains(&msg, &["model.layers.3.mlp.up_proj.weight", "missing", "ft1"]);
+}
+
+#[test]
+fn shape_mismatch_names_model_tensor_and_both_shapes() {
+    let f = Fixture::new();
+    rewrite_model(&f.root.join("ft1"), |name, shape, data| {
+        if name == "model.layers.2.self_attn.q_proj.weight" {
+            Some((vec![shape[0] / 2, shape[1]], data[..data.len() / 2].to_vec()))
+        } else {
+            Some((shape.to_vec(), data.to_vec()))
+        }
+    });
+    let msg = f.merge(TA);
+    assert_contains(
+        &msg,
+        &[
+            "model.layers.2.self_attn.q_proj.weight",
+            "shape mismatch",
+            "[32, 32]",
+            "[16, 32]",
+            "ft1",
+            "base",
+        ],
+    );
+}
+
+#[test]
+fn unknown_method_lists_the_available_ones() {
+    let f = Fixture::new();
+    let msg = f.merge(&TA.replace("task_arithmetic", "frobnicate"));
+    assert_contains(&msg, &["frobnicate", "unknown merge method", "cfg.yml:6", "dare_ties"]);
+}
+
+#[test]
+fn missing_required_parameter_names_parameter_model_and_tensor() {
+    let f = Fixture::new();
+    let msg = f.merge(&TA.replace("    parameters:\n      weight: 0.5\n", ""));
+    assert_contains(&msg, &["weight", "missing required parameter", "ft1"]);
+}
+
+#[test]
+fn malformed_yaml_reports_the_line() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/base\n  - model: [unclosed\nmerge_method: linear\n");
+    assert_contains(&msg, &["cfg.yml:"]);
+    let line: String = msg
+        .split("cfg.yml:")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let line: usize = line.parse().unwrap();
+    assert!((3..=5).contains(&line), "line {line} in {msg:?}");
+}
+
+#[test]
+fn truncated_safetensors_header_is_an_error_not_a_panic() {
+    let f = Fixture::new();
+    let path = f.root.join("ft1/model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..100]).unwrap();
+    let msg = f.merge(TA);
+    assert_contains(&msg, &["ft1", "model.safetensors"]);
+}
+
+#[test]
+fn corrupt_safetensors_header_is_an_error_not_a_panic() {
+    let f = Fixture::new();
+    let path = f.root.join("ft1/model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes[8..40].iter_mut() {
+        *b = b'#';
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = f.merge(TA);
+    assert_contains(&msg, &["ft1", "model.safetensors", "header"]);
+    // A header length far beyond the file.
+    bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = f.merge(TA);
+    assert_contains(&msg, &["ft1", "model.safetensors"]);
+}
+
+#[test]
+fn unwritable_output_directory_is_reported() {
+    let f = Fixture::new();
+    let cfg = f.config(TA);
+    let blocker = f.root.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = blocker.join("out");
+    let err = shardmerge_coordinator::merge_file(&cfg, &out, &MergeOptions::default()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert_contains(&msg, &["a-file"]);
+    assert!(std::fs::read(&blocker).unwrap() == b"not a directory");
+}
+
+#[test]
+fn a_failure_while_merging_leaves_no_complete_looking_output() {
+    let f = Fixture::new();
+    let cfg = load_config(&f.config(TA)).unwrap();
+    let out = f.out();
+    // Leave a previous complete model in the output directory, as a rerun would.
+    std::fs::create_dir_all(&out).unwrap();
+    let opts = MergeOptions::default();
+    let plan = plan_config(&cfg, &out, &opts).unwrap();
+    // The input disappears after planning: tasks fail mid-merge.
+    std::fs::remove_file(f.root.join("ft1/model.safetensors")).unwrap();
+    let err = execute_plan(plan, &cfg, &out, &opts).unwrap_err();
+    assert!(matches!(err, MergeError::Run(_)), "{err:?}");
+    assert_contains(&format!("{err:#}"), &["ft1", "model.safetensors"]);
+    assert_nothing_complete(&out);
+    // And a clean rerun after restoring the input succeeds.
+    copy_model(&golden_dir().join("models/ft1_bf16"), &f.root.join("ft1"));
+    merge_config(&cfg, &out, &opts).unwrap();
+    assert!(out.join("model.safetensors").exists());
+}
