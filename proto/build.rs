@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
-    let protos = ["proto/shardmerge/v1/task.proto"];
+    let protos = ["proto/shardmerge/v1/task.proto", "proto/shardmerge/v1/cluster.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

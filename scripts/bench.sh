@@ -22,6 +22,7 @@
 #   BENCH_DIR        work dir (default <repo>/target/bench): models/, *.yml, logs/, results.md
 #   BENCH_REPEAT     runs per tool and recipe (default 1)
 #   SKIP_MERGEKIT=1  time shardmerge only (no ratios, no output comparison)
+#   BENCH_KEEP=1     keep the last outputs in $BENCH_DIR/out/TOOL/merged-RECIPE
 #   MERGEKIT_VENV    mergekit 0.1.5 venv (default <repo>/target/mergekit-venv; created on
 #                    demand by scripts/mergekit-venv.sh, like tests/golden/regen.sh)
 #   SHARDMERGE_*     read by shardmerge itself, e.g. SHARDMERGE_WORKERS=4
@@ -63,7 +64,7 @@ models="$bench/models"
 if [[ ! -f "$models/.complete" ]]; then
     echo "== generating synthetic models in $models" >&2
     rm -rf "$models"
-    "$sm" synth "$models"
+    "$sm" synth "$models" >&2
     touch "$models/.complete"
 fi
 base="$models/base"
@@ -120,13 +121,15 @@ write_s="$(secs_since "$t0")"
 rm -f "$bench/floor.bin"
 sync
 
-# run TOOL RECIPE REP: time one merge into $bench/out-TOOL-RECIPE, append to runs.tsv.
+# run TOOL RECIPE REP: time one merge into $bench/out/TOOL/merged-RECIPE (same basename for
+# both tools, so the model cards can match), append to runs.tsv.
 run() {
-    local tool="$1" recipe="$2" rep="$3" out="$bench/out-$1-$2" log="$bench/logs/$1-$2-$3"
+    local tool="$1" recipe="$2" rep="$3" out="$bench/out/$1/merged-$2" log="$bench/logs/$1-$2-$3"
     local cmd=("$sm" merge "$bench/$recipe.yml" "$out" --random-seed 42 --quiet)
     [[ "$tool" == mergekit ]] && cmd=("${noaslr[@]}" "$MERGEKIT_VENV/bin/mergekit-yaml" \
         "$bench/$recipe.yml" "$out" --random-seed 42 --quiet)
     rm -rf "$out"
+    mkdir -p "${out%/*}"
     sync
     echo "== $tool $recipe (run $rep/$repeat)" >&2
     if ! /usr/bin/time -v -o "$log.time" "${cmd[@]}" >"$log.log" 2>&1; then
@@ -142,7 +145,7 @@ run() {
 
 # compare RECIPE: mergekit's output against shardmerge's; 0 if they match.
 compare() {
-    local recipe="$1" mk="$bench/out-mergekit-$1" sm_out="$bench/out-shardmerge-$1" ok=0 f
+    local recipe="$1" mk="$bench/out/mergekit/merged-$1" sm_out="$bench/out/shardmerge/merged-$1" ok=0 f d
     if [[ "$recipe" == dare-ties ]]; then
         echo "cmp of .safetensors files (must be byte-identical):"
         for f in "$mk"/*.safetensors; do
@@ -155,11 +158,13 @@ compare() {
         "$MERGEKIT_VENV/bin/python" "$here/compare_outputs.py" "$mk" "$sm_out" --max-ulp 1 || ok=1
     fi
     echo "other files (config.json, model card, ...):"
-    diff -rq -x '*.safetensors' "$mk" "$sm_out" && echo "  identical"
+    d="$(diff -r -x '*.safetensors' "$mk" "$sm_out" | head -n 40)" || true
+    echo "${d:-  identical}"
     return "$ok"
 }
 
 rm -f "$bench/runs.tsv" "$bench"/compare-*.txt
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 for ((rep = 1; rep <= repeat; rep++)); do
     for recipe in dare-ties slerp; do
@@ -167,7 +172,7 @@ for ((rep = 1; rep <= repeat; rep++)); do
         if [[ "$rep" == 1 && "$skip_mk" != 1 ]]; then
             compare "$recipe" >"$bench/compare-$recipe.txt" 2>&1 || status=1
         fi
-        rm -rf "$bench/out-mergekit-$recipe" "$bench/out-shardmerge-$recipe"
+        [[ "${BENCH_KEEP:-0}" == 1 ]] || rm -rf "$bench/out/mergekit/merged-$recipe" "$bench/out/shardmerge/merged-$recipe"
     done
 done
 
@@ -180,7 +185,8 @@ median() {
     echo "# shardmerge vs mergekit 0.1.5"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet || echo '+dirty'),"
-    echo "$(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB RAM, $("$sm" --version), medians of $repeat run(s)."
+    echo "$(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB RAM, $("$sm" --version), medians of $repeat run(s),"
+    echo "load average (1/5/15 min) $load_before before the timed runs, $(cut -d' ' -f1-3 /proc/loadavg) after."
     echo "Inputs: 2 models, $(awk -v b="$in_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB; output $(awk -v b="$out_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB (bf16)."
     echo
     echo "| tool | recipe | wall s | CPU s | peak RSS GB | wall ratio mergekit/shardmerge | RSS ratio mergekit/shardmerge |"

@@ -8,6 +8,7 @@
 pub mod arch;
 pub mod card;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod embedded;

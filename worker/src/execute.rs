@@ -4,6 +4,7 @@
 //! Everything a task needs is in the task message (plus the storage it names), so tasks run in
 //! any order, on any worker, any number of times, and always write the same bytes.
 
+use crate::buffers::{Buffer, BufferPool};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::gta::{self, GtaInput, GtaOptions};
 use crate::kernels::{WorkDType, linear, slerp};
@@ -163,6 +164,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         run_kernel(task, spec.kind, &mut loader)?
     };
     let bytes_read = loader.bytes_read;
+    let out = &*out;
     let mut encoded = vec![0u8; size * numel.min(WRITE_CHUNK_ELEMS)];
     for (ci, chunk) in out.chunks(WRITE_CHUNK_ELEMS).enumerate() {
         let buf = &mut encoded[..chunk.len() * size];
@@ -188,7 +190,16 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn load(&mut self, index: usize) -> Result<Vec<f32>, TaskError> {
+    fn buffer(&self) -> Result<Buffer, TaskError> {
+        BufferPool::global()
+            .take(self.numel)
+            .map_err(|e| TaskError::InvalidTask {
+                tensor: self.task.tensor.clone(),
+                reason: format!("allocating {} values: {e}", self.numel),
+            })
+    }
+
+    fn load(&mut self, index: usize) -> Result<Buffer, TaskError> {
         let input = self.task.inputs.get(index).ok_or_else(|| TaskError::InvalidTask {
             tensor: self.task.tensor.clone(),
             reason: format!("input {index} missing"),
@@ -215,15 +226,33 @@ impl Loader<'_> {
         if bytes.len() as u64 != src.length {
             return Err(bad(format!("read {} bytes, expected {}", bytes.len(), src.length)));
         }
-        let mut v = vec![0.0f32; self.numel];
+        let mut v = self.buffer()?;
         safetensors_io::decode_to_f32(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
         drop(data);
         self.bytes_read += src.length;
-        if let Some(l) = self.load {
+        // Cast on load (the config's `dtype`), then to the working dtype; both are no-ops when
+        // the stored dtype already is the target, and the working dtype is never narrower.
+        let stored = work_of(dtype);
+        let mut current = stored;
+        if let Some(l) = self.load
+            && Some(l) != stored
+        {
             round_in_place(l, &mut v);
+            current = Some(l);
         }
-        round_in_place(self.work, &mut v);
+        if current != Some(self.work) && current.is_none_or(|c| c.promote(self.work) != self.work) {
+            round_in_place(self.work, &mut v);
+        }
         Ok(v)
+    }
+}
+
+fn work_of(d: Dtype) -> Option<WorkDType> {
+    match d {
+        Dtype::BF16 => Some(WorkDType::Bf16),
+        Dtype::F16 => Some(WorkDType::F16),
+        Dtype::F32 => Some(WorkDType::F32),
+        _ => None,
     }
 }
 
@@ -235,7 +264,7 @@ fn round_in_place(w: WorkDType, v: &mut [f32]) {
     }
 }
 
-fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Vec<f32>, TaskError> {
+fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Buffer, TaskError> {
     let kernel_err = |source: KernelError| TaskError::Kernel {
         tensor: task.tensor.clone(),
         source,
@@ -251,7 +280,8 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(kernel_err)?;
             let normalize = boolean(&task.shared_params, "normalize").map_err(kernel_err)?;
-            let mut acc = vec![0.0f32; loader.numel];
+            let mut acc = loader.buffer()?;
+            acc.fill(0.0);
             for (i, &w) in weights.iter().enumerate() {
                 let x = loader.load(i)?;
                 linear::accumulate(&mut acc, &x, w);
@@ -284,7 +314,7 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
             };
             let seed = task.random_seed.map(|s| s as u32);
             let mut base = loader.load(b)?;
-            let mut inputs = Vec::new();
+            let mut others = Vec::new();
             for (i, input) in task.inputs.iter().enumerate() {
                 if i == b {
                     continue;
@@ -293,13 +323,19 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
                     (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off)),
                     _ => None,
                 };
-                inputs.push(GtaInput {
-                    weight: float(&input.params, "weight").map_err(kernel_err)?,
-                    density: float(&input.params, "density").map_err(kernel_err)?,
-                    data: loader.load(i)?,
-                    rng,
-                });
+                let weight = float(&input.params, "weight").map_err(kernel_err)?;
+                let density = float(&input.params, "density").map_err(kernel_err)?;
+                others.push((loader.load(i)?, weight, density, rng));
             }
+            let inputs = others
+                .iter_mut()
+                .map(|(data, weight, density, rng)| GtaInput {
+                    data: &mut data[..],
+                    weight: *weight,
+                    density: *density,
+                    rng: rng.take(),
+                })
+                .collect();
             with_precision!(work, P => gta::merge::<P>(variant, opts, &mut base, inputs))
                 .map_err(|e| kernel_err(e.into()))?;
             Ok(base)

@@ -6,6 +6,7 @@
 //! the cluster worker process.
 #![warn(missing_docs)]
 
+pub mod buffers;
 pub mod error;
 pub mod execute;
 pub mod kernels;

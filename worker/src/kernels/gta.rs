@@ -10,7 +10,7 @@ use super::sparsify::{self, Sparsifier};
 use crate::rng::Mt19937;
 use rayon::prelude::*;
 
-const CHUNK: usize = 1 << 15;
+const CHUNK: usize = 1 << 12;
 
 /// Sign-consensus rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +44,9 @@ pub struct GtaOptions {
 }
 
 /// One non-base input.
-pub struct GtaInput {
+pub struct GtaInput<'a> {
     /// The input tensor, values in `W`; overwritten with its task vector.
-    pub data: Vec<f32>,
+    pub data: &'a mut [f32],
     /// Per-model weight.
     pub weight: f64,
     /// Per-model density (1.0 disables sparsification).
@@ -69,15 +69,15 @@ pub fn merge<P: Precision>(
     variant: GtaVariant,
     opts: GtaOptions,
     base: &mut [f32],
-    inputs: Vec<GtaInput>,
+    inputs: Vec<GtaInput<'_>>,
 ) -> Result<(), GtaError> {
     if inputs.is_empty() {
         return Ok(());
     }
-    let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
+    let mut deltas: Vec<&mut [f32]> = Vec::with_capacity(inputs.len());
     let mut weights: Vec<f32> = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.into_iter().enumerate() {
-        let mut d = input.data;
+        let d = input.data;
         d.par_chunks_mut(CHUNK).zip(base.par_chunks(CHUNK)).for_each(|(d, b)| {
             for (x, &b) in d.iter_mut().zip(b) {
                 *x = P::rnd(*x - b);
@@ -85,10 +85,10 @@ pub fn merge<P: Precision>(
         });
         match variant.sparsifier {
             None => {}
-            Some(Sparsifier::Magnitude) => sparsify::magnitude::<P>(&mut d, input.density, opts.rescale),
+            Some(Sparsifier::Magnitude) => sparsify::magnitude::<P>(d, input.density, opts.rescale),
             Some(Sparsifier::Random) if input.density < 1.0 => {
                 let mut rng = input.rng.ok_or(GtaError::MissingRng(i))?;
-                sparsify::random::<P>(&mut d, input.density, opts.rescale, &mut rng);
+                sparsify::random::<P>(d, input.density, opts.rescale, &mut rng);
             }
             Some(Sparsifier::Random) => {}
         }
@@ -106,63 +106,77 @@ pub fn merge<P: Precision>(
     };
     let lambda = opts.lambda as f32;
     let scale_lambda = opts.lambda != 1.0;
-    let consensus = variant.consensus;
+    let consensus = variant.consensus.is_some();
     let k = deltas.len();
-    base.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
+    base.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
         let s = ci * CHUNK;
-        let mut wd = vec![0.0f32; k];
-        for (j, o) in chunk.iter_mut().enumerate() {
-            let e = s + j;
-            for (m, d) in deltas.iter().enumerate() {
-                wd[m] = P::rnd(d[e] * weights[m]);
+        let n = out.len();
+        // Weighted deltas D_m = rnd(delta_m * w_m), one row per model.
+        let mut wd = vec![0.0f32; k * n];
+        for (m, d) in deltas.iter().enumerate() {
+            let w = weights[m];
+            for (o, &x) in wd[m * n..(m + 1) * n].iter_mut().zip(&d[s..s + n]) {
+                *o = P::rnd(x * w);
             }
-            let (num, den) = match consensus {
-                Some(Consensus::Sum) => {
-                    let mut total = 0.0f32;
-                    for &v in wd.iter() {
-                        total += v;
-                    }
-                    let elected: f32 = if P::rnd(total) >= 0.0 { 1.0 } else { -1.0 };
-                    let mut num = 0.0f32;
-                    let mut den = 0.0f32;
-                    for (m, &v) in wd.iter().enumerate() {
-                        let mk = if sign(v) == elected { 1.0 } else { 0.0 };
-                        num += v * mk;
-                        den += weights[m] * mk;
-                    }
-                    let den = P::rnd(den);
-                    (P::rnd(num), if den == 0.0 { 1.0 } else { den })
+        }
+        let mut num = vec![0.0f32; n];
+        let mut den = vec![0.0f32; n];
+        if consensus {
+            // Elected sign: sign of rnd(sum_m D_m), with 0 counting as +.
+            let mut total = vec![0.0f32; n];
+            for m in 0..k {
+                for (t, &v) in total.iter_mut().zip(&wd[m * n..(m + 1) * n]) {
+                    *t += v;
                 }
-                None => {
-                    let mut num = 0.0f32;
-                    for &v in wd.iter() {
-                        num += v;
-                    }
-                    (P::rnd(num), plain_divisor)
+            }
+            for (t, _) in total.iter_mut().zip(0..n) {
+                *t = if P::rnd(*t) >= 0.0 { 1.0 } else { -1.0 };
+            }
+            for m in 0..k {
+                let w = weights[m];
+                let row = &wd[m * n..(m + 1) * n];
+                for e in 0..n {
+                    let v = row[e];
+                    let sg = if v > 0.0 {
+                        1.0
+                    } else if v < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+                    let mk = if sg == total[e] { 1.0f32 } else { 0.0 };
+                    num[e] += v * mk;
+                    den[e] += w * mk;
                 }
-            };
-            let mut mixed = num;
+            }
+            for e in 0..n {
+                num[e] = P::rnd(num[e]);
+                let d = P::rnd(den[e]);
+                den[e] = if d == 0.0 { 1.0 } else { d };
+            }
+        } else {
+            for m in 0..k {
+                for (acc, &v) in num.iter_mut().zip(&wd[m * n..(m + 1) * n]) {
+                    *acc += v;
+                }
+            }
+            for e in 0..n {
+                num[e] = P::rnd(num[e]);
+                den[e] = plain_divisor;
+            }
+        }
+        for e in 0..n {
+            let mut mixed = num[e];
             if opts.normalize {
-                mixed = P::rnd(mixed / den);
+                mixed = P::rnd(mixed / den[e]);
             }
             if scale_lambda {
                 mixed = P::rnd(mixed * lambda);
             }
-            *o = P::rnd(*o + mixed);
+            out[e] = P::rnd(out[e] + mixed);
         }
     });
     Ok(())
-}
-
-#[inline(always)]
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
 }
 
 #[cfg(test)]
@@ -183,17 +197,26 @@ mod tests {
         default_rescale: false,
     };
 
-    fn input(data: &[f32], weight: f64, density: f64) -> GtaInput {
-        GtaInput {
-            data: data.to_vec(),
-            weight,
-            density,
-            rng: None,
-        }
+    fn input(data: &[f32], weight: f64, density: f64) -> (Vec<f32>, f64, f64) {
+        (data.to_vec(), weight, density)
     }
 
-    fn run<P: Precision>(v: GtaVariant, o: GtaOptions, b: &[f32], inputs: Vec<GtaInput>) -> Result<Vec<f32>, GtaError> {
+    fn run<P: Precision>(
+        v: GtaVariant,
+        o: GtaOptions,
+        b: &[f32],
+        mut inputs: Vec<(Vec<f32>, f64, f64)>,
+    ) -> Result<Vec<f32>, GtaError> {
         let mut out = b.to_vec();
+        let inputs = inputs
+            .iter_mut()
+            .map(|(data, weight, density)| GtaInput {
+                data,
+                weight: *weight,
+                density: *density,
+                rng: None,
+            })
+            .collect();
         merge::<P>(v, o, &mut out, inputs)?;
         Ok(out)
     }

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod precision;
 pub mod slerp;
 pub mod sparsify;
+pub mod torch_norm;
 pub mod torch_sum;
 
 pub use precision::{Precision, WorkDType};

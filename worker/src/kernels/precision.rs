@@ -138,11 +138,10 @@ impl Precision for F32 {
 #[inline(always)]
 pub fn round_bf16(x: f32) -> f32 {
     let b = x.to_bits();
-    if x.is_nan() {
-        return f32::from_bits((b | 0x0040_0000) & 0xFFFF_0000);
-    }
-    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1));
-    f32::from_bits(r & 0xFFFF_0000)
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    let quiet_nan = (b | 0x0040_0000) & 0xFFFF_0000;
+    // Branch-free select so loops over slices vectorise.
+    f32::from_bits(if x.is_nan() { quiet_nan } else { rounded })
 }
 
 /// Rounds to the nearest float16 (ties to even), returned as f32.

@@ -1,13 +1,16 @@
 //! `slerp`: spherical interpolation of the whole tensor as one flat vector (mergekit 0.1.5).
 //!
-//! Norms, dot product and coefficients are computed in f32 (norms and the dot are accumulated
-//! in f64 and rounded to f32, within an ulp of torch's chunked f32 reductions). Inputs that are
+//! Norms, dot product and coefficients are computed in f32 (norms and the dot use torch's
+//! per-chunk f32 summation order; torch's own `acos`/`sin` may differ by an ulp). Inputs that are
 //! (anti-)parallel (`|cos| > 0.9995`) fall back to linear interpolation. Output `rnd_W(c_a a + c_b b)`.
 
 use super::precision::Precision;
+use super::torch_norm::{torch_norm_of_parts_f32, torch_vector_norm_f32};
+use super::torch_sum::torch_sum_f32;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
+const TORCH_CHUNK: usize = 1 << 20;
 const DOT_THRESHOLD: f32 = 0.9995;
 const EPS: f32 = 1e-8;
 
@@ -17,27 +20,25 @@ pub fn slerp_coefficients(a: &[f32], b: &[f32], t: f64) -> (f32, f32) {
     if a.is_empty() {
         return (1.0 - t, t);
     }
+    // torch: per chunk of 2^20 elements, f32 reductions; then a norm (or sum) over the stacked
+    // chunk results, which torch computes even when there is a single chunk.
     let norm = |v: &[f32]| -> f32 {
-        let s: f64 = v
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .sum();
-        let n = s.sqrt() as f32;
+        let parts: Vec<f32> = v.par_chunks(TORCH_CHUNK).map(torch_vector_norm_f32).collect();
+        let n = torch_norm_of_parts_f32(&parts);
         if n > EPS { n } else { 1.0 }
     };
     let na = norm(a);
     let nb = norm(b);
-    let dot: f64 = a
-        .par_chunks(CHUNK)
-        .zip(b.par_chunks(CHUNK))
+    let parts: Vec<f32> = a
+        .par_chunks(TORCH_CHUNK)
+        .zip(b.par_chunks(TORCH_CHUNK))
         .map(|(x, y)| {
-            x.iter()
-                .zip(y)
-                .map(|(&x, &y)| ((x / na) * (y / nb)) as f64)
-                .sum::<f64>()
+            let prod: Vec<f32> = x.iter().zip(y).map(|(&x, &y)| (x / na) * (y / nb)).collect();
+            torch_sum_f32(&prod, |p| p)
         })
-        .sum();
-    let dot = (dot as f32).clamp(-1.0, 1.0);
+        .collect();
+    let dot = torch_sum_f32(&parts, |p| p);
+    let dot = dot.clamp(-1.0, 1.0);
     if dot.abs() > DOT_THRESHOLD {
         return (1.0 - t, t);
     }

@@ -6,6 +6,7 @@
 use super::precision::{Precision, round_bf16};
 use super::torch_sum::{torch_sum_bf16, torch_sum_f32};
 use crate::rng::{Mt19937, bernoulli_keep};
+use rayon::prelude::*;
 
 /// Which sparsifier a method uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +65,14 @@ pub fn random<P: Precision>(delta: &mut [f32], density: f64, rescale: bool, rng:
     if density >= 1.0 {
         return;
     }
+    random_segmented::<P>(delta, density, rescale, rng, RNG_SEGMENT);
+}
+
+fn random_segmented<P: Precision>(delta: &mut [f32], density: f64, rescale: bool, rng: &mut Mt19937, segment: usize) {
     if P::DTYPE == super::WorkDType::Bf16 {
-        random_in::<P>(delta, round_bf16(density as f32), rescale, rng);
+        random_in::<P>(delta, round_bf16(density as f32), rescale, rng, segment);
     } else {
-        random_in::<super::precision::F32>(delta, density as f32, rescale, rng);
+        random_in::<super::precision::F32>(delta, density as f32, rescale, rng, segment);
         if P::DTYPE != super::WorkDType::F32 {
             delta.iter_mut().for_each(|d| *d = P::rnd(*d));
         }
@@ -83,17 +88,29 @@ fn l1<P: Precision>(xs: &[f32]) -> f32 {
     }
 }
 
-fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut Mt19937) {
+/// Elements per independently generated segment of the random stream. Segments after the
+/// first reach their position by jump-ahead, so large tensors draw their mask in parallel.
+const RNG_SEGMENT: usize = 1 << 24;
+
+fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut Mt19937, seg: usize) {
     let before = if rescale { l1::<Q>(delta) } else { 0.0 };
-    let mut words = vec![0u32; 1 << 16];
-    for chunk in delta.chunks_mut(1 << 16) {
-        let w = &mut words[..chunk.len()];
-        rng.fill_u32(w);
-        for (d, &word) in chunk.iter_mut().zip(w.iter()) {
-            let m = if bernoulli_keep(word, p) { 1.0 } else { 0.0 };
-            *d = Q::rnd(*d * m);
+    let start = rng.clone();
+    delta.par_chunks_mut(seg).enumerate().for_each(|(si, segment)| {
+        let mut r = start.clone();
+        if si > 0 {
+            r.jump((si * seg) as u64);
         }
-    }
+        let mut words = vec![0u32; 1 << 16];
+        for chunk in segment.chunks_mut(1 << 16) {
+            let w = &mut words[..chunk.len()];
+            r.fill_u32(w);
+            for (d, &word) in chunk.iter_mut().zip(w.iter()) {
+                let m = if bernoulli_keep(word, p) { 1.0 } else { 0.0 };
+                *d = Q::rnd(*d * m);
+            }
+        }
+    });
+    rng.jump(delta.len() as u64);
     if !rescale {
         return;
     }
@@ -102,7 +119,6 @@ fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut M
         return;
     }
     let scale = Q::rnd(before / after);
-    use rayon::prelude::*;
     delta
         .par_chunks_mut(1 << 15)
         .for_each(|c| c.iter_mut().for_each(|d| *d = Q::rnd(*d * scale)));
@@ -168,6 +184,21 @@ mod tests {
         assert_eq!(rng.next_u32(), reference.next_u32());
         let zeros = d.iter().filter(|x| **x == 0.0).count();
         assert!(zeros > 350 && zeros < 650, "{zeros}");
+    }
+
+    #[test]
+    fn segmented_draws_equal_one_sequential_stream() {
+        let d: Vec<f32> = (0..10_007)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1000.0) / 512.0)
+            .collect();
+        let mut one = d.clone();
+        let mut many = d.clone();
+        let mut r1 = Mt19937::at_offset(11, 123_456);
+        let mut r2 = r1.clone();
+        random_segmented::<Bf16>(&mut one, 0.53, true, &mut r1, usize::MAX / 2);
+        random_segmented::<Bf16>(&mut many, 0.53, true, &mut r2, 1000);
+        assert_eq!(one, many);
+        assert_eq!(r1.next_u32(), r2.next_u32(), "both streams end at the same position");
     }
 
     #[test]

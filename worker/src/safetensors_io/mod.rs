@@ -23,6 +23,6 @@ pub use error::{ConvertError, HeaderError, MAX_HEADER_LEN, SafetensorsError};
 pub use header::{Header, LEN_PREFIX, TensorInfo, parse_header, read_header};
 pub use header_writer::{OutputHeader, build_header, pt_metadata};
 pub use mapped::MappedFile;
-pub use model_dir::{CONFIG_FILE, INDEX_FILE, LocatedTensor, ModelDir, SINGLE_FILE};
+pub use model_dir::{CONFIG_FILE, INDEX_FILE, LocatedTensor, ModelDir, PICKLE_FILES, SINGLE_FILE, ShardIndex};
 /// Element types, as the `safetensors` crate defines and orders them.
 pub use safetensors::Dtype;

@@ -24,7 +24,8 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Model configuration.
 pub const CONFIG_FILE: &str = "config.json";
-const PICKLE_FILES: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
+/// Pickle weights files, which are refused rather than read.
+pub const PICKLE_FILES: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
 /// JSON files larger than this are refused (an index is a few hundred KB).
 const MAX_JSON_LEN: u64 = MAX_HEADER_LEN;
 
@@ -90,8 +91,26 @@ impl ModelDir {
 
 type Located = (IndexMap<String, LocatedTensor>, Vec<PathBuf>);
 
+impl ModelDir {
+    /// A model directory whose single weights file `file` has `header` (for readers that fetch
+    /// the header themselves, e.g. over the network). `root` and `file` may hold URIs.
+    pub fn from_single_file(root: PathBuf, config: Option<Value>, file: PathBuf, header: Header) -> ModelDir {
+        let (tensors, shards) = located_single(file, header);
+        ModelDir {
+            root,
+            config,
+            tensors,
+            shards,
+        }
+    }
+}
+
 fn locate_single(file: PathBuf) -> Result<Located, SafetensorsError> {
     let header = read_header(&file)?;
+    Ok(located_single(file, header))
+}
+
+fn located_single(file: PathBuf, header: Header) -> Located {
     let tensors = header
         .tensors
         .into_iter()
@@ -103,61 +122,104 @@ fn locate_single(file: PathBuf) -> Result<Located, SafetensorsError> {
             (located.info.name.clone(), located)
         })
         .collect();
-    Ok((tensors, vec![file]))
+    (tensors, vec![file])
+}
+
+/// The validated `weight_map` of a `model.safetensors.index.json`: which shard holds each
+/// tensor. Lets a reader fetch the shard headers itself, then [`ShardIndex::locate`] them.
+#[derive(Debug, Clone)]
+pub struct ShardIndex {
+    /// The index file (or its URI), named in errors.
+    pub index: PathBuf,
+    /// Shard file names relative to the model directory, in order of first use.
+    pub shards: Vec<String>,
+    /// Tensors in `weight_map` order, each with the position of its shard in `shards`.
+    entries: Vec<(String, usize)>,
+}
+
+impl ShardIndex {
+    /// Validates the parsed JSON of the index file `index`: a `weight_map` object whose
+    /// values are plain relative file names.
+    pub fn parse(index: PathBuf, json: &Value) -> Result<ShardIndex, SafetensorsError> {
+        let invalid = |message: String| SafetensorsError::InvalidJsonFile {
+            path: index.clone(),
+            message,
+        };
+        let Some(weight_map) = json.get("weight_map").and_then(Value::as_object) else {
+            return Err(invalid("missing `weight_map` object".to_owned()));
+        };
+        let mut shard_names: IndexMap<&str, usize> = IndexMap::new();
+        let mut entries = Vec::with_capacity(weight_map.len());
+        for (tensor, shard) in weight_map {
+            let Some(shard) = shard.as_str() else {
+                return Err(invalid(format!(
+                    "`weight_map` entry for tensor `{tensor}` is not a string"
+                )));
+            };
+            if !is_plain_relative(shard) {
+                return Err(invalid(format!(
+                    "tensor `{tensor}` maps to `{shard}`, which is not a file inside the model directory"
+                )));
+            }
+            let next = shard_names.len();
+            let shard_idx = *shard_names.entry(shard).or_insert(next);
+            entries.push((tensor.clone(), shard_idx));
+        }
+        let shards = shard_names.keys().map(|s| (*s).to_owned()).collect();
+        Ok(ShardIndex { index, shards, entries })
+    }
+
+    /// Builds the model directory from the shards' `files` (`root` joined with each of
+    /// [`ShardIndex::shards`]) and their `headers`, both in the order of `shards`.
+    ///
+    /// # Panics
+    ///
+    /// If `files` or `headers` do not have one entry per shard (a caller bug).
+    pub fn locate(
+        self,
+        root: PathBuf,
+        config: Option<Value>,
+        files: Vec<PathBuf>,
+        headers: Vec<Header>,
+    ) -> Result<ModelDir, SafetensorsError> {
+        assert_eq!(files.len(), self.shards.len(), "one file per shard");
+        assert_eq!(headers.len(), self.shards.len(), "one header per shard");
+        let by_name: Vec<HashMap<&str, &TensorInfo>> = headers
+            .iter()
+            .map(|h| h.tensors.iter().map(|t| (t.name.as_str(), t)).collect())
+            .collect();
+        let mut tensors = IndexMap::with_capacity(self.entries.len());
+        for (tensor, shard_idx) in self.entries {
+            let Some(info) = by_name[shard_idx].get(tensor.as_str()) else {
+                return Err(SafetensorsError::TensorNotInShard {
+                    tensor,
+                    index: self.index,
+                    shard: files[shard_idx].clone(),
+                });
+            };
+            let located = LocatedTensor {
+                file: files[shard_idx].clone(),
+                info: (*info).clone(),
+            };
+            tensors.insert(tensor, located);
+        }
+        Ok(ModelDir {
+            root,
+            config,
+            tensors,
+            shards: files,
+        })
+    }
 }
 
 fn locate_sharded(root: &Path, index: &Path) -> Result<Located, SafetensorsError> {
-    let invalid = |message: String| SafetensorsError::InvalidJsonFile {
-        path: index.to_owned(),
-        message,
-    };
     let json = read_json(index)?;
-    let Some(weight_map) = json.get("weight_map").and_then(Value::as_object) else {
-        return Err(invalid("missing `weight_map` object".to_owned()));
-    };
-
-    let mut shard_names: IndexMap<&str, usize> = IndexMap::new();
-    let mut entries = Vec::with_capacity(weight_map.len());
-    for (tensor, shard) in weight_map {
-        let Some(shard) = shard.as_str() else {
-            return Err(invalid(format!(
-                "`weight_map` entry for tensor `{tensor}` is not a string"
-            )));
-        };
-        if !is_plain_relative(shard) {
-            return Err(invalid(format!(
-                "tensor `{tensor}` maps to `{shard}`, which is not a file inside the model directory"
-            )));
-        }
-        let next = shard_names.len();
-        let shard_idx = *shard_names.entry(shard).or_insert(next);
-        entries.push((tensor, shard_idx));
-    }
-
-    let shards: Vec<PathBuf> = shard_names.keys().map(|s| root.join(s)).collect();
+    let shard_index = ShardIndex::parse(index.to_owned(), &json)?;
+    let shards: Vec<PathBuf> = shard_index.shards.iter().map(|s| root.join(s)).collect();
     let headers: Vec<Result<Header, SafetensorsError>> = shards.par_iter().map(|s| read_shard(index, s)).collect();
-    let mut by_name: Vec<HashMap<&str, &TensorInfo>> = Vec::with_capacity(headers.len());
     let headers: Vec<Header> = headers.into_iter().collect::<Result<_, _>>()?;
-    for header in &headers {
-        by_name.push(header.tensors.iter().map(|t| (t.name.as_str(), t)).collect());
-    }
-
-    let mut tensors = IndexMap::with_capacity(entries.len());
-    for (tensor, shard_idx) in entries {
-        let Some(info) = by_name[shard_idx].get(tensor.as_str()) else {
-            return Err(SafetensorsError::TensorNotInShard {
-                tensor: tensor.clone(),
-                index: index.to_owned(),
-                shard: shards[shard_idx].clone(),
-            });
-        };
-        let located = LocatedTensor {
-            file: shards[shard_idx].clone(),
-            info: (*info).clone(),
-        };
-        tensors.insert(tensor.clone(), located);
-    }
-    Ok((tensors, shards))
+    let dir = shard_index.locate(root.to_owned(), None, shards, headers)?;
+    Ok((dir.tensors, dir.shards))
 }
 
 fn read_shard(index: &Path, shard: &Path) -> Result<Header, SafetensorsError> {

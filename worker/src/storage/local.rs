@@ -1,4 +1,4 @@
-//! Local storage: memory-mapped input files and positional writes into output shards.
+//! Task I/O on local disk: memory-mapped input files and positional writes into output shards.
 //!
 //! Inputs are mapped once per file and shared by all tasks; a task borrows only the byte range
 //! of its tensor, so no whole file is ever copied. Outputs are pre-sized files that tasks fill

@@ -1,0 +1,365 @@
+//! [`Storage`]: one API over local disk and S3, dispatching on the [`Location`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::{Error as OsError, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::error::StorageError;
+use super::local_fs;
+use super::location::Location;
+use super::s3::{Bucket, Missing, S3Clients, S3Options, S3Settings};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// Size of one ranged GET of a large read.
+pub const DEFAULT_READ_CHUNK: u64 = 8 << 20;
+/// Ranged GETs of one read in flight at once.
+pub const DEFAULT_READ_CONCURRENCY: usize = 8;
+
+/// Storage access shared by a process: local paths and `s3://` locations through one API.
+///
+/// Cheap to clone (clones share the S3 clients). S3 clients are built on first use of each
+/// bucket and cached; requests are path-style so S3-compatible servers work, and failed requests
+/// are retried by object_store. Every method is async and must run inside a tokio runtime
+/// (local file I/O runs on tokio's blocking pool). Credentials are never logged.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    s3: Arc<S3Clients>,
+    read_chunk: u64,
+    read_concurrency: usize,
+}
+
+impl Storage {
+    /// S3 settings from the standard `AWS_*` environment variables (`AWS_ENDPOINT`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...),
+    /// read when a bucket is first used.
+    pub fn from_env() -> Storage {
+        Self::with_settings(S3Settings::Env)
+    }
+
+    /// Explicit S3 settings; the environment is not read.
+    pub fn with_s3_options(options: S3Options) -> Storage {
+        Self::with_settings(S3Settings::Explicit(options))
+    }
+
+    fn with_settings(settings: S3Settings) -> Storage {
+        Storage {
+            s3: Arc::new(S3Clients::new(settings)),
+            read_chunk: DEFAULT_READ_CHUNK,
+            read_concurrency: DEFAULT_READ_CONCURRENCY,
+        }
+    }
+
+    /// Sets the size of the ranged GETs a large S3 read is split into (at least 1 byte).
+    pub fn with_read_chunk(mut self, bytes: u64) -> Storage {
+        self.read_chunk = bytes.max(1);
+        self
+    }
+
+    /// Sets how many ranged GETs of one read run at once (at least 1).
+    pub fn with_read_concurrency(mut self, n: usize) -> Storage {
+        self.read_concurrency = n.max(1);
+        self
+    }
+
+    /// How many ranged GETs of one read run at once.
+    pub fn read_concurrency(&self) -> usize {
+        self.read_concurrency
+    }
+
+    fn bucket(&self, bucket: &str) -> Result<Arc<Bucket>> {
+        self.s3.bucket(bucket)
+    }
+
+    /// The size of the object or file at `loc`. A directory is [`StorageError::NotFound`].
+    pub async fn head(&self, loc: &Location) -> Result<u64> {
+        match loc {
+            Location::Local(path) => local_fs::head(path.clone()).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let meta = b.check(key, Missing::Object, b.store.head(&path).await).await?;
+                Ok(meta.size)
+            }
+        }
+    }
+
+    /// Whether an object or file exists at `loc`. A missing bucket is an error, not `false`.
+    pub async fn exists(&self, loc: &Location) -> Result<bool> {
+        match self.head(loc).await {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads `len` bytes at `start`. On S3 the range is split into ranged GETs of
+    /// [`DEFAULT_READ_CHUNK`] bytes, up to [`Storage::read_concurrency`] at a time, reassembled
+    /// in order; the whole object is never fetched for a partial range. A range past the end
+    /// is [`StorageError::OutOfRange`]. A zero-length read returns no bytes without touching
+    /// storage (so it succeeds even where there is no object).
+    pub async fn read_range(&self, loc: &Location, start: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        match loc {
+            Location::Local(path) => local_fs::read_range(path.clone(), start, len).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                self.s3_read_range(&b, key, start, len).await
+            }
+        }
+    }
+
+    async fn s3_read_range(&self, b: &Bucket, key: &str, start: u64, len: u64) -> Result<Bytes> {
+        let path = b.key_path(key)?;
+        let Some(end) = start.checked_add(len) else {
+            return Err(range_error(b, key, start, len, None).await);
+        };
+        let capacity = usize::try_from(len).map_err(|_| StorageError::TooLarge {
+            uri: b.uri(key),
+            size: len,
+            max: usize::MAX as u64,
+        })?;
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        let mut at = start;
+        while at < end {
+            let next = at.saturating_add(self.read_chunk).min(end);
+            ranges.push(at..next);
+            at = next;
+        }
+        let single = ranges.len() == 1;
+        let mut chunks = futures::stream::iter(ranges)
+            .map(|r| {
+                let path = &path;
+                async move { (r.end - r.start, b.store.get_range(path, r).await) }
+            })
+            .buffered(self.read_concurrency);
+        let mut out = BytesMut::new();
+        while let Some((expected, got)) = chunks.next().await {
+            match got {
+                Ok(bytes) if bytes.len() as u64 == expected && single => return Ok(bytes),
+                Ok(bytes) if bytes.len() as u64 == expected => {
+                    if out.is_empty() {
+                        out.reserve(capacity);
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                Ok(_) => return Err(range_error(b, key, start, len, None).await),
+                Err(e) => return Err(range_error(b, key, start, len, Some(e)).await),
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads a whole small file (`config.json`, an index); [`StorageError::TooLarge`] if it is
+    /// over `max` bytes (checked before the body is read).
+    pub async fn read_all_small(&self, loc: &Location, max: u64) -> Result<Bytes> {
+        match loc {
+            Location::Local(path) => local_fs::read_all_small(path.clone(), max).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let got = b.check(key, Missing::Object, b.store.get(&path).await).await?;
+                if got.meta.size > max {
+                    return Err(StorageError::TooLarge {
+                        uri: b.uri(key),
+                        size: got.meta.size,
+                        max,
+                    });
+                }
+                b.check(key, Missing::Object, got.bytes().await).await
+            }
+        }
+    }
+
+    /// Writes a small whole file, replacing any existing one. Locally via a temp file and a
+    /// rename (parent directories are created), so readers never see a partial file.
+    pub async fn put(&self, loc: &Location, bytes: Bytes) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::put(path.clone(), bytes, false).await.map(|_| ()),
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let put = b.store.put(&path, PutPayload::from(bytes)).await;
+                b.check(key, Missing::Object, put).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Writes a small whole file only if nothing is at `loc` yet (S3 `If-None-Match: *`; a hard
+    /// link locally), atomically. Returns `false`, writing nothing, if something already was.
+    /// For commit markers and journal entries written by racing processes.
+    pub async fn put_if_absent(&self, loc: &Location, bytes: Bytes) -> Result<bool> {
+        match loc {
+            Location::Local(path) => local_fs::put(path.clone(), bytes, true).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                let put = b.store.put_opts(&path, PutPayload::from(bytes), opts).await;
+                match b.check(key, Missing::Object, put).await {
+                    Ok(_) => Ok(true),
+                    Err(StorageError::AlreadyExists { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Deletes the object or file at `loc`; deleting something missing is not an error.
+    pub async fn delete(&self, loc: &Location) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::delete(path.clone()).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                match b.check(key, Missing::Object, b.store.delete(&path).await).await {
+                    Err(StorageError::NotFound { .. }) => Ok(()),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Every object under the directory `prefix` (recursively; `a/b` matches `a/b/x`, not
+    /// `a/bc`), with its size, sorted by location. Empty if there is none. Uploads in
+    /// progress are not listed.
+    pub async fn list(&self, prefix: &Location) -> Result<Vec<(Location, u64)>> {
+        match prefix {
+            Location::Local(path) => Ok(local_fs::list(path.clone())
+                .await?
+                .into_iter()
+                .map(|(p, size)| (Location::Local(p), size))
+                .collect()),
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let listed = b
+                    .store
+                    .list((!key.is_empty()).then_some(&path))
+                    .try_collect::<Vec<_>>()
+                    .await;
+                let metas = b.check(key, Missing::Object, listed).await?;
+                let mut out: Vec<(Location, u64)> = metas
+                    .into_iter()
+                    .map(|m| {
+                        let loc = Location::S3 {
+                            bucket: bucket.clone(),
+                            key: m.location.to_string(),
+                        };
+                        (loc, m.size)
+                    })
+                    .collect();
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Starts a multipart upload to `loc`, returning its id. Any process may then upload parts
+    /// with the id, and one completes it; nothing appears at `loc` until then.
+    pub async fn create_multipart(&self, loc: &Location) -> Result<String> {
+        match loc {
+            Location::Local(path) => local_fs::create_multipart(path.clone()).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                b.check(key, Missing::Object, b.store.create_multipart(&path).await)
+                    .await
+            }
+        }
+    }
+
+    /// Uploads part `part_index` (0-based; parts may arrive in any order and from any process)
+    /// and returns its part id, to be passed to [`Storage::complete_multipart`]. On S3 every
+    /// part but the last must be at least 5 MiB.
+    pub async fn put_part(&self, loc: &Location, upload_id: &str, part_index: usize, data: Bytes) -> Result<String> {
+        match loc {
+            Location::Local(path) => local_fs::put_part(path.clone(), upload_id.to_owned(), part_index, data).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let id = upload_id.to_owned();
+                let put = b.store.put_part(&path, &id, part_index, PutPayload::from(data)).await;
+                let part = b.check(key, Missing::Upload(upload_id), put).await?;
+                Ok(part.content_id)
+            }
+        }
+    }
+
+    /// Completes an upload: the object becomes the concatenation of `parts` (the ids returned
+    /// by [`Storage::put_part`]) in the order given, which must be part-index order.
+    pub async fn complete_multipart(&self, loc: &Location, upload_id: &str, parts: Vec<String>) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::complete_multipart(path.clone(), upload_id.to_owned(), parts).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let parts = parts.into_iter().map(|content_id| PartId { content_id }).collect();
+                let id = upload_id.to_owned();
+                let done = b.store.complete_multipart(&path, &id, parts).await;
+                b.check(key, Missing::Upload(upload_id), done).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Abandons an upload and its parts; nothing appears at `loc`. Aborting an upload that no
+    /// longer exists is not an error.
+    pub async fn abort_multipart(&self, loc: &Location, upload_id: &str) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::abort_multipart(path.clone(), upload_id.to_owned()).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let id = upload_id.to_owned();
+                match b
+                    .check(
+                        key,
+                        Missing::Upload(upload_id),
+                        b.store.abort_multipart(&path, &id).await,
+                    )
+                    .await
+                {
+                    Err(StorageError::NoSuchUpload { .. }) => Ok(()),
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+/// The error for a failed or short ranged read: [`StorageError::OutOfRange`] when the range
+/// is past the end of the object, else the request's own error.
+async fn range_error(b: &Bucket, key: &str, start: u64, len: u64, error: Option<OsError>) -> StorageError {
+    if let Some(e @ OsError::NotFound { .. }) = error {
+        return b.error(key, Missing::Object, e).await;
+    }
+    let head = match b.key_path(key) {
+        Ok(path) => b.store.head(&path).await,
+        Err(e) => return e,
+    };
+    match (head, error) {
+        (Ok(meta), _) if start.checked_add(len).is_none_or(|end| end > meta.size) => StorageError::OutOfRange {
+            uri: b.uri(key),
+            start,
+            len,
+            size: meta.size,
+        },
+        (_, Some(e)) => b.error(key, Missing::Object, e).await,
+        (Ok(_), None) | (Err(_), None) => StorageError::S3 {
+            uri: b.uri(key),
+            error: OsError::Generic {
+                store: "S3",
+                source: format!("short read of [{start}, +{len})").into(),
+            },
+        },
+    }
+}
