@@ -39,6 +39,16 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write a synthetic Llama-shaped model family (base, finetune-a, finetune-b) for benchmarks.
     Synth(SynthArgs),
+    /// Run a cluster coordinator (gRPC job and worker APIs, journal for resume).
+    Coordinator(crate::cluster_cli::CoordinatorArgs),
+    /// Run a cluster worker that leases work from a coordinator.
+    Worker(crate::cluster_cli::WorkerArgs),
+    /// Submit a merge to a coordinator (optionally wait for it).
+    Submit(crate::cluster_cli::SubmitArgs),
+    /// Show the status of one job or all jobs.
+    Status(crate::cluster_cli::JobArgs),
+    /// Cancel a job (its partial output is discarded).
+    Cancel(crate::cluster_cli::JobArgs),
 }
 
 /// `shardmerge synth`.
@@ -227,6 +237,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             crate::demo::run(&args.dir, args.workers, !args.quiet && std::io::stderr().is_terminal())
         }
+        Command::Coordinator(args) => crate::cluster_cli::coordinator(args),
+        Command::Worker(args) => crate::cluster_cli::worker(args),
+        Command::Submit(args) => crate::cluster_cli::submit(args),
+        Command::Status(args) => crate::cluster_cli::status(args),
+        Command::Cancel(args) => crate::cluster_cli::cancel(args),
         Command::Synth(args) => {
             let spec = crate::demo::SynthSpec {
                 vocab: args.vocab,

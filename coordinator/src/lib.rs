@@ -9,6 +9,7 @@ pub mod arch;
 pub mod card;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_cli;
 pub mod config;
 pub mod demo;
 pub mod embedded;
@@ -113,6 +114,7 @@ pub fn plan_config(config: &config::MergeConfig, out_dir: &Path, opts: &MergeOpt
         random_seed: opts.random_seed,
         allow_crimes: opts.allow_crimes,
         model_root,
+        opener: None,
     };
     Ok(plan::plan(config, &popts)?)
 }

@@ -155,6 +155,23 @@ pub fn commit(plan: &Plan, out_dir: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
+/// The `model.safetensors.index.json` text: tensors in save order, mergekit's metadata.
+pub fn index_json(plan: &Plan) -> String {
+    let mut weight_map = serde_json::Map::new();
+    for t in &plan.proto.tasks {
+        let shard = t.output.as_ref().map(|o| o.shard_index as usize).unwrap_or(0);
+        weight_map.insert(
+            t.tensor.clone(),
+            Value::String(plan.proto.shards[shard].file_name.clone()),
+        );
+    }
+    let index = serde_json::json!({
+        "metadata": {"total_size": plan.proto.total_size, "mergekit_version": "0.1.5"},
+        "weight_map": Value::Object(weight_map),
+    });
+    pyjson::to_string(&index, false)
+}
+
 /// Removes staged data after a failed merge.
 pub fn abort(out_dir: &Path) {
     let _ = fs::remove_dir_all(out_dir.join(STAGING_DIR));

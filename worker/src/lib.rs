@@ -11,6 +11,7 @@ pub mod error;
 pub mod execute;
 pub mod kernels;
 pub mod methods;
+pub mod node;
 pub mod rng;
 pub mod safetensors_io;
 pub mod storage;

@@ -1,5 +1,10 @@
 //! The cluster control plane: work units, the lease scheduler, the job journal and the gRPC
 //! services of the coordinator process.
 
+pub mod client;
+pub mod grpc;
+pub mod journal;
 pub mod scheduler;
+pub mod server;
+pub mod service;
 pub mod units;

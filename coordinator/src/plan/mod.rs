@@ -34,8 +34,14 @@ pub enum PlanError {
     Model(String),
 }
 
+/// Opens a model directory given its reference (local path or URI); returns the resolved
+/// location (as a path-like string) and the directory's headers.
+pub type ModelOpener = std::sync::Arc<
+    dyn Fn(&str) -> Result<(PathBuf, shardmerge_worker::safetensors_io::ModelDir), String> + Send + Sync,
+>;
+
 /// How the plan was asked for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PlanOptions {
     /// Output directory.
     pub out_dir: PathBuf,
@@ -47,6 +53,8 @@ pub struct PlanOptions {
     pub allow_crimes: bool,
     /// Directory that relative model paths are resolved against (the working directory).
     pub model_root: PathBuf,
+    /// Opens models that are not local directories (e.g. `s3://`); `None` means local only.
+    pub opener: Option<ModelOpener>,
 }
 
 /// Where the random seed came from.

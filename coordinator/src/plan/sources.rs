@@ -85,13 +85,20 @@ impl Models<'_> {
         if let Some(i) = self.list.iter().position(|m| &m.reference == r) {
             return Ok(i);
         }
+        let where_ = at_line(self.config, &r.path);
+        if r.path.contains("://")
+            && !r.path.starts_with("file://")
+            && let Some(open) = &self.opts.opener
+        {
+            let (path, dir) = open(&r.path).map_err(|e| PlanError::Model(format!("{where_}: model `{r}`: {e}")))?;
+            return Ok(self.push(r, path, dir));
+        }
         let raw = r.path.strip_prefix("file://").unwrap_or(&r.path);
         let path = if std::path::Path::new(raw).is_absolute() {
             PathBuf::from(raw)
         } else {
             self.opts.model_root.join(raw)
         };
-        let where_ = at_line(self.config, &r.path);
         if !path.is_dir() {
             return Err(PlanError::Model(format!(
                 "{where_}: model `{r}` not found: no directory at {} (shardmerge reads local model directories; it does not download from the Hugging Face Hub)",
@@ -99,6 +106,10 @@ impl Models<'_> {
             )));
         }
         let dir = ModelDir::open(&path).map_err(|e| PlanError::Model(format!("{where_}: model `{r}`: {e}")))?;
+        Ok(self.push(r, path, dir))
+    }
+
+    fn push(&mut self, r: &ModelRef, path: PathBuf, dir: ModelDir) -> usize {
         let from_config = dir.config.as_ref().and_then(arch::num_layers).map(|(_, n)| n);
         let inferred = dir
             .tensors
@@ -114,7 +125,7 @@ impl Models<'_> {
             dir,
             num_layers,
         });
-        Ok(self.list.len() - 1)
+        self.list.len() - 1
     }
 }
 

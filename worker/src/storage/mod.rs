@@ -19,8 +19,8 @@ mod model;
 mod s3;
 mod store;
 
-#[cfg(test)]
-mod test_server;
+#[cfg(any(test, feature = "test-server"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,149 @@
+//! Client side of the job API, used by `shardmerge submit`, `status` and `cancel`.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use shardmerge_proto::v1::job_service_client::JobServiceClient;
+use shardmerge_proto::v1::{
+    CancelJobRequest, GetJobRequest, JobState, JobStatus, ListJobsRequest, MergeOptions, SubmitJobRequest,
+    WatchJobRequest,
+};
+use shardmerge_worker::node::BearerToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// A connected job client.
+pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Connects to the coordinator at `url`.
+pub async fn connect(url: &str, token: Option<String>) -> anyhow::Result<Client> {
+    let channel = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {url}: {e}"))?;
+    Ok(JobServiceClient::with_interceptor(channel, BearerToken(token)))
+}
+
+/// Submits a job; returns its id and the planner's warnings.
+pub async fn submit(
+    client: &mut Client,
+    config_yaml: String,
+    config_name: String,
+    output_uri: String,
+    options: MergeOptions,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let r = client
+        .submit_job(SubmitJobRequest {
+            config_yaml,
+            config_name,
+            output_uri,
+            options: Some(options),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    Ok((r.job_id, r.warnings))
+}
+
+/// Human name of a state.
+pub fn state_name(s: i32) -> &'static str {
+    match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
+        JobState::Unspecified => "unknown",
+        JobState::Planning => "planning",
+        JobState::Running => "running",
+        JobState::Committing => "committing",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// One status line.
+pub fn describe(s: &JobStatus) -> String {
+    let mut line = format!(
+        "{}  {:<10}  units {}/{}  {:.1}/{:.1} MB  workers {}  retries {}  resumed {}  -> {}",
+        s.job_id,
+        state_name(s.state),
+        s.units_done,
+        s.units_total,
+        s.bytes_done as f64 / 1e6,
+        s.bytes_total as f64 / 1e6,
+        s.live_workers,
+        s.retries,
+        s.resumed_units,
+        s.output_uri
+    );
+    if !s.error.is_empty() {
+        line.push_str(&format!("\n  error: {}", s.error));
+    }
+    line
+}
+
+/// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
+pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::Result<JobStatus> {
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let bar = if progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut last = None;
+    while let Some(s) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
+        bar.set_length(s.bytes_total);
+        bar.set_position(s.bytes_done);
+        bar.set_message(format!(
+            "{} {}/{} units, {} workers",
+            state_name(s.state),
+            s.units_done,
+            s.units_total,
+            s.live_workers
+        ));
+        last = Some(s);
+    }
+    bar.finish_and_clear();
+    last.ok_or_else(|| anyhow::anyhow!("the coordinator closed the status stream without a status"))
+}
+
+/// Status of one job, or all jobs.
+pub async fn status(client: &mut Client, job: Option<String>) -> anyhow::Result<Vec<JobStatus>> {
+    Ok(match job {
+        Some(job_id) => vec![
+            client
+                .get_job(GetJobRequest { job_id })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .status
+                .unwrap_or_default(),
+        ],
+        None => {
+            client
+                .list_jobs(ListJobsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .jobs
+        }
+    })
+}
+
+/// Cancels a job.
+pub async fn cancel(client: &mut Client, job_id: String) -> anyhow::Result<JobStatus> {
+    Ok(client
+        .cancel_job(CancelJobRequest { job_id })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .status
+        .unwrap_or_default())
+}

@@ -1,0 +1,45 @@
+//! Running the coordinator process: the gRPC server, the housekeeping ticker and graceful
+//! shutdown.
+
+use super::grpc::CheckToken;
+use super::service::{Coordinator, CoordinatorOptions, ServiceError};
+use shardmerge_proto::v1::job_service_server::JobServiceServer;
+use shardmerge_proto::v1::worker_service_server::WorkerServiceServer;
+use shardmerge_worker::storage::Storage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves the coordinator on `listener` until `shutdown` resolves.
+pub async fn serve(
+    opts: CoordinatorOptions,
+    storage: Storage,
+    token: Option<String>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let coordinator = Coordinator::start(opts, storage).await?;
+    let ticker = coordinator.clone();
+    let tick = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ticker.tick();
+        }
+    });
+    let auth = CheckToken(token.map(Arc::from));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(JobServiceServer::with_interceptor(coordinator.clone(), auth.clone()))
+        .add_service(WorkerServiceServer::with_interceptor(coordinator, auth))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    tick.abort();
+    result.map_err(|e| ServiceError::Internal(format!("gRPC server: {e}")))
+}
+
+/// Binds `addr` (use port 0 for any) and returns the listener and its actual address.
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

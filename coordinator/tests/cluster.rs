@@ -1,0 +1,266 @@
+//! Process-level cluster tests: real coordinator and worker processes over gRPC, a real
+//! S3-compatible server (s3s-fs) over HTTP, real `kill -9`.
+
+mod support;
+
+use shardmerge_worker::storage::test_server::TestS3;
+use std::time::Duration;
+use support::*;
+
+fn models_bucket(s3: &TestS3) {
+    for m in ["base_bf16", "ft1_bf16", "ft2_bf16", "ft1_bf16_sharded"] {
+        s3.upload_dir(&golden().join("models").join(m), "models", m);
+    }
+    s3.create_bucket("out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_merge_with_three_workers_matches_mergekit() {
+    let s3 = TestS3::start().await;
+    models_bucket(&s3);
+    let tmp = tempfile::tempdir().unwrap();
+    let coord = coordinator(&s3, &tmp.path().join("state"), &[], None);
+    let mut workers: Vec<_> = (0..3).map(|_| worker(&s3, &coord.url, None)).collect();
+    for (case, seed, shard) in [
+        ("dare_ties_bf16_automerger", "42", "5B"),
+        ("multishard_bf16", "1", "20k"),
+        ("sharded_input_bf16", "1", "5B"),
+    ] {
+        let cfg = s3_config(case, tmp.path());
+        let out = format!("s3://out/{case}");
+        let (ok, _, err) = tokio::task::block_in_place(|| {
+            client(
+                &s3,
+                &[
+                    "submit",
+                    cfg.to_str().unwrap(),
+                    &out,
+                    "--coordinator",
+                    &coord.url,
+                    "--wait",
+                    "--random-seed",
+                    seed,
+                    "--out-shard-size",
+                    shard,
+                ],
+                None,
+            )
+        });
+        assert!(ok, "{case}: {err}");
+        let got = model_files(&s3.create_bucket("out").join(case));
+        let want = model_files(&golden().join("cases").join(case).join("expected"));
+        assert!(!want.is_empty());
+        assert_eq!(
+            got.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            want.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            "{case}"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.1 == w.1, "{case}: {} differs from mergekit's", g.0);
+        }
+        assert!(s3.create_bucket("out").join(case).join("config.json").exists());
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_is_required_and_checked() {
+    let s3 = TestS3::start().await;
+    models_bucket(&s3);
+    let tmp = tempfile::tempdir().unwrap();
+    let coord = coordinator(&s3, &tmp.path().join("state"), &[], Some("sesame"));
+    let cfg = s3_config("linear_bf16", tmp.path());
+    let args = [
+        "submit",
+        cfg.to_str().unwrap(),
+        "s3://out/x",
+        "--coordinator",
+        &coord.url,
+    ];
+    let (ok, _, err) = tokio::task::block_in_place(|| client(&s3, &args, None));
+    assert!(!ok && err.contains("missing cluster token"), "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| client(&s3, &args, Some("wrong")));
+    assert!(!ok && err.contains("invalid cluster token"), "{err}");
+    let (ok, out, err) = tokio::task::block_in_place(|| client(&s3, &args, Some("sesame")));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("job-"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_bucket_missing_object_and_corrupt_header_are_clear_errors() {
+    let s3 = TestS3::start().await;
+    models_bucket(&s3);
+    let tmp = tempfile::tempdir().unwrap();
+    let coord = coordinator(&s3, &tmp.path().join("state"), &[], None);
+    let cfg = s3_config("linear_bf16", tmp.path());
+    let submit = |cfg: &std::path::Path| {
+        tokio::task::block_in_place(|| {
+            client(
+                &s3,
+                &[
+                    "submit",
+                    cfg.to_str().unwrap(),
+                    "s3://out/x",
+                    "--coordinator",
+                    &coord.url,
+                ],
+                None,
+            )
+        })
+    };
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let p = tmp.path().join("nobucket.yml");
+    std::fs::write(&p, text.replace("s3://models/ft1_bf16", "s3://no-such-bucket/ft1_bf16")).unwrap();
+    let (ok, _, err) = submit(&p);
+    assert!(!ok && err.contains("no-such-bucket"), "{err}");
+    let p = tmp.path().join("noobject.yml");
+    std::fs::write(&p, text.replace("s3://models/ft1_bf16", "s3://models/not-there")).unwrap();
+    let (ok, _, err) = submit(&p);
+    assert!(!ok && err.contains("s3://models/not-there"), "{err}");
+    let bucket = s3.create_bucket("models");
+    let f = bucket.join("ft2_bf16/model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[8..24].fill(b'!');
+    std::fs::write(&f, bytes).unwrap();
+    let (ok, _, err) = submit(&cfg);
+    assert!(
+        !ok && err.contains("s3://models/ft2_bf16") && err.contains("header"),
+        "{err}"
+    );
+}
+
+/// Reference output of the synthetic DARE-TIES merge, from the embedded runtime.
+fn embedded_reference(tmp: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let local = synth_config(tmp, &tmp.join("synth").display().to_string());
+    let out = tmp.join("reference");
+    let st = std::process::Command::new(bin())
+        .args([
+            "merge",
+            local.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--random-seed",
+            "5",
+            "--quiet",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    model_files(&out)
+}
+
+fn submit_synth(s3: &TestS3, url: &str, tmp: &std::path::Path, out: &str) -> String {
+    let cfg = synth_config(tmp, "s3://synth");
+    let (ok, job, err) = tokio::task::block_in_place(|| {
+        client(
+            s3,
+            &[
+                "submit",
+                cfg.to_str().unwrap(),
+                out,
+                "--coordinator",
+                url,
+                "--random-seed",
+                "5",
+            ],
+            None,
+        )
+    });
+    assert!(ok, "{err}");
+    job.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_worker_and_killed_coordinator_still_give_identical_bytes() {
+    let s3 = TestS3::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    synth_models(&tmp.path().join("synth"));
+    for m in ["base", "finetune-a", "finetune-b"] {
+        s3.upload_dir(&tmp.path().join("synth").join(m), "synth", m);
+    }
+    s3.create_bucket("out");
+    let reference = embedded_reference(tmp.path());
+    let state = tmp.path().join("state");
+    let mut coord = coordinator(&s3, &state, &[], None);
+    let mut workers: Vec<_> = (0..3).map(|_| worker(&s3, &coord.url, None)).collect();
+    let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/killed");
+    // kill -9 one worker once work has started.
+    tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
+            units_done(s) >= 1 || s.contains("succeeded")
+        })
+    });
+    workers[0].kill().unwrap();
+    let _ = workers[0].wait();
+    // kill -9 the coordinator mid-merge, then restart it on the same state dir.
+    let before = tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
+            units_done(s) >= 2 || s.contains("succeeded")
+        })
+    });
+    coord.child.kill().unwrap();
+    let _ = coord.child.wait();
+    let done_before = units_done(&before);
+    coord = coordinator(&s3, &state, &[], None);
+    let mut more: Vec<_> = (0..2).map(|_| worker(&s3, &coord.url, None)).collect();
+    let fin = tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(240), |s| {
+            s.contains("succeeded") || s.contains("failed")
+        })
+    });
+    assert!(fin.contains("succeeded"), "{fin}");
+    eprintln!("before the coordinator kill: {before}\nafter the restart: {fin}");
+    assert!(
+        !before.contains("succeeded"),
+        "the coordinator must be killed mid-merge: {before}"
+    );
+    assert!(
+        done_before >= 2 && resumed(&fin) >= done_before,
+        "finished units must not be redone: before {before}, after {fin}"
+    );
+    let got = model_files(&s3.create_bucket("out").join("killed"));
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(&reference) {
+        assert_eq!(g.0, r.0);
+        assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
+    }
+    for w in workers.iter_mut().chain(more.iter_mut()) {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_workers_gone_fails_the_job_and_cancel_leaves_no_output() {
+    let s3 = TestS3::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    synth_models(&tmp.path().join("synth"));
+    for m in ["base", "finetune-a", "finetune-b"] {
+        s3.upload_dir(&tmp.path().join("synth").join(m), "synth", m);
+    }
+    s3.create_bucket("out");
+    let coord = coordinator(&s3, &tmp.path().join("state"), &[], None);
+    // No worker at all: the job fails after the grace period (4 s), never hangs.
+    let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/orphan");
+    let st = tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(30), |s| s.contains("failed"))
+    });
+    assert!(st.contains("no live worker"), "{st}");
+    // Cancel a running job: no visible output.
+    let mut w = worker(&s3, &coord.url, None);
+    let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/cancelled");
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| client(&s3, &["cancel", &job, "--coordinator", &coord.url], None));
+    assert!(ok && out.contains("cancelled"), "{out}{err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dir = s3.create_bucket("out").join("cancelled");
+    assert!(
+        model_files(&dir).is_empty(),
+        "cancelled job left {:?}",
+        model_files(&dir).iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+}

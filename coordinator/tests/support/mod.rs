@@ -1,0 +1,212 @@
+//! A local cluster for process-level tests: an in-process s3s-fs server over real HTTP, and
+//! real `shardmerge coordinator` / `shardmerge worker` processes talking gRPC on loopback.
+
+#![allow(dead_code)]
+
+use shardmerge_worker::storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shardmerge")
+}
+
+pub fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+/// Environment pointing a process at the test S3 server.
+pub fn s3_env(cmd: &mut Command, s3: &TestS3) {
+    cmd.env("AWS_ENDPOINT", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env_remove("SHARDMERGE_TOKEN");
+}
+
+/// A running coordinator process.
+pub struct Coord {
+    pub child: Child,
+    pub url: String,
+    pub state: PathBuf,
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a coordinator with fast timeouts; `extra` adds flags, `token` sets SHARDMERGE_TOKEN.
+pub fn coordinator(s3: &TestS3, state: &Path, extra: &[&str], token: Option<&str>) -> Coord {
+    let mut cmd = Command::new(bin());
+    s3_env(&mut cmd, s3);
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .args([
+            "--lease-secs",
+            "2",
+            "--worker-timeout-secs",
+            "2",
+            "--no-worker-grace-secs",
+            "4",
+            "--unit-size",
+            "5m",
+        ])
+        .args(extra)
+        .current_dir(golden())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("SHARDMERGE_TOKEN", t);
+    }
+    let mut child = cmd.spawn().expect("start coordinator");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("coordinator exited before listening")
+            .expect("read stderr");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().expect("address"));
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Coord {
+        child,
+        url,
+        state: state.to_path_buf(),
+    }
+}
+
+/// Starts a worker process.
+pub fn worker(s3: &TestS3, url: &str, token: Option<&str>) -> Child {
+    let mut cmd = Command::new(bin());
+    s3_env(&mut cmd, s3);
+    cmd.args(["worker", "--coordinator", url, "-j", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(t) = token {
+        cmd.env("SHARDMERGE_TOKEN", t);
+    }
+    cmd.spawn().expect("start worker")
+}
+
+/// Runs a CLI client command (submit/status/cancel) and returns (success, stdout, stderr).
+pub fn client(s3: &TestS3, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(bin());
+    s3_env(&mut cmd, s3);
+    cmd.args(args).current_dir(golden());
+    if let Some(t) = token {
+        cmd.env("SHARDMERGE_TOKEN", t);
+    }
+    let out = cmd.output().expect("run client");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `shardmerge status JOB` until `pred` holds on its output, up to `timeout`.
+pub fn wait_status(s3: &TestS3, url: &str, job: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (_, out, _) = client(s3, &["status", job, "--coordinator", url], None);
+        if pred(&out) {
+            return out;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting; last status: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Parses `units D/T` out of a status line.
+pub fn units_done(status: &str) -> u64 {
+    status
+        .split("units ")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parses `resumed N`.
+pub fn resumed(status: &str) -> u64 {
+    status
+        .split("resumed ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes a config that reads models from `s3://models/` instead of `./models/`.
+pub fn s3_config(case: &str, dir: &Path) -> PathBuf {
+    let yaml = std::fs::read_to_string(golden().join("cases").join(case).join("config.yml")).unwrap();
+    let p = dir.join(format!("{case}.yml"));
+    std::fs::write(&p, yaml.replace("./models/", "s3://models/")).unwrap();
+    p
+}
+
+/// Safetensors and index files of an output directory, by name.
+pub fn model_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".safetensors") || n.ends_with(".index.json")
+                })
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Synthetic model family big enough that a merge takes a while (for kill tests).
+pub fn synth_models(dir: &Path) {
+    let st = Command::new(bin())
+        .args(["synth"])
+        .arg(dir)
+        .args([
+            "--hidden",
+            "768",
+            "--layers",
+            "4",
+            "--intermediate",
+            "2048",
+            "--vocab",
+            "6000",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// DARE-TIES over the synthetic family, reading from `prefix` (`s3://synth` or a local dir).
+pub fn synth_config(dir: &Path, prefix: &str) -> PathBuf {
+    let yaml = format!(
+        "models:\n  - model: {prefix}/base\n  - model: {prefix}/finetune-a\n    parameters:\n      density: 0.53\n      weight: 0.6\n  - model: {prefix}/finetune-b\n    parameters:\n      density: 0.4\n      weight: 0.3\nmerge_method: dare_ties\nbase_model: {prefix}/base\nparameters:\n  int8_mask: true\ndtype: bfloat16\n"
+    );
+    let p = dir.join(format!(
+        "synth-{}.yml",
+        if prefix.starts_with("s3") { "s3" } else { "local" }
+    ));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}

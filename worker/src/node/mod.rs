@@ -1,0 +1,257 @@
+//! The worker process: register with the coordinator, lease work units, execute them on a
+//! dedicated CPU pool, heartbeat, and report results. Workers pull work, so they need no
+//! inbound port; a worker that loses the coordinator re-registers when it comes back.
+
+pub mod unit;
+
+use crate::storage::{LocalInputs, Storage};
+use shardmerge_proto::PROTOCOL_VERSION;
+use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
+use shardmerge_proto::v1::{
+    HeartbeatRequest, LeaseUnitsRequest, RegisterWorkerRequest, ReportUnitRequest, UnitFailure, UnitSuccess,
+    report_unit_request,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// Shared cluster token (sent as a bearer token).
+    pub token: Option<String>,
+    /// Units executed concurrently.
+    pub slots: usize,
+    /// Threads of the CPU pool (default: all cores).
+    pub threads: Option<usize>,
+    /// Name reported to the coordinator.
+    pub name: String,
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The coordinator refused this worker.
+    #[error("coordinator refused registration: {0}")]
+    Refused(String),
+    /// The CPU pool could not start.
+    #[error("starting the CPU pool: {0}")]
+    Pool(String),
+    /// Invalid coordinator address.
+    #[error("invalid coordinator address `{0}`: {1}")]
+    Address(String, String),
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct BearerToken(pub Option<String>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("token"))?;
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+}
+
+type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Runs a worker until `shutdown` resolves.
+pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.unwrap_or(0))
+            .thread_name(|i| format!("shardmerge-cpu-{i}"))
+            .build()
+            .map_err(|e| NodeError::Pool(e.to_string()))?,
+    );
+    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
+        .map_err(|e| NodeError::Address(opts.coordinator.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(3));
+    let channel = endpoint.connect_lazy();
+    let client = WorkerServiceClient::with_interceptor(channel, BearerToken(opts.token.clone()));
+    let storage = Storage::from_env();
+    let local = Arc::new(LocalInputs::new());
+    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    tokio::pin!(shutdown);
+    loop {
+        let reg = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = register(client.clone(), &opts) => r,
+        };
+        let (worker_id, heartbeat) = match reg {
+            Ok(v) => v,
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || status.code() == tonic::Code::Unauthenticated =>
+            {
+                return Err(NodeError::Refused(status.message().to_string()));
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "coordinator unreachable; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!(worker_id = %worker_id, "registered");
+        let session = serve(
+            client.clone(),
+            &worker_id,
+            heartbeat,
+            &opts,
+            &storage,
+            &local,
+            &pool,
+            &active,
+        );
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            () = session => tracing::warn!("coordinator forgot this worker; registering again"),
+        }
+    }
+}
+
+async fn register(mut client: Client, opts: &WorkerOptions) -> Result<(String, Duration), tonic::Status> {
+    let resp = client
+        .register_worker(RegisterWorkerRequest {
+            protocol_version: PROTOCOL_VERSION,
+            name: opts.name.clone(),
+            slots: opts.slots as u32,
+        })
+        .await?
+        .into_inner();
+    Ok((resp.worker_id, Duration::from_millis(resp.heartbeat_ms.max(100))))
+}
+
+/// One registration session: lease, execute, heartbeat, until the coordinator forgets us.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    client: Client,
+    worker_id: &str,
+    heartbeat: Duration,
+    opts: &WorkerOptions,
+    storage: &Storage,
+    local: &Arc<LocalInputs>,
+    pool: &Arc<rayon::ThreadPool>,
+    active: &Arc<Mutex<HashSet<String>>>,
+) {
+    let mut hb_client = client.clone();
+    let hb_active = active.clone();
+    let hb_worker = worker_id.to_string();
+    let heartbeats = async move {
+        loop {
+            tokio::time::sleep(heartbeat).await;
+            let lease_ids: Vec<String> = hb_active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            let req = HeartbeatRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: hb_worker.clone(),
+                lease_ids,
+            };
+            match hb_client.heartbeat(req).await {
+                Ok(r) if r.get_ref().unknown_worker => return,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            }
+        }
+    };
+    let work = async {
+        let mut client = client.clone();
+        loop {
+            let free = opts
+                .slots
+                .saturating_sub(active.lock().unwrap_or_else(|e| e.into_inner()).len());
+            if free == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let req = LeaseUnitsRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: worker_id.to_string(),
+                max_units: free as u32,
+            };
+            let resp = match client.lease_units(req).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "leasing failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if resp.unknown_worker {
+                return;
+            }
+            if resp.leases.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            for lease in resp.leases {
+                let Some(unit) = lease.unit else { continue };
+                active
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(lease.lease_id.clone());
+                let (storage, local, pool, active) = (storage.clone(), local.clone(), pool.clone(), active.clone());
+                let mut client = client.clone();
+                let worker_id = worker_id.to_string();
+                let handle = tokio::runtime::Handle::current();
+                tokio::spawn(async move {
+                    tracing::debug!(job_id = %unit.job_id, unit = unit.unit_id, "unit started");
+                    let result = tokio::task::spawn_blocking(move || {
+                        pool.install(|| unit::execute_unit(&unit, &storage, &handle, &local))
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(unit::UnitError {
+                            message: format!("unit panicked: {e}"),
+                            retryable: false,
+                        })
+                    });
+                    let result = match result {
+                        Ok(o) => report_unit_request::Result::Success(UnitSuccess {
+                            parts: o.parts,
+                            bytes_read: o.bytes_read,
+                            bytes_written: o.bytes_written,
+                        }),
+                        Err(e) => report_unit_request::Result::Failure(UnitFailure {
+                            message: e.message,
+                            retryable: e.retryable,
+                        }),
+                    };
+                    let req = ReportUnitRequest {
+                        worker_id,
+                        lease_id: lease.lease_id.clone(),
+                        result: Some(result),
+                    };
+                    for attempt in 0..5 {
+                        match client.report_unit(req.clone()).await {
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e.message(), attempt, "reporting failed");
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                        }
+                    }
+                    active.lock().unwrap_or_else(|e| e.into_inner()).remove(&lease.lease_id);
+                });
+            }
+        }
+    };
+    tokio::select! {
+        () = heartbeats => {}
+        () = work => {}
+    }
+}

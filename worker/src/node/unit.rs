@@ -1,0 +1,163 @@
+//! Executing one work unit: run its tasks, then deliver the unit's byte range of the shard as
+//! multipart parts.
+//!
+//! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs);
+//! the output range is assembled in memory and uploaded as the parts the planner assigned, so
+//! the shard becomes visible only when the coordinator completes the upload.
+
+use crate::error::TaskError;
+use crate::execute::{InputBytes, TaskIo, execute_task};
+use crate::storage::{LocalInputs, Location, Storage, StorageError};
+use bytes::Bytes;
+use shardmerge_proto::v1::{PartResult, TensorSource, WorkUnit};
+use std::sync::Mutex;
+use tokio::runtime::Handle;
+
+/// Why a unit failed, and whether retrying may help.
+#[derive(Debug)]
+pub struct UnitError {
+    /// Message for the job status.
+    pub message: String,
+    /// Transient (I/O) or deterministic (bad input).
+    pub retryable: bool,
+}
+
+impl From<TaskError> for UnitError {
+    fn from(e: TaskError) -> Self {
+        UnitError {
+            retryable: e.retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn storage_err(e: StorageError) -> UnitError {
+    UnitError {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// What a finished unit did.
+#[derive(Debug, Default)]
+pub struct UnitOutcome {
+    /// Uploaded parts.
+    pub parts: Vec<PartResult>,
+    /// Input bytes read.
+    pub bytes_read: u64,
+    /// Output bytes written.
+    pub bytes_written: u64,
+}
+
+struct UnitIo<'a> {
+    storage: &'a Storage,
+    handle: &'a Handle,
+    local: &'a LocalInputs,
+    start: u64,
+    buffer: Mutex<Vec<u8>>,
+}
+
+impl TaskIo for UnitIo<'_> {
+    fn read(&self, src: &TensorSource) -> Result<InputBytes, TaskError> {
+        let read_err = |e: std::io::Error| TaskError::Read {
+            uri: src.uri.clone(),
+            tensor: src.tensor_name.clone(),
+            source: e,
+        };
+        let loc = Location::parse(&src.uri).map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
+        if loc.is_local() {
+            let map = self
+                .local
+                .map_range(&src.uri, src.offset, src.length)
+                .map_err(read_err)?;
+            return Ok(InputBytes::Mapped(map));
+        }
+        let bytes = self
+            .handle
+            .block_on(self.storage.read_range(&loc, src.offset, src.length))
+            .map_err(|e| {
+                let kind = if e.is_retryable() {
+                    std::io::ErrorKind::Interrupted
+                } else {
+                    std::io::ErrorKind::InvalidData
+                };
+                if e.is_retryable() {
+                    read_err(std::io::Error::new(kind, e.to_string()))
+                } else {
+                    TaskError::BadInput {
+                        uri: src.uri.clone(),
+                        tensor: src.tensor_name.clone(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
+        Ok(InputBytes::Owned(bytes.to_vec()))
+    }
+
+    fn write(&self, uri: &str, offset: u64, bytes: &[u8], tensor: &str) -> Result<(), TaskError> {
+        let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let at = offset.checked_sub(self.start).map(|o| o as usize);
+        match at {
+            Some(at) if at + bytes.len() <= buf.len() => {
+                buf[at..at + bytes.len()].copy_from_slice(bytes);
+                Ok(())
+            }
+            _ => Err(TaskError::InvalidTask {
+                tensor: tensor.to_string(),
+                reason: format!("write at {offset} of {uri} is outside the unit's range"),
+            }),
+        }
+    }
+}
+
+/// Runs every task of `unit` (CPU work on the caller's thread, typically inside a rayon pool)
+/// and uploads its parts. Must not be called from an async context: storage calls block on
+/// `handle`.
+pub fn execute_unit(
+    unit: &WorkUnit,
+    storage: &Storage,
+    handle: &Handle,
+    local: &LocalInputs,
+) -> Result<UnitOutcome, UnitError> {
+    let out = unit.output.as_ref().ok_or_else(|| UnitError {
+        message: "unit without output".into(),
+        retryable: false,
+    })?;
+    let len = out.end.checked_sub(out.start).ok_or_else(|| UnitError {
+        message: "inverted unit range".into(),
+        retryable: false,
+    })?;
+    let io = UnitIo {
+        storage,
+        handle,
+        local,
+        start: out.start,
+        buffer: Mutex::new(vec![0u8; len as usize]),
+    };
+    let mut outcome = UnitOutcome::default();
+    for task in &unit.tasks {
+        let done = execute_task(task, &io)?;
+        outcome.bytes_read += done.bytes_read;
+        outcome.bytes_written += done.bytes_written;
+    }
+    let mut buf = io.buffer.into_inner().unwrap_or_else(|e| e.into_inner());
+    if out.start == 0 {
+        let h = out.header.len().min(buf.len());
+        buf[..h].copy_from_slice(&out.header[..h]);
+    }
+    let buf = Bytes::from(buf);
+    let shard = Location::parse(&out.shard_uri).map_err(storage_err)?;
+    for (i, &p) in out.part_starts.iter().enumerate() {
+        let end = out.part_starts.get(i + 1).copied().unwrap_or(out.end);
+        let slice = buf.slice((p - out.start) as usize..(end - out.start) as usize);
+        let index = out.first_part + i as u32;
+        let etag = handle
+            .block_on(storage.put_part(&shard, &out.upload_id, index as usize, slice))
+            .map_err(storage_err)?;
+        outcome.parts.push(PartResult {
+            part_index: index,
+            etag,
+        });
+    }
+    Ok(outcome)
+}
