@@ -1,0 +1,132 @@
+//! In-process cluster tests: coordinator and workers as tokio tasks talking real gRPC on
+//! loopback, local-filesystem storage. Fast checks of the control plane's edge cases.
+
+use shardmerge_coordinator::cluster::client;
+use shardmerge_coordinator::cluster::scheduler::SchedulerConfig;
+use shardmerge_coordinator::cluster::server;
+use shardmerge_coordinator::cluster::service::CoordinatorOptions;
+use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
+use shardmerge_proto::v1::{JobState, LeaseUnitsRequest, MergeOptions, RegisterWorkerRequest};
+use shardmerge_worker::node::{WorkerOptions, run_worker};
+use shardmerge_worker::storage::Storage;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+async fn start(state: &Path) -> String {
+    let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
+    let opts = CoordinatorOptions {
+        state_dir: state.to_path_buf(),
+        scheduler: SchedulerConfig {
+            lease: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(400),
+            ..Default::default()
+        },
+        unit_target: 5 << 20,
+        model_root: golden(),
+    };
+    tokio::spawn(server::serve(
+        opts,
+        Storage::from_env(),
+        None,
+        listener,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+fn spawn_worker(url: &str, name: &str) {
+    let opts = WorkerOptions {
+        coordinator: url.to_string(),
+        token: None,
+        slots: 1,
+        threads: Some(1),
+        name: name.into(),
+    };
+    tokio::spawn(run_worker(opts, std::future::pending()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_cluster_merges_local_models_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = start(&tmp.path().join("state")).await;
+    spawn_worker(&url, "a");
+    spawn_worker(&url, "b");
+    let mut c = client::connect(&url, None).await.unwrap();
+    for (case, seed, shard) in [("dare_linear_bf16", 42, 5_000_000_000), ("multishard_bf16", 1, 20_000)] {
+        let yaml = std::fs::read_to_string(golden().join("cases").join(case).join("config.yml")).unwrap();
+        let out = tmp.path().join(case);
+        let options = MergeOptions {
+            random_seed: Some(seed),
+            out_shard_size: shard,
+            copy_tokenizer: true,
+            write_model_card: true,
+            allow_crimes: false,
+        };
+        let (job, _) = client::submit(&mut c, yaml, format!("{case}.yml"), out.display().to_string(), options)
+            .await
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), client::wait(&mut c, &job, false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.state, JobState::Succeeded as i32, "{status:?}");
+        let expected = golden().join("cases").join(case).join("expected");
+        let mut names: Vec<_> = std::fs::read_dir(&expected)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors") || n.ends_with(".index.json"))
+            .collect();
+        names.sort();
+        assert!(!names.is_empty());
+        for n in names {
+            let want = std::fs::read(expected.join(&n)).unwrap();
+            let got = std::fs::read(out.join(&n)).unwrap_or_default();
+            assert!(want == got, "{case}: {n} differs");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_clear_statuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = start(&tmp.path().join("state")).await;
+    let mut w = WorkerServiceClient::connect(url.clone()).await.unwrap();
+    let err = w
+        .register_worker(RegisterWorkerRequest {
+            protocol_version: 99,
+            name: "old".into(),
+            slots: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("protocol version 99"), "{}", err.message());
+    let r = w
+        .lease_units(LeaseUnitsRequest {
+            protocol_version: 1,
+            worker_id: "w-404".into(),
+            max_units: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.unknown_worker, "an unknown worker is told to re-register");
+    let mut c = client::connect(&url, None).await.unwrap();
+    let err = client::submit(
+        &mut c,
+        "merge_method: [oops".into(),
+        "bad.yml".into(),
+        tmp.path().display().to_string(),
+        MergeOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("bad.yml:1"), "{err}");
+    let err = client::status(&mut c, Some("job-missing".into())).await.unwrap_err();
+    assert!(err.to_string().contains("job-missing"), "{err}");
+}
