@@ -10,12 +10,15 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the token comes from (never from argv).
+/// Where the token comes from (never from argv), and TLS trust for clients.
 #[derive(Debug, Args, Clone)]
 pub struct TokenArgs {
     /// File holding the shared cluster token (else the SHARDMERGE_TOKEN environment variable).
     #[arg(long, env = "SHARDMERGE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed the coordinator's TLS certificate (for https:// URLs).
+    #[arg(long, env = "SHARDMERGE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl TokenArgs {
@@ -26,6 +29,14 @@ impl TokenArgs {
             return Ok(Some(t.trim().to_string()));
         }
         Ok(std::env::var("SHARDMERGE_TOKEN").ok().filter(|t| !t.is_empty()))
+    }
+
+    /// The CA certificate, if configured.
+    pub fn ca(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.tls_ca
+            .as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display())))
+            .transpose()
     }
 }
 
@@ -53,6 +64,12 @@ pub struct CoordinatorArgs {
     /// Target bytes of output per work unit (k/m/b suffixes).
     #[arg(long, default_value = "64m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_UNIT_SIZE")]
     pub unit_size: u64,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "SHARDMERGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SHARDMERGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -143,6 +160,13 @@ async fn shutdown_signal() {
 /// Runs `shardmerge coordinator`.
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let token = args.token.token()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+        )),
+        _ => None,
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let (listener, addr) = server::bind(&args.listen)
@@ -165,7 +189,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             "shardmerge coordinator listening on {addr} (state in {})",
             args.state_dir.display()
         );
-        server::serve(opts, Storage::from_env(), token, listener, shutdown_signal()).await?;
+        server::serve(opts, Storage::from_env(), token, tls, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -173,6 +197,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 /// Runs `shardmerge worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let token = args.token.token()?;
+    let tls_ca = args.token.ca()?;
     let rt = runtime()?;
     let name = args
         .name
@@ -185,6 +210,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             slots: args.slots.max(1),
             threads: args.num_threads,
             name,
+            tls_ca,
         },
         shutdown_signal(),
     ))?;
@@ -195,9 +221,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let yaml = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let token = args.token.token()?;
+    let ca = args.token.ca()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token).await?;
+        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
         let options = MergeOptions {
             random_seed: args.random_seed,
             out_shard_size: args.out_shard_size,
@@ -225,8 +252,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// Runs `shardmerge status`.
 pub fn status(args: JobArgs) -> anyhow::Result<()> {
     let token = args.token.token()?;
+    let ca = args.token.ca()?;
     runtime()?.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token).await?;
+        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
         for s in client::status(&mut c, args.job).await? {
             println!("{}", client::describe(&s));
         }
@@ -237,9 +265,10 @@ pub fn status(args: JobArgs) -> anyhow::Result<()> {
 /// Runs `shardmerge cancel`.
 pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
     let token = args.token.token()?;
+    let ca = args.token.ca()?;
     let job = args.job.clone().context("which job? `shardmerge cancel JOB`")?;
     runtime()?.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token).await?;
+        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
         println!("{}", client::describe(&client::cancel(&mut c, job).await?));
         Ok(())
     })

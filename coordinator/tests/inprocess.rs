@@ -32,6 +32,7 @@ async fn start(state: &Path) -> String {
         opts,
         Storage::from_env(),
         None,
+        None,
         listener,
         std::future::pending(),
     ));
@@ -45,6 +46,7 @@ fn spawn_worker(url: &str, name: &str) {
         slots: 1,
         threads: Some(1),
         name: name.into(),
+        tls_ca: None,
     };
     tokio::spawn(run_worker(opts, std::future::pending()));
 }
@@ -55,7 +57,7 @@ async fn in_process_cluster_merges_local_models_identically() {
     let url = start(&tmp.path().join("state")).await;
     spawn_worker(&url, "a");
     spawn_worker(&url, "b");
-    let mut c = client::connect(&url, None).await.unwrap();
+    let mut c = client::connect(&url, None, None).await.unwrap();
     for (case, seed, shard) in [("dare_linear_bf16", 42, 5_000_000_000), ("multishard_bf16", 1, 20_000)] {
         let yaml = std::fs::read_to_string(golden().join("cases").join(case).join("config.yml")).unwrap();
         let out = tmp.path().join(case);
@@ -116,7 +118,7 @@ async fn bad_requests_are_refused_with_clear_statuses() {
         .unwrap()
         .into_inner();
     assert!(r.unknown_worker, "an unknown worker is told to re-register");
-    let mut c = client::connect(&url, None).await.unwrap();
+    let mut c = client::connect(&url, None, None).await.unwrap();
     let err = client::submit(
         &mut c,
         "merge_method: [oops".into(),
@@ -129,4 +131,46 @@ async fn bad_requests_are_refused_with_clear_statuses() {
     assert!(err.to_string().contains("bad.yml:1"), "{err}");
     let err = client::status(&mut c, Some("job-missing".into())).await.unwrap_err();
     assert!(err.to_string().contains("job-missing"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cluster_works_and_plaintext_clients_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (ck.cert.pem().into_bytes(), ck.signing_key.serialize_pem().into_bytes());
+    let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
+    let opts = CoordinatorOptions {
+        state_dir: tmp.path().join("state"),
+        scheduler: SchedulerConfig::default(),
+        unit_target: 5 << 20,
+        model_root: golden(),
+    };
+    tokio::spawn(server::serve(opts, Storage::from_env(), None, Some((cert.clone(), key)), listener, std::future::pending()));
+    let url = format!("https://localhost:{}", addr.port());
+    let wopts = WorkerOptions {
+        coordinator: url.clone(),
+        token: None,
+        slots: 1,
+        threads: Some(1),
+        name: "tls".into(),
+        tls_ca: Some(cert.clone()),
+    };
+    tokio::spawn(run_worker(wopts, std::future::pending()));
+    let mut c = client::connect(&url, None, Some(&cert)).await.unwrap();
+    let yaml = std::fs::read_to_string(golden().join("cases/linear_bf16/config.yml")).unwrap();
+    let out = tmp.path().join("tls-out");
+    let (job, _) = client::submit(&mut c, yaml, "linear.yml".into(), out.display().to_string(), MergeOptions::default())
+        .await
+        .unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(60), client::wait(&mut c, &job, false)).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Succeeded as i32, "{st:?}");
+    let want = std::fs::read(golden().join("cases/linear_bf16/expected/model.safetensors")).unwrap();
+    assert!(std::fs::read(out.join("model.safetensors")).unwrap() == want);
+    // A plaintext client cannot talk to a TLS coordinator.
+    let plain = format!("http://127.0.0.1:{}", addr.port());
+    let refused = match client::connect(&plain, None, None).await {
+        Err(_) => true,
+        Ok(mut c) => client::status(&mut c, None).await.is_err(),
+    };
+    assert!(refused, "plaintext request to a TLS coordinator must fail");
 }

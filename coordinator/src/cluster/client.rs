@@ -8,15 +8,14 @@ use shardmerge_proto::v1::{
 };
 use shardmerge_worker::node::BearerToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A connected job client.
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// Connects to the coordinator at `url`.
-pub async fn connect(url: &str, token: Option<String>) -> anyhow::Result<Client> {
-    let channel = Endpoint::from_shared(url.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
+pub async fn connect(url: &str, token: Option<String>, tls_ca: Option<&[u8]>) -> anyhow::Result<Client> {
+    let channel = shardmerge_worker::node::endpoint(url, tls_ca)?
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {url}: {e}"))?;

@@ -10,11 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Serves the coordinator on `listener` until `shutdown` resolves.
+/// Serves the coordinator on `listener` until `shutdown` resolves; `tls` is a PEM
+/// `(certificate chain, private key)` pair to serve gRPC over TLS.
 pub async fn serve(
     opts: CoordinatorOptions,
     storage: Storage,
     token: Option<String>,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
@@ -28,7 +30,15 @@ pub async fn serve(
     });
     let auth = CheckToken(token.map(Arc::from));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        shardmerge_worker::node::ensure_crypto_provider();
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServiceError::Invalid(format!("TLS certificate or key: {e}")))?;
+    }
+    let result = builder
         .add_service(JobServiceServer::with_interceptor(coordinator.clone(), auth.clone()))
         .add_service(WorkerServiceServer::with_interceptor(coordinator, auth))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -31,6 +31,30 @@ pub struct WorkerOptions {
     pub threads: Option<usize>,
     /// Name reported to the coordinator.
     pub name: String,
+    /// PEM CA certificate to verify an `https://` coordinator with.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+/// Selects rustls' ring crypto provider for the process (idempotent). Several crates in the
+/// dependency tree enable different providers, so rustls cannot pick one by itself.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds a gRPC endpoint for `url`; `https://` URLs use TLS, verified against `ca` (PEM) when
+/// given, else against the system's web PKI roots.
+pub fn endpoint(url: &str, ca: Option<&[u8]>) -> Result<Endpoint, NodeError> {
+    let bad = |e: String| NodeError::Address(url.to_string(), e);
+    let mut ep = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?.connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        ensure_crypto_provider();
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(ep)
 }
 
 /// Errors that stop a worker.
@@ -74,10 +98,7 @@ pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<
             .build()
             .map_err(|e| NodeError::Pool(e.to_string()))?,
     );
-    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
-        .map_err(|e| NodeError::Address(opts.coordinator.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(3));
-    let channel = endpoint.connect_lazy();
+    let channel = endpoint(&opts.coordinator, opts.tls_ca.as_deref())?.connect_lazy();
     let client = WorkerServiceClient::with_interceptor(channel, BearerToken(opts.token.clone()));
     let storage = Storage::from_env();
     let local = Arc::new(LocalInputs::new());
