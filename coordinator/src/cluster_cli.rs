@@ -90,6 +90,10 @@ pub struct WorkerArgs {
     /// Name shown in logs.
     #[arg(long, env = "SHARDMERGE_WORKER_NAME")]
     pub name: Option<String>,
+    /// On SIGTERM, seconds to keep heartbeating while active units finish (keep it below the
+    /// pod's termination grace period).
+    #[arg(long, default_value_t = 25.0, env = "SHARDMERGE_DRAIN_SECS")]
+    pub drain_secs: f64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -211,6 +215,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             threads: args.num_threads,
             name,
             tls_ca,
+            drain: Duration::from_secs_f64(args.drain_secs),
         },
         shutdown_signal(),
     ))?;

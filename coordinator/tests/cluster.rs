@@ -264,3 +264,59 @@ async fn all_workers_gone_fails_the_job_and_cancel_leaves_no_output() {
     let _ = w.kill();
     let _ = w.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_worker_and_the_job_still_completes_identically() {
+    let s3 = TestS3::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    synth_models(&tmp.path().join("synth"));
+    for m in ["base", "finetune-a", "finetune-b"] {
+        s3.upload_dir(&tmp.path().join("synth").join(m), "synth", m);
+    }
+    s3.create_bucket("out");
+    let reference = embedded_reference(tmp.path());
+    let coord = coordinator(&s3, &tmp.path().join("state"), &[], None);
+    let mut first = worker(&s3, &coord.url, None);
+    let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/drained");
+    tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
+            units_done(s) >= 1 || s.contains("succeeded")
+        })
+    });
+    let mut second = worker(&s3, &coord.url, None);
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The worker finishes its unit and exits on its own, cleanly.
+    let exited = tokio::task::block_in_place(|| {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(code) = first.try_wait().unwrap() {
+                return Some(code);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(
+        exited.is_some_and(|c| c.success()),
+        "SIGTERM'd worker must drain and exit 0: {exited:?}"
+    );
+    let fin = tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(240), |s| {
+            s.contains("succeeded") || s.contains("failed")
+        })
+    });
+    assert!(fin.contains("succeeded"), "{fin}");
+    let got = model_files(&s3.create_bucket("out").join("drained"));
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(&reference) {
+        assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+}

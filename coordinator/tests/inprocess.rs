@@ -47,6 +47,7 @@ fn spawn_worker(url: &str, name: &str) {
         threads: Some(1),
         name: name.into(),
         tls_ca: None,
+        drain: Duration::from_secs(5),
     };
     tokio::spawn(run_worker(opts, std::future::pending()));
 }
@@ -145,7 +146,14 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
         unit_target: 5 << 20,
         model_root: golden(),
     };
-    tokio::spawn(server::serve(opts, Storage::from_env(), None, Some((cert.clone(), key)), listener, std::future::pending()));
+    tokio::spawn(server::serve(
+        opts,
+        Storage::from_env(),
+        None,
+        Some((cert.clone(), key)),
+        listener,
+        std::future::pending(),
+    ));
     let url = format!("https://localhost:{}", addr.port());
     let wopts = WorkerOptions {
         coordinator: url.clone(),
@@ -154,15 +162,25 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
         threads: Some(1),
         name: "tls".into(),
         tls_ca: Some(cert.clone()),
+        drain: Duration::from_secs(5),
     };
     tokio::spawn(run_worker(wopts, std::future::pending()));
     let mut c = client::connect(&url, None, Some(&cert)).await.unwrap();
     let yaml = std::fs::read_to_string(golden().join("cases/linear_bf16/config.yml")).unwrap();
     let out = tmp.path().join("tls-out");
-    let (job, _) = client::submit(&mut c, yaml, "linear.yml".into(), out.display().to_string(), MergeOptions::default())
+    let (job, _) = client::submit(
+        &mut c,
+        yaml,
+        "linear.yml".into(),
+        out.display().to_string(),
+        MergeOptions::default(),
+    )
+    .await
+    .unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(60), client::wait(&mut c, &job, false))
         .await
+        .unwrap()
         .unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(60), client::wait(&mut c, &job, false)).await.unwrap().unwrap();
     assert_eq!(st.state, JobState::Succeeded as i32, "{st:?}");
     let want = std::fs::read(golden().join("cases/linear_bf16/expected/model.safetensors")).unwrap();
     assert!(std::fs::read(out.join("model.safetensors")).unwrap() == want);

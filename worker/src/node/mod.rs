@@ -33,6 +33,9 @@ pub struct WorkerOptions {
     pub name: String,
     /// PEM CA certificate to verify an `https://` coordinator with.
     pub tls_ca: Option<Vec<u8>>,
+    /// On shutdown, how long to keep heartbeating while active units finish (leases not
+    /// finished by then expire and are re-run elsewhere).
+    pub drain: Duration,
 }
 
 /// Selects rustls' ring crypto provider for the process (idempotent). Several crates in the
@@ -45,7 +48,9 @@ pub fn ensure_crypto_provider() {
 /// given, else against the system's web PKI roots.
 pub fn endpoint(url: &str, ca: Option<&[u8]>) -> Result<Endpoint, NodeError> {
     let bad = |e: String| NodeError::Address(url.to_string(), e);
-    let mut ep = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?.connect_timeout(Duration::from_secs(5));
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
     if url.starts_with("https://") {
         ensure_crypto_provider();
         let mut tls = tonic::transport::ClientTlsConfig::new();
@@ -103,6 +108,7 @@ pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<
     let storage = Storage::from_env();
     let local = Arc::new(LocalInputs::new());
     let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         let reg = tokio::select! {
@@ -133,10 +139,28 @@ pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<
             &local,
             &pool,
             &active,
+            &draining,
         );
+        tokio::pin!(session);
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            () = session => tracing::warn!("coordinator forgot this worker; registering again"),
+            _ = &mut shutdown => {
+                // Graceful shutdown: lease nothing new, keep heartbeating, let active units finish.
+                draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                let n = active.lock().unwrap_or_else(|e| e.into_inner()).len();
+                tracing::info!(active = n, "shutting down: finishing active units");
+                let deadline = tokio::time::Instant::now() + opts.drain;
+                let drained = async {
+                    while !active.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                tokio::select! {
+                    () = drained => {}
+                    () = &mut session => {}
+                }
+                return Ok(());
+            }
+            () = &mut session => tracing::warn!("coordinator forgot this worker; registering again"),
         }
     }
 }
@@ -164,6 +188,7 @@ async fn serve(
     local: &Arc<LocalInputs>,
     pool: &Arc<rayon::ThreadPool>,
     active: &Arc<Mutex<HashSet<String>>>,
+    draining: &Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut hb_client = client.clone();
     let hb_active = active.clone();
@@ -195,7 +220,7 @@ async fn serve(
             let free = opts
                 .slots
                 .saturating_sub(active.lock().unwrap_or_else(|e| e.into_inner()).len());
-            if free == 0 {
+            if free == 0 || draining.load(std::sync::atomic::Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
