@@ -192,3 +192,24 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
     };
     assert!(refused, "plaintext request to a TLS coordinator must fail");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_answers_without_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
+    let opts = CoordinatorOptions {
+        state_dir: tmp.path().join("state"),
+        scheduler: SchedulerConfig::default(),
+        unit_target: 5 << 20,
+        model_root: golden(),
+    };
+    tokio::spawn(server::serve(opts, Storage::from_env(), Some("secret".into()), None, listener, std::future::pending()));
+    let url = format!("http://{addr}");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // The job API still requires the token.
+    let mut c = client::connect(&url, None, None).await.unwrap();
+    assert!(client::status(&mut c, None).await.unwrap_err().to_string().contains("missing cluster token"));
+}

