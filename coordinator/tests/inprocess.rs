@@ -203,13 +203,37 @@ async fn grpc_health_answers_without_a_token() {
         unit_target: 5 << 20,
         model_root: golden(),
     };
-    tokio::spawn(server::serve(opts, Storage::from_env(), Some("secret".into()), None, listener, std::future::pending()));
+    tokio::spawn(server::serve(
+        opts,
+        Storage::from_env(),
+        Some("secret".into()),
+        None,
+        listener,
+        std::future::pending(),
+    ));
     let url = format!("http://{addr}");
-    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     // The job API still requires the token.
     let mut c = client::connect(&url, None, None).await.unwrap();
-    assert!(client::status(&mut c, None).await.unwrap_err().to_string().contains("missing cluster token"));
+    assert!(
+        client::status(&mut c, None)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("missing cluster token")
+    );
 }
