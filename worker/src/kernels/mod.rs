@@ -11,5 +11,6 @@ pub mod slerp;
 pub mod sparsify;
 pub mod torch_norm;
 pub mod torch_sum;
+pub mod torch_trig;
 
 pub use precision::{Precision, WorkDType};

@@ -1,12 +1,13 @@
 //! `slerp`: spherical interpolation of the whole tensor as one flat vector (mergekit 0.1.5).
 //!
 //! Norms, dot product and coefficients are computed in f32 (norms and the dot use torch's
-//! per-chunk f32 summation order; torch's own `acos`/`sin` may differ by an ulp). Inputs that are
+//! per-chunk f32 summation and norm order; `acos`/`sin` reproduce torch's MKL results). Inputs that are
 //! (anti-)parallel (`|cos| > 0.9995`) fall back to linear interpolation. Output `rnd_W(c_a a + c_b b)`.
 
 use super::precision::Precision;
 use super::torch_norm::{torch_norm_of_parts_f32, torch_vector_norm_f32};
 use super::torch_sum::torch_sum_f32;
+use super::torch_trig::{torch_acos_f32, torch_sin_f32};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
@@ -42,9 +43,12 @@ pub fn slerp_coefficients(a: &[f32], b: &[f32], t: f64) -> (f32, f32) {
     if dot.abs() > DOT_THRESHOLD {
         return (1.0 - t, t);
     }
-    let theta = dot.acos();
-    let sin_theta = theta.sin();
-    (((1.0 - t) * theta).sin() / sin_theta, (t * theta).sin() / sin_theta)
+    let theta = torch_acos_f32(dot);
+    let sin_theta = torch_sin_f32(theta);
+    (
+        torch_sin_f32((1.0 - t) * theta) / sin_theta,
+        torch_sin_f32(t * theta) / sin_theta,
+    )
 }
 
 /// Merges base `a` and other `b`, writing the result over `a`.
