@@ -140,11 +140,14 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
         ProgressBar::hidden()
     };
     let io = LocalIo::default();
+    let flush = FlushState::default();
     std::thread::scope(|scope| {
+        let flusher = scope.spawn(|| flush.run(plan));
+        let mut workers = Vec::new();
         for w in 0..opts.workers.max(1) {
-            let (queue, budget, failed, first_error, stats, bar, io, pool) =
-                (&queue, &budget, &failed, &first_error, &stats, &bar, &io, &pool);
-            std::thread::Builder::new()
+            let (queue, budget, failed, first_error, stats, bar, io, pool, flush) =
+                (&queue, &budget, &failed, &first_error, &stats, &bar, &io, &pool, &flush);
+            let worker = std::thread::Builder::new()
                 .name(format!("shardmerge-worker-{w}"))
                 .spawn_scoped(scope, move || {
                     loop {
@@ -174,6 +177,7 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                         match result {
                             Ok(outcome) => {
                                 bar.inc(outcome.bytes_written);
+                                flush.add(outcome.bytes_written);
                                 let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                                 s.tasks += 1;
                                 s.bytes_read += outcome.bytes_read;
@@ -188,6 +192,14 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                     }
                 })
                 .expect("spawning a worker thread");
+            workers.push(worker);
+        }
+        // Stop the flusher before re-raising a worker's panic, or the scope would wait for it.
+        let panicked = workers.into_iter().filter_map(|w| w.join().err()).next();
+        flush.finish();
+        let flushed = flusher.join();
+        if let Some(panic) = panicked.or(flushed.err()) {
+            std::panic::resume_unwind(panic);
         }
     });
     bar.finish_and_clear();
@@ -198,4 +210,58 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     let mut s = stats.into_inner().unwrap_or_else(|e| e.into_inner());
     s.elapsed = started.elapsed();
     Ok(s)
+}
+
+/// Output bytes written between two early flushes.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// Starts the disk writes of finished output early, so that they overlap the merge instead
+/// of all happening in the commit's `fsync`: a background thread `fdatasync`s the staged
+/// shards after every [`FLUSH_EVERY`] bytes of finished tasks. Best effort; the commit still
+/// syncs every shard and reports errors.
+#[derive(Default)]
+struct FlushState {
+    progress: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl FlushState {
+    /// Records `bytes` of finished output.
+    fn add(&self, bytes: u64) {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).0 += bytes;
+        self.changed.notify_one();
+    }
+
+    /// Stops the flusher (the commit does the final sync).
+    fn finish(&self) {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_one();
+    }
+
+    /// The flusher thread's loop.
+    fn run(&self, plan: &Plan) {
+        let files: Vec<std::fs::File> = plan
+            .proto
+            .shards
+            .iter()
+            .filter_map(|s| std::fs::File::open(&s.staging_uri).ok())
+            .collect();
+        let mut flushed = 0;
+        loop {
+            let written = {
+                let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                while !p.1 && p.0 < flushed + FLUSH_EVERY {
+                    p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.1 {
+                    return;
+                }
+                p.0
+            };
+            for f in &files {
+                let _ = f.sync_data();
+            }
+            flushed = written;
+        }
+    }
 }

@@ -4,19 +4,23 @@
 //! Everything a task needs is in the task message (plus the storage it names), so tasks run in
 //! any order, on any worker, any number of times, and always write the same bytes.
 
-use crate::buffers::{Buffer, BufferPool};
-use crate::error::{KernelError, TaskError};
-use crate::kernels::gta::{self, GtaInput, GtaOptions};
-use crate::kernels::{WorkDType, linear, slerp};
+mod tensor_io;
 
+use crate::buffers::Buffer;
+use crate::error::{KernelError, TaskError};
+use crate::kernels::gta::{self, GtaInput, GtaOptions, GtaVariant};
+use crate::kernels::gta_stream::{self, StreamError, StreamInput};
+use crate::kernels::{WorkDType, linear, slerp};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::safetensors_io::{self, Dtype};
 use crate::storage::{LocalInputs, LocalOutputs};
 use crate::with_precision;
+use rayon::prelude::*;
 use shardmerge_proto::v1::{DType, MergeTask, ParamValue, TensorSource, param_value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
 
 /// What a finished task did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,9 +120,6 @@ pub fn wire_dtype(d: Dtype) -> DType {
     }
 }
 
-/// Output bytes are encoded and written in pieces of this many elements.
-const WRITE_CHUNK_ELEMS: usize = 4 << 20;
-
 /// Runs `task` against `io`.
 pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, TaskError> {
     let started = Instant::now();
@@ -156,112 +157,107 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         numel,
         bytes_read: 0,
     };
-    let out = if task.passthrough {
-        loader.load(0)?
+    let writer = Writer {
+        io,
+        uri: &dest.uri,
+        offset: dest.offset,
+        dtype: out_dtype,
+        size,
+        tensor: &task.tensor,
+    };
+    let kind = if task.passthrough {
+        None
     } else {
         let spec =
             methods::lookup(&task.method).ok_or_else(|| kernel_err(KernelError::UnknownMethod(task.method.clone())))?;
-        run_kernel(task, spec.kind, &mut loader)?
+        Some(spec.kind)
     };
-    let bytes_read = loader.bytes_read;
-    let out = &*out;
-    let mut encoded = vec![0u8; size * numel.min(WRITE_CHUNK_ELEMS)];
-    for (ci, chunk) in out.chunks(WRITE_CHUNK_ELEMS).enumerate() {
-        let buf = &mut encoded[..chunk.len() * size];
-        safetensors_io::encode_from_f32(out_dtype, chunk, buf).map_err(|e| invalid(e.to_string()))?;
-        let offset = dest.offset + (ci * WRITE_CHUNK_ELEMS * size) as u64;
-        io.write(&dest.uri, offset, buf, &task.tensor)?;
+    match kind {
+        Some(MethodKind::Gta(variant)) if gta_stream::supports(variant) => {
+            run_streamed(task, variant, &mut loader, &writer)?;
+        }
+        _ => {
+            let out = match kind {
+                None => loader.load(0)?,
+                Some(kind) => run_kernel(task, kind, &mut loader)?,
+            };
+            out.par_chunks(WRITE_CHUNK_ELEMS)
+                .enumerate()
+                .try_for_each(|(ci, chunk)| writer.write(ci * WRITE_CHUNK_ELEMS, chunk))?;
+        }
     }
     Ok(TaskOutcome {
-        bytes_read,
+        bytes_read: loader.bytes_read,
         bytes_written: dest.length,
         elapsed: started.elapsed(),
     })
 }
 
-/// Loads task inputs one at a time as f32 values rounded to the working dtype.
-struct Loader<'a> {
-    task: &'a MergeTask,
-    io: &'a dyn TaskIo,
-    work: WorkDType,
-    load: Option<WorkDType>,
-    numel: usize,
-    bytes_read: u64,
-}
+/// A non-base input of the task-arithmetic family: index, weight, density, random stream.
+type GtaParams = (usize, f64, f64, Option<Mt19937>);
 
-impl Loader<'_> {
-    fn buffer(&self) -> Result<Buffer, TaskError> {
-        BufferPool::global()
-            .take(self.numel)
-            .map_err(|e| TaskError::InvalidTask {
-                tensor: self.task.tensor.clone(),
-                reason: format!("allocating {} values: {e}", self.numel),
-            })
-    }
-
-    fn load(&mut self, index: usize) -> Result<Buffer, TaskError> {
-        let input = self.task.inputs.get(index).ok_or_else(|| TaskError::InvalidTask {
-            tensor: self.task.tensor.clone(),
-            reason: format!("input {index} missing"),
-        })?;
-        let src = input.source.as_ref().ok_or_else(|| TaskError::InvalidTask {
-            tensor: self.task.tensor.clone(),
-            reason: "input without source".into(),
-        })?;
-        let bad = |reason: String| TaskError::BadInput {
-            uri: src.uri.clone(),
-            tensor: src.tensor_name.clone(),
-            reason,
+/// The task-arithmetic family's shared options, base input and other inputs.
+fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), KernelError> {
+    let opts = GtaOptions {
+        normalize: boolean(&task.shared_params, "normalize")?,
+        rescale: boolean(&task.shared_params, "rescale")?,
+        lambda: float(&task.shared_params, "lambda")?,
+    };
+    let b = task
+        .inputs
+        .iter()
+        .position(|i| i.is_base)
+        .ok_or_else(|| KernelError::Contract("the task-arithmetic family needs a base input".into()))?;
+    let seed = task.random_seed.map(|s| s as u32);
+    let mut others = Vec::new();
+    for (i, input) in task.inputs.iter().enumerate().filter(|&(i, _)| i != b) {
+        let rng = match (seed, input.rng_offset) {
+            (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off)),
+            _ => None,
         };
-        let dtype = storage_dtype(src.dtype()).ok_or_else(|| bad("unspecified dtype".into()))?;
-        let expected = safetensors_io::dtype_size(dtype).map(|s| s as u64 * self.task.numel);
-        if expected != Some(src.length) {
-            return Err(bad(format!(
-                "expected {expected:?} bytes of {dtype:?}, the plan says {}",
-                src.length
-            )));
-        }
-        let data = self.io.read(src)?;
-        let bytes = data.as_slice();
-        if bytes.len() as u64 != src.length {
-            return Err(bad(format!("read {} bytes, expected {}", bytes.len(), src.length)));
-        }
-        let mut v = self.buffer()?;
-        safetensors_io::decode_to_f32(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
-        drop(data);
-        self.bytes_read += src.length;
-        // Cast on load (the config's `dtype`), then to the working dtype; both are no-ops when
-        // the stored dtype already is the target, and the working dtype is never narrower.
-        let stored = work_of(dtype);
-        let mut current = stored;
-        if let Some(l) = self.load
-            && Some(l) != stored
-        {
-            round_in_place(l, &mut v);
-            current = Some(l);
-        }
-        if current != Some(self.work) && current.is_none_or(|c| c.promote(self.work) != self.work) {
-            round_in_place(self.work, &mut v);
-        }
-        Ok(v)
+        others.push((
+            i,
+            float(&input.params, "weight")?,
+            float(&input.params, "density")?,
+            rng,
+        ));
     }
+    Ok((opts, b, others))
 }
 
-fn work_of(d: Dtype) -> Option<WorkDType> {
-    match d {
-        Dtype::BF16 => Some(WorkDType::Bf16),
-        Dtype::F16 => Some(WorkDType::F16),
-        Dtype::F32 => Some(WorkDType::F32),
-        _ => None,
-    }
-}
-
-fn round_in_place(w: WorkDType, v: &mut [f32]) {
-    use rayon::prelude::*;
-    if w != WorkDType::F32 {
-        v.par_chunks_mut(1 << 15)
-            .for_each(|c| c.iter_mut().for_each(|x| *x = w.round(*x)));
-    }
+/// The task-arithmetic family without a global ranking: streamed from the mapped inputs
+/// straight into the output, chunk by chunk (see [`gta_stream`]).
+fn run_streamed(
+    task: &MergeTask,
+    variant: GtaVariant,
+    loader: &mut Loader<'_>,
+    out: &Writer<'_>,
+) -> Result<(), TaskError> {
+    let kernel_err = |source: KernelError| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    };
+    let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
+    let base = loader.open(b)?;
+    let opened = params.iter().map(|p| loader.open(p.0)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = opened
+        .iter()
+        .zip(params)
+        .map(|(source, (_, weight, density, rng))| StreamInput {
+            source,
+            weight,
+            density,
+            rng,
+        })
+        .collect();
+    let sink = |start: usize, values: &[f32]| out.write(start, values);
+    with_precision!(loader.work, P => gta_stream::merge_streamed::<P, TaskError>(
+        variant, opts, loader.numel, &base, inputs, &sink
+    ))
+    .map_err(|e| match e {
+        StreamError::Gta(e) => kernel_err(e.into()),
+        StreamError::Io(e) => e,
+    })
 }
 
 fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Buffer, TaskError> {
@@ -302,29 +298,10 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
             Ok(a)
         }
         MethodKind::Gta(variant) => {
-            let b = base_idx.ok_or_else(|| {
-                kernel_err(KernelError::Contract(
-                    "the task-arithmetic family needs a base input".into(),
-                ))
-            })?;
-            let opts = GtaOptions {
-                normalize: boolean(&task.shared_params, "normalize").map_err(kernel_err)?,
-                rescale: boolean(&task.shared_params, "rescale").map_err(kernel_err)?,
-                lambda: float(&task.shared_params, "lambda").map_err(kernel_err)?,
-            };
-            let seed = task.random_seed.map(|s| s as u32);
+            let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;
             let mut others = Vec::new();
-            for (i, input) in task.inputs.iter().enumerate() {
-                if i == b {
-                    continue;
-                }
-                let rng = match (seed, input.rng_offset) {
-                    (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off)),
-                    _ => None,
-                };
-                let weight = float(&input.params, "weight").map_err(kernel_err)?;
-                let density = float(&input.params, "density").map_err(kernel_err)?;
+            for (i, weight, density, rng) in params {
                 others.push((loader.load(i)?, weight, density, rng));
             }
             let inputs = others

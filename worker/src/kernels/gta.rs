@@ -61,6 +61,9 @@ pub enum GtaError {
     /// A random sparsifier was configured but no random stream was supplied.
     #[error("random sparsification needs a random stream for input {0}")]
     MissingRng(usize),
+    /// The streaming kernel was asked for the magnitude sparsifier, which needs a global rank.
+    #[error("the magnitude sparsifier cannot be streamed")]
+    Unsupported,
 }
 
 /// Merges `inputs` onto `base`, writing the result over `base`. Each input's buffer is reused

@@ -5,12 +5,16 @@
 //! and write values rounded to it.
 
 pub mod gta;
+mod gta_chunk;
+pub mod gta_stream;
 pub mod linear;
 pub mod precision;
+pub(crate) mod simd;
 pub mod slerp;
 pub mod sparsify;
 pub mod torch_norm;
 pub mod torch_sum;
+pub mod torch_sum_stream;
 pub mod torch_trig;
 
 pub use precision::{Precision, WorkDType};

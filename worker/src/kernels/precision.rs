@@ -4,6 +4,7 @@
 //! exactly where torch would (an elementwise op or reduction on a bf16/f16 tensor computes in
 //! f32 and rounds once). Values of `W` are held in `f32`, which represents bf16 and f16 exactly.
 
+use super::simd::simd_dispatch;
 use crate::error::KernelError;
 
 /// Working dtype of a tensor group.
@@ -144,6 +145,36 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(if x.is_nan() { quiet_nan } else { rounded })
 }
 
+simd_dispatch! {
+    /// Encodes `values` as little-endian bfloat16 into `out` (2 bytes each; extra elements on
+    /// either side are ignored), bit-identical to `half::bf16::from_f32`: round to nearest,
+    /// ties to even, and a NaN keeps its sign and upper payload with the quiet bit set.
+    pub fn encode_bf16<>(values: &[f32], out: &mut [u8]) => encode_bf16_impl
+}
+
+#[inline(always)]
+fn encode_bf16_impl(values: &[f32], out: &mut [u8]) {
+    let (pairs, _) = out.as_chunks_mut::<2>();
+    for (o, &v) in pairs.iter_mut().zip(values) {
+        *o = ((round_bf16(v).to_bits() >> 16) as u16).to_le_bytes();
+    }
+}
+
+simd_dispatch! {
+    /// Decodes little-endian bfloat16 `bytes` into `out` (a plain 16-bit shift, so every bit
+    /// pattern, NaN payloads included, is kept exactly); extra elements on either side are
+    /// ignored.
+    pub fn decode_bf16<>(bytes: &[u8], out: &mut [f32]) => decode_bf16_impl
+}
+
+#[inline(always)]
+fn decode_bf16_impl(bytes: &[u8], out: &mut [f32]) {
+    let (pairs, _) = bytes.as_chunks::<2>();
+    for (o, b) in out.iter_mut().zip(pairs) {
+        *o = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16);
+    }
+}
+
 /// Rounds to the nearest float16 (ties to even), returned as f32.
 #[inline(always)]
 pub fn round_f16(x: f32) -> f32 {
@@ -211,6 +242,38 @@ mod tests {
                 );
             }
             bits = bits.wrapping_add(0x0000_1235);
+        }
+    }
+
+    #[test]
+    fn bf16_encoding_matches_half() {
+        let mut values = vec![
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001),
+            f32::from_bits(0xFFBF_FFFF),
+        ];
+        let mut bits = 0u32;
+        while bits < 0xFFFF_F000 {
+            values.push(f32::from_bits(bits));
+            bits = bits.wrapping_add(0x0000_0F35);
+        }
+        values.extend((0..=0xFFFFu32).map(|h| f32::from_bits((h << 16) | 0x8000)));
+        let mut ours = vec![0u8; values.len() * 2];
+        encode_bf16(&values, &mut ours);
+        for (v, o) in values.iter().zip(ours.chunks_exact(2)) {
+            let theirs = half::bf16::from_f32(*v).to_bits();
+            assert_eq!(u16::from_le_bytes([o[0], o[1]]), theirs, "bits {:#x}", v.to_bits());
+        }
+    }
+
+    #[test]
+    fn bf16_decoding_is_a_shift() {
+        let bytes: Vec<u8> = (0..=0xFFFFu16).flat_map(|h| h.to_le_bytes()).collect();
+        let mut out = vec![0.0f32; 0x10000];
+        decode_bf16(&bytes, &mut out);
+        for (h, v) in out.iter().enumerate() {
+            assert_eq!(v.to_bits(), (h as u32) << 16);
         }
     }
 

@@ -36,21 +36,21 @@
 //! above is reproduced exactly (the lane arrays still auto-vectorise).
 
 /// Lanes in torch's `Vectorized<float>` for the sum kernel on this machine (AVX2 build).
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 /// Independent accumulators per row (`ilp_factor` in ATen).
-const ILP: usize = 4;
+pub(super) const ILP: usize = 4;
 /// Cascade depth (`num_levels` in ATen).
-const LEVELS: usize = 4;
+pub(super) const LEVELS: usize = 4;
 /// `at::internal::GRAIN_SIZE`: reductions of at least this many elements go through the
 /// two-pass (per-thread buffer) reduction when more than one thread is available.
 pub const GRAIN_SIZE: usize = 32768;
 /// Thread count the plain entry points emulate (`torch.get_num_threads()` on the 2-core host).
 pub const DEFAULT_THREADS: usize = 2;
 
-type V = [f32; LANES];
+pub(super) type V = [f32; LANES];
 
 /// An accumulator: either one f32 or one vector of lanes.
-trait Acc: Copy {
+pub(super) trait Acc: Copy {
     const ZERO: Self;
     fn add(self, o: Self) -> Self;
 }
@@ -72,14 +72,14 @@ impl Acc for V {
 }
 
 /// How one accumulator value is loaded from the input: `WIDTH` elements become one `A`.
-trait Load {
+pub(super) trait Load {
     type A: Acc;
     const WIDTH: usize;
     fn load(s: &[f32], f: &impl Fn(f32) -> f32) -> Self::A;
 }
 
 /// Scalar loads (inputs shorter than one vector, and the scalar tail).
-struct Scalar;
+pub(super) struct Scalar;
 impl Load for Scalar {
     type A = f32;
     const WIDTH: usize = 1;
@@ -90,7 +90,7 @@ impl Load for Scalar {
 }
 
 /// float32 vector loads: 8 consecutive elements.
-struct F32Vec;
+pub(super) struct F32Vec;
 impl Load for F32Vec {
     type A = V;
     const WIDTH: usize = LANES;
@@ -101,7 +101,7 @@ impl Load for F32Vec {
 }
 
 /// bfloat16 vector loads: 16 elements widened to two 8-lane halves, added lane-wise.
-struct Bf16Vec;
+pub(super) struct Bf16Vec;
 impl Load for Bf16Vec {
     type A = V;
     const WIDTH: usize = 2 * LANES;
@@ -112,7 +112,7 @@ impl Load for Bf16Vec {
 }
 
 /// `utils::CeilLog2`: ceil(log2(x)), but 1 for x <= 2.
-fn ceil_log2(x: usize) -> u32 {
+pub(super) fn ceil_log2(x: usize) -> u32 {
     if x <= 2 {
         1
     } else {
@@ -122,7 +122,7 @@ fn ceil_log2(x: usize) -> u32 {
 
 /// Adds the 4 loads of one ILP row (`ILP * L::WIDTH` elements) into `acc`.
 #[inline(always)]
-fn add_row<L: Load>(acc: &mut [L::A; ILP], row: &[f32], f: &impl Fn(f32) -> f32) {
+pub(super) fn add_row<L: Load>(acc: &mut [L::A; ILP], row: &[f32], f: &impl Fn(f32) -> f32) {
     for (k, a) in acc.iter_mut().enumerate() {
         *a = a.add(L::load(&row[k * L::WIDTH..(k + 1) * L::WIDTH], f));
     }
@@ -166,7 +166,7 @@ fn multi_row_sum<L: Load>(data: &[f32], f: &impl Fn(f32) -> f32) -> [L::A; ILP] 
 }
 
 /// ATen `row_sum`: sums the `data.len() / WIDTH` loads of `data` (whole loads only).
-fn row_sum<L: Load>(data: &[f32], f: &impl Fn(f32) -> f32) -> L::A {
+pub(super) fn row_sum<L: Load>(data: &[f32], f: &impl Fn(f32) -> f32) -> L::A {
     let loads = data.len() / L::WIDTH;
     let ilp_elems = loads / ILP * ILP * L::WIDTH;
     let mut p = multi_row_sum::<L>(&data[..ilp_elems], f);
@@ -177,7 +177,7 @@ fn row_sum<L: Load>(data: &[f32], f: &impl Fn(f32) -> f32) -> L::A {
 }
 
 /// One serial kernel call over `xs`: the f32 value that gets added to the (zero) output.
-fn kernel<L: Load<A = V>>(xs: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
+pub(super) fn kernel<L: Load<A = V>>(xs: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
     if xs.len() < L::WIDTH {
         return row_sum::<Scalar>(xs, f);
     }
@@ -188,7 +188,7 @@ fn kernel<L: Load<A = V>>(xs: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Round to nearest bf16, ties to even (c10::BFloat16's conversion), as f32.
-fn round_bf16(x: f32) -> f32 {
+pub(super) fn round_bf16(x: f32) -> f32 {
     if x.is_nan() {
         return f32::from_bits(0x7FC0_0000);
     }
@@ -196,25 +196,58 @@ fn round_bf16(x: f32) -> f32 {
     f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
 }
 
-/// `cascade_sum` under `parallel_reduce` with `threads` threads; `store` rounds a value stored
-/// into a tensor of the input dtype. Returns the f32 value last added to the zero output.
-fn reduce<L: Load<A = V>>(xs: &[f32], f: &impl Fn(f32) -> f32, threads: usize, store: fn(f32) -> f32) -> f32 {
-    let n = xs.len();
+/// The contiguous element ranges torch sums independently for `n` elements with `threads`
+/// threads (one range unless the two-pass reduction applies); see the module docs.
+pub fn torch_parts(n: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     if n < GRAIN_SIZE || threads <= 1 {
-        return 0.0 + kernel::<L>(xs, f);
+        return std::iter::once(0..n).collect();
     }
     let used = threads.min(n.div_ceil(GRAIN_SIZE));
     let chunk = n.div_ceil(used);
+    (0..n).step_by(chunk).map(|s| s..(s + chunk).min(n)).collect()
+}
+
+/// Combines the serial kernel values of the [`torch_parts`] of `n` elements into the f32 value
+/// torch adds to the zero output; `store` rounds a value stored into the input dtype.
+fn combine<L: Load<A = V>>(n: usize, partials: &[f32], threads: usize, store: fn(f32) -> f32) -> f32 {
+    if n < GRAIN_SIZE || threads <= 1 {
+        return 0.0 + partials[0];
+    }
     let mut buffer = vec![0.0f32; threads];
-    for (slot, part) in buffer.iter_mut().zip(xs.chunks(chunk)) {
-        *slot = store(0.0 + kernel::<L>(part, f));
+    for (slot, &p) in buffer.iter_mut().zip(partials) {
+        *slot = store(0.0 + p);
     }
     0.0 + kernel::<L>(&buffer, &|x| x)
 }
 
+/// [`torch_sum_f32_threads`] from the serial kernel values of its [`torch_parts`] (as returned
+/// by [`super::torch_sum_stream::TorchSumStream::finish`]).
+pub fn torch_combine_f32(n: usize, partials: &[f32], threads: usize) -> f32 {
+    combine::<F32Vec>(n, partials, threads, |x| x)
+}
+
+/// [`torch_sum_bf16_threads`] from the serial kernel values of its [`torch_parts`].
+pub fn torch_combine_bf16(n: usize, partials: &[f32], threads: usize) -> f32 {
+    combine::<Bf16Vec>(n, partials, threads, round_bf16)
+}
+
+/// `cascade_sum` under `parallel_reduce` with `threads` threads; `store` rounds a value stored
+/// into a tensor of the input dtype. Returns the f32 value last added to the zero output.
+/// torch's per-thread partial sums are independent, so they are computed in parallel here too.
+fn reduce<L: Load<A = V>>(xs: &[f32], f: &(impl Fn(f32) -> f32 + Sync), threads: usize, store: fn(f32) -> f32) -> f32 {
+    let parts = torch_parts(xs.len(), threads);
+    let partials: Vec<f32> = if let [a, b] = &parts[..] {
+        let (pa, pb) = rayon::join(|| kernel::<L>(&xs[a.clone()], f), || kernel::<L>(&xs[b.clone()], f));
+        vec![pa, pb]
+    } else {
+        parts.iter().map(|r| kernel::<L>(&xs[r.clone()], f)).collect()
+    };
+    combine::<L>(xs.len(), &partials, threads, store)
+}
+
 /// f32 sum of `f(x)` over `xs` in exactly torch's CPU order for a contiguous float32 tensor
 /// (`torch.get_num_threads() == 2`, see [`torch_sum_f32_threads`]).
-pub fn torch_sum_f32(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub fn torch_sum_f32(xs: &[f32], f: impl Fn(f32) -> f32 + Sync) -> f32 {
     torch_sum_f32_threads(xs, f, DEFAULT_THREADS)
 }
 
@@ -225,17 +258,17 @@ pub fn torch_sum_f32(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// applies it in bf16 before summing. Rounding the result to bf16 (ties to even) gives torch's
 /// bf16 `sum()`. For more than 32768 elements the value is `bf16(s0) + bf16(s1)`: torch rounds
 /// each thread's partial sum to bf16 before adding them.
-pub fn torch_sum_bf16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub fn torch_sum_bf16(xs: &[f32], f: impl Fn(f32) -> f32 + Sync) -> f32 {
     torch_sum_bf16_threads(xs, f, DEFAULT_THREADS)
 }
 
 /// [`torch_sum_f32`] for a torch process running `threads` intra-op threads (0 acts as 1).
-pub fn torch_sum_f32_threads(xs: &[f32], f: impl Fn(f32) -> f32, threads: usize) -> f32 {
+pub fn torch_sum_f32_threads(xs: &[f32], f: impl Fn(f32) -> f32 + Sync, threads: usize) -> f32 {
     reduce::<F32Vec>(xs, &f, threads, |x| x)
 }
 
 /// [`torch_sum_bf16`] for a torch process running `threads` intra-op threads.
-pub fn torch_sum_bf16_threads(xs: &[f32], f: impl Fn(f32) -> f32, threads: usize) -> f32 {
+pub fn torch_sum_bf16_threads(xs: &[f32], f: impl Fn(f32) -> f32 + Sync, threads: usize) -> f32 {
     reduce::<Bf16Vec>(xs, &f, threads, round_bf16)
 }
 

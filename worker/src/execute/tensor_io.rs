@@ -1,0 +1,194 @@
+//! Task inputs as working-dtype f32 values, and task outputs encoded and written in pieces.
+
+use super::{InputBytes, TaskIo, storage_dtype};
+use crate::buffers::{Buffer, BufferPool};
+use crate::error::TaskError;
+use crate::kernels::WorkDType;
+use crate::kernels::gta_stream::ChunkSource;
+use crate::safetensors_io::{self, Dtype};
+use crate::with_precision;
+use rayon::prelude::*;
+use shardmerge_proto::v1::{MergeTask, TensorSource};
+use std::cell::RefCell;
+
+/// Output bytes are encoded and written in pieces of this many elements (encoded on one
+/// thread, in a reused per-thread buffer).
+pub(super) const WRITE_CHUNK_ELEMS: usize = 1 << 16;
+
+/// Encodes f32 values into the output dtype and writes them at their element offset.
+pub(super) struct Writer<'a> {
+    pub(super) io: &'a dyn TaskIo,
+    pub(super) uri: &'a str,
+    pub(super) offset: u64,
+    pub(super) dtype: Dtype,
+    pub(super) size: usize,
+    pub(super) tensor: &'a str,
+}
+
+impl Writer<'_> {
+    /// Writes `values` (at most [`WRITE_CHUNK_ELEMS`], so encoding stays on this thread and
+    /// cannot re-enter the thread's buffer through rayon work stealing) at element `start`.
+    pub(super) fn write(&self, start: usize, values: &[f32]) -> Result<(), TaskError> {
+        debug_assert!(values.len() <= WRITE_CHUNK_ELEMS);
+        thread_local! {
+            static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        ENCODED.with_borrow_mut(|buf| {
+            buf.resize(values.len() * self.size, 0);
+            if self.dtype == Dtype::BF16 {
+                crate::kernels::precision::encode_bf16(values, buf);
+            } else {
+                safetensors_io::encode_from_f32(self.dtype, values, buf).map_err(|e| TaskError::InvalidTask {
+                    tensor: self.tensor.to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let offset = self.offset + (start * self.size) as u64;
+            self.io.write(self.uri, offset, buf, self.tensor)
+        })
+    }
+}
+
+/// One input's bytes with the roundings that turn its stored values into working-dtype values.
+pub(super) struct Opened<'a> {
+    src: &'a TensorSource,
+    data: InputBytes,
+    dtype: Dtype,
+    size: usize,
+    rounding: [Option<WorkDType>; 2],
+}
+
+/// A problem with the input `src` itself.
+fn bad_input(src: &TensorSource, reason: String) -> TaskError {
+    TaskError::BadInput {
+        uri: src.uri.clone(),
+        tensor: src.tensor_name.clone(),
+        reason,
+    }
+}
+
+impl ChunkSource<TaskError> for Opened<'_> {
+    fn bf16_bytes(&self) -> Option<&[u8]> {
+        (self.dtype == Dtype::BF16 && self.rounding == [None, None]).then(|| self.data.as_slice())
+    }
+
+    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), TaskError> {
+        let bytes = self
+            .data
+            .as_slice()
+            .get(start * self.size..(start + out.len()) * self.size)
+            .ok_or_else(|| bad_input(self.src, format!("elements {start}+{} out of range", out.len())))?;
+        if self.dtype == Dtype::BF16 {
+            crate::kernels::precision::decode_bf16(bytes, out);
+        } else {
+            safetensors_io::decode_to_f32(self.dtype, bytes, out).map_err(|e| bad_input(self.src, e.to_string()))?;
+        }
+        for r in self.rounding.into_iter().flatten() {
+            with_precision!(r, P => out.iter_mut().for_each(|x| *x = <P as crate::kernels::Precision>::rnd(*x)));
+        }
+        Ok(())
+    }
+}
+
+/// Loads task inputs one at a time as f32 values rounded to the working dtype.
+pub(super) struct Loader<'a> {
+    pub(super) task: &'a MergeTask,
+    pub(super) io: &'a dyn TaskIo,
+    pub(super) work: WorkDType,
+    pub(super) load: Option<WorkDType>,
+    pub(super) numel: usize,
+    pub(super) bytes_read: u64,
+}
+
+impl<'a> Loader<'a> {
+    pub(super) fn buffer(&self) -> Result<Buffer, TaskError> {
+        BufferPool::global()
+            .take(self.numel)
+            .map_err(|e| TaskError::InvalidTask {
+                tensor: self.task.tensor.clone(),
+                reason: format!("allocating {} values: {e}", self.numel),
+            })
+    }
+
+    /// Checks input `index` against the plan and maps its bytes.
+    pub(super) fn open(&mut self, index: usize) -> Result<Opened<'a>, TaskError> {
+        let input = self.task.inputs.get(index).ok_or_else(|| TaskError::InvalidTask {
+            tensor: self.task.tensor.clone(),
+            reason: format!("input {index} missing"),
+        })?;
+        let src = input.source.as_ref().ok_or_else(|| TaskError::InvalidTask {
+            tensor: self.task.tensor.clone(),
+            reason: "input without source".into(),
+        })?;
+        let bad = |reason: String| bad_input(src, reason);
+        let dtype = storage_dtype(src.dtype()).ok_or_else(|| bad("unspecified dtype".into()))?;
+        let size = safetensors_io::dtype_size(dtype);
+        if size.map(|s| s as u64 * self.task.numel) != Some(src.length) {
+            return Err(bad(format!(
+                "expected {:?} bytes of {dtype:?}, the plan says {}",
+                size.map(|s| s as u64 * self.task.numel),
+                src.length
+            )));
+        }
+        let data = self.io.read(src)?;
+        if data.as_slice().len() as u64 != src.length {
+            return Err(bad(format!(
+                "read {} bytes, expected {}",
+                data.as_slice().len(),
+                src.length
+            )));
+        }
+        self.bytes_read += src.length;
+        // Cast on load (the config's `dtype`), then to the working dtype; both are no-ops when
+        // the stored dtype already is the target, and the working dtype is never narrower.
+        let stored = work_of(dtype);
+        let mut current = stored;
+        let mut rounding = [None; 2];
+        if let Some(l) = self.load
+            && Some(l) != stored
+        {
+            rounding[0] = Some(l);
+            current = Some(l);
+        }
+        if current != Some(self.work) && current.is_none_or(|c| c.promote(self.work) != self.work) {
+            rounding[1] = Some(self.work);
+        }
+        rounding = rounding.map(|r| r.filter(|&r| r != WorkDType::F32));
+        Ok(Opened {
+            src,
+            data,
+            dtype,
+            size: size.unwrap_or(1),
+            rounding,
+        })
+    }
+
+    /// Input `index` as a whole tensor of working-dtype values.
+    pub(super) fn load(&mut self, index: usize) -> Result<Buffer, TaskError> {
+        let opened = self.open(index)?;
+        let mut v = self.buffer()?;
+        safetensors_io::decode_to_f32(opened.dtype, opened.data.as_slice(), &mut v)
+            .map_err(|e| bad_input(opened.src, e.to_string()))?;
+        drop(opened.data);
+        for r in opened.rounding.into_iter().flatten() {
+            round_in_place(r, &mut v);
+        }
+        Ok(v)
+    }
+}
+
+fn work_of(d: Dtype) -> Option<WorkDType> {
+    match d {
+        Dtype::BF16 => Some(WorkDType::Bf16),
+        Dtype::F16 => Some(WorkDType::F16),
+        Dtype::F32 => Some(WorkDType::F32),
+        _ => None,
+    }
+}
+
+fn round_in_place(w: WorkDType, v: &mut [f32]) {
+    if w != WorkDType::F32 {
+        v.par_chunks_mut(1 << 15)
+            .for_each(|c| c.iter_mut().for_each(|x| *x = w.round(*x)));
+    }
+}
