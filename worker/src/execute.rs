@@ -10,7 +10,8 @@ use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::gta::{self, GtaInput, GtaOptions, GtaVariant};
 use crate::kernels::gta_stream::{self, StreamError, StreamInput};
-use crate::kernels::{WorkDType, linear, slerp};
+use crate::kernels::slerp_stream;
+use crate::kernels::{WorkDType, linear};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::safetensors_io::{self, Dtype};
@@ -21,6 +22,9 @@ use shardmerge_proto::v1::{DType, MergeTask, ParamValue, TensorSource, param_val
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
+
+// Streamed kernels hand the writer pieces it can encode in one go.
+const _: () = assert!(slerp_stream::OUT_CHUNK <= WRITE_CHUNK_ELEMS);
 
 /// What a finished task did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,6 +180,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         Some(MethodKind::Gta(variant)) if gta_stream::supports(variant) => {
             run_streamed(task, variant, &mut loader, &writer)?;
         }
+        Some(MethodKind::Slerp) => run_slerp_streamed(task, &mut loader, &writer)?,
         _ => {
             let out = match kind {
                 None => loader.load(0)?,
@@ -225,6 +230,30 @@ fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), K
     Ok((opts, b, others))
 }
 
+/// `slerp`, streamed from the mapped inputs straight into the output (see [`slerp_stream`]).
+fn run_slerp_streamed(task: &MergeTask, loader: &mut Loader<'_>, out: &Writer<'_>) -> Result<(), TaskError> {
+    let kernel_err = |source: KernelError| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    };
+    let b = task
+        .inputs
+        .iter()
+        .position(|i| i.is_base)
+        .ok_or_else(|| kernel_err(KernelError::Contract("slerp needs a base input".into())))?;
+    if task.inputs.len() != 2 {
+        let msg = format!("slerp needs exactly 2 inputs, got {}", task.inputs.len());
+        return Err(kernel_err(KernelError::Contract(msg)));
+    }
+    let t = float(&task.shared_params, "t").map_err(kernel_err)?;
+    let base = loader.open(b)?;
+    let other = loader.open(1 - b)?;
+    let sink = |start: usize, values: &[f32]| out.write(start, values);
+    with_precision!(loader.work, P => slerp_stream::slerp_streamed::<P, TaskError>(
+        loader.numel, &base, &other, t, &sink
+    ))
+}
+
 /// The task-arithmetic family without a global ranking: streamed from the mapped inputs
 /// straight into the output, chunk by chunk (see [`gta_stream`]).
 fn run_streamed(
@@ -266,7 +295,6 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         source,
     };
     let work = loader.work;
-    let base_idx = task.inputs.iter().position(|i| i.is_base);
     match kind {
         MethodKind::Linear => {
             let weights = task
@@ -285,18 +313,8 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
             with_precision!(work, P => linear::finish::<P>(&mut acc, &weights, normalize));
             Ok(acc)
         }
-        MethodKind::Slerp => {
-            let b = base_idx.ok_or_else(|| kernel_err(KernelError::Contract("slerp needs a base input".into())))?;
-            if task.inputs.len() != 2 {
-                let msg = format!("slerp needs exactly 2 inputs, got {}", task.inputs.len());
-                return Err(kernel_err(KernelError::Contract(msg)));
-            }
-            let t = float(&task.shared_params, "t").map_err(kernel_err)?;
-            let mut a = loader.load(b)?;
-            let other = loader.load(1 - b)?;
-            with_precision!(work, P => slerp::slerp_in_place::<P>(&mut a, &other, t));
-            Ok(a)
-        }
+        // Streamed by `run_slerp_streamed`; never reaches here.
+        MethodKind::Slerp => Err(kernel_err(KernelError::Contract("slerp runs streamed".into()))),
         MethodKind::Gta(variant) => {
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;

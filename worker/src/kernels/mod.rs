@@ -11,6 +11,7 @@ pub mod linear;
 pub mod precision;
 pub(crate) mod simd;
 pub mod slerp;
+pub mod slerp_stream;
 pub mod sparsify;
 pub mod torch_norm;
 pub mod torch_sum;

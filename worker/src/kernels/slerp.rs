@@ -11,22 +11,21 @@ use super::torch_trig::{torch_acos_f32, torch_sin_f32};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
-const TORCH_CHUNK: usize = 1 << 20;
+/// torch's reduction chunk for a flattened tensor (elements).
+pub(crate) const TORCH_CHUNK: usize = 1 << 20;
 const DOT_THRESHOLD: f32 = 0.9995;
 const EPS: f32 = 1e-8;
 
 /// Interpolation coefficients `(c_a, c_b)` for base `a` and other `b` at position `t`.
 pub fn slerp_coefficients(a: &[f32], b: &[f32], t: f64) -> (f32, f32) {
-    let t = t as f32;
     if a.is_empty() {
-        return (1.0 - t, t);
+        return (1.0 - t as f32, t as f32);
     }
     // torch: per chunk of 2^20 elements, f32 reductions; then a norm (or sum) over the stacked
     // chunk results, which torch computes even when there is a single chunk.
     let norm = |v: &[f32]| -> f32 {
         let parts: Vec<f32> = v.par_chunks(TORCH_CHUNK).map(torch_vector_norm_f32).collect();
-        let n = torch_norm_of_parts_f32(&parts);
-        if n > EPS { n } else { 1.0 }
+        norm_from_parts(&parts)
     };
     let na = norm(a);
     let nb = norm(b);
@@ -38,7 +37,18 @@ pub fn slerp_coefficients(a: &[f32], b: &[f32], t: f64) -> (f32, f32) {
             torch_sum_f32(&prod, |p| p)
         })
         .collect();
-    let dot = torch_sum_f32(&parts, |p| p);
+    coefficients_from(torch_sum_f32(&parts, |p| p), t)
+}
+
+/// A tensor's norm from its per-chunk norms, or 1 when it is (nearly) zero.
+pub(crate) fn norm_from_parts(parts: &[f32]) -> f32 {
+    let n = torch_norm_of_parts_f32(parts);
+    if n > EPS { n } else { 1.0 }
+}
+
+/// Coefficients `(c_a, c_b)` from the dot product of the normalised inputs.
+pub(crate) fn coefficients_from(dot: f32, t: f64) -> (f32, f32) {
+    let t = t as f32;
     let dot = dot.clamp(-1.0, 1.0);
     if dot.abs() > DOT_THRESHOLD {
         return (1.0 - t, t);
