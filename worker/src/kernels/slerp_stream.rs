@@ -9,6 +9,7 @@
 
 use super::gta_stream::{ChunkSource, Sink};
 use super::precision::Precision;
+use super::simd::simd_dispatch;
 use super::slerp::{TORCH_CHUNK, coefficients_from, norm_from_parts};
 use super::torch_norm::torch_vector_norm_f32;
 use super::torch_sum::torch_sum_f32;
@@ -43,6 +44,32 @@ impl Scratch {
         let half = all.len() / 2;
         let (x, y) = all.split_at_mut(half);
         (&mut x[..len], &mut y[..len])
+    }
+}
+
+simd_dispatch! {
+    /// `x[i] = (x[i] / na) * (y[i] / nb)`.
+    fn normalized_products<>(x: &mut [f32], y: &[f32], na: f32, nb: f32) => normalized_products_impl
+}
+
+#[inline(always)]
+fn normalized_products_impl(x: &mut [f32], y: &[f32], na: f32, nb: f32) {
+    for (x, &y) in x.iter_mut().zip(y) {
+        *x = (*x / na) * (y / nb);
+    }
+}
+
+simd_dispatch! {
+    /// `x[i] = rnd_P(ca * x[i] + cb * y[i])`, both products rounded to f32 first (no FMA).
+    fn interpolate<P: Precision>(x: &mut [f32], y: &[f32], ca: f32, cb: f32) => interpolate_impl
+}
+
+#[inline(always)]
+fn interpolate_impl<P: Precision>(x: &mut [f32], y: &[f32], ca: f32, cb: f32) {
+    for (x, &y) in x.iter_mut().zip(y) {
+        let l = ca * *x;
+        let r = cb * y;
+        *x = P::rnd(l + r);
     }
 }
 
@@ -86,9 +113,7 @@ pub fn slerp_streamed<P: Precision, E: Send>(
                 let (x, y) = scratch.pair(len);
                 a.read(s, x)?;
                 b.read(s, y)?;
-                for (x, &y) in x.iter_mut().zip(y.iter()) {
-                    *x = (*x / na) * (y / nb);
-                }
+                normalized_products(x, y, na, nb);
                 Ok(torch_sum_f32(x, |p| p))
             },
         )
@@ -101,11 +126,7 @@ pub fn slerp_streamed<P: Precision, E: Send>(
             let (x, y) = scratch.pair(len);
             a.read(s, x)?;
             b.read(s, y)?;
-            for (x, &y) in x.iter_mut().zip(y.iter()) {
-                let l = ca * *x;
-                let r = cb * y;
-                *x = P::rnd(l + r);
-            }
+            interpolate::<P>(x, y, ca, cb);
             sink(s, x)
         },
     )

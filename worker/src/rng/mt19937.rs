@@ -1,6 +1,7 @@
 //! The MT19937 generator itself (Matsumoto & Nishimura's `mt19937ar`).
 
 use super::jump;
+use crate::kernels::simd::simd_dispatch;
 
 /// Number of 32-bit words in the state.
 pub(crate) const N: usize = 624;
@@ -33,9 +34,9 @@ pub(crate) fn temper(mut y: u32) -> u32 {
 /// part (`k < 227`) every read of `mt[k + 1]` / `mt[k + 397]` sees an old word;
 /// in the second part `mt[k - 227]` is already a new word, and 227 is far
 /// larger than the chunk width, so each chunk only reads finished words.
-#[inline]
+#[inline(always)]
 pub(crate) fn twist_block(mt: &mut [u32; N]) {
-    const C: usize = 8;
+    const C: usize = 16;
     // k in 0..227 (N - M = 227 = 28 * 8 + 3)
     let mut k = 0;
     while k + C <= N - M {
@@ -71,10 +72,24 @@ pub(crate) fn twist_block(mt: &mut [u32; N]) {
 }
 
 /// Tempers `src` into `dst` (equal lengths).
-#[inline]
+#[inline(always)]
 fn temper_into(src: &[u32], dst: &mut [u32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = temper(s);
+    }
+}
+
+simd_dispatch! {
+    /// Twists and tempers whole blocks into `out` (a multiple of [`N`] words), compiled for the
+    /// widest vector instructions the CPU has (same integer results on every path).
+    fn fill_blocks<>(mt: &mut [u32; N], out: &mut [u32]) => fill_blocks_impl
+}
+
+#[inline(always)]
+fn fill_blocks_impl(mt: &mut [u32; N], out: &mut [u32]) {
+    for block in out.chunks_exact_mut(N) {
+        twist_block(mt);
+        temper_into(mt, block);
     }
 }
 
@@ -146,13 +161,9 @@ impl Mt19937 {
         let take = (N - self.index).min(out.len());
         temper_into(&self.mt[self.index..self.index + take], &mut out[..take]);
         self.index += take;
-        let mut rest = &mut out[take..];
-        while rest.len() >= N {
-            let (head, tail) = rest.split_at_mut(N);
-            twist_block(&mut self.mt);
-            temper_into(&self.mt, head);
-            rest = tail;
-        }
+        let whole = (out.len() - take) / N * N;
+        fill_blocks(&mut self.mt, &mut out[take..take + whole]);
+        let rest = &mut out[take + whole..];
         if !rest.is_empty() {
             twist_block(&mut self.mt);
             let n = rest.len();
