@@ -14,8 +14,8 @@ pub mod tensors;
 use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
 use shardmerge_worker::execute::wire_dtype;
+use shardmerge_worker::kernels::gta_stream;
 use shardmerge_worker::methods::{self, MethodSpec};
-use shardmerge_worker::safetensors_io::dtype_size;
 use std::path::PathBuf;
 
 pub use sources::PlannedModel;
@@ -100,6 +100,9 @@ impl Plan {
         sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2
     }
 }
+
+/// Scratch of one streamed task (chunk buffers for each of the pool's threads), an upper bound.
+const STREAM_SCRATCH: u64 = 32 << 20;
 
 /// Plans `config`.
 pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError> {
@@ -196,13 +199,18 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
                 rng_offset,
             });
         }
-        let buffers = match method.kind {
-            methods::MethodKind::Gta(_) => 1 + t.inputs.len() as u64,
-            _ => 2,
+        // Streamed kernels keep 1 keep bit per element of each sparsified input plus chunk
+        // scratch; the others hold whole f32 tensors (the result and one per input).
+        let working = match method.kind {
+            _ if t.passthrough => t.numel * 4,
+            methods::MethodKind::Gta(v) if gta_stream::supports(v) => {
+                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + STREAM_SCRATCH
+            }
+            methods::MethodKind::Slerp => STREAM_SCRATCH,
+            methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
+            _ => t.numel * 4 * 2,
         };
-        task_memory.push(
-            t.numel * 4 * buffers + max_in + (t.numel.min(4 << 20)) * dtype_size(t.out_dtype).unwrap_or(4) as u64,
-        );
+        task_memory.push(working + max_in);
         tasks.push(MergeTask {
             task_id: ti as u64,
             tensor: t.name.clone(),
