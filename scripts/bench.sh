@@ -46,7 +46,7 @@ fi
 
 echo "== building shardmerge (release)" >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin shardmerge
-sm="$repo/target/release/shardmerge"
+sm="${CARGO_TARGET_DIR:-$repo/target}/release/shardmerge"
 
 tools=(shardmerge)
 if [[ "$skip_mk" != 1 ]]; then
