@@ -115,6 +115,27 @@ impl Journal {
         f.sync_data().map_err(err)
     }
 
+    /// Syncs every job file and the directory itself to disk (graceful shutdown). Appends are
+    /// already synced one by one; this also makes the directory entries of new job files
+    /// durable, and is the place to flush anything a faster append path may buffer.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let err = |p: &Path, e: std::io::Error| JournalError {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
+        let rd = fs::read_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
+        for path in rd.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| err(&path, e))?;
+            }
+        }
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&self.dir, e))
+    }
+
     /// Replays every job file. A torn last line (crash mid-append) is ignored.
     pub fn replay(&self) -> Result<Vec<Replayed>, JournalError> {
         let mut out = Vec::new();
