@@ -167,24 +167,27 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     let listen = coord.url.trim_start_matches("http://").to_string();
     // The workers outlive the coordinator and find the restarted one on the same address.
     let mut workers: Vec<_> = (0..2).map(|_| worker(&s3, &coord.url, None)).collect();
+    // A `submit --wait` client rides out the restart: it watches again and exits 0 at the end.
     let cfg = synth_config(tmp.path(), "s3://synth");
-    let (ok, job, err) = tokio::task::block_in_place(|| {
-        client(
-            &s3,
-            &[
-                "submit",
-                cfg.to_str().unwrap(),
-                "s3://out/sigterm",
-                "--coordinator",
-                &coord.url,
-                "--random-seed",
-                "5",
-            ],
-            None,
-        )
-    });
-    assert!(ok, "{err}");
+    let mut cmd = Command::new(bin());
+    s3_env(&mut cmd, &s3);
+    let mut waiter = cmd
+        .args([
+            "submit",
+            cfg.to_str().unwrap(),
+            "s3://out/sigterm",
+            "--coordinator",
+            &coord.url,
+        ])
+        .args(["--random-seed", "5", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut job = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(waiter.stdout.take().unwrap()), &mut job).unwrap();
     let job = job.trim().to_string();
+    assert!(job.starts_with("job-"), "{job:?}");
     let before = tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
             units_done(s) >= 2 || s.contains("succeeded")
@@ -227,6 +230,13 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
         })
     });
     eprintln!("before SIGTERM: {before}\nafter the restart: {fin}");
+    let waited = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
+    let waiter_log = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        waited.status.success() && waiter_log.contains("succeeded"),
+        "submit --wait must follow the job across the restart: {waiter_log}"
+    );
+    assert!(waiter_log.contains("watching again"), "{waiter_log}");
     assert!(fin.contains("succeeded"), "{fin}");
     assert!(
         resumed(&fin) >= done_before,
