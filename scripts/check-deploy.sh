@@ -149,6 +149,8 @@ run "chart refuses a Job without an output" expect_render_failure no-output --se
 run "chart refuses drainSecs >= terminationGracePeriodSeconds" expect_render_failure bad-drain \
   --set worker.drainSecs=60 --set worker.terminationGracePeriodSeconds=30
 run "chart refuses TLS without a secret" expect_render_failure tls-no-secret --set tls.enabled=true
+run "chart refuses a coordinator grace period the shutdown does not fit in" expect_render_failure bad-coord-grace \
+  --set coordinator.terminationGracePeriodSeconds=15
 
 servicemonitor_selects_metrics_ports() { # semantic lint of the ServiceMonitor (no CRD schema offline)
   helm template shardmerge "$CHART" --namespace merge --set metrics.serviceMonitor.enabled=true \
