@@ -127,6 +127,25 @@ async fn metrics_endpoints_report_the_units_and_bytes_of_a_real_merge() {
     let _ = w.wait();
 }
 
+/// Sends SIGTERM and waits up to 30 s for the process to exit; returns its status and the wait.
+fn sigterm(child: &mut std::process::Child) -> (Option<std::process::ExitStatus>, Duration) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sent = Instant::now();
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            return (Some(code), sent.elapsed());
+        }
+        if sent.elapsed() > Duration::from_secs(30) {
+            return (None, sent.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every line of every journal file is complete JSON.
 fn assert_journal_intact(state: &std::path::Path) -> usize {
     let mut lines = 0;
@@ -197,28 +216,12 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
         !before.contains("succeeded"),
         "the coordinator must be stopped mid-merge: {before}"
     );
-    let st = Command::new("kill")
-        .args(["-TERM", &coord.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let sent = Instant::now();
-    let exited = tokio::task::block_in_place(|| {
-        loop {
-            if let Some(code) = coord.child.try_wait().unwrap() {
-                break Some(code);
-            }
-            if sent.elapsed() > Duration::from_secs(30) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let (exited, took) = tokio::task::block_in_place(|| sigterm(&mut coord.child));
     assert!(
         exited.is_some_and(|c| c.success()),
         "SIGTERM'd coordinator must exit 0 within 30 s: {exited:?}"
     );
-    eprintln!("coordinator exited {:?} after SIGTERM", sent.elapsed());
+    eprintln!("coordinator exited {took:?} after SIGTERM");
     let journaled = assert_journal_intact(&state);
     assert!(journaled >= 3, "the job record and at least two units are journaled");
     let done_before = units_done(&before);
@@ -252,6 +255,30 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
         assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
     }
     assert_journal_intact(&state);
+
+    // A commit cut short after it completed the uploads (a coordinator stopped mid-commit):
+    // without the journal's last line the restarted coordinator commits again, skipping the
+    // uploads it journaled as completed (completing one twice fails), and succeeds again.
+    let (exited, _) = tokio::task::block_in_place(|| sigterm(&mut coord.child));
+    assert!(exited.is_some_and(|c| c.success()), "{exited:?}");
+    let file = state.join("jobs").join(format!("{job}.jsonl"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.last().unwrap().contains("\"finished\""), "{text}");
+    assert!(text.contains("\"shard_committed\""), "{text}");
+    std::fs::write(&file, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    coord = coordinator_at(&s3, &state, &listen, &[], None);
+    let again = tokio::task::block_in_place(|| {
+        wait_status(&s3, &coord.url, &job, Duration::from_secs(60), |s| {
+            s.contains("succeeded") || s.contains("failed")
+        })
+    });
+    assert!(again.contains("succeeded"), "a repeated commit must succeed: {again}");
+    let got = model_files(&s3.create_bucket("out").join("sigterm"));
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(&reference) {
+        assert!(g.1 == r.1, "{} changed after the repeated commit", g.0);
+    }
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();

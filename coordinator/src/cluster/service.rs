@@ -78,6 +78,8 @@ pub enum ServiceError {
 
 struct JobRuntime {
     record: JobRecord,
+    /// Shards whose upload a commit completed (journaled), skipped by a repeated commit.
+    committed: Mutex<std::collections::HashSet<u32>>,
     plan: Plan,
     config: MergeConfig,
     units: Vec<UnitPlan>,
@@ -142,7 +144,7 @@ impl Coordinator {
             }
             let job = r.record.job_id.clone();
             tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
-            if let Err(e) = c.create(r.record, r.done).await {
+            if let Err(e) = c.create(r.record, r.done, r.committed).await {
                 tracing::error!(job_id = %job, error = %e, "cannot resume job");
                 let _ = c.inner.journal.append(
                     &job,
@@ -185,7 +187,7 @@ impl Coordinator {
             allow_crimes: s.allow_crimes,
             uploads: Vec::new(),
         };
-        let warnings = self.create(record, HashMap::new()).await?;
+        let warnings = self.create(record, HashMap::new(), Vec::new()).await?;
         Ok((job_id, warnings))
     }
 
@@ -193,6 +195,7 @@ impl Coordinator {
         &self,
         mut record: JobRecord,
         done: HashMap<u64, Vec<(u32, String)>>,
+        committed: Vec<u32>,
     ) -> Result<Vec<String>, ServiceError> {
         let config = parse_config(&record.config_yaml, Path::new(&record.config_name))
             .map_err(|e| ServiceError::Invalid(e.to_string()))?;
@@ -265,6 +268,7 @@ impl Coordinator {
         };
         let rt = Arc::new(JobRuntime {
             record,
+            committed: Mutex::new(committed.into_iter().collect()),
             plan,
             config,
             units,
@@ -460,12 +464,26 @@ impl Coordinator {
             by_shard[shard].extend(ps.into_iter().map(|p| (p.part_index, p.etag)));
         }
         for (si, shard) in plan.proto.shards.iter().enumerate() {
+            let committed = rt
+                .committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(si as u32));
+            if committed {
+                continue; // completed by an earlier commit that was cut short
+            }
             let mut ps = std::mem::take(&mut by_shard[si]);
             ps.sort_by_key(|p| p.0);
             let etags = ps.into_iter().map(|p| p.1).collect();
             st.complete_multipart(&rt.output.join(&shard.file_name), &rt.record.uploads[si], etags)
                 .await
                 .map_err(internal)?;
+            let entry = Entry::ShardCommitted { shard: si as u32 };
+            self.inner
+                .journal
+                .append(&rt.record.job_id, &entry)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            rt.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(si as u32);
         }
         // The index last: it is the commit point of a multi-shard model.
         if plan.proto.shards.len() > 1 {
