@@ -77,7 +77,9 @@ apt_install() {
 
 DOCKERD_PID=
 cleanup() {
-  if [ -n "$DOCKERD_PID" ] && [ -z "${KEEP_DOCKERD:-}" ]; then
+  # KEEP_DOCKERD keeps it only after a successful build (nobody would stop it otherwise).
+  local rc=$?
+  if [ -n "$DOCKERD_PID" ] && { [ -z "${KEEP_DOCKERD:-}" ] || [ $rc -ne 0 ]; }; then
     kill "$DOCKERD_PID" 2>/dev/null || true
     wait "$DOCKERD_PID" 2>/dev/null || true
   fi
