@@ -40,7 +40,8 @@ async fn metrics_endpoints_report_the_units_and_bytes_of_a_real_merge() {
         None,
     );
     let cm = coord.metrics.clone().expect("coordinator metrics address");
-    let (mut w, wm) = worker_with_metrics(&s3, &coord.url);
+    let (w, wm) = worker_with_metrics(&s3, &coord.url);
+    let _worker = KillOnDrop(vec![w]);
     // The worker shows up in the coordinator's gauge once registered.
     let start = Instant::now();
     while metric(&scrape(&cm), "shardmerge_workers") != 1.0 {
@@ -123,8 +124,6 @@ async fn metrics_endpoints_report_the_units_and_bytes_of_a_real_merge() {
         ),
         units_total
     );
-    let _ = w.kill();
-    let _ = w.wait();
 }
 
 /// Sends SIGTERM and waits up to 30 s for the process to exit; returns its status and the wait.
@@ -185,7 +184,7 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     let mut coord = coordinator(&s3, &state, &[], None);
     let listen = coord.url.trim_start_matches("http://").to_string();
     // The workers outlive the coordinator and find the restarted one on the same address.
-    let mut workers: Vec<_> = (0..2).map(|_| worker(&s3, &coord.url, None)).collect();
+    let _workers = KillOnDrop((0..2).map(|_| worker(&s3, &coord.url, None)).collect());
     // A `submit --wait` client rides out the restart: it watches again and exits 0 at the end.
     let cfg = synth_config(tmp.path(), "s3://synth");
     let mut cmd = Command::new(bin());
@@ -278,9 +277,5 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     assert_eq!(got.len(), reference.len());
     for (g, r) in got.iter().zip(&reference) {
         assert!(g.1 == r.1, "{} changed after the repeated commit", g.0);
-    }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
     }
 }

@@ -43,6 +43,18 @@ impl Drop for Coord {
     }
 }
 
+/// Child processes killed when dropped, also when a test panics (no stray workers).
+pub struct KillOnDrop(pub Vec<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts a coordinator with fast timeouts; `extra` adds flags, `token` sets SHARDMERGE_TOKEN.
 pub fn coordinator(s3: &TestS3, state: &Path, extra: &[&str], token: Option<&str>) -> Coord {
     coordinator_at(s3, state, "127.0.0.1:0", extra, token)
