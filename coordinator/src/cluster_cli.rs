@@ -1,13 +1,16 @@
 //! The cluster subcommands of the CLI: `coordinator`, `worker`, `submit`, `status`, `cancel`.
 
+use crate::cluster::metrics::CoordinatorMetrics;
 use crate::cluster::{client, scheduler::SchedulerConfig, server, service::CoordinatorOptions};
 use anyhow::Context;
 use clap::Args;
 use shardmerge_proto::v1::{JobState, MergeOptions};
-use shardmerge_worker::node::{WorkerOptions, run_worker};
+use shardmerge_worker::node::metrics::{MetricsSource, WorkerMetrics, serve_metrics};
+use shardmerge_worker::node::{WorkerOptions, run_worker_with_metrics};
 use shardmerge_worker::storage::Storage;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the token comes from (never from argv), and TLS trust for clients.
@@ -70,6 +73,9 @@ pub struct CoordinatorArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "SHARDMERGE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090); off by default.
+    #[arg(long, env = "SHARDMERGE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -94,6 +100,10 @@ pub struct WorkerArgs {
     /// pod's termination grace period).
     #[arg(long, default_value_t = 25.0, env = "SHARDMERGE_DRAIN_SECS")]
     pub drain_secs: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090); off by default, so
+    /// that several workers on one host do not clash over a port.
+    #[arg(long, env = "SHARDMERGE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -161,6 +171,16 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Binds `addr` and serves `source` there until the process exits; prints the address.
+async fn start_metrics(who: &str, addr: &str, source: Arc<dyn MetricsSource>) -> anyhow::Result<()> {
+    let (listener, bound) = server::bind(addr)
+        .await
+        .with_context(|| format!("metrics endpoint: listening on {addr}"))?;
+    eprintln!("shardmerge {who} metrics on http://{bound}/metrics");
+    tokio::spawn(serve_metrics(listener, source, std::future::pending()));
+    Ok(())
+}
+
 /// Runs `shardmerge coordinator`.
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let token = args.token.token()?;
@@ -176,6 +196,10 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let (listener, addr) = server::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
+        let metrics = CoordinatorMetrics::new();
+        if let Some(addr) = &args.metrics_listen {
+            start_metrics("coordinator", addr, metrics.clone()).await?;
+        }
         let secs = Duration::from_secs_f64;
         let opts = CoordinatorOptions {
             state_dir: args.state_dir.clone(),
@@ -188,6 +212,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             },
             unit_target: args.unit_size,
             model_root: std::env::current_dir()?,
+            metrics: Some(metrics),
         };
         eprintln!(
             "shardmerge coordinator listening on {addr} (state in {})",
@@ -207,8 +232,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    rt.block_on(run_worker(
-        WorkerOptions {
+    rt.block_on(async move {
+        let metrics = WorkerMetrics::new();
+        if let Some(addr) = &args.metrics_listen {
+            start_metrics("worker", addr, metrics.clone()).await?;
+        }
+        let opts = WorkerOptions {
             coordinator: args.coordinator,
             token,
             slots: args.slots.max(1),
@@ -216,10 +245,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             name,
             tls_ca,
             drain: Duration::from_secs_f64(args.drain_secs),
-        },
-        shutdown_signal(),
-    ))?;
-    Ok(())
+        };
+        run_worker_with_metrics(opts, metrics, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 /// Runs `shardmerge submit`.

@@ -27,6 +27,7 @@ async fn start(state: &Path) -> String {
         },
         unit_target: 5 << 20,
         model_root: golden(),
+        metrics: None,
     };
     tokio::spawn(server::serve(
         opts,
@@ -145,6 +146,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
         model_root: golden(),
+        metrics: None,
     };
     tokio::spawn(server::serve(
         opts,
@@ -202,6 +204,7 @@ async fn grpc_health_answers_without_a_token() {
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
         model_root: golden(),
+        metrics: None,
     };
     tokio::spawn(server::serve(
         opts,

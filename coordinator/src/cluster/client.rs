@@ -1,5 +1,6 @@
 //! Client side of the job API, used by `shardmerge submit`, `status` and `cancel`.
 
+use super::scheduler::is_final;
 use indicatif::{ProgressBar, ProgressStyle};
 use shardmerge_proto::v1::job_service_client::JobServiceClient;
 use shardmerge_proto::v1::{
@@ -77,15 +78,13 @@ pub fn describe(s: &JobStatus) -> String {
     line
 }
 
+/// How long [`wait`] keeps trying to reach a coordinator that went away (restart, rollout).
+pub const WAIT_RECONNECT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
+/// When the coordinator goes away mid-job (a graceful shutdown ends the stream, a crash breaks
+/// the connection) it watches again once a coordinator answers, for up to [`WAIT_RECONNECT`].
 pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::Result<JobStatus> {
-    let mut stream = client
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
     let bar = if progress {
         ProgressBar::new(0)
     } else {
@@ -96,8 +95,63 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let mut last = None;
-    while let Some(s) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
+    let mut last: Option<JobStatus> = None;
+    let mut received = 0u64;
+    let mut away_since: Option<std::time::Instant> = None;
+    loop {
+        let before = received;
+        let why = match watch_once(client, job_id, &bar, &mut last, &mut received).await {
+            Ok(()) => match &last {
+                Some(s) if is_final(JobState::try_from(s.state).unwrap_or(JobState::Unspecified)) => {
+                    bar.finish_and_clear();
+                    return Ok(s.clone());
+                }
+                _ => "the coordinator ended the status stream (shutting down?)".to_string(),
+            },
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
+                format!("the coordinator is unreachable: {}", s.message())
+            }
+            Err(s) => {
+                bar.finish_and_clear();
+                anyhow::bail!("{}", s.message());
+            }
+        };
+        if received > before {
+            away_since = None; // it answered in between: a new outage starts now
+        }
+        let since = *away_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > WAIT_RECONNECT {
+            bar.finish_and_clear();
+            anyhow::bail!(
+                "{why}; gave up waiting for job {job_id} after {} s",
+                WAIT_RECONNECT.as_secs()
+            );
+        }
+        bar.suspend(|| tracing::warn!(job_id, "{why}; watching again"));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// One WatchJob stream, until it ends; updates `last` and the bar with every status.
+async fn watch_once(
+    client: &mut Client,
+    job_id: &str,
+    bar: &ProgressBar,
+    last: &mut Option<JobStatus>,
+    received: &mut u64,
+) -> Result<(), tonic::Status> {
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    while let Some(s) = stream.message().await? {
         bar.set_length(s.bytes_total);
         bar.set_position(s.bytes_done);
         bar.set_message(format!(
@@ -107,10 +161,10 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::
             s.units_total,
             s.live_workers
         ));
-        last = Some(s);
+        *last = Some(s);
+        *received += 1;
     }
-    bar.finish_and_clear();
-    last.ok_or_else(|| anyhow::anyhow!("the coordinator closed the status stream without a status"))
+    Ok(())
 }
 
 /// Status of one job, or all jobs.

@@ -80,7 +80,13 @@ impl WorkerService for Coordinator {
     async fn lease_units(&self, req: Request<LeaseUnitsRequest>) -> Result<Response<LeaseUnitsResponse>, Status> {
         let r = req.into_inner();
         check_version(r.protocol_version)?;
-        let leases = self.with_sched(|s| s.lease(&r.worker_id, r.max_units as usize, Instant::now()));
+        // While shutting down, hand out nothing: a lease would outlive this process.
+        let max = if self.is_shutting_down() {
+            0
+        } else {
+            r.max_units as usize
+        };
+        let leases = self.with_sched(|s| s.lease(&r.worker_id, max, Instant::now()));
         Ok(Response::new(match leases {
             Some(leases) => LeaseUnitsResponse {
                 leases,
@@ -111,18 +117,21 @@ impl WorkerService for Coordinator {
 
     async fn report_unit(&self, req: Request<ReportUnitRequest>) -> Result<Response<ReportUnitResponse>, Status> {
         let r = req.into_inner();
-        let (report, bytes) = match r.result {
-            Some(report_unit_request::Result::Success(s)) => (Report::Success { parts: s.parts }, s.bytes_written),
+        let (report, read, written) = match r.result {
+            Some(report_unit_request::Result::Success(s)) => {
+                (Report::Success { parts: s.parts }, s.bytes_read, s.bytes_written)
+            }
             Some(report_unit_request::Result::Failure(f)) => (
                 Report::Failure {
                     message: f.message,
                     retryable: f.retryable,
                 },
                 0,
+                0,
             ),
             None => return Err(Status::invalid_argument("report without a result")),
         };
-        self.report(&r.worker_id, &r.lease_id, report, bytes);
+        self.report(&r.worker_id, &r.lease_id, report, read, written);
         Ok(Response::new(ReportUnitResponse {}))
     }
 }
@@ -181,7 +190,7 @@ impl JobService for Coordinator {
                     }
                 };
                 let finished = c.is_finished(&job);
-                if tx.send(Ok(status)).await.is_err() || finished {
+                if tx.send(Ok(status)).await.is_err() || finished || c.is_shutting_down() {
                     return;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;

@@ -50,6 +50,12 @@ pub enum Entry {
         /// Uploaded parts.
         parts: Vec<(u32, String)>,
     },
+    /// The commit completed the upload of this output shard (a restarted commit skips it:
+    /// a completed upload cannot be completed again).
+    ShardCommitted {
+        /// Shard index in the plan.
+        shard: u32,
+    },
     /// The job ended.
     Finished {
         /// `succeeded`, `failed` or `cancelled`.
@@ -68,6 +74,8 @@ pub struct Replayed {
     pub done: HashMap<u64, Vec<(u32, String)>>,
     /// Final state, if the job ended.
     pub finished: Option<(String, String)>,
+    /// Output shards whose upload a commit already completed.
+    pub committed: Vec<u32>,
 }
 
 /// Errors of the journal.
@@ -115,6 +123,27 @@ impl Journal {
         f.sync_data().map_err(err)
     }
 
+    /// Syncs every job file and the directory itself to disk (graceful shutdown). Appends are
+    /// already synced one by one; this also makes the directory entries of new job files
+    /// durable, and is the place to flush anything a faster append path may buffer.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let err = |p: &Path, e: std::io::Error| JournalError {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
+        let rd = fs::read_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
+        for path in rd.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| err(&path, e))?;
+            }
+        }
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&self.dir, e))
+    }
+
     /// Replays every job file. A torn last line (crash mid-append) is ignored.
     pub fn replay(&self) -> Result<Vec<Replayed>, JournalError> {
         let mut out = Vec::new();
@@ -136,6 +165,7 @@ impl Journal {
             let mut record = None;
             let mut done = HashMap::new();
             let mut finished = None;
+            let mut committed = Vec::new();
             for line in text.lines() {
                 let Ok(entry) = serde_json::from_str::<Entry>(line) else {
                     continue;
@@ -145,11 +175,17 @@ impl Journal {
                     Entry::UnitDone { unit, parts } => {
                         done.insert(unit, parts);
                     }
+                    Entry::ShardCommitted { shard } => committed.push(shard),
                     Entry::Finished { state, error } => finished = Some((state, error)),
                 }
             }
             if let Some(record) = record {
-                out.push(Replayed { record, done, finished });
+                out.push(Replayed {
+                    record,
+                    done,
+                    finished,
+                    committed,
+                });
             }
         }
         Ok(out)
@@ -198,6 +234,7 @@ mod tests {
             },
         )
         .unwrap();
+        j.append("job-1", &Entry::ShardCommitted { shard: 0 }).unwrap();
         j.append("job-2", &Entry::Job(record("job-2"))).unwrap();
         j.append(
             "job-2",
@@ -218,6 +255,7 @@ mod tests {
         assert_eq!(r[0].record, record("job-1"));
         assert_eq!(r[0].done[&3], vec![(0, "e".to_string())]);
         assert!(r[0].finished.is_none());
+        assert_eq!((r[0].committed.as_slice(), r[1].committed.len()), (&[0u32][..], 0));
         assert_eq!(r[1].finished, Some(("failed".into(), "x".into())));
         assert_eq!(j.max_job_number(), 2);
     }

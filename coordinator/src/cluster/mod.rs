@@ -4,6 +4,7 @@
 pub mod client;
 pub mod grpc;
 pub mod journal;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod service;

@@ -57,6 +57,7 @@ struct LeaseInfo {
     unit: usize,
     worker: String,
     expires: Instant,
+    granted: Instant,
 }
 
 /// Per-job scheduling state.
@@ -119,6 +120,7 @@ pub struct Scheduler {
     jobs: BTreeMap<String, JobEntry>,
     leases: HashMap<String, LeaseInfo>,
     next_id: u64,
+    lease_expiries: u64,
 }
 
 impl Scheduler {
@@ -130,6 +132,7 @@ impl Scheduler {
             jobs: BTreeMap::new(),
             leases: HashMap::new(),
             next_id: 1,
+            lease_expiries: 0,
         }
     }
 
@@ -277,6 +280,7 @@ impl Scheduler {
                         unit,
                         worker: worker.to_string(),
                         expires: now + self.cfg.lease,
+                        granted: now,
                     },
                 );
                 out.push(Lease {
@@ -372,6 +376,7 @@ impl Scheduler {
                 j.states[l.unit] = UnitState::Pending;
                 j.queue.push_front(l.unit);
                 j.status.retries += 1;
+                self.lease_expiries += 1;
             }
         }
         let mut events = Vec::new();
@@ -420,6 +425,9 @@ impl Scheduler {
 pub fn is_final(s: JobState) -> bool {
     matches!(s, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
 }
+
+mod snapshot;
+pub use snapshot::SchedulerSnapshot;
 
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a graceful shutdown waits for running commits and cleanups.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Serves the coordinator on `listener` until `shutdown` resolves; `tls` is a PEM
-/// `(certificate chain, private key)` pair to serve gRPC over TLS.
+/// `(certificate chain, private key)` pair to serve gRPC over TLS. Shutdown is graceful: stop
+/// accepting, end status streams, let in-flight RPCs finish, wait up to [`SHUTDOWN_GRACE`] for
+/// commits and cleanups, sync the journal.
 pub async fn serve(
     opts: CoordinatorOptions,
     storage: Storage,
@@ -21,6 +26,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let coordinator = Coordinator::start(opts, storage).await?;
+    let stopping = coordinator.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections or leases; finishing in-flight requests");
+        stopping.begin_shutdown();
+    };
+    let finishing = coordinator.clone();
     let ticker = coordinator.clone();
     let tick = tokio::spawn(async move {
         loop {
@@ -50,6 +62,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tick.abort();
+    finishing.finish_shutdown(SHUTDOWN_GRACE).await;
     result.map_err(|e| ServiceError::Internal(format!("gRPC server: {e}")))
 }
 

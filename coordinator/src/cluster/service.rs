@@ -6,6 +6,7 @@
 //! by workers' parts, and completed at commit; metadata is written first and the index last.
 
 use super::journal::{Entry, JobRecord, Journal};
+use super::metrics::CoordinatorMetrics;
 use super::scheduler::{Event, Report, Scheduler, SchedulerConfig, is_final};
 use super::units::{UnitPlan, plan_units, work_unit};
 use crate::config::{MergeConfig, parse_config};
@@ -17,10 +18,12 @@ use shardmerge_proto::v1::{JobState, JobStatus, PartResult};
 use shardmerge_worker::storage::{Location, Storage, open_model_dir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
+
+mod lifecycle;
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -33,6 +36,9 @@ pub struct CoordinatorOptions {
     pub unit_target: u64,
     /// Directory relative model paths resolve against.
     pub model_root: PathBuf,
+    /// Metrics to record into (e.g. served by `--metrics-listen`); `None` records into a
+    /// private set nobody reads.
+    pub metrics: Option<Arc<CoordinatorMetrics>>,
 }
 
 /// A submission.
@@ -72,6 +78,8 @@ pub enum ServiceError {
 
 struct JobRuntime {
     record: JobRecord,
+    /// Shards whose upload a commit completed (journaled), skipped by a repeated commit.
+    committed: Mutex<std::collections::HashSet<u32>>,
     plan: Plan,
     config: MergeConfig,
     units: Vec<UnitPlan>,
@@ -92,6 +100,10 @@ struct Inner {
     changes: watch::Sender<u64>,
     next_job: AtomicU64,
     opts: CoordinatorOptions,
+    metrics: Arc<CoordinatorMetrics>,
+    /// Commit and cleanup tasks still running (graceful shutdown waits for them).
+    background: watch::Sender<usize>,
+    shutting_down: AtomicBool,
 }
 
 impl Coordinator {
@@ -100,6 +112,7 @@ impl Coordinator {
         let journal = Journal::open(&opts.state_dir).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let next = journal.max_job_number() + 1;
         let (changes, _) = watch::channel(0);
+        let metrics = opts.metrics.clone().unwrap_or_else(CoordinatorMetrics::new);
         let c = Coordinator {
             inner: Arc::new(Inner {
                 sched: Mutex::new(Scheduler::new(opts.scheduler.clone())),
@@ -109,8 +122,17 @@ impl Coordinator {
                 changes,
                 next_job: AtomicU64::new(next),
                 opts,
+                metrics: metrics.clone(),
+                background: watch::channel(0).0,
+                shutting_down: AtomicBool::new(false),
             }),
         };
+        let weak = Arc::downgrade(&c.inner);
+        metrics.attach(move || {
+            let inner = weak.upgrade()?;
+            let snapshot = inner.sched.lock().unwrap_or_else(|e| e.into_inner()).metrics_snapshot();
+            Some(snapshot)
+        });
         let replayed = c
             .inner
             .journal
@@ -122,7 +144,7 @@ impl Coordinator {
             }
             let job = r.record.job_id.clone();
             tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
-            if let Err(e) = c.create(r.record, r.done).await {
+            if let Err(e) = c.create(r.record, r.done, r.committed).await {
                 tracing::error!(job_id = %job, error = %e, "cannot resume job");
                 let _ = c.inner.journal.append(
                     &job,
@@ -165,7 +187,7 @@ impl Coordinator {
             allow_crimes: s.allow_crimes,
             uploads: Vec::new(),
         };
-        let warnings = self.create(record, HashMap::new()).await?;
+        let warnings = self.create(record, HashMap::new(), Vec::new()).await?;
         Ok((job_id, warnings))
     }
 
@@ -173,6 +195,7 @@ impl Coordinator {
         &self,
         mut record: JobRecord,
         done: HashMap<u64, Vec<(u32, String)>>,
+        committed: Vec<u32>,
     ) -> Result<Vec<String>, ServiceError> {
         let config = parse_config(&record.config_yaml, Path::new(&record.config_name))
             .map_err(|e| ServiceError::Invalid(e.to_string()))?;
@@ -245,6 +268,7 @@ impl Coordinator {
         };
         let rt = Arc::new(JobRuntime {
             record,
+            committed: Mutex::new(committed.into_iter().collect()),
             plan,
             config,
             units,
@@ -284,9 +308,17 @@ impl Coordinator {
         self.notify();
     }
 
-    /// Records a worker report.
-    pub fn report(&self, worker: &str, lease: &str, report: Report, bytes: u64) {
-        let events = self.with_sched(|s| s.report(worker, lease, report, bytes, Instant::now()));
+    /// Records a worker report (`bytes_read`/`bytes_written` of a success, for metrics).
+    pub fn report(&self, worker: &str, lease: &str, report: Report, bytes_read: u64, bytes_written: u64) {
+        let now = Instant::now();
+        let io = matches!(report, Report::Success { .. }).then_some((bytes_read, bytes_written));
+        let (age, events) = self.with_sched(|s| {
+            let age = s.lease_age(lease, now);
+            (age, s.report(worker, lease, report, bytes_written, now))
+        });
+        if let Some(age) = age {
+            self.inner.metrics.unit_reported(age, io);
+        }
         self.handle(events);
     }
 
@@ -330,7 +362,7 @@ impl Coordinator {
 
     fn spawn_cleanup(&self, job: String, state: &'static str, error: String) {
         let c = self.clone();
-        tokio::spawn(async move {
+        self.spawn_tracked(async move {
             if let Some(rt) = c.runtime(&job) {
                 for (shard, id) in rt.plan.proto.shards.iter().zip(&rt.record.uploads) {
                     if let Err(e) = c
@@ -356,7 +388,7 @@ impl Coordinator {
 
     fn spawn_commit(&self, job: String) {
         let c = self.clone();
-        tokio::spawn(async move {
+        self.spawn_tracked(async move {
             let result = match c.runtime(&job) {
                 Some(rt) => c.commit(&rt).await,
                 None => Err(ServiceError::NotFound(job.clone())),
@@ -432,12 +464,26 @@ impl Coordinator {
             by_shard[shard].extend(ps.into_iter().map(|p| (p.part_index, p.etag)));
         }
         for (si, shard) in plan.proto.shards.iter().enumerate() {
+            let committed = rt
+                .committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(si as u32));
+            if committed {
+                continue; // completed by an earlier commit that was cut short
+            }
             let mut ps = std::mem::take(&mut by_shard[si]);
             ps.sort_by_key(|p| p.0);
             let etags = ps.into_iter().map(|p| p.1).collect();
             st.complete_multipart(&rt.output.join(&shard.file_name), &rt.record.uploads[si], etags)
                 .await
                 .map_err(internal)?;
+            let entry = Entry::ShardCommitted { shard: si as u32 };
+            self.inner
+                .journal
+                .append(&rt.record.job_id, &entry)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            rt.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(si as u32);
         }
         // The index last: it is the commit point of a multi-shard model.
         if plan.proto.shards.len() > 1 {

@@ -32,6 +32,8 @@ pub struct Coord {
     pub child: Child,
     pub url: String,
     pub state: PathBuf,
+    /// `http://ADDR/metrics` when started with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Drop for Coord {
@@ -41,11 +43,28 @@ impl Drop for Coord {
     }
 }
 
+/// Child processes killed when dropped, also when a test panics (no stray workers).
+pub struct KillOnDrop(pub Vec<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts a coordinator with fast timeouts; `extra` adds flags, `token` sets SHARDMERGE_TOKEN.
 pub fn coordinator(s3: &TestS3, state: &Path, extra: &[&str], token: Option<&str>) -> Coord {
+    coordinator_at(s3, state, "127.0.0.1:0", extra, token)
+}
+
+/// [`coordinator`] listening on `listen` (to restart one on the same port).
+pub fn coordinator_at(s3: &TestS3, state: &Path, listen: &str, extra: &[&str], token: Option<&str>) -> Coord {
     let mut cmd = Command::new(bin());
     s3_env(&mut cmd, s3);
-    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state-dir"])
+    cmd.args(["coordinator", "--listen", listen, "--state-dir"])
         .arg(state)
         .args([
             "--lease-secs",
@@ -67,11 +86,15 @@ pub fn coordinator(s3: &TestS3, state: &Path, extra: &[&str], token: Option<&str
     let mut child = cmd.spawn().expect("start coordinator");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut metrics = None;
     let url = loop {
         let line = lines
             .next()
             .expect("coordinator exited before listening")
             .expect("read stderr");
+        if let Some(rest) = line.split("metrics on ").nth(1) {
+            metrics = Some(rest.trim().to_string());
+        }
         if let Some(rest) = line.split("listening on ").nth(1) {
             break format!("http://{}", rest.split_whitespace().next().expect("address"));
         }
@@ -82,7 +105,65 @@ pub fn coordinator(s3: &TestS3, state: &Path, extra: &[&str], token: Option<&str
         child,
         url,
         state: state.to_path_buf(),
+        metrics,
     }
+}
+
+/// Starts a worker process serving metrics on a free loopback port; returns it and its
+/// `http://ADDR/metrics`.
+pub fn worker_with_metrics(s3: &TestS3, url: &str) -> (Child, String) {
+    let mut cmd = Command::new(bin());
+    s3_env(&mut cmd, s3);
+    cmd.args([
+        "worker",
+        "--coordinator",
+        url,
+        "-j",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start worker");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let metrics = loop {
+        let line = lines
+            .next()
+            .expect("worker exited before serving metrics")
+            .expect("read stderr");
+        if let Some(rest) = line.split("metrics on ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, metrics)
+}
+
+/// GETs `url` (`http://HOST:PORT/PATH`) over plain HTTP/1.1 and returns the body; panics unless
+/// the answer is 200.
+pub fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read the response");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of one series (`name` or `name{labels}`) in a Prometheus/OpenMetrics text.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
 }
 
 /// Starts a worker process.

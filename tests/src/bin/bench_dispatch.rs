@@ -246,6 +246,7 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
         scheduler: SchedulerConfig::default(),
         unit_target: 64 << 20,
         model_root: PathBuf::from("."),
+        metrics: None,
     };
     let coord = Coordinator::start(opts, Storage::from_env()).await?;
     coord.with_sched(|s| add_job(s, n));

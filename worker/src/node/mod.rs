@@ -2,9 +2,11 @@
 //! dedicated CPU pool, heartbeat, and report results. Workers pull work, so they need no
 //! inbound port; a worker that loses the coordinator re-registers when it comes back.
 
+pub mod metrics;
 pub mod unit;
 
 use crate::storage::{LocalInputs, Storage};
+use metrics::WorkerMetrics;
 use shardmerge_proto::PROTOCOL_VERSION;
 use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
 use shardmerge_proto::v1::{
@@ -96,6 +98,16 @@ type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// Runs a worker until `shutdown` resolves.
 pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    run_worker_with_metrics(opts, WorkerMetrics::new(), shutdown).await
+}
+
+/// Runs a worker until `shutdown` resolves, recording into `metrics` (serve them with
+/// [`metrics::serve_metrics`]).
+pub async fn run_worker_with_metrics(
+    opts: WorkerOptions,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads.unwrap_or(0))
@@ -140,6 +152,7 @@ pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<
             &pool,
             &active,
             &draining,
+            &metrics,
         );
         tokio::pin!(session);
         tokio::select! {
@@ -189,6 +202,7 @@ async fn serve(
     pool: &Arc<rayon::ThreadPool>,
     active: &Arc<Mutex<HashSet<String>>>,
     draining: &Arc<std::sync::atomic::AtomicBool>,
+    metrics: &Arc<WorkerMetrics>,
 ) {
     let mut hb_client = client.clone();
     let hb_active = active.clone();
@@ -254,8 +268,10 @@ async fn serve(
                 let mut client = client.clone();
                 let worker_id = worker_id.to_string();
                 let handle = tokio::runtime::Handle::current();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     tracing::debug!(job_id = %unit.job_id, unit = unit.unit_id, "unit started");
+                    let started = metrics.unit_started();
                     let result = tokio::task::spawn_blocking(move || {
                         pool.install(|| unit::execute_unit(&unit, &storage, &handle, &local))
                     })
@@ -266,6 +282,7 @@ async fn serve(
                             retryable: false,
                         })
                     });
+                    metrics.unit_finished(started, result.as_ref().ok().map(|o| (o.bytes_read, o.bytes_written)));
                     let result = match result {
                         Ok(o) => report_unit_request::Result::Success(UnitSuccess {
                             parts: o.parts,

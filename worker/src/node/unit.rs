@@ -45,7 +45,8 @@ pub struct UnitOutcome {
     pub parts: Vec<PartResult>,
     /// Input bytes read.
     pub bytes_read: u64,
-    /// Output bytes written.
+    /// Output bytes uploaded: the unit's byte range of the shard (header included), so that the
+    /// units of a job add up to the size of its output files.
     pub bytes_written: u64,
 }
 
@@ -138,7 +139,6 @@ pub fn execute_unit(
     for task in &unit.tasks {
         let done = execute_task(task, &io)?;
         outcome.bytes_read += done.bytes_read;
-        outcome.bytes_written += done.bytes_written;
     }
     let mut buf = io.buffer.into_inner().unwrap_or_else(|e| e.into_inner());
     if out.start == 0 {
@@ -159,5 +159,6 @@ pub fn execute_unit(
             etag,
         });
     }
+    outcome.bytes_written = len;
     Ok(outcome)
 }

@@ -109,6 +109,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if ge (float64 .Values.worker.drainSecs) (float64 .Values.worker.terminationGracePeriodSeconds) -}}
 {{- fail "shardmerge: worker.drainSecs must be below worker.terminationGracePeriodSeconds (a worker must finish draining before it is killed)" -}}
 {{- end -}}
+{{- if le (float64 .Values.coordinator.terminationGracePeriodSeconds) 20.0 -}}
+{{- fail "shardmerge: coordinator.terminationGracePeriodSeconds must be above 20 (on SIGTERM the coordinator waits up to 20 s for running commits, then syncs its journal)" -}}
+{{- end -}}
 {{- if and .Values.s3.accessKeyId (not .Values.s3.secretAccessKey) -}}
 {{- fail "shardmerge: s3.accessKeyId needs s3.secretAccessKey" -}}
 {{- end -}}
