@@ -122,7 +122,7 @@ impl WorkerService for Coordinator {
             ),
             None => return Err(Status::invalid_argument("report without a result")),
         };
-        self.report(&r.worker_id, &r.lease_id, report, bytes);
+        self.report(&r.worker_id, &r.lease_id, report, bytes).await;
         Ok(Response::new(ReportUnitResponse {}))
     }
 }
