@@ -2,6 +2,7 @@
 //! dedicated CPU pool, heartbeat, and report results. Workers pull work, so they need no
 //! inbound port; a worker that loses the coordinator re-registers when it comes back.
 
+mod prefetch;
 pub mod unit;
 
 use crate::storage::{LocalInputs, Storage};
