@@ -7,9 +7,9 @@
 #   1. S3 read throughput against s3s-fs [shardmerge >= 80% of a plain loop]: the bench
 #      model files as objects, read by `Storage::read_range` with the worker's default
 #      chunking (8 MiB GETs, 8 in flight) versus a plain object_store loop of 8 MiB
-#      `get_range` calls, 8 in flight (`buffer_unordered`). Also read_range tensor by tensor,
-#      the way a worker reads a unit's inputs, and the plain loop ordered and reassembled into
-#      one buffer, as read_range returns it (to attribute the gap). (tests/src/bin/bench_s3.rs)
+#      `get_range` calls, 8 in flight (`buffer_unordered`). Also read_range tensor by tensor
+#      (sequentially; a worker prefetches several at once), and the plain loop ordered and
+#      reassembled into one buffer (to attribute a gap). (tests/src/bin/bench_s3.rs)
 #   2. The 0.5B-parameter bench family (`shardmerge synth`, as scripts/bench.sh) merged with
 #      AutoMerger's DARE-TIES recipe (base + finetune-a, seed 42): the embedded `shardmerge
 #      merge` on local files, then models on S3 through a real `shardmerge coordinator`
