@@ -7,9 +7,9 @@
 #   1. S3 read throughput against s3s-fs [shardmerge >= 80% of a plain loop]: the bench
 #      model files as objects, read by `Storage::read_range` with the worker's default
 #      chunking (8 MiB GETs, 8 in flight) versus a plain object_store loop of 8 MiB
-#      `get_range` calls, 8 in flight (`buffer_unordered`). Also read_range tensor by tensor,
-#      the way a worker reads a unit's inputs, and the plain loop ordered and reassembled into
-#      one buffer, as read_range returns it (to attribute the gap). (tests/src/bin/bench_s3.rs)
+#      `get_range` calls, 8 in flight (`buffer_unordered`). Also read_range tensor by tensor
+#      (sequentially; a worker prefetches several at once), and the plain loop ordered and
+#      reassembled into one buffer (to attribute a gap). (tests/src/bin/bench_s3.rs)
 #   2. The 0.5B-parameter bench family (`shardmerge synth`, as scripts/bench.sh) merged with
 #      AutoMerger's DARE-TIES recipe (base + finetune-a, seed 42): the embedded `shardmerge
 #      merge` on local files, then models on S3 through a real `shardmerge coordinator`
@@ -21,7 +21,7 @@
 #      cycle of the pure `Scheduler` in-process (10k and 100k units), and over real gRPC on
 #      loopback against an in-process `Coordinator` served by tonic exactly as `server::serve`
 #      does, 4 worker clients, runs capped at 5 s: journal fsyncs on disk and on tmpfs (to
-#      separate them out), each as served and with TCP_NODELAY set on the accepted sockets.
+#      separate them out), each as served (TCP_NODELAY on accepted sockets) and without it.
 #      (tests/src/bin/bench_dispatch.rs)
 #   4. Planning a Llama-3.1-405B-shaped DARE-TIES merge of 4 models from headers alone [< 2 s]:
 #      sparse safetensors files (header + set_len, 191 shards per model, index.json,
@@ -254,12 +254,12 @@ if want dispatch; then
         2>"$logs/dispatch-sched.log" | tee -a "$kvfile" >&2
     shm=""
     if [[ -d /dev/shm && -w /dev/shm ]]; then shm="$(mktemp -d /dev/shm/shardmerge-bench.XXXXXX)"; fi
-    # As `server::serve` serves (no TCP_NODELAY on accepted sockets), then with it set.
-    for nodelay in "" --tcp-nodelay; do
+    # As `server::serve` serves (TCP_NODELAY on accepted sockets), then without it (as it was).
+    for nodelay in "" --no-tcp-nodelay; do
         for where in disk tmpfs; do
             dir="$bench"
             if [[ "$where" == tmpfs ]]; then [[ -n "$shm" ]] || continue; dir="$shm"; fi
-            label="$where${nodelay:+_nodelay}"
+            label="$where${nodelay:+_nagle}"
             nd=()
             [[ -z "$nodelay" ]] || nd=("$nodelay")
             "$rel/bench_dispatch" --mode grpc --units 20000 --batch 1,16,64 --clients 4 --repeat "$repeat" \
@@ -383,11 +383,11 @@ rate() { local v; v="$(get "$1")"; [[ -n "$v" ]] && printf "%'d/s" "$v" 2>/dev/n
         for n in 10000 100000; do
             echo "| 3 | dispatch, in-process \`Scheduler\`, $n units, lease batch 1 / 16 / 64 | $(rate "dispatch_sched_n${n}_b1") / $(rate "dispatch_sched_n${n}_b16") / $(rate "dispatch_sched_n${n}_b64") | >= 10,000/s: $(verdict "$(get "dispatch_sched_n${n}_b16")" 10000 ge) |"
         done
-        for l in disk tmpfs disk_nodelay tmpfs_nodelay; do
+        for l in disk tmpfs disk_nagle tmpfs_nagle; do
             [[ -n "$(get "dispatch_grpc_${l}_n20000_b1")" ]] || continue
-            how="as served"
-            [[ "$l" == *_nodelay ]] && how="TCP_NODELAY on accepted sockets"
-            echo "| 3 | dispatch over gRPC (loopback, 4 clients, journal on ${l%_nodelay}, $how), batch 1 / 16 / 64 | $(rate "dispatch_grpc_${l}_n20000_b1") / $(rate "dispatch_grpc_${l}_n20000_b16") / $(rate "dispatch_grpc_${l}_n20000_b64") | >= 10,000/s: $(verdict "$(get "dispatch_grpc_${l}_n20000_b64")" 10000 ge) |"
+            how="as served: TCP_NODELAY, group-committed journal"
+            [[ "$l" == *_nagle ]] && how="without TCP_NODELAY on accepted sockets"
+            echo "| 3 | dispatch over gRPC (loopback, 4 clients, journal on ${l%_nagle}, $how), batch 1 / 16 / 64 | $(rate "dispatch_grpc_${l}_n20000_b1") / $(rate "dispatch_grpc_${l}_n20000_b16") / $(rate "dispatch_grpc_${l}_n20000_b64") | >= 10,000/s: $(verdict "$(get "dispatch_grpc_${l}_n20000_b64")" 10000 ge) |"
         done
     fi
     if want plan; then

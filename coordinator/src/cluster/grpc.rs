@@ -131,7 +131,7 @@ impl WorkerService for Coordinator {
             ),
             None => return Err(Status::invalid_argument("report without a result")),
         };
-        self.report(&r.worker_id, &r.lease_id, report, read, written);
+        self.report(&r.worker_id, &r.lease_id, report, read, written).await;
         Ok(Response::new(ReportUnitResponse {}))
     }
 }

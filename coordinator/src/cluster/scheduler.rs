@@ -256,37 +256,45 @@ impl Scheduler {
 
     /// Hands up to `max` pending units to `worker`.
     pub fn lease(&mut self, worker: &str, max: usize, now: Instant) -> Option<Vec<Lease>> {
-        self.workers.get_mut(worker)?.last_seen = now;
+        let Scheduler {
+            cfg,
+            workers,
+            jobs,
+            leases,
+            next_id,
+            ..
+        } = self;
+        workers.get_mut(worker)?.last_seen = now;
         let mut out = Vec::new();
-        let job_ids: Vec<String> = self.jobs.keys().cloned().collect();
-        for job_id in job_ids {
+        for (job_id, j) in jobs.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if j.status.state != JobState::Running as i32 {
+                continue;
+            }
             while out.len() < max {
-                let Some(j) = self.jobs.get_mut(&job_id) else { break };
-                if j.status.state != JobState::Running as i32 {
-                    break;
-                }
                 let Some(unit) = j.queue.pop_front() else { break };
-                let lease_id = format!("l-{}", self.next_id);
-                self.next_id += 1;
-                let j = self.jobs.get_mut(&job_id).expect("job exists");
+                let lease_id = format!("l-{next_id}");
+                *next_id += 1;
                 j.states[unit] = UnitState::Leased(lease_id.clone());
                 j.attempts[unit] += 1;
                 let mut wu = j.units[unit].clone();
                 wu.attempt = j.attempts[unit];
-                self.leases.insert(
+                leases.insert(
                     lease_id.clone(),
                     LeaseInfo {
                         job: job_id.clone(),
                         unit,
                         worker: worker.to_string(),
-                        expires: now + self.cfg.lease,
+                        expires: now + cfg.lease,
                         granted: now,
                     },
                 );
                 out.push(Lease {
                     lease_id,
                     unit: Some(wu),
-                    expires_in_ms: self.cfg.lease.as_millis() as u64,
+                    expires_in_ms: cfg.lease.as_millis() as u64,
                 });
             }
         }
@@ -331,7 +339,9 @@ impl Scheduler {
                     unit: j.units[lease.unit].unit_id,
                     parts,
                 }];
-                if j.states.iter().all(|s| matches!(s, UnitState::Done(_))) {
+                // Counted, not scanned: a lease exists only for a `Leased` unit, so each unit
+                // is counted once, and `units_done` started at the resumed units.
+                if j.status.units_done == j.status.units_total {
                     j.status.state = JobState::Committing as i32;
                     ev.push(Event::ReadyToCommit(lease.job.clone()));
                 }

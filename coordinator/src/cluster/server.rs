@@ -41,7 +41,7 @@ pub async fn serve(
         }
     });
     let auth = CheckToken(token.map(Arc::from));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = incoming(listener);
     // gRPC health (grpc.health.v1) for Kubernetes probes: answered without the cluster token,
     // since the kubelet sends none; it reveals nothing but SERVING.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -64,6 +64,13 @@ pub async fn serve(
     tick.abort();
     finishing.finish_shutdown(SHUTDOWN_GRACE).await;
     result.map_err(|e| ServiceError::Internal(format!("gRPC server: {e}")))
+}
+
+/// Accepted connections with TCP_NODELAY set: a gRPC response is a few small frames, and
+/// Nagle's algorithm would hold each back until the client's delayed ACK (tens of ms on
+/// loopback), capping a worker's lease/report round trips.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Binds `addr` (use port 0 for any) and returns the listener and its actual address.

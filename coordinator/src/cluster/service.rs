@@ -5,7 +5,7 @@
 //! Output shards are multipart uploads (S3, or the local emulation for paths) created here, filled
 //! by workers' parts, and completed at commit; metadata is written first and the index last.
 
-use super::journal::{Entry, JobRecord, Journal};
+use super::journal::{Durable, Entry, JobRecord, Journal};
 use super::metrics::CoordinatorMetrics;
 use super::scheduler::{Event, Report, Scheduler, SchedulerConfig, is_final};
 use super::units::{UnitPlan, plan_units, work_unit};
@@ -146,13 +146,17 @@ impl Coordinator {
             tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
             if let Err(e) = c.create(r.record, r.done, r.committed).await {
                 tracing::error!(job_id = %job, error = %e, "cannot resume job");
-                let _ = c.inner.journal.append(
-                    &job,
-                    &Entry::Finished {
-                        state: "failed".into(),
-                        error: e.to_string(),
-                    },
-                );
+                let _ = c
+                    .inner
+                    .journal
+                    .append(
+                        &job,
+                        &Entry::Finished {
+                            state: "failed".into(),
+                            error: e.to_string(),
+                        },
+                    )
+                    .await;
             }
         }
         Ok(c)
@@ -238,6 +242,7 @@ impl Coordinator {
             self.inner
                 .journal
                 .append(&record.job_id, &Entry::Job(record.clone()))
+                .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }
         let units = plan_units(&plan, self.inner.opts.unit_target);
@@ -291,16 +296,20 @@ impl Coordinator {
         Ok(warnings)
     }
 
-    /// Handles scheduler events (journal, commit, cleanup).
+    /// Handles scheduler events: journals finished units (without waiting for the disk; see
+    /// [`Coordinator::report`] for the acknowledged path), commits and cleans up jobs.
     pub fn handle(&self, events: Vec<Event>) {
-        for ev in events {
-            match ev {
-                Event::UnitDone { job, unit, parts } => {
-                    let parts = parts.into_iter().map(|p| (p.part_index, p.etag)).collect();
-                    if let Err(e) = self.inner.journal.append(&job, &Entry::UnitDone { unit, parts }) {
-                        tracing::error!(job_id = %job, error = %e, "journal append failed");
-                    }
+        let (tickets, rest) = self.journal_units(events);
+        for (job, t) in tickets {
+            tokio::spawn(async move {
+                if let Err(e) = t.wait().await {
+                    tracing::error!(job_id = %job, error = %e, "journal append failed");
                 }
+            });
+        }
+        for ev in rest {
+            match ev {
+                Event::UnitDone { .. } => unreachable!("journaled above"),
                 Event::ReadyToCommit(job) => self.spawn_commit(job),
                 Event::Failed { job, error } => self.spawn_cleanup(job, "failed", error),
             }
@@ -308,18 +317,50 @@ impl Coordinator {
         self.notify();
     }
 
-    /// Records a worker report (`bytes_read`/`bytes_written` of a success, for metrics).
-    pub fn report(&self, worker: &str, lease: &str, report: Report, bytes_read: u64, bytes_written: u64) {
+    /// Queues the journal records of the `UnitDone` events; returns their tickets and the
+    /// other events.
+    fn journal_units(&self, events: Vec<Event>) -> (Vec<(String, Durable)>, Vec<Event>) {
+        let mut tickets = Vec::new();
+        let mut rest = Vec::new();
+        for ev in events {
+            match ev {
+                Event::UnitDone { job, unit, parts } => {
+                    let parts = parts.into_iter().map(|p| (p.part_index, p.etag)).collect();
+                    let t = self.inner.journal.submit(&job, &Entry::UnitDone { unit, parts });
+                    tickets.push((job, t));
+                }
+                other => rest.push(other),
+            }
+        }
+        (tickets, rest)
+    }
+
+    /// Records a worker report (`bytes_read`/`bytes_written` of a success, for metrics);
+    /// returns once the unit's journal record is on disk, so a worker is acknowledged only for
+    /// units that will not be redone after a restart.
+    ///
+    /// The record is queued while the scheduler lock is held, so a unit is never counted as
+    /// done before its record is queued, and [`Coordinator::status`] does not count the queued
+    /// records that are not on disk yet: `units_done` counts journaled units only.
+    pub async fn report(&self, worker: &str, lease: &str, report: Report, bytes_read: u64, bytes_written: u64) {
         let now = Instant::now();
         let io = matches!(report, Report::Success { .. }).then_some((bytes_read, bytes_written));
-        let (age, events) = self.with_sched(|s| {
+        let (age, (tickets, rest)) = self.with_sched(|s| {
             let age = s.lease_age(lease, now);
-            (age, s.report(worker, lease, report, bytes_written, now))
+            (
+                age,
+                self.journal_units(s.report(worker, lease, report, bytes_written, now)),
+            )
         });
         if let Some(age) = age {
             self.inner.metrics.unit_reported(age, io);
         }
-        self.handle(events);
+        self.handle(rest);
+        for (job, t) in tickets {
+            if let Err(e) = t.wait().await {
+                tracing::error!(job_id = %job, error = %e, "journal append failed");
+            }
+        }
     }
 
     /// Periodic housekeeping: lease expiry and worker loss.
@@ -330,15 +371,22 @@ impl Coordinator {
         }
     }
 
-    /// Status of one job.
+    /// Status of one job; `units_done` counts journaled units only.
     pub fn status(&self, job: &str) -> Result<JobStatus, ServiceError> {
-        self.with_sched(|s| s.status(job))
+        self.with_sched(|s| s.status(job).map(|st| self.journaled(st)))
             .ok_or_else(|| ServiceError::NotFound(job.to_string()))
     }
 
     /// Statuses of all jobs.
     pub fn list(&self) -> Vec<JobStatus> {
-        self.with_sched(|s| s.list())
+        self.with_sched(|s| s.list().into_iter().map(|st| self.journaled(st)).collect())
+    }
+
+    /// `st` with the units whose journal record is not yet on disk not counted as done. Called
+    /// with the scheduler lock held: records are queued under it, so none is missed.
+    fn journaled(&self, mut st: JobStatus) -> JobStatus {
+        st.units_done = st.units_done.saturating_sub(self.inner.journal.unsynced(&st.job_id));
+        st
     }
 
     /// Cancels a job and aborts its uploads.
@@ -375,13 +423,13 @@ impl Coordinator {
                     }
                 }
             }
-            let _ = c.inner.journal.append(
-                &job,
-                &Entry::Finished {
-                    state: state.into(),
-                    error,
-                },
-            );
+            let finished = Entry::Finished {
+                state: state.into(),
+                error,
+            };
+            if let Err(e) = c.inner.journal.append(&job, &finished).await {
+                tracing::error!(job_id = %job, error = %e, "journal append failed");
+            }
             c.notify();
         });
     }
@@ -395,13 +443,13 @@ impl Coordinator {
             };
             match result {
                 Ok(()) => {
-                    let _ = c.inner.journal.append(
-                        &job,
-                        &Entry::Finished {
-                            state: "succeeded".into(),
-                            error: String::new(),
-                        },
-                    );
+                    let finished = Entry::Finished {
+                        state: "succeeded".into(),
+                        error: String::new(),
+                    };
+                    if let Err(e) = c.inner.journal.append(&job, &finished).await {
+                        tracing::error!(job_id = %job, error = %e, "journal append failed");
+                    }
                     c.with_sched(|s| s.set_state(&job, JobState::Succeeded, None));
                     tracing::info!(job_id = %job, "job committed");
                 }
@@ -416,6 +464,13 @@ impl Coordinator {
     }
 
     async fn commit(&self, rt: &JobRuntime) -> Result<(), ServiceError> {
+        // Every unit's record on disk before any upload completes: a restart after this point
+        // must not re-run units whose uploads are gone.
+        self.inner
+            .journal
+            .flush(&rt.record.job_id)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let st = &self.inner.storage;
         let internal = |e: shardmerge_worker::storage::StorageError| ServiceError::Internal(e.to_string());
         let plan = &rt.plan;
@@ -482,6 +537,7 @@ impl Coordinator {
             self.inner
                 .journal
                 .append(&rt.record.job_id, &entry)
+                .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             rt.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(si as u32);
         }

@@ -63,10 +63,11 @@ struct Args {
     /// Label for the result keys (e.g. `disk`, `tmpfs`).
     #[arg(long, default_value = "")]
     label: String,
-    /// Set TCP_NODELAY on the server's accepted sockets (grpc). `server::serve` does not (it
-    /// serves a plain `TcpListenerStream`), so the default measures what the product does.
+    /// Leave TCP_NODELAY off on the server's accepted sockets (grpc), as `server::serve` did
+    /// before it set it; the default serves exactly what `server::serve` does
+    /// (`server::incoming`).
     #[arg(long)]
-    tcp_nodelay: bool,
+    no_tcp_nodelay: bool,
     /// Stop leasing after this many seconds and rate the units done so far (grpc).
     #[arg(long, default_value_t = 10.0)]
     max_secs: f64,
@@ -264,7 +265,7 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
     let srv = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener, args.tcp_nodelay), async {
+            .serve_with_incoming_shutdown(incoming(listener, !args.no_tcp_nodelay), async {
                 let _ = stopped.await;
             }),
     );
@@ -297,21 +298,18 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
     Ok(done as f64 / secs)
 }
 
-/// Accepted connections, like `tokio_stream::wrappers::TcpListenerStream` (what
-/// `server::serve` uses), optionally with TCP_NODELAY set.
+/// Accepted connections: `server::incoming` (what `server::serve` uses), or with `nodelay`
+/// false a plain `TcpListenerStream` (Nagle's algorithm on).
 fn incoming(
     l: tokio::net::TcpListener,
     nodelay: bool,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(l, move |l| async move {
-        let next = l.accept().await.and_then(|(s, _)| {
-            if nodelay {
-                s.set_nodelay(true)?;
-            }
-            Ok(s)
-        });
-        Some((next, l))
-    })
+    use futures::StreamExt;
+    if nodelay {
+        server::incoming(l).boxed()
+    } else {
+        futures::stream::unfold(l, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) }).boxed()
+    }
 }
 
 fn main() -> Result<()> {

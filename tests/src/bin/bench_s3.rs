@@ -6,10 +6,10 @@
 //! * `plain`: for each object, `get_range` calls of `--chunk` bytes, `--concurrency` in flight
 //!   (`futures::stream::buffer_unordered`), bodies counted and dropped: the reference.
 //! * `shardmerge`: `Storage::read_range(object, 0, size)` for each object, with the worker's
-//!   default chunking ([`DEFAULT_READ_CHUNK`], [`DEFAULT_READ_CONCURRENCY`]); the chunks are
-//!   reassembled in order into one buffer, as a worker gets them.
-//! * `per-tensor`: `Storage::read_range` of every tensor of the safetensors objects in turn, the
-//!   way a worker reads a unit's inputs (one tensor at a time).
+//!   default chunking ([`DEFAULT_READ_CHUNK`], [`DEFAULT_READ_CONCURRENCY`]); every GET's body
+//!   is streamed into its place in one buffer, as a worker gets them.
+//! * `per-tensor`: `Storage::read_range` of every tensor of the safetensors objects in turn, one
+//!   tensor at a time (a worker now prefetches a unit's inputs several tensors at once).
 //! * `plain-ordered`: the plain loop, but in order (`buffered`) and copied into one buffer per
 //!   object, as `read_range` returns it: separates the cost of reassembly from the rest.
 //!

@@ -3,6 +3,7 @@
 //! inbound port; a worker that loses the coordinator re-registers when it comes back.
 
 pub mod metrics;
+mod prefetch;
 pub mod unit;
 
 use crate::storage::{LocalInputs, Storage};

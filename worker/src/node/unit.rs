@@ -1,16 +1,19 @@
 //! Executing one work unit: run its tasks, then deliver the unit's byte range of the shard as
 //! multipart parts.
 //!
-//! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs);
+//! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs,
+//! fetched ahead of the tasks that read them by [`Prefetch`]);
 //! the output range is assembled in memory and uploaded as the parts the planner assigned, so
 //! the shard becomes visible only when the coordinator completes the upload.
 
+use super::prefetch::Prefetch;
 use crate::error::TaskError;
 use crate::execute::{InputBytes, TaskIo, execute_task};
 use crate::storage::{LocalInputs, Location, Storage, StorageError};
 use bytes::Bytes;
 use shardmerge_proto::v1::{PartResult, TensorSource, WorkUnit};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 
 /// Why a unit failed, and whether retrying may help.
@@ -54,6 +57,9 @@ struct UnitIo<'a> {
     storage: &'a Storage,
     handle: &'a Handle,
     local: &'a LocalInputs,
+    prefetch: Prefetch,
+    /// Index of the task running now (for [`Prefetch::take`]).
+    task: AtomicUsize,
     start: u64,
     buffer: Mutex<Vec<u8>>,
 }
@@ -73,26 +79,30 @@ impl TaskIo for UnitIo<'_> {
                 .map_err(read_err)?;
             return Ok(InputBytes::Mapped(map));
         }
-        let bytes = self
-            .handle
-            .block_on(self.storage.read_range(&loc, src.offset, src.length))
-            .map_err(|e| {
-                let kind = if e.is_retryable() {
-                    std::io::ErrorKind::Interrupted
-                } else {
-                    std::io::ErrorKind::InvalidData
-                };
-                if e.is_retryable() {
-                    read_err(std::io::Error::new(kind, e.to_string()))
-                } else {
-                    TaskError::BadInput {
-                        uri: src.uri.clone(),
-                        tensor: src.tensor_name.clone(),
-                        reason: e.to_string(),
-                    }
+        let task = self.task.load(Ordering::Relaxed);
+        let fetched = match self.prefetch.take(task, src) {
+            Some(fetched) => fetched,
+            None => self
+                .handle
+                .block_on(self.storage.read_range_vec(&loc, src.offset, src.length)),
+        };
+        let bytes = fetched.map_err(|e| {
+            let kind = if e.is_retryable() {
+                std::io::ErrorKind::Interrupted
+            } else {
+                std::io::ErrorKind::InvalidData
+            };
+            if e.is_retryable() {
+                read_err(std::io::Error::new(kind, e.to_string()))
+            } else {
+                TaskError::BadInput {
+                    uri: src.uri.clone(),
+                    tensor: src.tensor_name.clone(),
+                    reason: e.to_string(),
                 }
-            })?;
-        Ok(InputBytes::Owned(bytes.to_vec()))
+            }
+        })?;
+        Ok(InputBytes::Owned(bytes))
     }
 
     fn write(&self, uri: &str, offset: u64, bytes: &[u8], tensor: &str) -> Result<(), TaskError> {
@@ -132,11 +142,14 @@ pub fn execute_unit(
         storage,
         handle,
         local,
+        prefetch: Prefetch::start(unit, storage, handle),
+        task: AtomicUsize::new(0),
         start: out.start,
         buffer: Mutex::new(vec![0u8; len as usize]),
     };
     let mut outcome = UnitOutcome::default();
-    for task in &unit.tasks {
+    for (i, task) in unit.tasks.iter().enumerate() {
+        io.task.store(i, Ordering::Relaxed);
         let done = execute_task(task, &io)?;
         outcome.bytes_read += done.bytes_read;
     }

@@ -1,12 +1,13 @@
 //! [`Storage`]: one API over local disk and S3, dispatching on the [`Location`].
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
-use object_store::{Error as OsError, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::path::Path as KeyPath;
+use object_store::{Error as OsError, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::error::StorageError;
 use super::local_fs;
@@ -98,10 +99,10 @@ impl Storage {
     }
 
     /// Reads `len` bytes at `start`. On S3 the range is split into ranged GETs of
-    /// [`DEFAULT_READ_CHUNK`] bytes, up to [`Storage::read_concurrency`] at a time, reassembled
-    /// in order; the whole object is never fetched for a partial range. A range past the end
-    /// is [`StorageError::OutOfRange`]. A zero-length read returns no bytes without touching
-    /// storage (so it succeeds even where there is no object).
+    /// [`DEFAULT_READ_CHUNK`] bytes, up to [`Storage::read_concurrency`] at a time (see
+    /// [`Storage::read_range_into`]); the whole object is never fetched for a partial range. A
+    /// range past the end is [`StorageError::OutOfRange`]. A zero-length read returns no bytes
+    /// without touching storage (so it succeeds even where there is no object).
     pub async fn read_range(&self, loc: &Location, start: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
@@ -110,50 +111,50 @@ impl Storage {
             Location::Local(path) => local_fs::read_range(path.clone(), start, len).await,
             Location::S3 { bucket, key } => {
                 let b = self.bucket(bucket)?;
-                self.s3_read_range(&b, key, start, len).await
+                let mut out = alloc(&b, key, len)?;
+                self.s3_read_into(&b, key, start, &mut out).await?;
+                Ok(Bytes::from(out))
             }
         }
     }
 
-    async fn s3_read_range(&self, b: &Bucket, key: &str, start: u64, len: u64) -> Result<Bytes> {
-        let path = b.key_path(key)?;
-        let Some(end) = start.checked_add(len) else {
-            return Err(range_error(b, key, start, len, None).await);
-        };
-        let capacity = usize::try_from(len).map_err(|_| StorageError::TooLarge {
-            uri: b.uri(key),
-            size: len,
-            max: usize::MAX as u64,
-        })?;
-        let mut ranges: Vec<Range<u64>> = Vec::new();
-        let mut at = start;
-        while at < end {
-            let next = at.saturating_add(self.read_chunk).min(end);
-            ranges.push(at..next);
-            at = next;
+    /// Reads `len` bytes at `start` into a new vector, as [`Storage::read_range`].
+    pub async fn read_range_vec(&self, loc: &Location, start: u64, len: u64) -> Result<Vec<u8>> {
+        match loc {
+            Location::S3 { bucket, key } if len > 0 => {
+                let b = self.bucket(bucket)?;
+                let mut out = alloc(&b, key, len)?;
+                self.s3_read_into(&b, key, start, &mut out).await?;
+                Ok(out)
+            }
+            _ => Ok(self.read_range(loc, start, len).await?.into()),
         }
-        let single = ranges.len() == 1;
-        let mut chunks = futures::stream::iter(ranges)
-            .map(|r| {
-                let path = &path;
-                async move { (r.end - r.start, b.store.get_range(path, r).await) }
-            })
-            .buffered(self.read_concurrency);
-        let mut out = BytesMut::new();
-        while let Some((expected, got)) = chunks.next().await {
-            match got {
-                Ok(bytes) if bytes.len() as u64 == expected && single => return Ok(bytes),
-                Ok(bytes) if bytes.len() as u64 == expected => {
-                    if out.is_empty() {
-                        out.reserve(capacity);
-                    }
-                    out.extend_from_slice(&bytes);
-                }
-                Ok(_) => return Err(range_error(b, key, start, len, None).await),
-                Err(e) => return Err(range_error(b, key, start, len, Some(e)).await),
+    }
+
+    /// Fills `dest` with the bytes at `start` of the S3 object `key`: ranged GETs of the read
+    /// chunk size, [`Storage::read_concurrency`] in flight, completing in any order, each
+    /// response body copied straight to its place in `dest` as it arrives (no reassembly copy,
+    /// and a slow GET does not hold back the ones behind it). object_store retries failed
+    /// requests and interrupted bodies.
+    async fn s3_read_into(&self, b: &Bucket, key: &str, start: u64, dest: &mut [u8]) -> Result<()> {
+        let len = dest.len() as u64;
+        let path = b.key_path(key)?;
+        if start.checked_add(len).is_none() {
+            return Err(range_error(b, key, start, len, None).await);
+        }
+        let chunk = usize::try_from(self.read_chunk).unwrap_or(usize::MAX);
+        let mut gets = Vec::new();
+        for (i, buf) in dest.chunks_mut(chunk).enumerate() {
+            gets.push(get_into(&b.store, &path, start + (i * chunk) as u64, buf));
+        }
+        let mut gets = futures::stream::iter(gets).buffer_unordered(self.read_concurrency);
+        while let Some(got) = gets.next().await {
+            if let Err(e) = got {
+                drop(gets);
+                return Err(range_error(b, key, start, len, e).await);
             }
         }
-        Ok(out.freeze())
+        Ok(())
     }
 
     /// Reads a whole small file (`config.json`, an index); [`StorageError::TooLarge`] if it is
@@ -334,6 +335,44 @@ impl Storage {
             }
         }
     }
+}
+
+/// A zeroed buffer of `len` bytes for a read of `key`.
+fn alloc(b: &Bucket, key: &str, len: u64) -> Result<Vec<u8>> {
+    let n = usize::try_from(len).map_err(|_| StorageError::TooLarge {
+        uri: b.uri(key),
+        size: len,
+        max: usize::MAX as u64,
+    })?;
+    Ok(vec![0u8; n])
+}
+
+/// One ranged GET of `buf.len()` bytes at `at`, its body streamed into `buf`. `Err(None)` is a
+/// short or oversized answer.
+async fn get_into(
+    store: &AmazonS3,
+    path: &KeyPath,
+    at: u64,
+    buf: &mut [u8],
+) -> std::result::Result<(), Option<OsError>> {
+    let range = at..at + buf.len() as u64;
+    let opts = GetOptions::new().with_range(Some(range.clone()));
+    let got = store.get_opts(path, opts).await.map_err(Some)?;
+    if got.range != range {
+        return Err(None);
+    }
+    let mut body = got.into_stream();
+    let mut filled = 0;
+    while let Some(frame) = body.next().await {
+        let frame = frame.map_err(Some)?;
+        let end = filled + frame.len();
+        let Some(to) = buf.get_mut(filled..end) else {
+            return Err(None);
+        };
+        to.copy_from_slice(&frame);
+        filled = end;
+    }
+    if filled == buf.len() { Ok(()) } else { Err(None) }
 }
 
 /// The error for a failed or short ranged read: [`StorageError::OutOfRange`] when the range
