@@ -66,6 +66,20 @@ pub enum GtaError {
     Unsupported,
 }
 
+/// TIES' mask for one weighted delta: 1 when the sign of `v` (0 for zero) equals the elected
+/// sign `elected` (±1), else 0.
+#[inline(always)]
+pub(super) fn agrees(v: f32, elected: f32) -> f32 {
+    let sg = if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    };
+    if sg == elected { 1.0 } else { 0.0 }
+}
+
 /// Merges `inputs` onto `base`, writing the result over `base`. Each input's buffer is reused
 /// for its task vector, so memory stays at one buffer per input.
 pub fn merge<P: Precision>(
@@ -140,14 +154,7 @@ pub fn merge<P: Precision>(
                 let row = &wd[m * n..(m + 1) * n];
                 for e in 0..n {
                     let v = row[e];
-                    let sg = if v > 0.0 {
-                        1.0
-                    } else if v < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    let mk = if sg == total[e] { 1.0f32 } else { 0.0 };
+                    let mk = agrees(v, total[e]);
                     num[e] += v * mk;
                     den[e] += w * mk;
                 }

@@ -313,16 +313,7 @@ fn mix_block<P: Precision, E: Elems, const N: bool, const L: bool>(
     // Elected sign: sign of rnd(sum_m D_m), with 0 counting as +; a delta counts iff its sign
     // (0 for zero) equals it.
     let sign = |x: f32| if P::rnd(x) >= 0.0 { 1.0 } else { -1.0 };
-    let keep = |v: f32, sign: f32| {
-        let sg = if v > 0.0 {
-            1.0
-        } else if v < 0.0 {
-            -1.0
-        } else {
-            0.0
-        };
-        if sg == sign { 1.0f32 } else { 0.0 }
-    };
+    let keep = super::gta::agrees;
     let den_of = |de: f32| {
         let d = P::rnd(de);
         if d == 0.0 { 1.0 } else { d }

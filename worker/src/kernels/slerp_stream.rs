@@ -86,50 +86,48 @@ pub fn slerp_streamed<P: Precision, E: Send>(
     if n == 0 {
         return Ok(());
     }
-    let chunks = |size: usize| {
-        (0..n.div_ceil(size))
-            .into_par_iter()
-            .map(move |i| (i * size, size.min(n - i * size)))
-    };
     // Pass 1: per-chunk norms of both inputs.
-    let norms = chunks(TORCH_CHUNK)
-        .map_init(
-            || Scratch::new(TORCH_CHUNK),
-            |scratch, (s, len)| {
-                let (x, y) = scratch.pair(len);
-                a.read(s, x)?;
-                b.read(s, y)?;
-                Ok((torch_vector_norm_f32(x), torch_vector_norm_f32(y)))
-            },
-        )
-        .collect::<Result<Vec<_>, E>>()?;
+    let norms = over_chunks(n, TORCH_CHUNK, a, b, |_, x, y| {
+        Ok((torch_vector_norm_f32(x), torch_vector_norm_f32(y)))
+    })?;
     let (pa, pb): (Vec<f32>, Vec<f32>) = norms.into_iter().unzip();
     let (na, nb) = (norm_from_parts(&pa), norm_from_parts(&pb));
     // Pass 2: per-chunk dot products of the normalised inputs.
-    let dots = chunks(TORCH_CHUNK)
+    let dots = over_chunks(n, TORCH_CHUNK, a, b, |_, x, y| {
+        normalized_products(x, y, na, nb);
+        Ok(torch_sum_f32(x, |p| p))
+    })?;
+    let (ca, cb) = coefficients_from(torch_sum_f32(&dots, |p| p), t);
+    // Pass 3: interpolate piece by piece into the sink.
+    over_chunks(n, OUT_CHUNK, a, b, |s, x, y| {
+        interpolate::<P>(x, y, ca, cb);
+        sink(s, x)
+    })?;
+    Ok(())
+}
+
+/// Runs `f(start, a_chunk, b_chunk)` on every chunk of `size` elements of `a` and `b` (read
+/// into per-job scratch), in parallel; results in chunk order.
+fn over_chunks<E: Send, R: Send>(
+    n: usize,
+    size: usize,
+    a: &dyn ChunkSource<E>,
+    b: &dyn ChunkSource<E>,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    (0..n.div_ceil(size))
+        .into_par_iter()
         .map_init(
-            || Scratch::new(TORCH_CHUNK),
-            |scratch, (s, len)| {
+            || Scratch::new(size),
+            |scratch, i| {
+                let (s, len) = (i * size, size.min(n - i * size));
                 let (x, y) = scratch.pair(len);
                 a.read(s, x)?;
                 b.read(s, y)?;
-                normalized_products(x, y, na, nb);
-                Ok(torch_sum_f32(x, |p| p))
+                f(s, x, y)
             },
         )
-        .collect::<Result<Vec<_>, E>>()?;
-    let (ca, cb) = coefficients_from(torch_sum_f32(&dots, |p| p), t);
-    // Pass 3: interpolate piece by piece into the sink.
-    chunks(OUT_CHUNK).try_for_each_init(
-        || Scratch::new(OUT_CHUNK),
-        |scratch, (s, len)| {
-            let (x, y) = scratch.pair(len);
-            a.read(s, x)?;
-            b.read(s, y)?;
-            interpolate::<P>(x, y, ca, cb);
-            sink(s, x)
-        },
-    )
+        .collect()
 }
 
 #[cfg(test)]
