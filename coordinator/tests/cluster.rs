@@ -205,11 +205,7 @@ async fn killed_worker_and_killed_coordinator_still_give_identical_bytes() {
     let done_before = units_done(&before);
     coord = coordinator(&s3, &state, &[], None);
     let mut more: Vec<_> = (0..2).map(|_| worker(&s3, &coord.url, None)).collect();
-    let fin = tokio::task::block_in_place(|| {
-        wait_status(&s3, &coord.url, &job, Duration::from_secs(240), |s| {
-            s.contains("succeeded") || s.contains("failed")
-        })
-    });
+    let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
     assert!(fin.contains("succeeded"), "{fin}");
     eprintln!("before the coordinator kill: {before}\nafter the restart: {fin}");
     assert!(
@@ -221,11 +217,7 @@ async fn killed_worker_and_killed_coordinator_still_give_identical_bytes() {
         "finished units must not be redone: before {before}, after {fin}"
     );
     let got = model_files(&s3.create_bucket("out").join("killed"));
-    assert_eq!(got.len(), reference.len());
-    for (g, r) in got.iter().zip(&reference) {
-        assert_eq!(g.0, r.0);
-        assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
-    }
+    assert_same_files(&got, &reference, "differs from the embedded merge");
     for w in workers.iter_mut().chain(more.iter_mut()) {
         let _ = w.kill();
         let _ = w.wait();
@@ -306,17 +298,10 @@ async fn sigterm_drains_a_worker_and_the_job_still_completes_identically() {
         exited.is_some_and(|c| c.success()),
         "SIGTERM'd worker must drain and exit 0: {exited:?}"
     );
-    let fin = tokio::task::block_in_place(|| {
-        wait_status(&s3, &coord.url, &job, Duration::from_secs(240), |s| {
-            s.contains("succeeded") || s.contains("failed")
-        })
-    });
+    let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
     assert!(fin.contains("succeeded"), "{fin}");
     let got = model_files(&s3.create_bucket("out").join("drained"));
-    assert_eq!(got.len(), reference.len());
-    for (g, r) in got.iter().zip(&reference) {
-        assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
-    }
+    assert_same_files(&got, &reference, "differs from the embedded merge");
     let _ = second.kill();
     let _ = second.wait();
 }

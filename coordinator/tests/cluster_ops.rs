@@ -226,11 +226,7 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     let done_before = units_done(&before);
 
     coord = coordinator_at(&s3, &state, &listen, &["--metrics-listen", "127.0.0.1:0"], None);
-    let fin = tokio::task::block_in_place(|| {
-        wait_status(&s3, &coord.url, &job, Duration::from_secs(240), |s| {
-            s.contains("succeeded") || s.contains("failed")
-        })
-    });
+    let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
     eprintln!("before SIGTERM: {before}\nafter the restart: {fin}");
     let waited = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
     let waiter_log = String::from_utf8_lossy(&waited.stderr);
@@ -248,11 +244,7 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     let c = scrape(coord.metrics.as_ref().unwrap());
     assert_eq!(metric(&c, "shardmerge_units{state=\"done\"}"), units_done(&fin) as f64);
     let got = model_files(&s3.create_bucket("out").join("sigterm"));
-    assert_eq!(got.len(), reference.len());
-    for (g, r) in got.iter().zip(&reference) {
-        assert_eq!(g.0, r.0);
-        assert!(g.1 == r.1, "{} differs from the embedded merge", g.0);
-    }
+    assert_same_files(&got, &reference, "differs from the embedded merge");
     assert_journal_intact(&state);
 
     // A commit cut short after it completed the uploads (a coordinator stopped mid-commit):
@@ -267,15 +259,8 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     assert!(text.contains("\"shard_committed\""), "{text}");
     std::fs::write(&file, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
     coord = coordinator_at(&s3, &state, &listen, &[], None);
-    let again = tokio::task::block_in_place(|| {
-        wait_status(&s3, &coord.url, &job, Duration::from_secs(60), |s| {
-            s.contains("succeeded") || s.contains("failed")
-        })
-    });
+    let again = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(60)));
     assert!(again.contains("succeeded"), "a repeated commit must succeed: {again}");
     let got = model_files(&s3.create_bucket("out").join("sigterm"));
-    assert_eq!(got.len(), reference.len());
-    for (g, r) in got.iter().zip(&reference) {
-        assert!(g.1 == r.1, "{} changed after the repeated commit", g.0);
-    }
+    assert_same_files(&got, &reference, "changed after the repeated commit");
 }

@@ -208,6 +208,23 @@ pub fn wait_status(s3: &TestS3, url: &str, job: &str, timeout: Duration, pred: i
     }
 }
 
+/// Waits until `job` has finished (succeeded or failed), returning its last status text.
+pub fn wait_finished(s3: &TestS3, url: &str, job: &str, timeout: Duration) -> String {
+    wait_status(s3, url, job, timeout, |s| {
+        s.contains("succeeded") || s.contains("failed")
+    })
+}
+
+/// Asserts that `got` holds the same files, with the same bytes, as `reference`; a mismatch
+/// names the file, followed by `what` (e.g. "differs from the embedded merge").
+pub fn assert_same_files(got: &[(String, Vec<u8>)], reference: &[(String, Vec<u8>)], what: &str) {
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(reference) {
+        assert_eq!(g.0, r.0);
+        assert!(g.1 == r.1, "{} {what}", g.0);
+    }
+}
+
 /// Parses `units D/T` out of a status line.
 pub fn units_done(status: &str) -> u64 {
     status
