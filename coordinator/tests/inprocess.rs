@@ -16,18 +16,26 @@ fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
 }
 
+/// Coordinator options for the tests: state under `state`, models under the golden fixtures.
+fn options(state: &Path) -> CoordinatorOptions {
+    CoordinatorOptions {
+        state_dir: state.to_path_buf(),
+        scheduler: SchedulerConfig::default(),
+        unit_target: 5 << 20,
+        model_root: golden(),
+        metrics: None,
+    }
+}
+
 async fn start(state: &Path) -> String {
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
     let opts = CoordinatorOptions {
-        state_dir: state.to_path_buf(),
         scheduler: SchedulerConfig {
             lease: Duration::from_secs(2),
             heartbeat: Duration::from_millis(400),
             ..Default::default()
         },
-        unit_target: 5 << 20,
-        model_root: golden(),
-        metrics: None,
+        ..options(state)
     };
     tokio::spawn(server::serve(
         opts,
@@ -141,13 +149,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (ck.cert.pem().into_bytes(), ck.signing_key.serialize_pem().into_bytes());
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
-    let opts = CoordinatorOptions {
-        state_dir: tmp.path().join("state"),
-        scheduler: SchedulerConfig::default(),
-        unit_target: 5 << 20,
-        model_root: golden(),
-        metrics: None,
-    };
+    let opts = options(&tmp.path().join("state"));
     tokio::spawn(server::serve(
         opts,
         Storage::from_env(),
@@ -199,13 +201,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
 async fn grpc_health_answers_without_a_token() {
     let tmp = tempfile::tempdir().unwrap();
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
-    let opts = CoordinatorOptions {
-        state_dir: tmp.path().join("state"),
-        scheduler: SchedulerConfig::default(),
-        unit_target: 5 << 20,
-        model_root: golden(),
-        metrics: None,
-    };
+    let opts = options(&tmp.path().join("state"));
     tokio::spawn(server::serve(
         opts,
         Storage::from_env(),
