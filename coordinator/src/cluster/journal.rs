@@ -1,29 +1,52 @@
 //! The coordinator's journal: one append-only JSON-lines file per job in the state directory.
 //!
-//! The first line records everything needed to re-plan the job identically (the YAML, the
-//! options, the chosen seed, the output and the multipart upload ids); each finished unit then
-//! appends its parts; a final line records the outcome. A restarted coordinator replays the
-//! files and resumes unfinished jobs without redoing finished units.
+//! The first line records everything needed to re-plan the job identically (the YAML, every
+//! option that shapes the plan, the chosen seed, the pinned inputs, the format version and a
+//! fingerprint of the planned units); the multipart upload ids follow once created; each
+//! finished unit then appends its parts; the commit marks its start and each completed shard;
+//! `finished` records the outcome, and `cleaned` that a failed or cancelled job's output was
+//! removed. A restarted coordinator replays the files and resumes unfinished jobs without
+//! redoing finished units.
 //!
-//! Appends are group-committed: [`Journal::submit`] queues a line for a dedicated writer thread,
-//! which writes every line queued so far, fsyncs each touched file once, and only then resolves
-//! the lines' [`Durable`] tickets. Lines of one job reach its file in submission order, and a
-//! ticket resolves only once its line (and every line submitted before it) is on disk, so the
-//! coordinator acknowledges an event only after the record of it is durable, at one fsync per
-//! batch instead of one per record.
+//! Appends are group-committed by a writer thread ([`writer`]): a ticket ([`Durable`])
+//! resolves only once its line, and every line submitted before it, is on disk.
+//!
+//! Damage: only a torn last line (a crash mid-append: no final newline) is ignored, and it is
+//! cut off before the next append. Any other unreadable line stops the resume of that job with
+//! an error naming the file and line. The state directory is locked (`state_dir/lock`) so two
+//! coordinators never share it, and holds the coordinator's epoch (`state_dir/epoch`), bumped
+//! at every start, which makes every id a coordinator issues unique across restarts.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
+
+mod writer;
+use writer::{Queued, Writer};
+
+/// Version of the job record's format; a record of another version is not resumed.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// An input file pinned at plan time: a worker refuses to read it if it changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinnedInput {
+    /// URI of the file.
+    pub uri: String,
+    /// Its size.
+    pub size: u64,
+    /// ETag (S3) or modification time (local), when known.
+    pub version: String,
+}
 
 /// Everything needed to re-plan a job identically.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRecord {
+    /// Record format ([`FORMAT_VERSION`]).
+    #[serde(default)]
+    pub format: u32,
     /// Job id.
     pub job_id: String,
     /// The YAML, byte for byte.
@@ -36,14 +59,27 @@ pub struct JobRecord {
     pub seed: Option<u64>,
     /// Maximum shard bytes.
     pub out_shard_size: u64,
+    /// Target bytes per work unit (the coordinator's `--unit-size` when the job was submitted).
+    #[serde(default)]
+    pub unit_target: u64,
     /// Copy tokenizer files.
     pub copy_tokenizer: bool,
     /// Write the model card.
     pub write_model_card: bool,
     /// Allow mixed architectures.
     pub allow_crimes: bool,
-    /// Multipart upload id per shard.
+    /// Hash of the planned units, parts and options; a resume that plans differently is refused.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Input files as they were at plan time.
+    #[serde(default)]
+    pub inputs: Vec<PinnedInput>,
+    /// Multipart upload id per shard (filled from the `uploads` entry on replay).
+    #[serde(default)]
     pub uploads: Vec<String>,
+    /// File name per shard (filled from the `uploads` entry on replay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_files: Vec<String>,
 }
 
 /// One journal line.
@@ -52,6 +88,14 @@ pub struct JobRecord {
 pub enum Entry {
     /// The job was accepted.
     Job(JobRecord),
+    /// The output's multipart uploads were created (one per shard, in shard order).
+    Uploads {
+        /// Upload ids.
+        ids: Vec<String>,
+        /// The shards' file names, in the same order (so a cleanup needs no plan).
+        #[serde(default)]
+        files: Vec<String>,
+    },
     /// A unit finished with these `(part index, etag)` parts.
     UnitDone {
         /// Unit id.
@@ -59,6 +103,8 @@ pub enum Entry {
         /// Uploaded parts.
         parts: Vec<(u32, String)>,
     },
+    /// The commit started writing at the output (a failure from here on removes what it wrote).
+    CommitStarted,
     /// The commit completed the upload of this output shard (a restarted commit skips it:
     /// a completed upload cannot be completed again).
     ShardCommitted {
@@ -71,20 +117,52 @@ pub enum Entry {
         state: String,
         /// Error, if any.
         error: String,
+        /// Unix time in seconds (for retention).
+        #[serde(default)]
+        at: u64,
     },
+    /// A failed or cancelled job's uploads are aborted and its output removed.
+    Cleaned,
+}
+
+impl Entry {
+    /// The `finished` entry for `state` now.
+    pub fn finished(state: &str, error: String) -> Entry {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Entry::Finished {
+            state: state.into(),
+            error,
+            at,
+        }
+    }
+
+    /// The job's file is complete after this entry (it is closed; removed after retention).
+    fn is_last(&self) -> bool {
+        matches!(self, Entry::Cleaned) || matches!(self, Entry::Finished { state, .. } if state == "succeeded")
+    }
 }
 
 /// A replayed job.
 #[derive(Debug, Clone)]
 pub struct Replayed {
-    /// Its record.
+    /// Its record (with the upload ids of the `uploads` entry).
     pub record: JobRecord,
+    /// Whether the `uploads` entry was journaled.
+    pub uploads_created: bool,
     /// Finished units and their parts.
     pub done: HashMap<u64, Vec<(u32, String)>>,
-    /// Final state, if the job ended.
-    pub finished: Option<(String, String)>,
+    /// Whether the commit started writing at the output.
+    pub commit_started: bool,
     /// Output shards whose upload a commit already completed.
     pub committed: Vec<u32>,
+    /// Final state, error and time, if the job ended.
+    pub finished: Option<(String, String, u64)>,
+    /// The cleanup of a failed or cancelled job finished.
+    pub cleaned: bool,
+    /// Why the file cannot be resumed (a damaged line), if so.
+    pub damaged: Option<String>,
 }
 
 /// Errors of the journal.
@@ -97,26 +175,22 @@ pub struct JournalError {
     pub reason: String,
 }
 
+fn jerr(path: &Path, e: impl std::fmt::Display) -> JournalError {
+    JournalError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
 /// The journal directory and its writer thread. Cheap to clone; the writer stops when the
 /// last clone is dropped (after writing what was queued).
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
     queue: mpsc::Sender<Queued>,
-    /// `unit_done` lines submitted but not yet fsynced, per job.
-    unsynced: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-/// One queued line; an empty `line` is a barrier (written nowhere, acknowledged in order).
-#[derive(Debug)]
-struct Queued {
-    job: String,
-    line: String,
-    /// A `unit_done` line (counted in [`Journal::unsynced`]).
-    unit_done: bool,
-    /// The job's last line (`finished`): its file is closed afterwards.
-    last: bool,
-    ack: oneshot::Sender<Result<(), JournalError>>,
+    epoch: u64,
+    /// The state directory's lock, held until [`Journal::close`] (or the process ends).
+    lock: Arc<std::sync::Mutex<Option<File>>>,
 }
 
 /// Resolves once a submitted line is fsynced (or its write failed).
@@ -142,33 +216,81 @@ impl Durable {
 }
 
 fn stopped(path: &Path) -> JournalError {
-    JournalError {
-        path: path.display().to_string(),
-        reason: "the journal writer stopped".into(),
+    jerr(path, "the journal writer stopped")
+}
+
+/// Makes `dir`'s entries (new or renamed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Locks `state_dir` for this process and bumps its epoch; returns the lock and the epoch.
+fn lock_and_bump_epoch(state_dir: &Path) -> Result<(File, u64), JournalError> {
+    fs::create_dir_all(state_dir).map_err(|e| jerr(state_dir, e))?;
+    let lock_path = state_dir.join("lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| jerr(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(jerr(
+                &lock_path,
+                "the state directory is in use by another coordinator (one state directory per coordinator)",
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(jerr(&lock_path, e)),
     }
+    let epoch_path = state_dir.join("epoch");
+    let prev = match fs::read_to_string(&epoch_path) {
+        Ok(t) => t
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| jerr(&epoch_path, format!("not an epoch number: {e}")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(jerr(&epoch_path, e)),
+    };
+    let epoch = prev + 1;
+    let tmp = state_dir.join("epoch.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{epoch}\n").as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &epoch_path)?;
+        sync_dir(state_dir)
+    };
+    write().map_err(|e| jerr(&epoch_path, e))?;
+    Ok((lock, epoch))
 }
 
 impl Journal {
-    /// Opens (creating) `dir/jobs` and starts the writer thread.
+    /// Locks `state_dir`, bumps its epoch, opens (creating) `state_dir/jobs` and starts the
+    /// writer thread.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let (lock, epoch) = lock_and_bump_epoch(state_dir)?;
         let dir = state_dir.join("jobs");
-        let err = |e: std::io::Error| JournalError {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        };
-        fs::create_dir_all(&dir).map_err(err)?;
+        fs::create_dir_all(&dir).map_err(|e| jerr(&dir, e))?;
+        sync_dir(state_dir).map_err(|e| jerr(state_dir, e))?;
         let (queue, rx) = mpsc::channel();
-        let unsynced = Arc::new(Mutex::new(HashMap::new()));
-        let writer = Writer {
-            dir: dir.clone(),
-            files: HashMap::new(),
-            unsynced: unsynced.clone(),
-        };
+        let writer = Writer::new(dir.clone());
         std::thread::Builder::new()
             .name("shardmerge-journal".into())
             .spawn(move || writer.run(rx))
-            .map_err(err)?;
-        Ok(Journal { dir, queue, unsynced })
+            .map_err(|e| jerr(&dir, e))?;
+        Ok(Journal {
+            dir,
+            queue,
+            epoch,
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
+        })
+    }
+
+    /// This coordinator's epoch: 1 at the first start on a state directory, +1 at every start.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn file(&self, job: &str) -> PathBuf {
@@ -183,13 +305,16 @@ impl Journal {
                 l.push('\n');
                 l
             }
-            Err(e) => return self.failed(job, e.to_string()),
+            Err(e) => {
+                let (ack, rx) = oneshot::channel();
+                let _ = ack.send(Err(jerr(&self.file(job), e)));
+                return Durable {
+                    path: self.file(job),
+                    ack: rx,
+                };
+            }
         };
-        let unit_done = matches!(entry, Entry::UnitDone { .. });
-        if unit_done {
-            *self.unsynced_lock().entry(job.to_string()).or_default() += 1;
-        }
-        self.enqueue(job, line, unit_done, matches!(entry, Entry::Finished { .. }))
+        self.enqueue(job, line, entry.is_last())
     }
 
     /// Appends one entry for `job` and waits until it is on disk.
@@ -199,31 +324,36 @@ impl Journal {
 
     /// Waits until every entry submitted for `job` so far is on disk.
     pub async fn flush(&self, job: &str) -> Result<(), JournalError> {
-        self.enqueue(job, String::new(), false, false).wait().await
+        self.enqueue(job, String::new(), false).wait().await
     }
 
-    /// How many `unit_done` entries of `job` are submitted but not yet on disk.
-    pub fn unsynced(&self, job: &str) -> u64 {
-        self.unsynced_lock().get(job).copied().unwrap_or(0)
+    /// Syncs, refuses every later append, and unlocks the state directory (end of a graceful
+    /// shutdown: another coordinator may take it over).
+    pub fn close(&self) -> Result<(), JournalError> {
+        let synced = self.sync();
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        synced
     }
 
-    fn unsynced_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.unsynced.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn enqueue(&self, job: &str, line: String, unit_done: bool, last: bool) -> Durable {
+    fn enqueue(&self, job: &str, line: String, last: bool) -> Durable {
         let (ack, rx) = oneshot::channel();
+        if self.lock.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            let _ = ack.send(Err(jerr(
+                &self.file(job),
+                "the journal is closed (coordinator stopped)",
+            )));
+            return Durable {
+                path: self.file(job),
+                ack: rx,
+            };
+        }
         let queued = Queued {
             job: job.to_string(),
             line,
-            unit_done,
             last,
             ack,
         };
         if let Err(mpsc::SendError(q)) = self.queue.send(queued) {
-            if unit_done && let Some(c) = self.unsynced_lock().get_mut(job) {
-                *c = c.saturating_sub(1);
-            }
             let _ = q.ack.send(Err(stopped(&self.file(job))));
         }
         Durable {
@@ -232,314 +362,141 @@ impl Journal {
         }
     }
 
-    fn failed(&self, job: &str, reason: String) -> Durable {
-        let (ack, rx) = oneshot::channel();
-        let path = self.file(job);
-        let _ = ack.send(Err(JournalError {
-            path: path.display().to_string(),
-            reason,
-        }));
-        Durable { path, ack: rx }
-    }
-
     /// Syncs every job file and the directory itself to disk (graceful shutdown). Every
-    /// acknowledged append is already on disk (its ticket resolves after the writer's fsync);
-    /// this also makes the directory entries of new job files durable. Lines still queued were
-    /// never acknowledged, so losing them only means re-running their units.
+    /// acknowledged append is already on disk; lines still queued were never acknowledged.
     pub fn sync(&self) -> Result<(), JournalError> {
-        let err = |p: &Path, e: std::io::Error| JournalError {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        };
-        let rd = fs::read_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
+        let rd = fs::read_dir(&self.dir).map_err(|e| jerr(&self.dir, e))?;
         for path in rd.flatten().map(|e| e.path()) {
             if path.extension().is_some_and(|x| x == "jsonl") {
-                fs::File::open(&path)
+                File::open(&path)
                     .and_then(|f| f.sync_all())
-                    .map_err(|e| err(&path, e))?;
+                    .map_err(|e| jerr(&path, e))?;
             }
         }
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err(&self.dir, e))
+        sync_dir(&self.dir).map_err(|e| jerr(&self.dir, e))
     }
 
-    /// Replays every job file. A torn last line (crash mid-append) is ignored.
+    /// Deletes the file of a job that is closed (retention).
+    pub fn remove(&self, job: &str) -> Result<(), JournalError> {
+        let path = self.file(job);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(jerr(&path, e)),
+            _ => sync_dir(&self.dir).map_err(|e| jerr(&self.dir, e)),
+        }
+    }
+
+    /// Replays every job file. A torn last line (crash mid-append) is ignored; any other
+    /// unreadable line marks that job `damaged`.
     pub fn replay(&self) -> Result<Vec<Replayed>, JournalError> {
-        let mut out = Vec::new();
-        let rd = fs::read_dir(&self.dir).map_err(|e| JournalError {
-            path: self.dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let rd = fs::read_dir(&self.dir).map_err(|e| jerr(&self.dir, e))?;
         let mut files: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
             .collect();
         files.sort();
+        let mut out = Vec::new();
         for path in files {
-            let text = fs::read_to_string(&path).map_err(|e| JournalError {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let mut record = None;
-            let mut done = HashMap::new();
-            let mut finished = None;
-            let mut committed = Vec::new();
-            for line in text.lines() {
-                let Ok(entry) = serde_json::from_str::<Entry>(line) else {
-                    continue;
-                };
-                match entry {
-                    Entry::Job(r) => record = Some(r),
-                    Entry::UnitDone { unit, parts } => {
-                        done.insert(unit, parts);
-                    }
-                    Entry::ShardCommitted { shard } => committed.push(shard),
-                    Entry::Finished { state, error } => finished = Some((state, error)),
-                }
-            }
-            if let Some(record) = record {
-                out.push(Replayed {
-                    record,
-                    done,
-                    finished,
-                    committed,
-                });
+            let text = fs::read_to_string(&path).map_err(|e| jerr(&path, e))?;
+            if let Some(r) = replay_file(&path, &text) {
+                out.push(r);
             }
         }
         Ok(out)
     }
-
-    /// Highest numeric job id in the journal (ids are `job-N`).
-    pub fn max_job_number(&self) -> u64 {
-        self.replay()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r.record.job_id.strip_prefix("job-").and_then(|n| n.parse().ok()))
-            .max()
-            .unwrap_or(0)
-    }
 }
 
-/// Terminates a torn last line (a crash mid-append) so the next line starts on its own; the
-/// torn line itself is ignored at replay.
-fn end_torn_line(f: &mut File) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let len = f.metadata()?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    let mut last = [0u8];
-    f.seek(SeekFrom::Start(len - 1))?;
-    f.read_exact(&mut last)?;
-    if last[0] != b'\n' {
-        f.write_all(b"\n")?;
-    }
-    Ok(())
-}
-
-/// Upper bound on the lines written per fsync round.
-const MAX_BATCH: usize = 4096;
-
-/// The writer thread's state: open files of jobs with recent appends.
-struct Writer {
-    dir: PathBuf,
-    files: HashMap<String, File>,
-    unsynced: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-impl Writer {
-    /// Group commit: take everything queued, write it, fsync each touched file once, then
-    /// acknowledge. Runs until every [`Journal`] clone is dropped.
-    fn run(mut self, rx: mpsc::Receiver<Queued>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
-                }
-            }
-            // Lines per job, in submission order; jobs in order of first appearance.
-            let mut jobs: Vec<(&str, String)> = Vec::new();
-            for q in &batch {
-                match jobs.iter_mut().find(|(j, _)| *j == q.job) {
-                    Some((_, text)) => text.push_str(&q.line),
-                    None => jobs.push((&q.job, q.line.clone())),
-                }
-            }
-            let results: HashMap<String, Result<(), JournalError>> = jobs
-                .into_iter()
-                .map(|(job, text)| (job.to_string(), self.write(job, &text)))
-                .collect();
-            let mut synced: HashMap<&str, u64> = HashMap::new();
-            for q in &batch {
-                if q.unit_done {
-                    *synced.entry(&q.job).or_default() += 1;
-                }
-            }
-            {
-                let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-                for (job, n) in synced {
-                    if let Some(c) = unsynced.get_mut(job) {
-                        *c = c.saturating_sub(n);
-                        if *c == 0 {
-                            unsynced.remove(job);
-                        }
-                    }
-                }
-            }
-            for q in batch {
-                let r = results[&q.job].clone();
-                if q.last {
-                    self.files.remove(&q.job);
-                }
-                let _ = q.ack.send(r);
-            }
-        }
-    }
-
-    /// Appends `text` to `job`'s file and fsyncs it; an empty `text` (barriers only) does nothing.
-    fn write(&mut self, job: &str, text: &str) -> Result<(), JournalError> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        let path = self.dir.join(format!("{job}.jsonl"));
-        let err = |e: std::io::Error| JournalError {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let f = match self.files.entry(job.to_string()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(err)?;
-                end_torn_line(&mut f).map_err(err)?;
-                v.insert(f)
+/// Replays one job file; `None` when it holds no job record at all (a crash before the
+/// first line was complete: nothing was acknowledged).
+fn replay_file(path: &Path, text: &str) -> Option<Replayed> {
+    // Only newline-terminated lines are complete; a final piece without one is torn.
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let mut r = Replayed {
+        record: JobRecord::default_for(path),
+        uploads_created: false,
+        done: HashMap::new(),
+        commit_started: false,
+        committed: Vec::new(),
+        finished: None,
+        cleaned: false,
+        damaged: None,
+    };
+    let mut have_record = false;
+    for (n, line) in complete.lines().enumerate() {
+        let entry = match serde_json::from_str::<Entry>(line) {
+            Ok(e) => e,
+            Err(e) => {
+                r.damaged = Some(format!(
+                    "journal {} line {}: unreadable ({e}); the job cannot be resumed",
+                    path.display(),
+                    n + 1
+                ));
+                break;
             }
         };
-        let done = f.write_all(text.as_bytes()).and_then(|()| f.sync_data());
-        if done.is_err() {
-            // Reopen next time rather than trusting a handle that failed.
-            self.files.remove(job);
+        match entry {
+            Entry::Job(rec) => {
+                have_record = true;
+                r.record = rec;
+            }
+            Entry::Uploads { ids, files } => {
+                r.uploads_created = true;
+                r.record.uploads = ids;
+                r.record.shard_files = files;
+            }
+            Entry::UnitDone { unit, parts } => {
+                r.done.insert(unit, parts);
+            }
+            Entry::CommitStarted => r.commit_started = true,
+            Entry::ShardCommitted { shard } => r.committed.push(shard),
+            Entry::Finished { state, error, at } => r.finished = Some((state, error, at)),
+            Entry::Cleaned => r.cleaned = true,
         }
-        done.map_err(err)
+    }
+    if !have_record && r.damaged.is_none() {
+        return None;
+    }
+    if !have_record {
+        // Damaged before any record: name the job by its file.
+        r.record.job_id = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    // Jobs journaled before upload ids had their own entry carried them in the record.
+    if !r.record.uploads.is_empty() {
+        r.uploads_created = true;
+    }
+    Some(r)
+}
+
+impl JobRecord {
+    fn default_for(path: &Path) -> JobRecord {
+        JobRecord {
+            format: 0,
+            job_id: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            config_yaml: String::new(),
+            config_name: String::new(),
+            output_uri: String::new(),
+            seed: None,
+            out_shard_size: 0,
+            unit_target: 0,
+            copy_tokenizer: false,
+            write_model_card: false,
+            allow_crimes: false,
+            fingerprint: String::new(),
+            inputs: Vec::new(),
+            uploads: Vec::new(),
+            shard_files: Vec::new(),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: &str) -> JobRecord {
-        JobRecord {
-            job_id: id.into(),
-            config_yaml: "merge_method: linear\n".into(),
-            config_name: "c.yml".into(),
-            output_uri: "s3://b/out".into(),
-            seed: Some(7),
-            out_shard_size: 5_000_000_000,
-            copy_tokenizer: true,
-            write_model_card: true,
-            allow_crimes: false,
-            uploads: vec!["u1".into()],
-        }
-    }
-
-    #[test]
-    fn replays_records_done_units_and_outcomes_and_ignores_torn_lines() {
-        let tmp = tempfile::tempdir().unwrap();
-        let j = Journal::open(tmp.path()).unwrap();
-        j.submit("job-1", &Entry::Job(record("job-1"))).wait_blocking().unwrap();
-        j.submit(
-            "job-1",
-            &Entry::UnitDone {
-                unit: 3,
-                parts: vec![(0, "e".into())],
-            },
-        )
-        .wait_blocking()
-        .unwrap();
-        j.submit("job-1", &Entry::ShardCommitted { shard: 0 })
-            .wait_blocking()
-            .unwrap();
-        j.submit("job-2", &Entry::Job(record("job-2"))).wait_blocking().unwrap();
-        j.submit(
-            "job-2",
-            &Entry::Finished {
-                state: "failed".into(),
-                error: "x".into(),
-            },
-        )
-        .wait_blocking()
-        .unwrap();
-        // A crash mid-append leaves a torn line.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(tmp.path().join("jobs/job-1.jsonl"))
-            .unwrap();
-        f.write_all(b"{\"kind\":\"unit_do").unwrap();
-        let r = Journal::open(tmp.path()).unwrap().replay().unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].record, record("job-1"));
-        assert_eq!(r[0].done[&3], vec![(0, "e".to_string())]);
-        assert!(r[0].finished.is_none());
-        assert_eq!((r[0].committed.as_slice(), r[1].committed.len()), (&[0u32][..], 0));
-        assert_eq!(r[1].finished, Some(("failed".into(), "x".into())));
-        assert_eq!(j.max_job_number(), 2);
-        // The next append after the torn line starts on a line of its own.
-        let j = Journal::open(tmp.path()).unwrap();
-        j.submit("job-1", &done_entry(4)).wait_blocking().unwrap();
-        let r = j.replay().unwrap();
-        assert_eq!(r[0].done.len(), 2, "{:?}", r[0].done);
-    }
-
-    fn done_entry(unit: u64) -> Entry {
-        Entry::UnitDone {
-            unit,
-            parts: vec![(unit as u32, format!("etag-{unit}"))],
-        }
-    }
-
-    #[test]
-    fn concurrent_appends_are_group_committed_in_order_and_all_durable() {
-        let tmp = tempfile::tempdir().unwrap();
-        let j = Journal::open(tmp.path()).unwrap();
-        j.submit("job-1", &Entry::Job(record("job-1"))).wait_blocking().unwrap();
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let j = j.clone();
-                std::thread::spawn(move || {
-                    let tickets: Vec<_> = (0..250).map(|i| j.submit("job-1", &done_entry(t * 1000 + i))).collect();
-                    for d in tickets {
-                        d.wait_blocking().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(j.unsynced("job-1"), 0);
-        let pending = j.submit("job-1", &done_entry(9999));
-        let finished = Entry::Finished {
-            state: "succeeded".into(),
-            error: String::new(),
-        };
-        let last = j.submit("job-1", &finished);
-        last.wait_blocking().unwrap();
-        // Acknowledged in order: the earlier ticket is durable too.
-        pending.wait_blocking().unwrap();
-        let r = j.replay().unwrap();
-        assert_eq!(r[0].done.len(), 1001);
-        assert_eq!(r[0].finished, Some(("succeeded".into(), String::new())));
-        let text = fs::read_to_string(tmp.path().join("jobs/job-1.jsonl")).unwrap();
-        assert!(text.lines().next().unwrap().contains("\"kind\":\"job\""));
-        assert!(text.lines().last().unwrap().contains("\"kind\":\"finished\""));
-    }
-}
+mod tests;

@@ -43,6 +43,21 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Resul
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(0u64);
+    let mut family = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    for &(label, v) in values {
+        ConstCounter::new(v).encode(family.encode_family(&[(key, label)])?)?;
+    }
+    Ok(())
+}
+
 fn gauge_family(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -88,6 +103,13 @@ impl Collector for SnapshotCollector {
             "lease_expiries",
             "Leases that expired before their unit finished (the unit was requeued)",
             s.lease_expiries,
+        )?;
+        counter_family(
+            &mut enc,
+            "reports_rejected",
+            "Worker reports refused by fencing: unknown_lease, not_holder, mismatch (job/unit/attempt), bad_parts",
+            "reason",
+            &s.reports_rejected,
         )?;
         counter(
             &mut enc,
@@ -200,6 +222,7 @@ mod tests {
                 live_workers: 2,
                 lease_expiries: 5,
                 retries: 6,
+                reports_rejected: vec![("not_holder", 2)],
                 ..Default::default()
             })
         });
@@ -219,6 +242,7 @@ mod tests {
             "shardmerge_workers 2\n",
             "shardmerge_lease_expiries_total 5\n",
             "shardmerge_unit_retries_total 6\n",
+            "shardmerge_reports_rejected_total{reason=\"not_holder\"} 2\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

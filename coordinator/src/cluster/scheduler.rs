@@ -4,13 +4,27 @@
 //! period when no worker is left) is tested without sleeping. The gRPC service wraps one
 //! `Scheduler` in a mutex and calls [`Scheduler::tick`] periodically.
 //!
-//! Invariants: a unit is `Pending`, `Leased` (to exactly one live lease) or `Done`; a lease
-//! exists only for a `Leased` unit of a running job; a report for an unknown or expired lease is
-//! ignored (the unit was already handed to someone else, and tasks are idempotent).
+//! Invariants:
+//! - Ids are unique across coordinator restarts: worker and lease ids carry the coordinator's
+//!   persisted epoch (`w-EPOCH-N`, `l-EPOCH-N`), so an id issued by an earlier process never
+//!   names a lease of this one.
+//! - A unit is `Pending`, `Leased` (to exactly one live lease) or `Done`; a lease exists only
+//!   for a `Leased` unit of a running job.
+//! - A report is fenced ([`report`]): accepted only from the worker holding the live lease,
+//!   for the job, unit and attempt that lease was granted for, with exactly the unit's planned
+//!   parts. Everything else is rejected and counted.
+//! - A `Done` unit counts as done for the job (status, commit) only once the service has made
+//!   its journal record durable ([`Scheduler::settle`]); the job becomes `Committing` only
+//!   when every unit is settled.
+//! - Terminal states (`Succeeded`, `Failed`, `Cancelled`) are absorbing; `Committing` can
+//!   only end in `Succeeded` or `Failed`.
 
 use shardmerge_proto::v1::{JobState, JobStatus, Lease, PartResult, WorkUnit};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+mod report;
+pub use report::{Rejection, ReportRef};
 
 /// Timing and retry policy.
 #[derive(Debug, Clone)]
@@ -23,8 +37,10 @@ pub struct SchedulerConfig {
     pub worker_timeout: Duration,
     /// A running job with pending work and no live worker for this long fails.
     pub no_worker_grace: Duration,
-    /// Attempts per unit before a retryable failure fails the job.
+    /// Attempts per unit (retryable failures and lost leases) before the job fails.
     pub max_attempts: u32,
+    /// Units handed out by one lease request at most.
+    pub max_units_per_lease: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -35,6 +51,7 @@ impl Default for SchedulerConfig {
             worker_timeout: Duration::from_secs(10),
             no_worker_grace: Duration::from_secs(30),
             max_attempts: 4,
+            max_units_per_lease: 64,
         }
     }
 }
@@ -43,7 +60,11 @@ impl Default for SchedulerConfig {
 enum UnitState {
     Pending,
     Leased(String),
-    Done(Vec<PartResult>),
+    /// Reported; `durable` once its journal record is on disk.
+    Done {
+        parts: Vec<PartResult>,
+        durable: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -56,6 +77,7 @@ struct LeaseInfo {
     job: String,
     unit: usize,
     worker: String,
+    attempt: u32,
     expires: Instant,
     granted: Instant,
 }
@@ -69,13 +91,17 @@ struct JobEntry {
     states: Vec<UnitState>,
     attempts: Vec<u32>,
     queue: VecDeque<usize>,
+    /// Index of each unit id in `units`.
+    by_id: HashMap<u64, usize>,
     no_worker_since: Option<Instant>,
+    /// When the job reached a terminal state (for retention).
+    finished_at: Option<Instant>,
 }
 
 /// Something the service must act on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A unit finished: journal it.
+    /// A unit finished: journal it, then [`Scheduler::settle`] (or [`Scheduler::unsettle`]).
     UnitDone {
         /// Job.
         job: String,
@@ -84,7 +110,7 @@ pub enum Event {
         /// Uploaded parts (multipart outputs).
         parts: Vec<PartResult>,
     },
-    /// Every unit of the job is done: commit it.
+    /// Every unit of the job is done and journaled: commit it.
     ReadyToCommit(String),
     /// The job failed: clean up its output.
     Failed {
@@ -112,27 +138,46 @@ pub enum Report {
     },
 }
 
+/// Why a cancel was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefused {
+    /// No such job.
+    #[error("no job `{0}`")]
+    NotFound(String),
+    /// The job is committing: its output is being published and can no longer be withdrawn.
+    #[error("job `{0}` is committing its output and can no longer be cancelled")]
+    Committing(String),
+    /// The job already ended.
+    #[error("job `{0}` already finished ({1})")]
+    Finished(String, String),
+}
+
 /// The scheduler state machine.
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
+    epoch: u64,
     workers: HashMap<String, Worker>,
     jobs: BTreeMap<String, JobEntry>,
     leases: HashMap<String, LeaseInfo>,
     next_id: u64,
     lease_expiries: u64,
+    rejected: BTreeMap<Rejection, u64>,
 }
 
 impl Scheduler {
-    /// An empty scheduler.
-    pub fn new(cfg: SchedulerConfig) -> Self {
+    /// An empty scheduler whose ids carry `epoch` (the coordinator's persisted incarnation
+    /// number, so ids never repeat across restarts).
+    pub fn new(cfg: SchedulerConfig, epoch: u64) -> Self {
         Self {
             cfg,
+            epoch,
             workers: HashMap::new(),
             jobs: BTreeMap::new(),
             leases: HashMap::new(),
             next_id: 1,
             lease_expiries: 0,
+            rejected: BTreeMap::new(),
         }
     }
 
@@ -142,7 +187,7 @@ impl Scheduler {
     }
 
     fn id(&mut self, prefix: &str) -> String {
-        let id = format!("{prefix}-{}", self.next_id);
+        let id = format!("{prefix}-{}-{}", self.epoch, self.next_id);
         self.next_id += 1;
         id
     }
@@ -159,7 +204,7 @@ impl Scheduler {
         self.workers.len()
     }
 
-    /// Adds a job whose units `done` are already finished (resume).
+    /// Adds a job whose units `done` are already finished and journaled (resume).
     pub fn add_job(
         &mut self,
         mut status: JobStatus,
@@ -170,7 +215,10 @@ impl Scheduler {
         let states: Vec<UnitState> = units
             .iter()
             .map(|u| match done.get(&u.unit_id) {
-                Some(p) => UnitState::Done(p.clone()),
+                Some(p) => UnitState::Done {
+                    parts: p.clone(),
+                    durable: true,
+                },
                 None => UnitState::Pending,
             })
             .collect();
@@ -181,17 +229,18 @@ impl Scheduler {
             .map(|(i, _)| i)
             .collect();
         status.units_total = units.len() as u64;
-        status.units_done = (units.len() - states.iter().filter(|s| **s == UnitState::Pending).count()) as u64;
+        status.units_done = states.iter().filter(|s| **s != UnitState::Pending).count() as u64;
         status.resumed_units = status.units_done;
         status.bytes_total = unit_bytes.iter().sum();
         status.bytes_done = states
             .iter()
             .zip(&unit_bytes)
-            .filter(|(s, _)| matches!(s, UnitState::Done(_)))
+            .filter(|(s, _)| **s != UnitState::Pending)
             .map(|(_, b)| b)
             .sum();
         status.state = JobState::Running as i32;
         let n = units.len();
+        let by_id = units.iter().enumerate().map(|(i, u)| (u.unit_id, i)).collect();
         self.jobs.insert(
             status.job_id.clone(),
             JobEntry {
@@ -201,26 +250,49 @@ impl Scheduler {
                 states,
                 attempts: vec![0; n],
                 queue,
+                by_id,
                 no_worker_since: None,
+                finished_at: None,
             },
         );
     }
 
-    /// True when every unit of `job` is done.
-    pub fn all_done(&self, job: &str) -> bool {
-        self.jobs
-            .get(job)
-            .is_some_and(|j| j.states.iter().all(|s| matches!(s, UnitState::Done(_))))
+    /// Adds a job that already ended (known from the journal), so its status stays queryable.
+    pub fn add_finished(&mut self, status: JobStatus, now: Instant) {
+        let id = status.job_id.clone();
+        self.jobs.insert(
+            id,
+            JobEntry {
+                status,
+                units: Vec::new(),
+                unit_bytes: Vec::new(),
+                states: Vec::new(),
+                attempts: Vec::new(),
+                queue: VecDeque::new(),
+                by_id: HashMap::new(),
+                no_worker_since: None,
+                finished_at: Some(now),
+            },
+        );
     }
 
-    /// Parts of every unit of `job` (in unit order), for completing uploads.
+    /// True when every unit of `job` is done and journaled.
+    pub fn all_done(&self, job: &str) -> bool {
+        self.jobs.get(job).is_some_and(|j| {
+            j.states
+                .iter()
+                .all(|s| matches!(s, UnitState::Done { durable: true, .. }))
+        })
+    }
+
+    /// Parts of every journaled unit of `job` (in unit order), for completing uploads.
     pub fn parts(&self, job: &str) -> Vec<(u64, Vec<PartResult>)> {
         let Some(j) = self.jobs.get(job) else { return Vec::new() };
         j.units
             .iter()
             .zip(&j.states)
             .filter_map(|(u, s)| match s {
-                UnitState::Done(p) => Some((u.unit_id, p.clone())),
+                UnitState::Done { parts, durable: true } => Some((u.unit_id, parts.clone())),
                 _ => None,
             })
             .collect()
@@ -240,68 +312,79 @@ impl Scheduler {
         self.jobs.keys().filter_map(|k| self.status(k)).collect()
     }
 
-    /// Sets a job's state (commit progress, final states).
-    pub fn set_state(&mut self, job: &str, state: JobState, error: Option<String>) {
-        if let Some(j) = self.jobs.get_mut(job) {
-            j.status.state = state as i32;
-            if let Some(e) = error {
-                j.status.error = e;
-            }
-            if is_final(state) {
-                j.queue.clear();
-                self.leases.retain(|_, l| l.job != job);
-            }
-        }
+    /// The state of `job`, if known.
+    pub fn state(&self, job: &str) -> Option<JobState> {
+        self.jobs
+            .get(job)
+            .map(|j| JobState::try_from(j.status.state).unwrap_or(JobState::Unspecified))
     }
 
-    /// Hands up to `max` pending units to `worker`.
+    /// Moves a job to `state`. Refused (returns false) out of a terminal state, and out of
+    /// `Committing` into anything but `Succeeded` or `Failed`: terminal states are absorbing.
+    pub fn set_state(&mut self, job: &str, state: JobState, error: Option<String>, now: Instant) -> bool {
+        let Some(j) = self.jobs.get_mut(job) else { return false };
+        let cur = JobState::try_from(j.status.state).unwrap_or(JobState::Unspecified);
+        let allowed =
+            !is_final(cur) && (cur != JobState::Committing || matches!(state, JobState::Succeeded | JobState::Failed));
+        if !allowed {
+            return false;
+        }
+        j.status.state = state as i32;
+        if let Some(e) = error {
+            j.status.error = e;
+        }
+        if is_final(state) {
+            j.queue.clear();
+            j.finished_at = Some(now);
+            self.leases.retain(|_, l| l.job != job);
+        }
+        true
+    }
+
+    /// Hands up to `max` pending units to `worker` (capped by `max_units_per_lease`).
     pub fn lease(&mut self, worker: &str, max: usize, now: Instant) -> Option<Vec<Lease>> {
-        let Scheduler {
-            cfg,
-            workers,
-            jobs,
-            leases,
-            next_id,
-            ..
-        } = self;
-        workers.get_mut(worker)?.last_seen = now;
-        let mut out = Vec::new();
-        for (job_id, j) in jobs.iter_mut() {
-            if out.len() >= max {
-                break;
-            }
+        let max = max.min(self.cfg.max_units_per_lease);
+        self.workers.get_mut(worker)?.last_seen = now;
+        let mut grants = Vec::new();
+        for (job_id, j) in self.jobs.iter_mut() {
             if j.status.state != JobState::Running as i32 {
                 continue;
             }
-            while out.len() < max {
+            while grants.len() < max {
                 let Some(unit) = j.queue.pop_front() else { break };
-                let lease_id = format!("l-{next_id}");
-                *next_id += 1;
-                j.states[unit] = UnitState::Leased(lease_id.clone());
                 j.attempts[unit] += 1;
-                let mut wu = j.units[unit].clone();
-                wu.attempt = j.attempts[unit];
-                leases.insert(
-                    lease_id.clone(),
-                    LeaseInfo {
-                        job: job_id.clone(),
-                        unit,
-                        worker: worker.to_string(),
-                        expires: now + cfg.lease,
-                        granted: now,
-                    },
-                );
-                out.push(Lease {
-                    lease_id,
-                    unit: Some(wu),
-                    expires_in_ms: cfg.lease.as_millis() as u64,
-                });
+                grants.push((job_id.clone(), unit, j.attempts[unit]));
             }
+        }
+        let mut out = Vec::with_capacity(grants.len());
+        for (job_id, unit, attempt) in grants {
+            let lease_id = self.id("l");
+            let j = self.jobs.get_mut(&job_id).expect("granted above");
+            j.states[unit] = UnitState::Leased(lease_id.clone());
+            let mut wu = j.units[unit].clone();
+            wu.attempt = attempt;
+            self.leases.insert(
+                lease_id.clone(),
+                LeaseInfo {
+                    job: job_id,
+                    unit,
+                    worker: worker.to_string(),
+                    attempt,
+                    expires: now + self.cfg.lease,
+                    granted: now,
+                },
+            );
+            out.push(Lease {
+                lease_id,
+                unit: Some(wu),
+                expires_in_ms: self.cfg.lease.as_millis() as u64,
+            });
         }
         Some(out)
     }
 
-    /// Extends `worker`'s leases; returns the ones it no longer holds.
+    /// Extends `worker`'s leases; returns the ones it no longer holds (the worker must stop
+    /// working on them).
     pub fn heartbeat(&mut self, worker: &str, lease_ids: &[String], now: Instant) -> Option<Vec<String>> {
         self.workers.get_mut(worker)?.last_seen = now;
         let mut revoked = Vec::new();
@@ -314,60 +397,8 @@ impl Scheduler {
         Some(revoked)
     }
 
-    /// Records a worker's report on a lease.
-    pub fn report(&mut self, worker: &str, lease_id: &str, report: Report, bytes: u64, now: Instant) -> Vec<Event> {
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.last_seen = now;
-        }
-        let Some(lease) = self.leases.remove(lease_id) else {
-            return Vec::new();
-        };
-        let Some(j) = self.jobs.get_mut(&lease.job) else {
-            return Vec::new();
-        };
-        if j.status.state != JobState::Running as i32 {
-            return Vec::new();
-        }
-        let _ = bytes;
-        match report {
-            Report::Success { parts } => {
-                j.states[lease.unit] = UnitState::Done(parts.clone());
-                j.status.units_done += 1;
-                j.status.bytes_done += j.unit_bytes[lease.unit];
-                let mut ev = vec![Event::UnitDone {
-                    job: lease.job.clone(),
-                    unit: j.units[lease.unit].unit_id,
-                    parts,
-                }];
-                // Counted, not scanned: a lease exists only for a `Leased` unit, so each unit
-                // is counted once, and `units_done` started at the resumed units.
-                if j.status.units_done == j.status.units_total {
-                    j.status.state = JobState::Committing as i32;
-                    ev.push(Event::ReadyToCommit(lease.job.clone()));
-                }
-                ev
-            }
-            Report::Failure { message, retryable } => {
-                if retryable && j.attempts[lease.unit] < self.cfg.max_attempts {
-                    j.states[lease.unit] = UnitState::Pending;
-                    j.queue.push_front(lease.unit);
-                    j.status.retries += 1;
-                    Vec::new()
-                } else {
-                    let job = lease.job.clone();
-                    let why = if retryable {
-                        format!("{message} (after {} attempts)", j.attempts[lease.unit])
-                    } else {
-                        message
-                    };
-                    self.set_state(&job, JobState::Failed, Some(why.clone()));
-                    vec![Event::Failed { job, error: why }]
-                }
-            }
-        }
-    }
-
-    /// Expires leases, forgets silent workers and fails jobs left without workers.
+    /// Expires leases, forgets silent workers and fails jobs left without workers or with a
+    /// unit whose lease was lost `max_attempts` times.
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
         let timeout = self.cfg.worker_timeout;
         self.workers.retain(|_, w| now.duration_since(w.last_seen) < timeout);
@@ -377,22 +408,25 @@ impl Scheduler {
             .filter(|(_, l)| l.expires <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        let mut failed = Vec::new();
         for id in expired {
             let l = self.leases.remove(&id).expect("listed");
-            if let Some(j) = self.jobs.get_mut(&l.job)
-                && j.states[l.unit] == UnitState::Leased(id.clone())
-            {
-                tracing::warn!(job_id = %l.job, unit = l.unit, worker_id = %l.worker, "lease expired; unit requeued");
-                j.states[l.unit] = UnitState::Pending;
-                j.queue.push_front(l.unit);
-                j.status.retries += 1;
-                self.lease_expiries += 1;
+            let Some(j) = self.jobs.get_mut(&l.job) else { continue };
+            if j.states[l.unit] != UnitState::Leased(id.clone()) {
+                continue;
             }
+            self.lease_expiries += 1;
+            if j.attempts[l.unit] >= self.cfg.max_attempts {
+                failed.push((l.job.clone(), lost_unit_error(&j.units[l.unit], j.attempts[l.unit])));
+                continue;
+            }
+            tracing::warn!(job_id = %l.job, unit = l.unit, worker_id = %l.worker, "lease expired; unit requeued");
+            j.states[l.unit] = UnitState::Pending;
+            j.queue.push_front(l.unit);
+            j.status.retries += 1;
         }
-        let mut events = Vec::new();
         let no_workers = self.workers.is_empty();
         let grace = self.cfg.no_worker_grace;
-        let mut failed = Vec::new();
         for (id, j) in self.jobs.iter_mut() {
             if j.status.state != JobState::Running as i32 {
                 continue;
@@ -412,28 +446,73 @@ impl Scheduler {
                 j.no_worker_since = None;
             }
         }
+        let mut events = Vec::new();
         for (job, error) in failed {
-            self.set_state(&job, JobState::Failed, Some(error.clone()));
-            events.push(Event::Failed { job, error });
+            if self.set_state(&job, JobState::Failed, Some(error.clone()), now) {
+                events.push(Event::Failed { job, error });
+            }
         }
         events
     }
 
-    /// Cancels a job; returns false if unknown or already finished.
-    pub fn cancel(&mut self, job: &str) -> bool {
-        match self.jobs.get(job) {
-            Some(j) if !is_final(JobState::try_from(j.status.state).unwrap_or(JobState::Unspecified)) => {
-                self.set_state(job, JobState::Cancelled, Some("cancelled by user".into()));
-                true
+    /// Cancels a running job. Refused once it is committing or finished.
+    pub fn cancel(&mut self, job: &str, now: Instant) -> Result<(), CancelRefused> {
+        match self.state(job) {
+            None => Err(CancelRefused::NotFound(job.to_string())),
+            Some(JobState::Committing) => Err(CancelRefused::Committing(job.to_string())),
+            Some(s) if is_final(s) => Err(CancelRefused::Finished(job.to_string(), state_name(s).into())),
+            Some(_) => {
+                self.set_state(job, JobState::Cancelled, Some("cancelled by user".into()), now);
+                Ok(())
             }
-            _ => false,
         }
     }
+
+    /// Forgets jobs that ended more than `retention` ago and for which `closed` holds (their
+    /// cleanup is done); returns their ids.
+    pub fn forget_finished(&mut self, retention: Duration, now: Instant, closed: impl Fn(&str) -> bool) -> Vec<String> {
+        let old: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(k, j)| j.finished_at.is_some_and(|t| now.duration_since(t) >= retention) && closed(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &old {
+            self.jobs.remove(k);
+        }
+        old
+    }
+}
+
+/// The error of a job whose unit lost its worker on every attempt.
+fn lost_unit_error(unit: &WorkUnit, attempts: u32) -> String {
+    let mut names: Vec<&str> = unit.tasks.iter().map(|t| t.tensor.as_str()).take(4).collect();
+    if unit.tasks.len() > 4 {
+        names.push("...");
+    }
+    format!(
+        "unit {} (tensors {}) failed {attempts} times: worker lost while running it (out of memory?)",
+        unit.unit_id,
+        names.join(", ")
+    )
 }
 
 /// True for terminal states.
 pub fn is_final(s: JobState) -> bool {
     matches!(s, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+}
+
+/// Lowercase name of a state, as the CLI and the journal write it.
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Unspecified => "unspecified",
+        JobState::Planning => "planning",
+        JobState::Running => "running",
+        JobState::Committing => "committing",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
 }
 
 mod snapshot;

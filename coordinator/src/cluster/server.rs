@@ -1,30 +1,36 @@
 //! Running the coordinator process: the gRPC server, the housekeeping ticker and graceful
 //! shutdown.
 
-use super::grpc::CheckToken;
+use super::auth::Credentials;
 use super::service::{Coordinator, CoordinatorOptions, ServiceError};
 use shardmerge_proto::v1::job_service_server::JobServiceServer;
 use shardmerge_proto::v1::worker_service_server::WorkerServiceServer;
 use shardmerge_worker::storage::Storage;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a graceful shutdown waits for running commits and cleanups.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Serves the coordinator on `listener` until `shutdown` resolves; `tls` is a PEM
-/// `(certificate chain, private key)` pair to serve gRPC over TLS. Shutdown is graceful: stop
-/// accepting, end status streams, let in-flight RPCs finish, wait up to [`SHUTDOWN_GRACE`] for
-/// commits and cleanups, sync the journal.
+/// Serves the coordinator on `listener` until `shutdown` resolves; `credentials` guard the job
+/// and worker APIs (refused before anything starts when an API would be open beyond loopback);
+/// `tls` is a PEM `(certificate chain, private key)` pair to serve gRPC over TLS. Shutdown is
+/// graceful: stop accepting, end status streams, let in-flight RPCs finish, wait up to
+/// [`SHUTDOWN_GRACE`] for commits and cleanups, sync the journal.
 pub async fn serve(
     opts: CoordinatorOptions,
     storage: Storage,
-    token: Option<String>,
+    credentials: Credentials,
     tls: Option<(Vec<u8>, Vec<u8>)>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServiceError::Internal(format!("listener address: {e}")))?;
+    let (job_auth, worker_auth) = credentials
+        .interceptors(addr)
+        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
     let coordinator = Coordinator::start(opts, storage).await?;
     let stopping = coordinator.clone();
     let shutdown = async move {
@@ -40,7 +46,6 @@ pub async fn serve(
             ticker.tick();
         }
     });
-    let auth = CheckToken(token.map(Arc::from));
     let incoming = incoming(listener);
     // gRPC health (grpc.health.v1) for Kubernetes probes: answered without the cluster token,
     // since the kubelet sends none; it reveals nothing but SERVING.
@@ -56,8 +61,8 @@ pub async fn serve(
             .map_err(|e| ServiceError::Invalid(format!("TLS certificate or key: {e}")))?;
     }
     let result = builder
-        .add_service(JobServiceServer::with_interceptor(coordinator.clone(), auth.clone()))
-        .add_service(WorkerServiceServer::with_interceptor(coordinator, auth))
+        .add_service(JobServiceServer::with_interceptor(coordinator.clone(), job_auth))
+        .add_service(WorkerServiceServer::with_interceptor(coordinator, worker_auth))
         .add_service(health_service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -2,27 +2,27 @@
 //! scheduler, and commits or cleans up finished jobs. The gRPC layer ([`super::grpc`]) is a
 //! thin translation onto these methods.
 //!
-//! Output shards are multipart uploads (S3, or the local emulation for paths) created here, filled
-//! by workers' parts, and completed at commit; metadata is written first and the index last.
+//! Output shards are multipart uploads (S3, or the local emulation for paths), created only
+//! after the job record is journaled, filled by workers' parts, and completed at commit
+//! ([`commit`]); metadata is written first and the index last.
 
-use super::journal::{Durable, Entry, JobRecord, Journal};
+use super::journal::{Entry, FORMAT_VERSION, JobRecord, Journal, Replayed};
 use super::metrics::CoordinatorMetrics;
-use super::scheduler::{Event, Report, Scheduler, SchedulerConfig, is_final};
+use super::scheduler::{CancelRefused, Event, Report, ReportRef, Scheduler, SchedulerConfig, is_final};
 use super::units::{UnitPlan, plan_units, work_unit};
 use crate::config::{MergeConfig, parse_config};
-use crate::output::{TOKENIZER_FILES, output_config};
 use crate::plan::{ModelOpener, Plan, PlanOptions};
-use crate::{card, pyjson};
-use bytes::Bytes;
 use shardmerge_proto::v1::{JobState, JobStatus, PartResult};
-use shardmerge_worker::storage::{Location, Storage, open_model_dir};
-use std::collections::HashMap;
+use shardmerge_worker::storage::{Location, Storage, StorageError, open_model_dir};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod commit;
+mod fingerprint;
 mod lifecycle;
 
 /// Coordinator settings.
@@ -32,13 +32,17 @@ pub struct CoordinatorOptions {
     pub state_dir: PathBuf,
     /// Scheduler policy.
     pub scheduler: SchedulerConfig,
-    /// Target bytes per work unit.
+    /// Target bytes per work unit of new jobs (a resumed job keeps its journaled value).
     pub unit_target: u64,
     /// Directory relative model paths resolve against.
     pub model_root: PathBuf,
     /// Metrics to record into (e.g. served by `--metrics-listen`); `None` records into a
     /// private set nobody reads.
     pub metrics: Option<Arc<CoordinatorMetrics>>,
+    /// Where submissions may read models and write outputs (`--allow-location`).
+    pub allow: super::allow::AllowList,
+    /// How long a finished job stays queryable (and its journal file kept).
+    pub retention: Duration,
 }
 
 /// A submission.
@@ -62,7 +66,7 @@ pub struct Submission {
     pub allow_crimes: bool,
 }
 
-/// Errors returned to clients.
+/// Errors returned to clients, each with a gRPC code ([`ServiceError::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The request is wrong (bad config, bad URI, planning error).
@@ -71,15 +75,59 @@ pub enum ServiceError {
     /// Unknown job.
     #[error("no job `{0}`")]
     NotFound(String),
-    /// Storage or journal failure.
+    /// The request conflicts with the state of a job (output owned by a live job, cancel
+    /// during commit).
+    #[error("{0}")]
+    Conflict(String),
+    /// A transient failure (storage or journal); retrying may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
     #[error("{0}")]
     Internal(String),
+}
+
+impl ServiceError {
+    /// Maps a storage error: transient ones are `Unavailable`, the rest `Invalid`.
+    pub fn storage(e: StorageError) -> ServiceError {
+        if e.is_retryable() {
+            ServiceError::Unavailable(e.to_string())
+        } else {
+            ServiceError::Invalid(e.to_string())
+        }
+    }
+
+    /// The gRPC status code this error is reported with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ServiceError::Invalid(_) => tonic::Code::InvalidArgument,
+            ServiceError::NotFound(_) => tonic::Code::NotFound,
+            ServiceError::Conflict(_) => tonic::Code::FailedPrecondition,
+            ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+            ServiceError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+fn journal_err(e: super::journal::JournalError) -> ServiceError {
+    ServiceError::Unavailable(e.to_string())
+}
+
+/// How a worker's report was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportReply {
+    /// Recorded (and, for a success, journaled).
+    Accepted,
+    /// Refused by the fencing rules: the worker must drop the unit.
+    Rejected(String),
 }
 
 struct JobRuntime {
     record: JobRecord,
     /// Shards whose upload a commit completed (journaled), skipped by a repeated commit.
-    committed: Mutex<std::collections::HashSet<u32>>,
+    committed: Mutex<HashSet<u32>>,
+    /// The commit journaled that it started writing at the output.
+    commit_started: AtomicBool,
     plan: Plan,
     config: MergeConfig,
     units: Vec<UnitPlan>,
@@ -95,6 +143,10 @@ pub struct Coordinator {
 struct Inner {
     sched: Mutex<Scheduler>,
     jobs: Mutex<HashMap<String, Arc<JobRuntime>>>,
+    /// Output URI -> the live job writing it (a second job to it is refused).
+    outputs: Mutex<HashMap<String, String>>,
+    /// Finished jobs whose journal file is closed (cleanup done), forgotten after retention.
+    closed: Mutex<HashSet<String>>,
     storage: Storage,
     journal: Journal,
     changes: watch::Sender<u64>,
@@ -106,21 +158,38 @@ struct Inner {
     shutting_down: AtomicBool,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn output_key(loc: &Location) -> String {
+    loc.to_uri().trim_end_matches('/').to_string()
+}
+
+fn parse_state(s: &str) -> JobState {
+    match s {
+        "succeeded" => JobState::Succeeded,
+        "cancelled" => JobState::Cancelled,
+        _ => JobState::Failed,
+    }
+}
+
 impl Coordinator {
-    /// Opens the journal and resumes every unfinished job in it.
+    /// Locks the state directory, opens the journal and resumes every unfinished job in it.
     pub async fn start(opts: CoordinatorOptions, storage: Storage) -> Result<Coordinator, ServiceError> {
         let journal = Journal::open(&opts.state_dir).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let next = journal.max_job_number() + 1;
         let (changes, _) = watch::channel(0);
         let metrics = opts.metrics.clone().unwrap_or_else(CoordinatorMetrics::new);
         let c = Coordinator {
             inner: Arc::new(Inner {
-                sched: Mutex::new(Scheduler::new(opts.scheduler.clone())),
+                sched: Mutex::new(Scheduler::new(opts.scheduler.clone(), journal.epoch())),
                 jobs: Mutex::new(HashMap::new()),
+                outputs: Mutex::new(HashMap::new()),
+                closed: Mutex::new(HashSet::new()),
                 storage,
                 journal,
                 changes,
-                next_job: AtomicU64::new(next),
+                next_job: AtomicU64::new(1),
                 opts,
                 metrics: metrics.clone(),
                 background: watch::channel(0).0,
@@ -130,8 +199,7 @@ impl Coordinator {
         let weak = Arc::downgrade(&c.inner);
         metrics.attach(move || {
             let inner = weak.upgrade()?;
-            let snapshot = inner.sched.lock().unwrap_or_else(|e| e.into_inner()).metrics_snapshot();
-            Some(snapshot)
+            Some(lock(&inner.sched).metrics_snapshot())
         });
         let replayed = c
             .inner
@@ -139,32 +207,121 @@ impl Coordinator {
             .replay()
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         for r in replayed {
-            if r.finished.is_some() {
-                continue;
-            }
-            let job = r.record.job_id.clone();
-            tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
-            if let Err(e) = c.create(r.record, r.done, r.committed).await {
-                tracing::error!(job_id = %job, error = %e, "cannot resume job");
-                let _ = c
-                    .inner
-                    .journal
-                    .append(
-                        &job,
-                        &Entry::Finished {
-                            state: "failed".into(),
-                            error: e.to_string(),
-                        },
-                    )
-                    .await;
-            }
+            c.restore(r).await;
         }
         Ok(c)
     }
 
+    /// Brings one replayed job back: finished ones stay queryable (and get their cleanup
+    /// finished), damaged ones are reported failed without touching anything, the others
+    /// resume.
+    async fn restore(&self, r: Replayed) {
+        let job = r.record.job_id.clone();
+        let now = Instant::now();
+        let finished_status = |state: JobState, error: String| JobStatus {
+            job_id: job.clone(),
+            output_uri: r.record.output_uri.clone(),
+            state: state as i32,
+            error,
+            ..Default::default()
+        };
+        if let Some(why) = &r.damaged {
+            tracing::error!(job_id = %job, error = %why, "journal damaged; job not resumed");
+            lock(&self.inner.sched).add_finished(finished_status(JobState::Failed, why.clone()), now);
+            return;
+        }
+        if let Some((state, error, at)) = r.finished.clone() {
+            let state = parse_state(&state);
+            let age = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(at);
+            let closed = state == JobState::Succeeded || r.cleaned;
+            if closed && age >= self.inner.opts.retention.as_secs() {
+                let _ = self.inner.journal.remove(&job);
+                return;
+            }
+            lock(&self.inner.sched).add_finished(finished_status(state, error), now);
+            if closed {
+                lock(&self.inner.closed).insert(job);
+            } else {
+                self.spawn_cleanup_record(r.record.clone(), r.commit_started);
+            }
+            return;
+        }
+        if r.record.format != FORMAT_VERSION {
+            let why = format!(
+                "job journaled in format {} by another version of shardmerge (this one reads format {FORMAT_VERSION}); not resumed",
+                r.record.format
+            );
+            self.fail_unresumable(r, why).await;
+            return;
+        }
+        tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
+        let record = r.record.clone();
+        match self.create(record, Some(&r)).await {
+            Ok(_) => {}
+            Err(ServiceError::Unavailable(e)) => {
+                // Storage unreachable now: try again later rather than failing the job for good.
+                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; retrying");
+                self.spawn_resume_retry(r);
+            }
+            Err(e) => self.fail_unresumable(r, e.to_string()).await,
+        }
+    }
+
+    /// Retries resuming a job whose storage was unreachable, until it resumes or fails for a
+    /// reason that retrying cannot fix.
+    fn spawn_resume_retry(&self, r: Replayed) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                if c.is_shutting_down() {
+                    return;
+                }
+                match c.create(r.record.clone(), Some(&r)).await {
+                    Ok(_) => return,
+                    Err(ServiceError::Unavailable(e)) => {
+                        tracing::warn!(job_id = %r.record.job_id, error = %e, "cannot resume job yet; retrying");
+                    }
+                    Err(e) => {
+                        c.fail_unresumable(r, e.to_string()).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A job that cannot be resumed: journaled failed, its uploads aborted.
+    async fn fail_unresumable(&self, r: Replayed, why: String) {
+        let job = r.record.job_id.clone();
+        tracing::error!(job_id = %job, error = %why, "cannot resume job");
+        let status = JobStatus {
+            job_id: job.clone(),
+            output_uri: r.record.output_uri.clone(),
+            state: JobState::Failed as i32,
+            error: why.clone(),
+            ..Default::default()
+        };
+        lock(&self.inner.sched).add_finished(status, Instant::now());
+        if self
+            .inner
+            .journal
+            .append(&job, &Entry::finished("failed", why))
+            .await
+            .is_ok()
+        {
+            self.spawn_cleanup_record(r.record, r.commit_started);
+        }
+    }
+
     /// The scheduler (for the worker API).
     pub fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
-        f(&mut self.inner.sched.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut lock(&self.inner.sched))
     }
 
     /// Subscribes to state changes.
@@ -178,32 +335,155 @@ impl Coordinator {
 
     /// Plans, journals and schedules a new job.
     pub async fn submit(&self, s: Submission) -> Result<(String, Vec<String>), ServiceError> {
-        let job_id = format!("job-{}", self.inner.next_job.fetch_add(1, Ordering::SeqCst));
+        super::allow::check_submission(&self.inner.opts, &s)?;
+        if self.is_shutting_down() {
+            return Err(ServiceError::Unavailable("the coordinator is shutting down".into()));
+        }
+        let job_id = format!(
+            "job-{}-{}",
+            self.inner.journal.epoch(),
+            self.inner.next_job.fetch_add(1, Ordering::SeqCst)
+        );
         let record = JobRecord {
+            format: FORMAT_VERSION,
             job_id: job_id.clone(),
             config_yaml: s.config_yaml,
             config_name: s.config_name,
             output_uri: s.output_uri,
             seed: s.random_seed,
             out_shard_size: s.out_shard_size,
+            unit_target: self.inner.opts.unit_target,
             copy_tokenizer: s.copy_tokenizer,
             write_model_card: s.write_model_card,
             allow_crimes: s.allow_crimes,
+            fingerprint: String::new(),
+            inputs: Vec::new(),
             uploads: Vec::new(),
+            shard_files: Vec::new(),
         };
-        let warnings = self.create(record, HashMap::new(), Vec::new()).await?;
+        let warnings = self.create(record, None).await?;
         Ok((job_id, warnings))
     }
 
-    async fn create(
-        &self,
-        mut record: JobRecord,
-        done: HashMap<u64, Vec<(u32, String)>>,
-        committed: Vec<u32>,
-    ) -> Result<Vec<String>, ServiceError> {
+    /// Claims `output` for `job`; refused while another live job writes there.
+    fn claim_output(&self, output: &Location, job: &str) -> Result<(), ServiceError> {
+        let key = output_key(output);
+        let mut outputs = lock(&self.inner.outputs);
+        match outputs.get(&key) {
+            Some(owner) if owner != job => Err(ServiceError::Conflict(format!(
+                "output {key} is being written by job {owner}; wait for it to finish or cancel it"
+            ))),
+            _ => {
+                outputs.insert(key, job.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn release_output(&self, job: &str) {
+        lock(&self.inner.outputs).retain(|_, owner| owner != job);
+    }
+
+    /// Plans a job (new, or resumed from `replayed`), journals what is missing, creates its
+    /// uploads and hands its units to the scheduler.
+    async fn create(&self, mut record: JobRecord, replayed: Option<&Replayed>) -> Result<Vec<String>, ServiceError> {
         let config = parse_config(&record.config_yaml, Path::new(&record.config_name))
             .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let output = Location::parse(&record.output_uri).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        self.claim_output(&output, &record.job_id)?;
+        let result = self.create_claimed(&mut record, replayed, config, output).await;
+        if result.is_err() {
+            self.release_output(&record.job_id);
+        }
+        result
+    }
+
+    async fn create_claimed(
+        &self,
+        record: &mut JobRecord,
+        replayed: Option<&Replayed>,
+        config: MergeConfig,
+        output: Location,
+    ) -> Result<Vec<String>, ServiceError> {
+        let plan = self.plan(record, &config).await?;
+        record.seed = plan.seed.map(|(s, _)| s);
+        let units = plan_units(&plan, record.unit_target);
+        let fp = fingerprint::fingerprint(&plan, &units);
+        let st = &self.inner.storage;
+        match replayed {
+            Some(_) => {
+                if record.fingerprint != fp {
+                    return Err(ServiceError::Invalid(fingerprint::mismatch(&record.fingerprint, &fp)));
+                }
+                fingerprint::check_inputs(st, &record.inputs).await?;
+            }
+            None => {
+                record.fingerprint = fp;
+                record.inputs = fingerprint::pin_inputs(st, &plan).await?;
+                // The record first: uploads exist only for journaled jobs, so a crash never
+                // leaves an upload nobody knows about.
+                self.inner
+                    .journal
+                    .append(&record.job_id, &Entry::Job(record.clone()))
+                    .await
+                    .map_err(journal_err)?;
+            }
+        }
+        if !replayed.is_some_and(|r| r.uploads_created) {
+            record.uploads = self.create_uploads(record, &plan, &output).await?;
+        }
+        if record.uploads.len() != plan.proto.shards.len() {
+            return Err(ServiceError::Invalid(format!(
+                "the journal holds {} upload ids for {} output shards; the job cannot be resumed",
+                record.uploads.len(),
+                plan.proto.shards.len()
+            )));
+        }
+        let warnings = plan.warnings.clone();
+        let wire: Vec<_> = units
+            .iter()
+            .map(|u| {
+                let loc = output.join(&plan.proto.shards[u.shard].file_name);
+                work_unit(&plan, &record.job_id, u, &loc.to_uri(), &record.uploads[u.shard], 0)
+            })
+            .collect();
+        let bytes = units.iter().map(UnitPlan::bytes).collect();
+        let done: HashMap<u64, Vec<PartResult>> = replayed
+            .map(|r| r.done.iter().map(|(u, p)| (*u, unit_parts(&units, *u, p))).collect())
+            .unwrap_or_default();
+        let job_id = record.job_id.clone();
+        let status = JobStatus {
+            job_id: job_id.clone(),
+            output_uri: record.output_uri.clone(),
+            ..Default::default()
+        };
+        let rt = Arc::new(JobRuntime {
+            record: record.clone(),
+            committed: Mutex::new(
+                replayed
+                    .map(|r| r.committed.iter().copied().collect())
+                    .unwrap_or_default(),
+            ),
+            commit_started: AtomicBool::new(replayed.is_some_and(|r| r.commit_started)),
+            plan,
+            config,
+            units,
+            output,
+        });
+        lock(&self.inner.jobs).insert(job_id.clone(), rt);
+        let now = Instant::now();
+        let ready = self.with_sched(|s| {
+            s.add_job(status, wire, bytes, done);
+            s.all_done(&job_id) && s.set_state(&job_id, JobState::Committing, None, now)
+        });
+        if ready {
+            self.spawn_commit(job_id);
+        }
+        self.notify();
+        Ok(warnings)
+    }
+
+    async fn plan(&self, record: &JobRecord, config: &MergeConfig) -> Result<Plan, ServiceError> {
         let storage = self.inner.storage.clone();
         let handle = tokio::runtime::Handle::current();
         let opener: ModelOpener = Arc::new(move |uri: &str| {
@@ -222,336 +502,193 @@ impl Coordinator {
             opener: Some(opener),
         };
         let cfg = config.clone();
-        let plan = tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))
+        tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        record.seed = plan.seed.map(|(s, _)| s);
-        let warnings = plan.warnings.clone();
-        if record.uploads.is_empty() {
-            for shard in &plan.proto.shards {
-                let loc = output.join(&shard.file_name);
-                let id = self
-                    .inner
-                    .storage
-                    .create_multipart(&loc)
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                record.uploads.push(id);
-            }
-            self.inner
-                .journal
-                .append(&record.job_id, &Entry::Job(record.clone()))
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        }
-        let units = plan_units(&plan, self.inner.opts.unit_target);
-        let wire: Vec<_> = units
-            .iter()
-            .map(|u| {
-                let loc = output.join(&plan.proto.shards[u.shard].file_name);
-                work_unit(&plan, &record.job_id, u, &loc.to_uri(), &record.uploads[u.shard], 0)
-            })
-            .collect();
-        let bytes = units.iter().map(UnitPlan::bytes).collect();
-        let done: HashMap<u64, Vec<PartResult>> = done
-            .into_iter()
-            .map(|(u, p)| {
-                (
-                    u,
-                    p.into_iter()
-                        .map(|(part_index, etag)| PartResult { part_index, etag })
-                        .collect(),
-                )
-            })
-            .collect();
-        let job_id = record.job_id.clone();
-        let status = JobStatus {
-            job_id: job_id.clone(),
-            output_uri: record.output_uri.clone(),
-            ..Default::default()
-        };
-        let rt = Arc::new(JobRuntime {
-            record,
-            committed: Mutex::new(committed.into_iter().collect()),
-            plan,
-            config,
-            units,
-            output,
-        });
-        self.inner
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job_id.clone(), rt);
-        let ready = self.with_sched(|s| {
-            s.add_job(status, wire, bytes, done);
-            s.all_done(&job_id)
-        });
-        if ready {
-            self.with_sched(|s| s.set_state(&job_id, JobState::Committing, None));
-            self.spawn_commit(job_id);
-        }
-        self.notify();
-        Ok(warnings)
+            .map_err(|e| ServiceError::Invalid(e.to_string()))
     }
 
-    /// Handles scheduler events: journals finished units (without waiting for the disk; see
-    /// [`Coordinator::report`] for the acknowledged path), commits and cleans up jobs.
-    pub fn handle(&self, events: Vec<Event>) {
-        let (tickets, rest) = self.journal_units(events);
-        for (job, t) in tickets {
-            tokio::spawn(async move {
-                if let Err(e) = t.wait().await {
-                    tracing::error!(job_id = %job, error = %e, "journal append failed");
+    /// Creates one upload per shard and journals their ids; on any failure aborts the ones
+    /// created and fails the (already journaled) job.
+    async fn create_uploads(
+        &self,
+        record: &JobRecord,
+        plan: &Plan,
+        output: &Location,
+    ) -> Result<Vec<String>, ServiceError> {
+        let st = &self.inner.storage;
+        let mut ids = Vec::new();
+        let mut failure = None;
+        for shard in &plan.proto.shards {
+            match st.create_multipart(&output.join(&shard.file_name)).await {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    failure = Some(ServiceError::storage(e));
+                    break;
                 }
-            });
-        }
-        for ev in rest {
-            match ev {
-                Event::UnitDone { .. } => unreachable!("journaled above"),
-                Event::ReadyToCommit(job) => self.spawn_commit(job),
-                Event::Failed { job, error } => self.spawn_cleanup(job, "failed", error),
             }
         }
-        self.notify();
+        if failure.is_none() {
+            let files = plan.proto.shards.iter().map(|s| s.file_name.clone()).collect();
+            let entry = Entry::Uploads {
+                ids: ids.clone(),
+                files,
+            };
+            match self.inner.journal.append(&record.job_id, &entry).await {
+                Ok(()) => return Ok(ids),
+                Err(e) => failure = Some(journal_err(e)),
+            }
+        }
+        for (shard, id) in plan.proto.shards.iter().zip(&ids) {
+            let _ = st.abort_multipart(&output.join(&shard.file_name), id).await;
+        }
+        let e = failure.expect("set above");
+        let finished = Entry::finished("failed", format!("creating the output uploads failed: {e}"));
+        if self.inner.journal.append(&record.job_id, &finished).await.is_ok() {
+            let _ = self.inner.journal.append(&record.job_id, &Entry::Cleaned).await;
+        }
+        Err(e)
     }
 
-    /// Queues the journal records of the `UnitDone` events; returns their tickets and the
-    /// other events.
-    fn journal_units(&self, events: Vec<Event>) -> (Vec<(String, Durable)>, Vec<Event>) {
-        let mut tickets = Vec::new();
+    /// Records a worker report, fenced to the live lease it names. A success is acknowledged
+    /// only once its journal record is on disk; if that write fails the unit runs again and
+    /// the report fails with `Unavailable`.
+    pub async fn report(&self, r: ReportRef<'_>, report: Report, io: (u64, u64)) -> Result<ReportReply, ServiceError> {
+        let now = Instant::now();
+        let success = matches!(report, Report::Success { .. });
+        let (age, verdict) = self.with_sched(|s| (s.lease_age(r.lease, now), s.report(r, report, now)));
+        let events = match verdict {
+            Ok(events) => events,
+            Err((kind, why)) => {
+                tracing::warn!(worker_id = %r.worker, lease = %r.lease, reason = kind.label(), "report rejected: {why}");
+                return Ok(ReportReply::Rejected(why));
+            }
+        };
+        if let Some(age) = age {
+            self.inner.metrics.unit_reported(age, success.then_some(io));
+        }
+        let mut pending = Vec::new();
         let mut rest = Vec::new();
         for ev in events {
             match ev {
                 Event::UnitDone { job, unit, parts } => {
                     let parts = parts.into_iter().map(|p| (p.part_index, p.etag)).collect();
-                    let t = self.inner.journal.submit(&job, &Entry::UnitDone { unit, parts });
-                    tickets.push((job, t));
+                    pending.push((
+                        job.clone(),
+                        unit,
+                        self.inner.journal.submit(&job, &Entry::UnitDone { unit, parts }),
+                    ));
                 }
                 other => rest.push(other),
             }
         }
-        (tickets, rest)
+        self.handle(rest);
+        for (job, unit, ticket) in pending {
+            match ticket.wait().await {
+                Ok(()) => {
+                    let events = self.with_sched(|s| s.settle(&job, unit, Instant::now()));
+                    self.handle(events);
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job, unit, error = %e, "journal append failed; unit will run again");
+                    self.with_sched(|s| s.unsettle(&job, unit));
+                    self.notify();
+                    return Err(journal_err(e));
+                }
+            }
+        }
+        self.notify();
+        Ok(ReportReply::Accepted)
     }
 
-    /// Records a worker report (`bytes_read`/`bytes_written` of a success, for metrics);
-    /// returns once the unit's journal record is on disk, so a worker is acknowledged only for
-    /// units that will not be redone after a restart.
-    ///
-    /// The record is queued while the scheduler lock is held, so a unit is never counted as
-    /// done before its record is queued, and [`Coordinator::status`] does not count the queued
-    /// records that are not on disk yet: `units_done` counts journaled units only.
-    pub async fn report(&self, worker: &str, lease: &str, report: Report, bytes_read: u64, bytes_written: u64) {
-        let now = Instant::now();
-        let io = matches!(report, Report::Success { .. }).then_some((bytes_read, bytes_written));
-        let (age, (tickets, rest)) = self.with_sched(|s| {
-            let age = s.lease_age(lease, now);
-            (
-                age,
-                self.journal_units(s.report(worker, lease, report, bytes_written, now)),
-            )
-        });
-        if let Some(age) = age {
-            self.inner.metrics.unit_reported(age, io);
+    /// Acts on scheduler events: commits and cleans up jobs.
+    fn handle(&self, events: Vec<Event>) {
+        for ev in events {
+            match ev {
+                Event::UnitDone { job, unit, .. } => {
+                    tracing::error!(job_id = %job, unit, "unit event outside a report; ignored");
+                }
+                Event::ReadyToCommit(job) => self.spawn_commit(job),
+                Event::Failed { job, error } => self.spawn_finish(job, "failed", error),
+            }
         }
-        self.handle(rest);
-        for (job, t) in tickets {
-            if let Err(e) = t.wait().await {
-                tracing::error!(job_id = %job, error = %e, "journal append failed");
+        self.notify();
+    }
+
+    /// Periodic housekeeping: lease expiry, worker loss, retention.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let events = self.with_sched(|s| s.tick(now));
+        if !events.is_empty() {
+            self.handle(events);
+        }
+        let retention = self.inner.opts.retention;
+        let closed: HashSet<String> = lock(&self.inner.closed).clone();
+        let forgotten = self.with_sched(|s| s.forget_finished(retention, now, |j| closed.contains(j)));
+        for job in forgotten {
+            lock(&self.inner.closed).remove(&job);
+            lock(&self.inner.jobs).remove(&job);
+            if let Err(e) = self.inner.journal.remove(&job) {
+                tracing::warn!(job_id = %job, error = %e, "removing the journal of a finished job failed");
             }
         }
     }
 
-    /// Periodic housekeeping: lease expiry and worker loss.
-    pub fn tick(&self) {
-        let events = self.with_sched(|s| s.tick(Instant::now()));
-        if !events.is_empty() {
-            self.handle(events);
-        }
-    }
-
-    /// Status of one job; `units_done` counts journaled units only.
+    /// Status of one job.
     pub fn status(&self, job: &str) -> Result<JobStatus, ServiceError> {
-        self.with_sched(|s| s.status(job).map(|st| self.journaled(st)))
+        self.with_sched(|s| s.status(job))
             .ok_or_else(|| ServiceError::NotFound(job.to_string()))
     }
 
     /// Statuses of all jobs.
     pub fn list(&self) -> Vec<JobStatus> {
-        self.with_sched(|s| s.list().into_iter().map(|st| self.journaled(st)).collect())
+        self.with_sched(|s| s.list())
     }
 
-    /// `st` with the units whose journal record is not yet on disk not counted as done. Called
-    /// with the scheduler lock held: records are queued under it, so none is missed.
-    fn journaled(&self, mut st: JobStatus) -> JobStatus {
-        st.units_done = st.units_done.saturating_sub(self.inner.journal.unsynced(&st.job_id));
-        st
-    }
-
-    /// Cancels a job and aborts its uploads.
-    pub fn cancel(&self, job: &str) -> Result<JobStatus, ServiceError> {
-        let cancelled = self.with_sched(|s| s.cancel(job));
-        if cancelled {
-            self.spawn_cleanup(job.to_string(), "cancelled", "cancelled by user".into());
-        }
+    /// Cancels a running job: journaled before it is acknowledged, then its uploads are
+    /// aborted. Refused once the job is committing or finished.
+    pub async fn cancel(&self, job: &str) -> Result<JobStatus, ServiceError> {
+        self.with_sched(|s| s.cancel(job, Instant::now()))
+            .map_err(|e| match e {
+                CancelRefused::NotFound(j) => ServiceError::NotFound(j),
+                other => ServiceError::Conflict(other.to_string()),
+            })?;
         self.notify();
+        let entry = Entry::finished("cancelled", "cancelled by user".into());
+        self.inner.journal.append(job, &entry).await.map_err(journal_err)?;
+        self.spawn_cleanup(job.to_string());
         self.status(job)
     }
 
     fn runtime(&self, job: &str) -> Option<Arc<JobRuntime>> {
-        self.inner
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(job)
-            .cloned()
-    }
-
-    fn spawn_cleanup(&self, job: String, state: &'static str, error: String) {
-        let c = self.clone();
-        self.spawn_tracked(async move {
-            if let Some(rt) = c.runtime(&job) {
-                for (shard, id) in rt.plan.proto.shards.iter().zip(&rt.record.uploads) {
-                    if let Err(e) = c
-                        .inner
-                        .storage
-                        .abort_multipart(&rt.output.join(&shard.file_name), id)
-                        .await
-                    {
-                        tracing::warn!(job_id = %job, error = %e, "aborting upload failed");
-                    }
-                }
-            }
-            let finished = Entry::Finished {
-                state: state.into(),
-                error,
-            };
-            if let Err(e) = c.inner.journal.append(&job, &finished).await {
-                tracing::error!(job_id = %job, error = %e, "journal append failed");
-            }
-            c.notify();
-        });
-    }
-
-    fn spawn_commit(&self, job: String) {
-        let c = self.clone();
-        self.spawn_tracked(async move {
-            let result = match c.runtime(&job) {
-                Some(rt) => c.commit(&rt).await,
-                None => Err(ServiceError::NotFound(job.clone())),
-            };
-            match result {
-                Ok(()) => {
-                    let finished = Entry::Finished {
-                        state: "succeeded".into(),
-                        error: String::new(),
-                    };
-                    if let Err(e) = c.inner.journal.append(&job, &finished).await {
-                        tracing::error!(job_id = %job, error = %e, "journal append failed");
-                    }
-                    c.with_sched(|s| s.set_state(&job, JobState::Succeeded, None));
-                    tracing::info!(job_id = %job, "job committed");
-                }
-                Err(e) => {
-                    let msg = format!("commit failed: {e}");
-                    c.with_sched(|s| s.set_state(&job, JobState::Failed, Some(msg.clone())));
-                    c.spawn_cleanup(job.clone(), "failed", msg);
-                }
-            }
-            c.notify();
-        });
-    }
-
-    async fn commit(&self, rt: &JobRuntime) -> Result<(), ServiceError> {
-        // Every unit's record on disk before any upload completes: a restart after this point
-        // must not re-run units whose uploads are gone.
-        self.inner
-            .journal
-            .flush(&rt.record.job_id)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let st = &self.inner.storage;
-        let internal = |e: shardmerge_worker::storage::StorageError| ServiceError::Internal(e.to_string());
-        let plan = &rt.plan;
-        let index_loc = rt.output.join("model.safetensors.index.json");
-        st.delete(&index_loc).await.map_err(internal)?;
-        // Metadata first.
-        if let Some(cfg) = output_config(plan, &rt.config) {
-            let text = pyjson::to_string(&cfg, true) + "\n";
-            st.put(&rt.output.join("config.json"), Bytes::from(text))
-                .await
-                .map_err(internal)?;
-        }
-        if rt.record.write_model_card {
-            let name = rt.output.file_name().to_string();
-            let card = card::model_card(plan, &rt.config, Path::new(&name));
-            st.put(&rt.output.join("README.md"), Bytes::from(card))
-                .await
-                .map_err(internal)?;
-            st.put(
-                &rt.output.join("mergekit_config.yml"),
-                Bytes::from(rt.config.source_text.clone()),
-            )
-            .await
-            .map_err(internal)?;
-        }
-        if rt.record.copy_tokenizer {
-            let donor = Location::parse(&plan.models[plan.donor].path.to_string_lossy()).map_err(internal)?;
-            let has = st.exists(&donor.join("tokenizer_config.json")).await.unwrap_or(false)
-                && (st.exists(&donor.join("tokenizer.json")).await.unwrap_or(false)
-                    || st.exists(&donor.join("tokenizer.model")).await.unwrap_or(false));
-            if has {
-                for f in TOKENIZER_FILES {
-                    let src = donor.join(f);
-                    if st.exists(&src).await.unwrap_or(false) {
-                        let bytes = st.read_all_small(&src, 1 << 30).await.map_err(internal)?;
-                        st.put(&rt.output.join(f), bytes).await.map_err(internal)?;
-                    }
-                }
-            }
-        }
-        // Then the shards: complete every upload with its parts in order.
-        let parts = self.with_sched(|s| s.parts(&rt.record.job_id));
-        let mut by_shard: Vec<Vec<(u32, String)>> = vec![Vec::new(); plan.proto.shards.len()];
-        for (unit, ps) in parts {
-            let shard = rt.units[unit as usize].shard;
-            by_shard[shard].extend(ps.into_iter().map(|p| (p.part_index, p.etag)));
-        }
-        for (si, shard) in plan.proto.shards.iter().enumerate() {
-            let committed = rt
-                .committed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&(si as u32));
-            if committed {
-                continue; // completed by an earlier commit that was cut short
-            }
-            let mut ps = std::mem::take(&mut by_shard[si]);
-            ps.sort_by_key(|p| p.0);
-            let etags = ps.into_iter().map(|p| p.1).collect();
-            st.complete_multipart(&rt.output.join(&shard.file_name), &rt.record.uploads[si], etags)
-                .await
-                .map_err(internal)?;
-            let entry = Entry::ShardCommitted { shard: si as u32 };
-            self.inner
-                .journal
-                .append(&rt.record.job_id, &entry)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            rt.committed.lock().unwrap_or_else(|e| e.into_inner()).insert(si as u32);
-        }
-        // The index last: it is the commit point of a multi-shard model.
-        if plan.proto.shards.len() > 1 {
-            let text = crate::output::index_json(plan);
-            st.put(&index_loc, Bytes::from(text)).await.map_err(internal)?;
-        }
-        Ok(())
+        lock(&self.inner.jobs).get(job).cloned()
     }
 
     /// Whether a job reached a final state.
     pub fn is_finished(&self, job: &str) -> bool {
-        self.status(job)
-            .is_ok_and(|s| is_final(JobState::try_from(s.state).unwrap_or(JobState::Unspecified)))
+        self.with_sched(|s| s.state(job)).is_some_and(is_final)
     }
+}
+
+/// The journaled parts of `unit` with their planned sizes (the journal keeps numbers and
+/// etags; sizes follow from the plan).
+fn unit_parts(units: &[UnitPlan], unit: u64, parts: &[(u32, String)]) -> Vec<PartResult> {
+    let plan = units.iter().find(|u| u.unit_id == unit);
+    parts
+        .iter()
+        .map(|(n, etag)| {
+            let size = plan
+                .and_then(|u| {
+                    let i = n.checked_sub(u.first_part)? as usize;
+                    let start = *u.part_starts.get(i)?;
+                    Some(u.part_starts.get(i + 1).copied().unwrap_or(u.end) - start)
+                })
+                .unwrap_or(0);
+            PartResult {
+                part_index: *n,
+                etag: etag.clone(),
+                size,
+            }
+        })
+        .collect()
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod chaos_output;
+
 use shardmerge_worker::storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,7 +27,9 @@ pub fn s3_env(cmd: &mut Command, s3: &TestS3) {
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ALLOW_HTTP", "true")
-        .env_remove("SHARDMERGE_TOKEN");
+        .env_remove("SHARDMERGE_TOKEN")
+        .env_remove("SHARDMERGE_WORKER_TOKEN")
+        .env_remove("SHARDMERGE_ALLOW_LOCATION");
 }
 
 /// A running coordinator process.
@@ -166,7 +171,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|e| panic!("{series}: {e}"))
 }
 
-/// Starts a worker process.
+/// Starts a worker process; `token` sets SHARDMERGE_WORKER_TOKEN.
 pub fn worker(s3: &TestS3, url: &str, token: Option<&str>) -> Child {
     let mut cmd = Command::new(bin());
     s3_env(&mut cmd, s3);
@@ -174,7 +179,7 @@ pub fn worker(s3: &TestS3, url: &str, token: Option<&str>) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(t) = token {
-        cmd.env("SHARDMERGE_TOKEN", t);
+        cmd.env("SHARDMERGE_WORKER_TOKEN", t);
     }
     cmd.spawn().expect("start worker")
 }

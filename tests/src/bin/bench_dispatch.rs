@@ -15,16 +15,17 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use shardmerge_coordinator::cluster::grpc::CheckToken;
-use shardmerge_coordinator::cluster::scheduler::{Report, Scheduler, SchedulerConfig};
+use shardmerge_coordinator::cluster::auth::Credentials;
+use shardmerge_coordinator::cluster::scheduler::{Report, ReportRef, Scheduler, SchedulerConfig};
 use shardmerge_coordinator::cluster::server;
 use shardmerge_coordinator::cluster::service::{Coordinator, CoordinatorOptions};
 use shardmerge_proto::PROTOCOL_VERSION;
 use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
 use shardmerge_proto::v1::worker_service_server::WorkerServiceServer;
 use shardmerge_proto::v1::{
-    DType, JobState, JobStatus, LeaseUnitsRequest, MergeTask, ParamValue, RegisterWorkerRequest, ReportUnitRequest,
-    TaskInput, TensorDestination, TensorSource, UnitOutput, UnitSuccess, WorkUnit, param_value, report_unit_request,
+    DType, JobState, JobStatus, LeaseUnitsRequest, MergeTask, ParamValue, PartResult, RegisterWorkerRequest,
+    ReportUnitRequest, TaskInput, TensorDestination, TensorSource, UnitOutput, UnitSuccess, WorkUnit, param_value,
+    report_unit_request,
 };
 use shardmerge_tests::bench::{median, result, runs};
 use shardmerge_worker::storage::Storage;
@@ -147,6 +148,20 @@ fn unit(id: u64) -> WorkUnit {
     }
 }
 
+/// The parts a worker reports for `u`: its planned part numbers and sizes.
+fn parts_of(u: &WorkUnit) -> Vec<PartResult> {
+    let o = u.output.clone().unwrap_or_default();
+    o.part_starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| PartResult {
+            part_index: o.first_part + i as u32,
+            etag: format!("etag-{}", o.first_part + i as u32),
+            size: o.part_starts.get(i + 1).copied().unwrap_or(o.end) - start,
+        })
+        .collect()
+}
+
 fn add_job(s: &mut Scheduler, n: u64) {
     let status = JobStatus {
         job_id: JOB.to_string(),
@@ -162,7 +177,7 @@ fn add_job(s: &mut Scheduler, n: u64) {
 
 /// One in-process run: lease `batch` at a time, report each; returns units per second.
 fn sched_run(n: u64, batch: u32) -> Result<f64> {
-    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     let w = s.register_worker(Instant::now());
     add_job(&mut s, n);
     let t = Instant::now();
@@ -173,7 +188,18 @@ fn sched_run(n: u64, batch: u32) -> Result<f64> {
             break;
         }
         for l in leases {
-            s.report(&w, &l.lease_id, Report::Success { parts: vec![] }, 0, Instant::now());
+            let u = l.unit.as_ref().context("lease without unit")?;
+            let fenced = ReportRef {
+                worker: &w,
+                lease: &l.lease_id,
+                job: &u.job_id,
+                unit: u.unit_id,
+                attempt: u.attempt,
+            };
+            let report = Report::Success { parts: parts_of(u) };
+            s.report(fenced, report, Instant::now())
+                .map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))?;
+            s.settle(JOB, u.unit_id, Instant::now());
             done += 1;
         }
     }
@@ -215,14 +241,18 @@ async fn client_loop(channel: Channel, batch: u32, deadline: Instant) -> Result<
         }
         let reports = leases.into_iter().map(|l| {
             let mut c = c.clone();
+            let u = l.unit.unwrap_or_default();
             let req = ReportUnitRequest {
                 worker_id: worker_id.clone(),
                 lease_id: l.lease_id,
                 result: Some(report_unit_request::Result::Success(UnitSuccess {
-                    parts: vec![],
+                    parts: parts_of(&u),
                     bytes_read: 0,
                     bytes_written: 0,
                 })),
+                job_id: u.job_id.clone(),
+                unit_id: u.unit_id,
+                attempt: u.attempt,
             };
             async move { c.report_unit(req).await }
         });
@@ -248,6 +278,8 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
         unit_target: 64 << 20,
         model_root: PathBuf::from("."),
         metrics: None,
+        allow: shardmerge_worker::node::allow::AllowList::new::<&str>(&[], true)?,
+        retention: Duration::from_secs(3600),
     };
     let coord = Coordinator::start(opts, Storage::from_env()).await?;
     coord.with_sched(|s| add_job(s, n));
@@ -261,7 +293,8 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
     });
     let (listener, addr) = server::bind("127.0.0.1:0").await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let svc = WorkerServiceServer::with_interceptor(coord.clone(), CheckToken(None));
+    let (_, open) = Credentials::default().interceptors("127.0.0.1:0".parse()?)?;
+    let svc = WorkerServiceServer::with_interceptor(coord.clone(), open);
     let srv = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)

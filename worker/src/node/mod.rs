@@ -2,6 +2,7 @@
 //! dedicated CPU pool, heartbeat, and report results. Workers pull work, so they need no
 //! inbound port; a worker that loses the coordinator re-registers when it comes back.
 
+pub mod allow;
 pub mod metrics;
 mod prefetch;
 pub mod unit;
@@ -14,7 +15,8 @@ use shardmerge_proto::v1::{
     HeartbeatRequest, LeaseUnitsRequest, RegisterWorkerRequest, ReportUnitRequest, UnitFailure, UnitSuccess,
     report_unit_request,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::service::Interceptor;
@@ -26,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 pub struct WorkerOptions {
     /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
     pub coordinator: String,
-    /// Shared cluster token (sent as a bearer token).
+    /// Worker token (`SHARDMERGE_WORKER_TOKEN`, sent as a bearer token).
     pub token: Option<String>,
     /// Units executed concurrently.
     pub slots: usize,
@@ -39,6 +41,8 @@ pub struct WorkerOptions {
     /// On shutdown, how long to keep heartbeating while active units finish (leases not
     /// finished by then expire and are re-run elsewhere).
     pub drain: Duration,
+    /// Locations this worker reads and writes; a unit naming any other is refused.
+    pub allow: allow::AllowList,
 }
 
 /// Selects rustls' ring crypto provider for the process (idempotent). Several crates in the
@@ -97,6 +101,10 @@ impl Interceptor for BearerToken {
 
 type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
+/// Leases being worked on, each with the flag that tells its unit to stop (set when a
+/// heartbeat reply says the lease is revoked).
+type Active = Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>;
+
 /// Runs a worker until `shutdown` resolves.
 pub async fn run_worker(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
     run_worker_with_metrics(opts, WorkerMetrics::new(), shutdown).await
@@ -120,7 +128,7 @@ pub async fn run_worker_with_metrics(
     let client = WorkerServiceClient::with_interceptor(channel, BearerToken(opts.token.clone()));
     let storage = Storage::from_env();
     let local = Arc::new(LocalInputs::new());
-    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let active: Active = Arc::default();
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
@@ -132,7 +140,8 @@ pub async fn run_worker_with_metrics(
             Ok(v) => v,
             Err(status)
                 if status.code() == tonic::Code::FailedPrecondition
-                    || status.code() == tonic::Code::Unauthenticated =>
+                    || status.code() == tonic::Code::Unauthenticated
+                    || status.code() == tonic::Code::PermissionDenied =>
             {
                 return Err(NodeError::Refused(status.message().to_string()));
             }
@@ -201,7 +210,7 @@ async fn serve(
     storage: &Storage,
     local: &Arc<LocalInputs>,
     pool: &Arc<rayon::ThreadPool>,
-    active: &Arc<Mutex<HashSet<String>>>,
+    active: &Active,
     draining: &Arc<std::sync::atomic::AtomicBool>,
     metrics: &Arc<WorkerMetrics>,
 ) {
@@ -214,7 +223,7 @@ async fn serve(
             let lease_ids: Vec<String> = hb_active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
+                .keys()
                 .cloned()
                 .collect();
             let req = HeartbeatRequest {
@@ -224,7 +233,15 @@ async fn serve(
             };
             match hb_client.heartbeat(req).await {
                 Ok(r) if r.get_ref().unknown_worker => return,
-                Ok(_) => {}
+                Ok(r) => {
+                    let active = hb_active.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in &r.get_ref().revoked {
+                        if let Some(flag) = active.get(id) {
+                            tracing::warn!(lease = %id, "lease revoked; abandoning its unit");
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
             }
         }
@@ -261,20 +278,24 @@ async fn serve(
             }
             for lease in resp.leases {
                 let Some(unit) = lease.unit else { continue };
+                let revoked = Arc::new(AtomicBool::new(false));
                 active
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(lease.lease_id.clone());
+                    .insert(lease.lease_id.clone(), revoked.clone());
                 let (storage, local, pool, active) = (storage.clone(), local.clone(), pool.clone(), active.clone());
                 let mut client = client.clone();
                 let worker_id = worker_id.to_string();
                 let handle = tokio::runtime::Handle::current();
                 let metrics = metrics.clone();
+                let allow = opts.allow.clone();
                 tokio::spawn(async move {
                     tracing::debug!(job_id = %unit.job_id, unit = unit.unit_id, "unit started");
                     let started = metrics.unit_started();
+                    let (job_id, unit_id, attempt) = (unit.job_id.clone(), unit.unit_id, unit.attempt);
+                    let flag = revoked.clone();
                     let result = tokio::task::spawn_blocking(move || {
-                        pool.install(|| unit::execute_unit(&unit, &storage, &handle, &local))
+                        pool.install(|| unit::execute_unit(&unit, &storage, &handle, &local, &allow, &flag))
                     })
                     .await
                     .unwrap_or_else(|e| {
@@ -299,11 +320,23 @@ async fn serve(
                         worker_id,
                         lease_id: lease.lease_id.clone(),
                         result: Some(result),
+                        job_id,
+                        unit_id,
+                        attempt,
                     };
-                    for attempt in 0..5 {
+                    for try_no in 0..5 {
+                        if revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                            tracing::info!(lease = %lease.lease_id, "lease revoked; not reporting");
+                            break;
+                        }
                         match client.report_unit(req.clone()).await {
+                            Ok(r) if !r.get_ref().accepted => {
+                                tracing::warn!(lease = %lease.lease_id, reason = %r.get_ref().reason, "report refused; unit dropped");
+                                break;
+                            }
                             Ok(_) => break,
                             Err(e) => {
+                                let attempt = try_no;
                                 tracing::warn!(error = %e.message(), attempt, "reporting failed");
                                 tokio::time::sleep(Duration::from_millis(300)).await;
                             }

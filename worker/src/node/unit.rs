@@ -6,6 +6,7 @@
 //! the output range is assembled in memory and uploaded as the parts the planner assigned, so
 //! the shard becomes visible only when the coordinator completes the upload.
 
+use super::allow::AllowList;
 use super::prefetch::Prefetch;
 use crate::error::TaskError;
 use crate::execute::{InputBytes, TaskIo, execute_task};
@@ -13,7 +14,7 @@ use crate::storage::{LocalInputs, Location, Storage, StorageError};
 use bytes::Bytes;
 use shardmerge_proto::v1::{PartResult, TensorSource, WorkUnit};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 
 /// Why a unit failed, and whether retrying may help.
@@ -123,13 +124,20 @@ impl TaskIo for UnitIo<'_> {
 
 /// Runs every task of `unit` (CPU work on the caller's thread, typically inside a rayon pool)
 /// and uploads its parts. Must not be called from an async context: storage calls block on
-/// `handle`.
+/// `handle`. A unit that names a location outside `allow` is refused before anything is read
+/// or written, as a deterministic (non-retryable) failure.
 pub fn execute_unit(
     unit: &WorkUnit,
     storage: &Storage,
     handle: &Handle,
     local: &LocalInputs,
+    allow: &AllowList,
+    revoked: &AtomicBool,
 ) -> Result<UnitOutcome, UnitError> {
+    allow.check_unit(unit).map_err(|e| UnitError {
+        message: format!("this worker refuses the unit: {e}"),
+        retryable: false,
+    })?;
     let out = unit.output.as_ref().ok_or_else(|| UnitError {
         message: "unit without output".into(),
         retryable: false,
@@ -148,7 +156,18 @@ pub fn execute_unit(
         buffer: Mutex::new(vec![0u8; len as usize]),
     };
     let mut outcome = UnitOutcome::default();
+    let check_lease = || {
+        if revoked.load(Ordering::SeqCst) {
+            Err(UnitError {
+                message: "lease revoked by the coordinator".into(),
+                retryable: true,
+            })
+        } else {
+            Ok(())
+        }
+    };
     for (i, task) in unit.tasks.iter().enumerate() {
+        check_lease()?;
         io.task.store(i, Ordering::Relaxed);
         let done = execute_task(task, &io)?;
         outcome.bytes_read += done.bytes_read;
@@ -164,12 +183,16 @@ pub fn execute_unit(
         let end = out.part_starts.get(i + 1).copied().unwrap_or(out.end);
         let slice = buf.slice((p - out.start) as usize..(end - out.start) as usize);
         let index = out.first_part + i as u32;
+        // A revoked lease uploads nothing more: its unit belongs to another worker now.
+        check_lease()?;
+        let size = slice.len() as u64;
         let etag = handle
             .block_on(storage.put_part(&shard, &out.upload_id, index as usize, slice))
             .map_err(storage_err)?;
         outcome.parts.push(PartResult {
             part_index: index,
             etag,
+            size,
         });
     }
     outcome.bytes_written = len;

@@ -19,6 +19,7 @@ use super::error::StorageError;
 
 const TMP_MARK: &str = ".shardmerge-tmp-";
 const UPLOAD_MARK: &str = ".shardmerge-upload-";
+const DONE_MARK: &str = ".shardmerge-done-";
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -177,7 +178,7 @@ pub(super) async fn list(dir: PathBuf) -> Result<Vec<(PathBuf, u64)>> {
             for entry in entries {
                 let path = entry.map_err(io)?.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.contains(TMP_MARK) || name.contains(UPLOAD_MARK) {
+                if name.contains(TMP_MARK) || name.contains(UPLOAD_MARK) || name.contains(DONE_MARK) {
                     continue;
                 }
                 let meta = fs::metadata(&path).map_err(io)?;
@@ -206,8 +207,17 @@ fn staging(path: &Path, id: &str) -> Result<PathBuf> {
     sibling(path, UPLOAD_MARK, id)
 }
 
+/// A part's file name: its index and a unique suffix, so a late re-upload of the same part
+/// (a zombie worker) writes a new file and never changes the one a commit refers to.
 fn part_name(index: usize) -> String {
-    format!("part-{index:06}")
+    format!("part-{index:06}-{}", unique())
+}
+
+fn valid_part_name(name: &str) -> bool {
+    name.strip_prefix("part-").is_some_and(|rest| {
+        let (n, u) = rest.split_once('-').unwrap_or((rest, ""));
+        n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()) && u.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    })
 }
 
 pub(super) async fn create_multipart(path: PathBuf) -> Result<String> {
@@ -223,16 +233,35 @@ pub(super) async fn create_multipart(path: PathBuf) -> Result<String> {
 pub(super) async fn put_part(path: PathBuf, id: String, index: usize, data: Bytes) -> Result<String> {
     blocking(&path.clone(), move || {
         let dir = staging(&path, &id)?;
+        let no_upload = || StorageError::NoSuchUpload {
+            uri: uri(&path),
+            upload_id: id.clone(),
+        };
         if !dir.is_dir() {
-            return Err(StorageError::NoSuchUpload {
-                uri: uri(&path),
-                upload_id: id,
-            });
+            return Err(no_upload());
         }
         let name = part_name(index);
         let part = dir.join(&name);
-        let tmp = write_temp(&part, &data)?;
-        fs::rename(&tmp, &part).map_err(|e| StorageError::io("write", uri(&part), e))?;
+        // Never create the staging directory here: after an abort or a completion it must
+        // stay gone, whatever a late worker uploads.
+        let tmp = dir.join(format!(".{name}{TMP_MARK}"));
+        let io = |e: io::Error| {
+            if e.kind() == io::ErrorKind::NotFound {
+                no_upload()
+            } else {
+                StorageError::io("write", uri(&part), e)
+            }
+        };
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(&data)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &part)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         Ok(name)
     })
     .await
@@ -254,11 +283,8 @@ pub(super) async fn complete_multipart(path: PathBuf, id: String, parts: Vec<Str
                 .open(&tmp)
                 .map_err(|e| StorageError::io("write", uri(&path), e))?;
             for part in &parts {
-                let valid = part
-                    .strip_prefix("part-")
-                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
                 let part_path = dir.join(part);
-                if !valid {
+                if !valid_part_name(part) {
                     return Err(StorageError::NotFound { uri: uri(&part_path) });
                 }
                 let mut input = File::open(&part_path).map_err(|e| StorageError::io("read", uri(&part_path), e))?;
@@ -272,7 +298,17 @@ pub(super) async fn complete_multipart(path: PathBuf, id: String, parts: Vec<Str
             let _ = fs::remove_file(&tmp);
         }
         placed?;
-        let _ = fs::remove_dir_all(&dir);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io("write", uri(&path), e))?;
+        }
+        // The upload ends atomically (a rename), then its parts go: a crash in between leaves
+        // a hidden directory that `remove_leftovers` sweeps, never a half-deleted upload that
+        // a repeated completion would concatenate.
+        let done = sibling(&path, DONE_MARK, &id)?;
+        fs::rename(&dir, &done).map_err(|e| StorageError::io("complete upload for", uri(&path), e))?;
+        let _ = fs::remove_dir_all(&done);
         Ok(())
     })
     .await
@@ -285,6 +321,57 @@ pub(super) async fn abort_multipart(path: PathBuf, id: String) -> Result<()> {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io("abort upload for", uri(&path), e)),
             _ => Ok(()),
         }
+    })
+    .await
+}
+
+pub(super) async fn stat(path: PathBuf) -> Result<(u64, String)> {
+    blocking(&path.clone(), move || {
+        let meta = fs::metadata(&path).map_err(|e| StorageError::io("read", uri(&path), e))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotFound { uri: uri(&path) });
+        }
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok((meta.len(), format!("mtime:{mtime}")))
+    })
+    .await
+}
+
+/// Removes hidden temp files and finished-upload directories a killed process left beside
+/// `path` (not uploads in progress: those are aborted by their owner).
+pub(super) async fn remove_leftovers(path: PathBuf) -> Result<()> {
+    blocking(&path.clone(), move || {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            return Ok(());
+        };
+        let entries = match fs::read_dir(parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io("list", uri(parent), e)),
+        };
+        let prefixes = [format!(".{name}{TMP_MARK}"), format!(".{name}{DONE_MARK}")];
+        for entry in entries.flatten() {
+            let n = entry.file_name();
+            let n = n.to_string_lossy();
+            if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+                let p = entry.path();
+                let gone = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if let Err(e) = gone
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    return Err(StorageError::io("delete", uri(&p), e));
+                }
+            }
+        }
+        Ok(())
     })
     .await
 }

@@ -10,7 +10,9 @@ use super::error::StorageError;
 /// Accepted forms: `s3://bucket/key/...` (the key may be empty, meaning the bucket root; a
 /// trailing `/` is dropped), `file:///absolute/path` (also `file://localhost/...`), and plain
 /// paths, relative or absolute. Other schemes (`gs://`, `https://`, ...) are refused rather
-/// than read as relative paths.
+/// than read as relative paths. So are path tricks that could escape an allowed prefix (see
+/// [`crate::node::allow`]): `..` components in local paths and S3 keys, empty or `.` key
+/// segments, and control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Location {
     /// A file or directory on local disk.
@@ -60,6 +62,7 @@ impl Location {
                     "a file:// uri needs an absolute path, as in file:///data/model",
                 ));
             }
+            check_local_path(path).map_err(invalid)?;
             return Ok(Location::Local(PathBuf::from(path)));
         }
         if let Some((scheme, _)) = uri.split_once("://")
@@ -70,6 +73,7 @@ impl Location {
                 "unsupported scheme `{scheme}://` (supported: s3://, file://, local paths)"
             )));
         }
+        check_local_path(uri).map_err(invalid)?;
         Ok(Location::Local(PathBuf::from(uri)))
     }
 
@@ -150,6 +154,18 @@ impl std::str::FromStr for Location {
     }
 }
 
+/// Refuses path tricks in a local path: a `..` component (which could climb out of an allowed
+/// directory; `.` and repeated `/` are harmless and kept), and NUL or other control characters.
+fn check_local_path(path: &str) -> Result<(), &'static str> {
+    if path.split('/').any(|seg| seg == "..") {
+        return Err("the path has a `..` component");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Err("the path has a control character");
+    }
+    Ok(())
+}
+
 /// S3 bucket naming rules (the path-style subset every S3-compatible server accepts).
 fn valid_bucket(bucket: &str) -> bool {
     (3..=63).contains(&bucket.len())
@@ -184,6 +200,7 @@ mod tests {
             ("relative/dir", Location::Local("relative/dir".into())),
             ("./here", Location::Local("./here".into())),
             ("model", Location::Local("model".into())),
+            ("/abs/..dir/x..y/...", Location::Local("/abs/..dir/x..y/...".into())),
         ];
         for (uri, expected) in cases {
             let loc = Location::parse(uri).unwrap();
@@ -216,6 +233,16 @@ mod tests {
             ("s3://bucket//k", "empty, `.` or `..`"),
             ("s3://bucket/a/../k", "empty, `.` or `..`"),
             ("s3://bucket/a\tb", "control character"),
+            ("s3://bucket/..", "empty, `.` or `..`"),
+            ("s3://bucket/a/./b", "empty, `.` or `..`"),
+            ("/data/../etc/passwd", "`..` component"),
+            ("..", "`..` component"),
+            ("../models/base", "`..` component"),
+            ("models/..", "`..` component"),
+            ("file:///data/../etc", "`..` component"),
+            ("file://localhost/data/..", "`..` component"),
+            ("/data/a\0b", "control character"),
+            ("/data/a\nb", "control character"),
             ("file://relative/x", "absolute path"),
             ("gs://bucket/k", "unsupported scheme `gs://`"),
             ("https://host/k", "unsupported scheme `https://`"),

@@ -20,6 +20,8 @@ mod s3;
 mod store;
 
 #[cfg(any(test, feature = "test-server"))]
+pub mod test_faults;
+#[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 #[cfg(test)]
 mod tests;

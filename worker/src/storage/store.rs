@@ -89,6 +89,34 @@ impl Storage {
         }
     }
 
+    /// Size and version of the object or file at `loc`: the ETag on S3 (or the modification
+    /// time when the store gives none), the modification time in nanoseconds locally. A
+    /// rewritten input has another version, so plans pin their inputs with it.
+    pub async fn stat(&self, loc: &Location) -> Result<(u64, String)> {
+        match loc {
+            Location::Local(path) => local_fs::stat(path.clone()).await,
+            Location::S3 { bucket, key } => {
+                let b = self.bucket(bucket)?;
+                let path = b.key_path(key)?;
+                let meta = b.check(key, Missing::Object, b.store.head(&path).await).await?;
+                let version = meta
+                    .e_tag
+                    .clone()
+                    .unwrap_or_else(|| meta.last_modified.timestamp_nanos_opt().unwrap_or(0).to_string());
+                Ok((meta.size, version))
+            }
+        }
+    }
+
+    /// Removes what a killed writer may have left beside the file `loc` (hidden temp files of
+    /// interrupted writes and completions; local only: S3 writes leave nothing behind).
+    pub async fn remove_leftovers(&self, loc: &Location) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::remove_leftovers(path.clone()).await,
+            Location::S3 { .. } => Ok(()),
+        }
+    }
+
     /// Whether an object or file exists at `loc`. A missing bucket is an error, not `false`.
     pub async fn exists(&self, loc: &Location) -> Result<bool> {
         match self.head(loc).await {

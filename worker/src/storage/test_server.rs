@@ -1,7 +1,12 @@
 //! A real S3-compatible server for tests: s3s-fs served over HTTP on `127.0.0.1:0`, in
 //! process, with SigV4 authentication. A bucket is a directory under a temp dir.
+//!
+//! [`TestS3::start_with_faults`] adds a second, fault-injecting endpoint over the same buckets
+//! for the processes under test (see [`super::test_faults`]); [`TestS3::endpoint`] stays
+//! fault-free for the test's own set-up and checks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,7 +16,8 @@ use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{RetryConfig, S3Options, Storage};
+use super::test_faults::{self, Faults};
+use super::{Location, RetryConfig, S3Options, Storage};
 
 /// The fixed test credentials.
 pub const ACCESS_KEY: &str = "shardmerge-test-key";
@@ -24,16 +30,21 @@ pub struct TestS3 {
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
     server: JoinHandle<()>,
+    faulty: Option<FaultyEndpoint>,
+}
+
+/// The fault-injecting endpoint of a [`TestS3`].
+struct FaultyEndpoint {
+    endpoint: String,
+    faults: Arc<Faults>,
+    server: JoinHandle<()>,
 }
 
 impl TestS3 {
     /// Starts a server on the current tokio runtime.
     pub async fn start() -> TestS3 {
         let root = tempfile::tempdir().expect("temp dir for the s3 root");
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs over the temp dir");
-        let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
+        let service = s3_service(root.path());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let endpoint = format!("http://{}", listener.local_addr().expect("bound address"));
         let server = tokio::spawn(async move {
@@ -47,7 +58,47 @@ impl TestS3 {
                 });
             }
         });
-        TestS3 { root, endpoint, server }
+        TestS3 {
+            root,
+            endpoint,
+            server,
+            faulty: None,
+        }
+    }
+
+    /// Starts a server with two endpoints over the same buckets: [`TestS3::endpoint`], never
+    /// faulty, for the test itself, and [`TestS3::faulty_endpoint`] for the processes under
+    /// test, where [`TestS3::faults`] injects faults drawn from `seed` once configured.
+    pub async fn start_with_faults(seed: u64) -> TestS3 {
+        let root = tempfile::tempdir().expect("temp dir for the s3 root");
+        let service = s3_service(root.path());
+        let faults = Arc::new(Faults::new(root.path().to_path_buf(), seed));
+        let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port") };
+        let (clean, faulty) = (bind().await, bind().await);
+        let endpoint = format!("http://{}", clean.local_addr().expect("bound address"));
+        let faulty_endpoint = format!("http://{}", faulty.local_addr().expect("bound address"));
+        let server = tokio::spawn(test_faults::serve(clean, service.clone(), faults.clone(), false));
+        let faulty_server = tokio::spawn(test_faults::serve(faulty, service, faults.clone(), true));
+        TestS3 {
+            root,
+            endpoint,
+            server,
+            faulty: Some(FaultyEndpoint {
+                endpoint: faulty_endpoint,
+                faults,
+                server: faulty_server,
+            }),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the fault-injecting endpoint, when started with faults.
+    pub fn faulty_endpoint(&self) -> Option<&str> {
+        self.faulty.as_ref().map(|f| f.endpoint.as_str())
+    }
+
+    /// The fault controls, counters and upload tracking, when started with faults.
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        self.faulty.as_ref().map(|f| &f.faults)
     }
 
     /// S3 options for this server, with few, quick retries so failures surface fast.
@@ -89,10 +140,40 @@ impl TestS3 {
             }
         }
     }
+
+    /// Uploads the files of the local directory `from` to `s3://bucket/prefix/` through the
+    /// S3 API (PutObject on the fault-free endpoint), creating the bucket.
+    pub async fn put_dir(&self, from: &Path, bucket: &str, prefix: &str) {
+        self.create_bucket(bucket);
+        let storage = self.storage();
+        let to = Location::parse(&format!("s3://{bucket}/{prefix}")).expect("an s3 location");
+        for entry in std::fs::read_dir(from).expect("source directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_file() {
+                let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+                let bytes = std::fs::read(&path).expect("read a file to upload");
+                storage
+                    .put(&to.join(&name), bytes.into())
+                    .await
+                    .unwrap_or_else(|e| panic!("upload {name}: {e}"));
+            }
+        }
+    }
+}
+
+/// s3s-fs over `root`, with the test credentials.
+fn s3_service(root: &Path) -> s3s::service::S3Service {
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs over the temp dir");
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    builder.build()
 }
 
 impl Drop for TestS3 {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(f) = &self.faulty {
+            f.server.abort();
+        }
     }
 }

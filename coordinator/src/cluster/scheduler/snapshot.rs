@@ -27,6 +27,8 @@ pub struct SchedulerSnapshot {
     pub retries: u64,
     /// Leases that expired with their unit unfinished.
     pub lease_expiries: u64,
+    /// Worker reports refused by the fencing rules, by reason.
+    pub reports_rejected: Vec<(&'static str, u64)>,
 }
 
 impl Scheduler {
@@ -42,6 +44,11 @@ impl Scheduler {
             ],
             live_workers: self.workers.len() as u64,
             lease_expiries: self.lease_expiries,
+            reports_rejected: self
+                .rejected_reports()
+                .into_iter()
+                .map(|(k, n)| (k.label(), n))
+                .collect(),
             ..Default::default()
         };
         for j in self.jobs.values() {
@@ -63,7 +70,7 @@ impl Scheduler {
             }
             for u in &j.states {
                 match u {
-                    UnitState::Done(_) => s.units_done += 1,
+                    UnitState::Done { .. } => s.units_done += 1,
                     _ if ended => s.units_failed += 1,
                     UnitState::Pending => s.units_pending += 1,
                     UnitState::Leased(_) => s.units_leased += 1,
@@ -107,7 +114,7 @@ mod tests {
     fn snapshot_counts_units_jobs_expiries_and_lease_ages() {
         let cfg = SchedulerConfig::default();
         let lease = cfg.lease;
-        let mut s = Scheduler::new(cfg);
+        let mut s = Scheduler::new(cfg, 1);
         let t0 = Instant::now();
         add(&mut s, "a", 4);
         add(&mut s, "b", 2);
@@ -119,7 +126,14 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(s.lease_age("l-nope", t0), None);
-        s.report(&w, &leases[0].lease_id, Report::Success { parts: vec![] }, 0, t0);
+        let r = super::super::ReportRef {
+            worker: &w,
+            lease: &leases[0].lease_id,
+            job: "a",
+            unit: 0,
+            attempt: 1,
+        };
+        s.report(r, Report::Success { parts: vec![] }, t0).unwrap();
         let t1 = t0 + lease / 2;
         s.heartbeat(&w, &[leases[2].lease_id.clone()], t1).unwrap();
         s.tick(t0 + lease);
@@ -132,7 +146,7 @@ mod tests {
         assert_eq!(snap.jobs[0], ("running", 2));
         assert_eq!(snap.live_workers, 1);
         // Job b is cancelled: its units count as failed (never to finish), not pending.
-        s.cancel("b");
+        s.cancel("b", t0).unwrap();
         let snap = s.metrics_snapshot();
         assert_eq!((snap.units_pending, snap.queue_depth, snap.units_failed), (2, 2, 2));
         assert_eq!((snap.jobs[0], snap.jobs[4]), (("running", 1), ("cancelled", 1)));

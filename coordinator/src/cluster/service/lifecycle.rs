@@ -53,7 +53,7 @@ impl Coordinator {
         {
             tracing::warn!("commits or cleanups still running at shutdown; a restart resumes them");
         }
-        match self.inner.journal.sync() {
+        match self.inner.journal.close() {
             Ok(()) => tracing::info!("journal synced; coordinator stopped"),
             Err(e) => tracing::error!(error = %e, "syncing the journal at shutdown failed"),
         }

@@ -77,6 +77,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-token" (include "shardmerge.fullname" .)) .Values.token.existingSecret -}}
 {{- end -}}
 
+{{- define "shardmerge.workerTokenSecretName" -}}
+{{- default (printf "%s-worker-token" (include "shardmerge.fullname" .)) .Values.workerToken.existingSecret -}}
+{{- end -}}
+
 {{- define "shardmerge.s3SecretName" -}}
 {{- default (printf "%s-s3" (include "shardmerge.fullname" .)) .Values.s3.existingSecret -}}
 {{- end -}}
@@ -86,22 +90,49 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.s3.existingSecret .Values.s3.accessKeyId -}}true{{- end -}}
 {{- end -}}
 
+{{/* TLS is on with tls.enabled, or as soon as a certificate source is named (one value away). */}}
+{{- define "shardmerge.tlsEnabled" -}}
+{{- if or .Values.tls.enabled .Values.tls.existingSecret .Values.tls.certManager.issuerName -}}true{{- end -}}
+{{- end -}}
+
+{{/* The server certificate's Secret: the existing one, or the one the chart's cert-manager Certificate fills. */}}
+{{- define "shardmerge.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "shardmerge.coordinatorName" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
 {{- define "shardmerge.tlsCaSecretName" -}}
-{{- default .Values.tls.existingSecret .Values.tls.caSecret -}}
+{{- default (include "shardmerge.tlsSecretName" .) .Values.tls.caSecret -}}
 {{- end -}}
 
 {{- define "shardmerge.coordinatorURL" -}}
 {{- if .Values.coordinator.url -}}
 {{- .Values.coordinator.url -}}
 {{- else -}}
-{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.tls.enabled) (include "shardmerge.coordinatorName" .) .Release.Namespace (int .Values.coordinator.port) -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (eq (include "shardmerge.tlsEnabled" .) "true")) (include "shardmerge.coordinatorName" .) .Release.Namespace (int .Values.coordinator.port) -}}
 {{- end -}}
 {{- end -}}
 
 {{/* Checks run by every render: fail early with a message that names the value. */}}
 {{- define "shardmerge.validate" -}}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
-{{- fail "shardmerge: tls.enabled needs tls.existingSecret (a Secret with the certificate and key)" -}}
+{{- if and .Values.tls.enabled (not (or .Values.tls.existingSecret .Values.tls.certManager.issuerName)) -}}
+{{- fail "shardmerge: tls.enabled needs tls.existingSecret (a Secret with the certificate and key) or tls.certManager.issuerName (a cert-manager issuer)" -}}
+{{- end -}}
+{{- if and .Values.tls.existingSecret .Values.tls.certManager.issuerName -}}
+{{- fail "shardmerge: set either tls.existingSecret or tls.certManager.issuerName, not both" -}}
+{{- end -}}
+{{- if and .Values.workerToken.existingSecret .Values.workerToken.value -}}
+{{- fail "shardmerge: set either workerToken.existingSecret or workerToken.value, not both" -}}
+{{- end -}}
+{{- if and .Values.token.value (eq (toString .Values.token.value) (toString .Values.workerToken.value)) -}}
+{{- fail "shardmerge: token.value and workerToken.value must differ (a client could otherwise act as a worker)" -}}
+{{- end -}}
+{{- if and .Values.token.existingSecret (eq .Values.token.existingSecret .Values.workerToken.existingSecret) (eq .Values.token.secretKey .Values.workerToken.secretKey) -}}
+{{- fail "shardmerge: token and workerToken name the same Secret key; the cluster and worker tokens must differ" -}}
+{{- end -}}
+{{- range .Values.allowLocations -}}
+{{- if contains "," . -}}
+{{- fail (printf "shardmerge: allowLocations entry %q contains a comma (SHARDMERGE_ALLOW_LOCATION is comma-separated)" .) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.job.enabled (not .Values.job.output) -}}
 {{- fail "shardmerge: job.enabled needs job.output (e.g. s3://bucket/merged)" -}}
@@ -133,15 +164,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment shared by every container: logging, metrics, token, TLS trust. */}}
+{{/* Environment shared by every container: logging. */}}
 {{- define "shardmerge.commonEnv" -}}
 - name: SHARDMERGE_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
 - name: SHARDMERGE_LOG
   value: {{ .Values.log.level | quote }}
-{{- if .Values.token.enabled }}
+{{- end -}}
+
+{{/* Credentials and allowlist of one component: (dict "ctx" $ "component" "coordinator|worker|submit").
+The coordinator gets both tokens, workers only the worker token, the Job only the cluster token. */}}
+{{- define "shardmerge.authEnv" -}}
+{{- $ := .ctx -}}
+{{- if $.Values.token.enabled }}
+{{- if has .component (list "coordinator" "submit") }}
 - name: SHARDMERGE_TOKEN_FILE
   value: /etc/shardmerge/token/token
+{{- end }}
+{{- if has .component (list "coordinator" "worker") }}
+- name: SHARDMERGE_WORKER_TOKEN_FILE
+  value: /etc/shardmerge/worker-token/token
+{{- end }}
+{{- else if eq .component "coordinator" }}
+- name: SHARDMERGE_ALLOW_UNAUTHENTICATED
+  value: "true"
+{{- end }}
+{{- if and $.Values.allowLocations (has .component (list "coordinator" "worker")) }}
+- name: SHARDMERGE_ALLOW_LOCATION
+  value: {{ join "," $.Values.allowLocations | quote }}
 {{- end }}
 {{- end -}}
 
@@ -176,19 +226,19 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Client side of TLS (workers, the Job). */}}
 {{- define "shardmerge.clientTlsEnv" -}}
-{{- if .Values.tls.enabled }}
+{{- if include "shardmerge.tlsEnabled" . }}
 - name: SHARDMERGE_TLS_CA
   value: /etc/shardmerge/tls-ca/ca.crt
 {{- end }}
 {{- end -}}
 
-{{/* Volumes: token, TLS (server or CA), /tmp. (dict "ctx" $ "server" bool) */}}
+{{/* Volumes: tokens, TLS (server or CA), /tmp. (dict "ctx" $ "component" "coordinator|worker|submit") */}}
 {{- define "shardmerge.commonVolumes" -}}
 {{- $ := .ctx -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ $.Values.tmpSizeLimit }}
-{{- if $.Values.token.enabled }}
+{{- if and $.Values.token.enabled (has .component (list "coordinator" "submit")) }}
 - name: token
   secret:
     secretName: {{ include "shardmerge.tokenSecretName" $ }}
@@ -197,11 +247,20 @@ app.kubernetes.io/component: {{ .component }}
       - key: {{ $.Values.token.secretKey }}
         path: token
 {{- end }}
-{{- if $.Values.tls.enabled }}
-{{- if .server }}
+{{- if and $.Values.token.enabled (has .component (list "coordinator" "worker")) }}
+- name: worker-token
+  secret:
+    secretName: {{ include "shardmerge.workerTokenSecretName" $ }}
+    defaultMode: 0440
+    items:
+      - key: {{ $.Values.workerToken.secretKey }}
+        path: token
+{{- end }}
+{{- if include "shardmerge.tlsEnabled" $ }}
+{{- if eq .component "coordinator" }}
 - name: tls
   secret:
-    secretName: {{ $.Values.tls.existingSecret }}
+    secretName: {{ include "shardmerge.tlsSecretName" $ }}
     defaultMode: 0440
     items:
       - key: {{ $.Values.tls.certKey }}
@@ -224,13 +283,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- $ := .ctx -}}
 - name: tmp
   mountPath: /tmp
-{{- if $.Values.token.enabled }}
+{{- if and $.Values.token.enabled (has .component (list "coordinator" "submit")) }}
 - name: token
   mountPath: /etc/shardmerge/token
   readOnly: true
 {{- end }}
-{{- if $.Values.tls.enabled }}
-{{- if .server }}
+{{- if and $.Values.token.enabled (has .component (list "coordinator" "worker")) }}
+- name: worker-token
+  mountPath: /etc/shardmerge/worker-token
+  readOnly: true
+{{- end }}
+{{- if include "shardmerge.tlsEnabled" $ }}
+{{- if eq .component "coordinator" }}
 - name: tls
   mountPath: /etc/shardmerge/tls
   readOnly: true
@@ -257,6 +321,6 @@ securityContext:
 
 {{/* Pod annotation that restarts pods when a chart-managed Secret's inputs change. */}}
 {{- define "shardmerge.secretChecksum" -}}
-{{- $in := dict "token" .Values.token "s3" (omit .Values.s3 "extraEnv") "tls" .Values.tls -}}
+{{- $in := dict "token" .Values.token "workerToken" .Values.workerToken "s3" (omit .Values.s3 "extraEnv") "tls" .Values.tls -}}
 {{- toJson $in | sha256sum -}}
 {{- end -}}

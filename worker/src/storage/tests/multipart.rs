@@ -113,3 +113,80 @@ async fn local_upload_ids_cannot_escape_the_staging_directory() {
     assert!(err.is_not_found(), "{err}");
     assert!(!storage.exists(&dest).await.unwrap());
 }
+
+/// A zombie worker re-uploading a part while, or after, the upload is completed cannot change
+/// the completed object, nor bring a finished upload back.
+#[tokio::test]
+async fn late_part_uploads_change_nothing_after_completion() {
+    let both = Both::start().await;
+    for (storage, root) in both.roots() {
+        let dest = root.join("zombie/model.safetensors");
+        let id = storage.create_multipart(&dest).await.unwrap();
+        let good = Bytes::from(pattern(5 * MIB, 7));
+        let etag = storage.put_part(&dest, &id, 0, good.clone()).await.unwrap();
+        // The same part again, with other bytes (a zombie from another plan): locally a new
+        // part file, so the completion below still uses the journaled one.
+        let other_bytes = Bytes::from(pattern(5 * MIB, 8));
+        let other = storage.put_part(&dest, &id, 0, other_bytes.clone()).await.unwrap();
+        // S3 keeps the last upload of a part number; the local backend every upload.
+        let completed = if dest.is_local() { good.clone() } else { other_bytes };
+        if dest.is_local() {
+            assert_ne!(etag, other, "{dest}: a re-upload must get its own part id");
+            storage.complete_multipart(&dest, &id, vec![etag]).await.unwrap();
+            assert!(
+                storage.read_range(&dest, 0, good.len() as u64).await.unwrap() == good,
+                "{dest}"
+            );
+        } else {
+            storage.complete_multipart(&dest, &id, vec![other]).await.unwrap();
+        }
+        // Refused (s3s-fs answers AccessDenied for an upload it no longer has, real S3
+        // NoSuchUpload; the local backend says NoSuchUpload).
+        let late = storage.put_part(&dest, &id, 0, good.clone()).await.unwrap_err();
+        let again = storage.complete_multipart(&dest, &id, vec![]).await.unwrap_err();
+        if dest.is_local() {
+            assert!(matches!(late, StorageError::NoSuchUpload { .. }), "{dest}: {late}");
+            assert!(matches!(again, StorageError::NoSuchUpload { .. }), "{dest}: {again}");
+        }
+        assert!(
+            storage.read_range(&dest, 0, good.len() as u64).await.unwrap() == completed,
+            "{dest}"
+        );
+        if let Location::Local(p) = &dest {
+            let hidden: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect();
+            assert!(hidden.is_empty(), "{dest}: left behind {hidden:?}");
+        }
+    }
+}
+
+/// What a killed writer leaves beside a file (temp files, a finished upload's directory) is
+/// hidden from listings and removed by `remove_leftovers`.
+#[tokio::test]
+async fn leftovers_of_a_killed_writer_are_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    std::fs::create_dir_all(dir.join(".model.safetensors.shardmerge-done-1a-2b")).unwrap();
+    std::fs::write(dir.join(".model.safetensors.shardmerge-tmp-1a-2b-3"), b"x").unwrap();
+    std::fs::write(dir.join(".other.shardmerge-tmp-1"), b"x").unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"model").unwrap();
+    let storage = Storage::from_env();
+    let loc = Location::Local(dir.join("model.safetensors"));
+    assert_eq!(storage.list(&Location::Local(dir.clone())).await.unwrap().len(), 1);
+    storage.remove_leftovers(&loc).await.unwrap();
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [".other.shardmerge-tmp-1", "model.safetensors"],
+        "only this file's leftovers go"
+    );
+}

@@ -1,0 +1,284 @@
+//! Publishing a job's output, and removing it when the job fails.
+//!
+//! The commit is repeatable: it is journaled as started, each completed shard upload is
+//! journaled, and a repeated commit skips those (an upload that vanished because its
+//! completion landed just before a crash is accepted when the object has the planned size).
+//! Every completed shard is checked against its planned size. A commit that fails removes
+//! everything it wrote; a failed or cancelled job's uploads are aborted; both are journaled
+//! (`cleaned`) when done and redone after a restart until then.
+
+use super::{Coordinator, JobRuntime, ServiceError, journal_err, lock};
+use crate::cluster::journal::{Entry, JobRecord};
+use crate::output::{TOKENIZER_FILES, output_config};
+use crate::{card, pyjson};
+use bytes::Bytes;
+use shardmerge_proto::v1::JobState;
+use shardmerge_worker::storage::{Location, StorageError};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Largest tokenizer or metadata file copied from a donor.
+const MAX_COPIED_FILE: u64 = 64 << 20;
+/// Attempts of a commit that keeps hitting transient storage errors.
+const COMMIT_ATTEMPTS: u32 = 5;
+/// Metadata files a commit writes besides shards and index.
+const METADATA_FILES: &[&str] = &["config.json", "README.md", "mergekit_config.yml"];
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Shard file names of a model with `k` shards (the planner's naming).
+fn shard_names(k: usize) -> Vec<String> {
+    if k == 1 {
+        vec!["model.safetensors".into()]
+    } else {
+        (1..=k).map(|i| format!("model-{i:05}-of-{k:05}.safetensors")).collect()
+    }
+}
+
+impl Coordinator {
+    pub(super) fn spawn_commit(&self, job: String) {
+        let c = self.clone();
+        self.spawn_tracked(async move {
+            let Some(rt) = c.runtime(&job) else { return };
+            let mut attempt = 0;
+            let result = loop {
+                attempt += 1;
+                match c.commit(&rt).await {
+                    Err(ServiceError::Unavailable(e)) if attempt < COMMIT_ATTEMPTS && !c.is_shutting_down() => {
+                        tracing::warn!(job_id = %job, attempt, error = %e, "commit hit a transient error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match result {
+                Ok(()) => {
+                    let finished = Entry::finished("succeeded", String::new());
+                    if let Err(e) = c.inner.journal.append(&job, &finished).await {
+                        // Not journaled: not succeeded. A restart redoes the commit.
+                        tracing::error!(job_id = %job, error = %e, "journaling success failed; the commit is redone on restart");
+                        return;
+                    }
+                    c.with_sched(|s| s.set_state(&job, JobState::Succeeded, None, Instant::now()));
+                    c.release_output(&job);
+                    lock(&c.inner.closed).insert(job.clone());
+                    tracing::info!(job_id = %job, "job committed");
+                }
+                Err(_) if c.is_shutting_down() => {
+                    tracing::warn!(job_id = %job, "commit interrupted by shutdown; a restart redoes it");
+                }
+                Err(e) => {
+                    let msg = format!("commit failed: {e}");
+                    c.with_sched(|s| s.set_state(&job, JobState::Failed, Some(msg.clone()), Instant::now()));
+                    c.spawn_finish(job.clone(), "failed", msg);
+                }
+            }
+            c.notify();
+        });
+    }
+
+    async fn commit(&self, rt: &JobRuntime) -> Result<(), ServiceError> {
+        let job = &rt.record.job_id;
+        let st = &self.inner.storage;
+        let plan = &rt.plan;
+        // Every shard's parts, complete and in planned order, before anything is published.
+        let mut by_shard: Vec<Vec<(u32, String)>> = vec![Vec::new(); plan.proto.shards.len()];
+        let mut expected: Vec<u32> = vec![0; plan.proto.shards.len()];
+        for u in &rt.units {
+            expected[u.shard] += u.part_starts.len() as u32;
+        }
+        for (unit, ps) in self.with_sched(|s| s.parts(job)) {
+            let shard = rt.units[unit as usize].shard;
+            by_shard[shard].extend(ps.into_iter().map(|p| (p.part_index, p.etag)));
+        }
+        for (si, ps) in by_shard.iter_mut().enumerate() {
+            ps.sort_by_key(|p| p.0);
+            let numbers: Vec<u32> = ps.iter().map(|p| p.0).collect();
+            if numbers != (0..expected[si]).collect::<Vec<_>>() && !lock(&rt.committed).contains(&(si as u32)) {
+                return Err(ServiceError::Internal(format!(
+                    "shard {} has parts {numbers:?}, planned 0..{}",
+                    plan.proto.shards[si].file_name, expected[si]
+                )));
+            }
+        }
+        super::fingerprint::check_inputs(st, &rt.record.inputs).await?;
+        if !rt.commit_started.load(Ordering::SeqCst) {
+            self.inner
+                .journal
+                .append(job, &Entry::CommitStarted)
+                .await
+                .map_err(journal_err)?;
+            rt.commit_started.store(true, Ordering::SeqCst);
+        }
+        let storage = |e: StorageError| ServiceError::storage(e);
+        let index_loc = rt.output.join(INDEX);
+        st.delete(&index_loc).await.map_err(storage)?;
+        // Metadata first.
+        if let Some(cfg) = output_config(plan, &rt.config) {
+            let text = pyjson::to_string(&cfg, true) + "\n";
+            st.put(&rt.output.join("config.json"), Bytes::from(text))
+                .await
+                .map_err(storage)?;
+        }
+        if rt.record.write_model_card {
+            let name = rt.output.file_name().to_string();
+            let card = card::model_card(plan, &rt.config, Path::new(&name));
+            st.put(&rt.output.join("README.md"), Bytes::from(card))
+                .await
+                .map_err(storage)?;
+            let yaml = Bytes::from(rt.config.source_text.clone());
+            st.put(&rt.output.join("mergekit_config.yml"), yaml)
+                .await
+                .map_err(storage)?;
+        }
+        if rt.record.copy_tokenizer {
+            self.copy_tokenizer(rt).await?;
+        }
+        // Then the shards: complete every upload with its parts in order, and check its size.
+        for (si, shard) in plan.proto.shards.iter().enumerate() {
+            if lock(&rt.committed).contains(&(si as u32)) {
+                continue; // completed by an earlier commit that was cut short
+            }
+            let loc = rt.output.join(&shard.file_name);
+            let etags = std::mem::take(&mut by_shard[si]).into_iter().map(|p| p.1).collect();
+            match st.complete_multipart(&loc, &rt.record.uploads[si], etags).await {
+                Ok(()) => {}
+                // Completed just before a crash (or a retried request): the object decides.
+                Err(StorageError::NoSuchUpload { .. }) => {
+                    tracing::warn!(job_id = %job, shard = %shard.file_name, "upload already completed; checking the object");
+                }
+                Err(e) => return Err(storage(e)),
+            }
+            let size = st.head(&loc).await.map_err(storage)?;
+            if size != shard.total_bytes {
+                return Err(ServiceError::Internal(format!(
+                    "shard {} is {size} bytes after completion, planned {}",
+                    shard.file_name, shard.total_bytes
+                )));
+            }
+            let entry = Entry::ShardCommitted { shard: si as u32 };
+            self.inner.journal.append(job, &entry).await.map_err(journal_err)?;
+            lock(&rt.committed).insert(si as u32);
+            st.remove_leftovers(&loc).await.map_err(storage)?;
+        }
+        // The index last: it is the commit point of a multi-shard model.
+        if plan.proto.shards.len() > 1 {
+            let text = crate::output::index_json(plan);
+            st.put(&index_loc, Bytes::from(text)).await.map_err(storage)?;
+        }
+        for f in METADATA_FILES.iter().chain(TOKENIZER_FILES).chain([&INDEX]) {
+            st.remove_leftovers(&rt.output.join(f)).await.map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    async fn copy_tokenizer(&self, rt: &JobRuntime) -> Result<(), ServiceError> {
+        let st = &self.inner.storage;
+        let storage = ServiceError::storage;
+        let plan = &rt.plan;
+        let donor = Location::parse(&plan.models[plan.donor].path.to_string_lossy()).map_err(storage)?;
+        let has = st.exists(&donor.join("tokenizer_config.json")).await.map_err(storage)?
+            && (st.exists(&donor.join("tokenizer.json")).await.map_err(storage)?
+                || st.exists(&donor.join("tokenizer.model")).await.map_err(storage)?);
+        if !has {
+            return Ok(());
+        }
+        for f in TOKENIZER_FILES {
+            let src = donor.join(f);
+            if st.exists(&src).await.map_err(storage)? {
+                let bytes = st.read_all_small(&src, MAX_COPIED_FILE).await.map_err(storage)?;
+                st.put(&rt.output.join(f), bytes).await.map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals a job's end (`failed`) and then cleans up its output.
+    pub(super) fn spawn_finish(&self, job: String, state: &'static str, error: String) {
+        let c = self.clone();
+        self.spawn_tracked(async move {
+            if let Err(e) = c.inner.journal.append(&job, &Entry::finished(state, error)).await {
+                tracing::error!(job_id = %job, error = %e, "journaling the job's end failed; a restart resumes it");
+                return;
+            }
+            c.cleanup_now(&job).await;
+        });
+    }
+
+    /// Cleans up a job whose end is journaled.
+    pub(super) fn spawn_cleanup(&self, job: String) {
+        let c = self.clone();
+        self.spawn_tracked(async move { c.cleanup_now(&job).await });
+    }
+
+    async fn cleanup_now(&self, job: &str) {
+        let Some(rt) = self.runtime(job) else { return };
+        let started = rt.commit_started.load(Ordering::SeqCst);
+        let names = rt.plan.proto.shards.iter().map(|s| s.file_name.clone()).collect();
+        self.cleanup(&rt.record, names, started).await;
+    }
+
+    /// Cleans up a finished job known only from its journal record (after a restart).
+    pub(super) fn spawn_cleanup_record(&self, record: JobRecord, commit_started: bool) {
+        let c = self.clone();
+        self.spawn_tracked(async move {
+            let names = if record.shard_files.is_empty() {
+                shard_names(record.uploads.len().max(1))
+            } else {
+                record.shard_files.clone()
+            };
+            c.cleanup(&record, names, commit_started).await;
+        });
+    }
+
+    /// Aborts the uploads and, if the commit had started, deletes every file it may have
+    /// written; retried until it succeeds (or shutdown), then journaled as `cleaned`.
+    async fn cleanup(&self, record: &JobRecord, shards: Vec<String>, commit_started: bool) {
+        let job = &record.job_id;
+        let Ok(output) = Location::parse(&record.output_uri) else {
+            return;
+        };
+        let st = &self.inner.storage;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let mut result: Result<(), StorageError> = Ok(());
+            for (name, id) in shards.iter().zip(&record.uploads) {
+                result = result.and(st.abort_multipart(&output.join(name), id).await);
+            }
+            if commit_started {
+                let files = shards
+                    .iter()
+                    .map(String::as_str)
+                    .chain(METADATA_FILES.iter().copied())
+                    .chain(TOKENIZER_FILES.iter().copied())
+                    .chain([INDEX]);
+                for f in files {
+                    let loc = output.join(f);
+                    result = result.and(st.delete(&loc).await);
+                }
+            }
+            for name in shards.iter().map(String::as_str).chain(METADATA_FILES.iter().copied()) {
+                result = result.and(st.remove_leftovers(&output.join(name)).await);
+            }
+            match result {
+                Ok(()) => break,
+                Err(e) if self.is_shutting_down() => {
+                    tracing::warn!(job_id = %job, error = %e, "cleanup interrupted by shutdown; a restart redoes it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = %e, "cleaning up the output failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        if let Err(e) = self.inner.journal.append(job, &Entry::Cleaned).await {
+            tracing::error!(job_id = %job, error = %e, "journaling the cleanup failed; a restart redoes it");
+            return;
+        }
+        self.release_output(job);
+        lock(&self.inner.closed).insert(job.clone());
+        self.notify();
+    }
+}
