@@ -35,12 +35,16 @@ enum Action {
     KillCoordinator { down: Duration },
     RestartCoordinator,
     KillWorker { replace_after: Duration },
+    /// A replacement for a killed worker.
     StartWorker,
+    /// One more worker, unless three are running.
+    AddWorker,
     Zombie { frozen: Duration },
     Thaw(usize),
     Faults { config: FaultConfig, period: Duration },
     FaultsOff,
-    Cancel,
+    /// Cancel the job; the number is the attempt (tried again while the coordinator is down).
+    Cancel(u32),
 }
 
 impl Action {
@@ -80,7 +84,7 @@ impl Plan {
                 let replace_after = secs(if rng.chance(0.5) { 0.0 } else { rng.range(0.5, 3.0) });
                 Action::KillWorker { replace_after }
             } else if r < 0.55 {
-                Action::StartWorker
+                Action::AddWorker
             } else if r < 0.75 {
                 let lease = LEASE_SECS as f64;
                 Action::Zombie {
@@ -94,7 +98,7 @@ impl Plan {
         // Every sixth seed cancels its job (so the default seeds cover it three times).
         if seed % 6 == 5 {
             let t = window.mul_f64(rng.range(0.1, 0.8));
-            events.push((t, Action::Cancel));
+            events.push((t, Action::Cancel(1)));
         }
         events.sort_by_key(|e| e.0);
         Plan {
@@ -288,6 +292,7 @@ fn chaos(
     let mut stopping = false;
     loop {
         let now = start.elapsed();
+        cluster.check_coordinator()?;
         if !stopping && (now > plan.window || last_poll.elapsed() > Duration::from_millis(300)) {
             last_poll = Instant::now();
             let done = cluster.job(job).is_ok_and(|s| support::chaos::is_final(&s));
@@ -306,11 +311,14 @@ fn chaos(
         };
         let (_, action) = queue.remove(i);
         let live = cluster.live_workers(true);
+        let mut skipped = false;
         match &action {
             Action::KillCoordinator { down } => {
-                tally.coordinator_kills += 1;
-                cluster.kill_coordinator();
-                queue.push((now + *down, Action::RestartCoordinator));
+                skipped = !cluster.kill_coordinator();
+                if !skipped {
+                    tally.coordinator_kills += 1;
+                    queue.push((now + *down, Action::RestartCoordinator));
+                }
             }
             Action::RestartCoordinator => cluster.start_coordinator()?,
             Action::KillWorker { replace_after } if !live.is_empty() => {
@@ -318,10 +326,12 @@ fn chaos(
                 cluster.workers[live[rng.below(live.len() as u64) as usize]].kill9();
                 queue.push((now + *replace_after, Action::StartWorker));
             }
-            Action::StartWorker if live.len() < 3 || action.is_follow_up() => cluster.add_worker(),
+            Action::StartWorker => cluster.add_worker(),
+            Action::AddWorker if live.len() < 3 => cluster.add_worker(),
             Action::Zombie { frozen } => {
                 let unfrozen = cluster.live_workers(false);
-                if !unfrozen.is_empty() {
+                skipped = unfrozen.is_empty();
+                if !skipped {
                     tally.zombies += 1;
                     let w = unfrozen[rng.below(unfrozen.len() as u64) as usize];
                     cluster.workers[w].freeze(true);
@@ -335,15 +345,23 @@ fn chaos(
                 queue.push((now + *period, Action::FaultsOff));
             }
             Action::FaultsOff => faults.off(),
-            Action::Cancel => {
-                tally.cancels += 1;
+            Action::Cancel(attempt) => {
                 let reply = cluster.cancel(job);
                 println!("  cancel: {:?}", reply.as_ref().map(describe));
-                cancel = Some(reply);
+                match reply {
+                    Err(e) if *attempt < 20 && support::chaos::retryable(&e) => {
+                        queue.push((now + Duration::from_millis(300), Action::Cancel(attempt + 1)));
+                    }
+                    reply => {
+                        tally.cancels += 1;
+                        cancel = Some(reply);
+                    }
+                }
             }
-            Action::KillWorker { .. } | Action::StartWorker => {}
+            Action::KillWorker { .. } | Action::AddWorker => skipped = true,
         }
-        println!("  t={:.1}s {action:?}", now.as_secs_f64());
+        let note = if skipped { " (skipped)" } else { "" };
+        println!("  t={:.1}s {action:?}{note}", now.as_secs_f64());
     }
     faults.off();
     cluster.thaw_all();
@@ -505,6 +523,9 @@ fn fault_layer_injects_counted_faults_and_tracks_open_uploads() {
         assert!(faulty.complete_multipart(&out, &id, vec![p]).await.is_err());
         assert!(faults.open_uploads("bkt", "out/").is_empty());
         assert_eq!(clean.read_range_vec(&out, 0, data.len() as u64).await.unwrap(), data);
+        // Like S3 (not s3s-fs), an upload that is gone is `NoSuchUpload`, which abort accepts.
+        faults.off();
+        faulty.abort_multipart(&out, &id).await.unwrap();
     });
     let counts = faults.counts();
     assert_eq!(counts.total(), 6, "{counts}");

@@ -296,3 +296,78 @@ async fn a_journal_that_does_not_match_the_plan_is_refused_clearly_and_cleaned_u
         b.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_input_rewritten_after_planning_fails_the_job_and_nothing_is_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (yaml, _) = setup(tmp.path());
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out");
+    let c = coordinator(&state, 5 << 20).await;
+    let (job, _) = submit(&c.url, &yaml, &out).await;
+    // Same size, new bytes (e.g. a fine-tune re-uploaded under the same name).
+    let file = tmp.path().join("models/finetune-a/model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::thread::sleep(Duration::from_millis(20)); // a new modification time
+    std::fs::write(&file, bytes).unwrap();
+    let workers = [spawn_worker(&c.url)];
+    let st = wait_final(&c.url, &job).await;
+    assert_eq!(st.state, JobState::Failed as i32, "{st:?}");
+    assert!(st.error.contains("changed since the job was planned"), "{}", st.error);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !entries(&out).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(entries(&out).is_empty(), "left at the output: {:?}", entries(&out));
+    for w in workers {
+        w.abort();
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_job_to_an_output_a_live_job_owns_is_refused_until_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (yaml, _) = setup(tmp.path());
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out");
+    let c = coordinator(&state, 5 << 20).await;
+    let (job, _) = submit(&c.url, &yaml, &out).await;
+    let mut cl = client::connect(&c.url, None, None).await.unwrap();
+    let second = client::submit(
+        &mut cl,
+        yaml.clone(),
+        "c.yml".into(),
+        format!("{}/", out.display()),
+        options(),
+    )
+    .await;
+    let err = format!("{:#}", second.unwrap_err());
+    assert!(err.contains(&format!("being written by job {job}")), "{err}");
+    // Cancelled: the output is free again (after its cleanup).
+    let st = client::cancel(&mut cl, job.clone()).await.unwrap();
+    assert_eq!(st.state, JobState::Cancelled as i32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        let r = client::submit(
+            &mut cl,
+            yaml.clone(),
+            "c.yml".into(),
+            out.display().to_string(),
+            options(),
+        )
+        .await;
+        if r.is_ok() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (third, _) = third.unwrap();
+    assert_ne!(third, job);
+    // A cancelled job stays cancelled, and cannot be cancelled again.
+    let again = format!("{:#}", client::cancel(&mut cl, job.clone()).await.unwrap_err());
+    assert!(again.contains("already finished (cancelled)"), "{again}");
+    c.stop().await;
+}

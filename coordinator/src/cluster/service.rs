@@ -430,6 +430,14 @@ impl Coordinator {
             }
         }
         if !replayed.is_some_and(|r| r.uploads_created) {
+            if replayed.is_some() {
+                // A crash between creating the uploads and journaling their ids: drop the
+                // ones nobody knows about before creating new ones.
+                for shard in &plan.proto.shards {
+                    let loc = output.join(&shard.file_name);
+                    st.abort_unrecorded_uploads(&loc).await.map_err(ServiceError::storage)?;
+                }
+            }
             record.uploads = self.create_uploads(record, &plan, &output).await?;
         }
         if record.uploads.len() != plan.proto.shards.len() {
@@ -440,11 +448,26 @@ impl Coordinator {
             )));
         }
         let warnings = plan.warnings.clone();
+        let pins: HashMap<&str, &super::journal::PinnedInput> =
+            record.inputs.iter().map(|p| (p.uri.as_str(), p)).collect();
         let wire: Vec<_> = units
             .iter()
             .map(|u| {
                 let loc = output.join(&plan.proto.shards[u.shard].file_name);
-                work_unit(&plan, &record.job_id, u, &loc.to_uri(), &record.uploads[u.shard], 0)
+                let mut wu = work_unit(&plan, &record.job_id, u, &loc.to_uri(), &record.uploads[u.shard], 0);
+                // Workers refuse an input that changed since the job was planned.
+                for src in wu
+                    .tasks
+                    .iter_mut()
+                    .flat_map(|t| t.inputs.iter_mut())
+                    .filter_map(|i| i.source.as_mut())
+                {
+                    if let Some(p) = pins.get(src.uri.as_str()) {
+                        src.file_size = p.size;
+                        src.file_version = p.version.clone();
+                    }
+                }
+                wu
             })
             .collect();
         let bytes = units.iter().map(UnitPlan::bytes).collect();

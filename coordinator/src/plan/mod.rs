@@ -194,6 +194,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
                     dtype: wire_dtype(inp.info.dtype) as i32,
                     shape: inp.info.shape.clone(),
                     tensor_name: inp.info.name.clone(),
+                    // Pinned by the cluster coordinator (the embedded runtime reads once).
+                    file_size: 0,
+                    file_version: String::new(),
                 }),
                 params: inp.params.clone(),
                 rng_offset,

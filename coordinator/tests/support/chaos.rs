@@ -26,6 +26,7 @@ pub fn s3_env(cmd: &mut Command, endpoint: &str) {
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ALLOW_HTTP", "true")
+        .env("NO_COLOR", "1")
         .env_remove("SHARDMERGE_TOKEN")
         .env_remove("RUST_LOG");
 }
@@ -146,8 +147,12 @@ impl Cluster {
     }
 
     /// Starts the coordinator on `self.listen` (retrying while the port is still taken) and
-    /// waits until it listens; an error carries its log.
+    /// waits until it listens; an error carries its log. Nothing to do if one is running.
     pub fn start_coordinator(&mut self) -> Result<(), String> {
+        self.check_coordinator()?;
+        if self.coordinator.is_some() {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.starts += 1;
@@ -183,12 +188,24 @@ impl Cluster {
         }
     }
 
-    /// `kill -9` of the coordinator.
-    pub fn kill_coordinator(&mut self) {
-        if let Some(mut p) = self.coordinator.take() {
-            p.kill9();
-            self.dead.push(p);
+    /// `kill -9` of the coordinator; false if none was running.
+    pub fn kill_coordinator(&mut self) -> bool {
+        let Some(mut p) = self.coordinator.take() else { return false };
+        p.kill9();
+        self.dead.push(p);
+        true
+    }
+
+    /// An error if the coordinator exited without being killed (a crash).
+    pub fn check_coordinator(&mut self) -> Result<(), String> {
+        if !self.coordinator.as_mut().is_some_and(|p| !p.alive()) {
+            return Ok(());
         }
+        std::thread::sleep(Duration::from_millis(100)); // let the log reader catch up
+        let p = self.coordinator.take().expect("checked above");
+        let tail = p.tail();
+        self.dead.push(p);
+        Err(format!("the coordinator exited by itself:\n{tail}"))
     }
 
     /// Starts one more worker.
@@ -252,40 +269,29 @@ impl Cluster {
         })
     }
 
-    /// Cancels the job, retrying for a few seconds while the coordinator is down; returns the
-    /// status in the reply, or the last error.
+    /// Cancels the job (one attempt); returns the status in the reply, or the error.
     pub fn cancel(&self, job: &str) -> Result<JobStatus, String> {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        loop {
-            let (url, job_id) = (self.url.clone(), job.to_string());
-            let r = self.rt.block_on(async move {
-                let call = async {
-                    let mut c = JobServiceClient::connect(url).await.map_err(|e| e.to_string())?;
-                    let r = c.cancel_job(CancelJobRequest { job_id }).await;
-                    r.map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-                };
-                match tokio::time::timeout(Duration::from_secs(3), call).await {
-                    Ok(r) => r?
-                        .into_inner()
-                        .status
-                        .ok_or_else(|| "no status in the reply".to_string()),
-                    Err(_) => Err("timed out".to_string()),
-                }
-            });
-            match r {
-                Ok(s) => return Ok(s),
-                Err(e) if Instant::now() > deadline || !retryable(&e) => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        let (url, job_id) = (self.url.clone(), job.to_string());
+        self.rt.block_on(async move {
+            let call = async {
+                let mut c = JobServiceClient::connect(url).await.map_err(|e| e.to_string())?;
+                let r = c.cancel_job(CancelJobRequest { job_id }).await;
+                r.map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            };
+            match tokio::time::timeout(Duration::from_secs(3), call).await {
+                Ok(r) => r?.into_inner().status.ok_or_else(|| "no status in the reply".to_string()),
+                Err(_) => Err("timed out".to_string()),
             }
-        }
+        })
     }
 
     /// Polls until the job is final, up to `timeout`; returns the final status or a
-    /// description of the last one seen.
-    pub fn wait_final(&self, job: &str, timeout: Duration) -> Result<JobStatus, String> {
+    /// description of the last one seen. An error if the coordinator crashes meanwhile.
+    pub fn wait_final(&mut self, job: &str, timeout: Duration) -> Result<JobStatus, String> {
         let start = Instant::now();
         let mut last = String::from("no answer");
         while start.elapsed() < timeout {
+            self.check_coordinator()?;
             match self.job(job) {
                 Ok(s) if is_final(&s) => return Ok(s),
                 Ok(s) => last = describe(&s),
@@ -321,7 +327,8 @@ impl Cluster {
     }
 }
 
-fn retryable(e: &str) -> bool {
+/// Whether a job API error may go away by itself (the coordinator is down or restarting).
+pub fn retryable(e: &str) -> bool {
     !(e.starts_with("NotFound") || e.starts_with("InvalidArgument") || e.starts_with("FailedPrecondition"))
 }
 

@@ -89,6 +89,7 @@ fn unit(id: u64) -> WorkUnit {
         dtype: DType::Bf16 as i32,
         shape: vec![512, 1024],
         tensor_name: tensor.clone(),
+        ..Default::default()
     };
     let input = |m: u32| TaskInput {
         model_index: m,

@@ -122,6 +122,34 @@ impl TaskIo for UnitIo<'_> {
     }
 }
 
+/// Refuses a unit whose input files changed since the coordinator pinned them (size and
+/// version: ETag on S3, modification time locally): a merge must never mix old and new bytes.
+fn check_pinned_inputs(unit: &WorkUnit, storage: &Storage, handle: &Handle) -> Result<(), UnitError> {
+    let mut seen = std::collections::HashSet::new();
+    for src in unit
+        .tasks
+        .iter()
+        .flat_map(|t| &t.inputs)
+        .filter_map(|i| i.source.as_ref())
+    {
+        if src.file_version.is_empty() || !seen.insert(src.uri.as_str()) {
+            continue;
+        }
+        let loc = Location::parse(&src.uri).map_err(storage_err)?;
+        let (size, version) = handle.block_on(storage.stat(&loc)).map_err(storage_err)?;
+        if size != src.file_size || version != src.file_version {
+            return Err(UnitError {
+                message: format!(
+                    "input {} changed since the job was planned (was {} bytes, version {}; now {size} bytes, version {version})",
+                    src.uri, src.file_size, src.file_version
+                ),
+                retryable: false,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Runs every task of `unit` (CPU work on the caller's thread, typically inside a rayon pool)
 /// and uploads its parts. Must not be called from an async context: storage calls block on
 /// `handle`. A unit that names a location outside `allow` is refused before anything is read
@@ -156,6 +184,7 @@ pub fn execute_unit(
         buffer: Mutex::new(vec![0u8; len as usize]),
     };
     let mut outcome = UnitOutcome::default();
+    check_pinned_inputs(unit, storage, handle)?;
     let check_lease = || {
         if revoked.load(Ordering::SeqCst) {
             Err(UnitError {

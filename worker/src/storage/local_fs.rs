@@ -342,8 +342,9 @@ pub(super) async fn stat(path: PathBuf) -> Result<(u64, String)> {
 }
 
 /// Removes hidden temp files and finished-upload directories a killed process left beside
-/// `path` (not uploads in progress: those are aborted by their owner).
-pub(super) async fn remove_leftovers(path: PathBuf) -> Result<()> {
+/// `path`; with `uploads`, also every upload in progress to `path` (for an owner that lost
+/// track of the ids it created).
+pub(super) async fn remove_leftovers(path: PathBuf, uploads: bool) -> Result<()> {
     blocking(&path.clone(), move || {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
             return Ok(());
@@ -353,7 +354,10 @@ pub(super) async fn remove_leftovers(path: PathBuf) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(StorageError::io("list", uri(parent), e)),
         };
-        let prefixes = [format!(".{name}{TMP_MARK}"), format!(".{name}{DONE_MARK}")];
+        let mut prefixes = vec![format!(".{name}{TMP_MARK}"), format!(".{name}{DONE_MARK}")];
+        if uploads {
+            prefixes.push(format!(".{name}{UPLOAD_MARK}"));
+        }
         for entry in entries.flatten() {
             let n = entry.file_name();
             let n = n.to_string_lossy();

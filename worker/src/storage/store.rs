@@ -112,7 +112,18 @@ impl Storage {
     /// interrupted writes and completions; local only: S3 writes leave nothing behind).
     pub async fn remove_leftovers(&self, loc: &Location) -> Result<()> {
         match loc {
-            Location::Local(path) => local_fs::remove_leftovers(path.clone()).await,
+            Location::Local(path) => local_fs::remove_leftovers(path.clone(), false).await,
+            Location::S3 { .. } => Ok(()),
+        }
+    }
+
+    /// Aborts every multipart upload to `loc` that this backend can find, for an owner that
+    /// crashed between creating uploads and recording their ids. Local only: S3's upload
+    /// listing is not available through the client, so there this does nothing (a bucket
+    /// lifecycle rule that aborts incomplete uploads covers that window).
+    pub async fn abort_unrecorded_uploads(&self, loc: &Location) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::remove_leftovers(path.clone(), true).await,
             Location::S3 { .. } => Ok(()),
         }
     }

@@ -14,26 +14,21 @@
 //! as its `ROOT/.upload-ID.json` record exists (CompleteMultipartUpload and
 //! AbortMultipartUpload remove it; UploadPart is refused without it), so an upload counts as
 //! open while that record is there.
+//!
+//! Two differences between s3s-fs and S3 are ironed out on both endpoints, so that the
+//! server's quirks are not mistaken for the client's bugs: a request naming an upload that no
+//! longer exists gets S3's `404 NoSuchUpload` (s3s-fs says `403 AccessDenied`), and a request
+//! runs to its end even if the client disconnects (s3s-fs would stop a
+//! CompleteMultipartUpload halfway, the upload gone and the object not written).
 
 use std::path::PathBuf;
-use std::pin::Pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::service::S3Service;
-use tokio::net::TcpListener;
+mod layer;
 
-type StdError = Box<dyn std::error::Error + Send + Sync>;
-type ResponseBody = UnsyncBoxBody<Bytes, StdError>;
+pub(super) use layer::serve;
 
 /// SplitMix64: a small, fast, seeded generator whose sequence never changes between versions,
 /// so a seed replays the same choices.
@@ -191,7 +186,13 @@ impl std::fmt::Display for FaultCounts {
             for target in Target::ALL {
                 let n = self.0[kind_index(kind)][target_index(target)];
                 if n > 0 {
-                    write!(f, "{}{} {}={n}", if first { "" } else { ", " }, kind.name(), target.name())?;
+                    write!(
+                        f,
+                        "{}{} {}={n}",
+                        if first { "" } else { ", " },
+                        kind.name(),
+                        target.name()
+                    )?;
                     first = false;
                 }
             }
@@ -275,6 +276,11 @@ impl Faults {
         self.targeted.load(Ordering::Relaxed)
     }
 
+    /// Whether s3s-fs still holds the upload `id` open.
+    pub(crate) fn upload_exists(&self, id: &str) -> bool {
+        self.root.join(format!(".upload-{id}.json")).exists()
+    }
+
     /// Multipart uploads on `bucket` whose key starts with `prefix` that were created and
     /// are neither completed nor aborted.
     pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Vec<OpenUpload> {
@@ -282,12 +288,12 @@ impl Faults {
         uploads
             .iter()
             .filter(|u| u.bucket == bucket && u.key.starts_with(prefix))
-            .filter(|u| self.root.join(format!(".upload-{}.json", u.upload_id)).exists())
+            .filter(|u| self.upload_exists(&u.upload_id))
             .cloned()
             .collect()
     }
 
-    fn draw(&self, target: Target) -> Option<FaultKind> {
+    pub(crate) fn draw(&self, target: Target) -> Option<FaultKind> {
         self.targeted.fetch_add(1, Ordering::Relaxed);
         let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if !config.targets[target_index(target)] {
@@ -305,210 +311,12 @@ impl Faults {
         Some(kind)
     }
 
-    fn slow_budget(&self) -> Duration {
+    pub(crate) fn slow_budget(&self) -> Duration {
         let max = self.config.lock().unwrap_or_else(|e| e.into_inner()).slow_body_max;
         max.mul_f64(self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit())
     }
 
-    fn track(&self, upload: OpenUpload) {
+    pub(crate) fn track(&self, upload: OpenUpload) {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).push(upload);
-    }
-}
-
-/// The S3 operation of a request, as far as the layer cares.
-enum Op {
-    Targeted(Target),
-    Create { bucket: String, key: String },
-    Other,
-}
-
-fn classify<B>(req: &Request<B>) -> Op {
-    let query = req.uri().query().unwrap_or("");
-    let has = |name: &str| query.split('&').any(|kv| kv.split('=').next() == Some(name));
-    let path = req.uri().path().trim_start_matches('/');
-    let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
-    let m = req.method();
-    if *m == Method::GET && !key.is_empty() && req.headers().contains_key(hyper::header::RANGE) {
-        Op::Targeted(Target::Get)
-    } else if *m == Method::PUT && has("partNumber") && has("uploadId") {
-        Op::Targeted(Target::UploadPart)
-    } else if *m == Method::POST && has("uploadId") {
-        Op::Targeted(Target::Complete)
-    } else if *m == Method::POST && has("uploads") {
-        Op::Create {
-            bucket: percent_decode(bucket),
-            key: percent_decode(key),
-        }
-    } else {
-        Op::Other
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn xml_error(status: StatusCode, code: &str, message: &str, resource: &str) -> Response<ResponseBody> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>\
-         <Resource>{resource}</Resource><RequestId>shardmerge-chaos</RequestId></Error>"
-    );
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/xml"),
-    );
-    resp
-}
-
-/// Serves `service` on `listener` through the layer; `inject` is false for the test's own
-/// endpoint.
-pub(super) async fn serve(listener: TcpListener, service: S3Service, faults: Arc<Faults>, inject: bool) {
-    let http = ConnBuilder::new(TokioExecutor::new());
-    while let Ok((socket, _)) = listener.accept().await {
-        let (service, faults) = (service.clone(), faults.clone());
-        let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-            handle(service.clone(), faults.clone(), inject, req)
-        });
-        let conn = http.serve_connection(TokioIo::new(socket), handler).into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-}
-
-async fn handle(
-    service: S3Service,
-    faults: Arc<Faults>,
-    inject: bool,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, StdError> {
-    let op = classify(&req);
-    let fault = match (&op, inject) {
-        (Op::Targeted(target), true) => faults.draw(*target),
-        _ => None,
-    };
-    let resource = req.uri().path().to_owned();
-    match fault {
-        Some(kind @ (FaultKind::InternalError | FaultKind::SlowDown)) => {
-            // Read the request first, so the client sees the answer rather than a broken pipe.
-            let _ = req.into_body().collect().await;
-            return Ok(if kind == FaultKind::SlowDown {
-                xml_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "SlowDown",
-                    "Please reduce your request rate.",
-                    &resource,
-                )
-            } else {
-                xml_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "We encountered an internal error. Please try again.",
-                    &resource,
-                )
-            });
-        }
-        Some(FaultKind::Reset) => return Err("injected fault: connection reset".into()),
-        _ => {}
-    }
-    let resp = hyper::service::Service::call(&service, req).await.map_err(StdError::from)?;
-    let resp = match op {
-        Op::Create { bucket, key } if resp.status().is_success() => {
-            let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            let text = String::from_utf8_lossy(&bytes);
-            if let Some(id) = text
-                .split_once("<UploadId>")
-                .and_then(|(_, rest)| rest.split_once("</UploadId>"))
-                .map(|(id, _)| id.to_owned())
-            {
-                faults.track(OpenUpload {
-                    bucket,
-                    key,
-                    upload_id: id,
-                });
-            }
-            Response::from_parts(parts, Full::new(bytes).map_err(|e| match e {}).boxed_unsync())
-        }
-        _ => resp.map(BodyExt::boxed_unsync),
-    };
-    match fault {
-        Some(FaultKind::LostReply) => {
-            // Let the operation finish (CompleteMultipartUpload answers while it works).
-            let _ = resp.into_body().collect().await;
-            Err("injected fault: reply lost".into())
-        }
-        Some(FaultKind::SlowBody) => {
-            let budget = faults.slow_budget();
-            Ok(resp.map(|b| SlowBody::new(b, budget).boxed_unsync()))
-        }
-        _ => Ok(resp),
-    }
-}
-
-/// A response body delayed by `budget` in total: a quarter before the first frame and a
-/// quarter after each of the next data frames until the budget is spent.
-struct SlowBody {
-    inner: ResponseBody,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    step: Duration,
-    left: Duration,
-}
-
-impl SlowBody {
-    fn new(inner: ResponseBody, budget: Duration) -> SlowBody {
-        let step = budget / 4;
-        SlowBody {
-            inner,
-            sleep: Some(Box::pin(tokio::time::sleep(step))),
-            step,
-            left: budget.saturating_sub(step),
-        }
-    }
-}
-
-impl Body for SlowBody {
-    type Data = Bytes;
-    type Error = StdError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
-        let this = self.get_mut();
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
-            this.sleep = None;
-        }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if !this.left.is_zero() && matches!(&frame, Some(Ok(f)) if f.is_data()) {
-            let d = this.step.min(this.left);
-            this.left -= d;
-            this.sleep = Some(Box::pin(tokio::time::sleep(d)));
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.sleep.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
