@@ -15,8 +15,10 @@ pub mod demo;
 pub mod embedded;
 pub mod output;
 pub mod plan;
+pub mod publish;
 pub mod pyjson;
 
+use shardmerge_worker::storage::{Location, Storage, StorageError};
 use std::path::{Path, PathBuf};
 
 pub use embedded::{RunOptions, RunStats};
@@ -79,7 +81,7 @@ pub enum MergeError {
     Run(#[from] embedded::RunError),
     /// Writing the output failed.
     #[error(transparent)]
-    Output(#[from] output::OutputError),
+    Publish(#[from] publish::PublishError),
 }
 
 /// Result of a finished merge.
@@ -141,20 +143,67 @@ pub fn execute_plan(
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
+    let mut publishing = false;
     let result = (|| {
         embedded::prepare_output(&plan)?;
         let stats = embedded::run_tasks(&plan, &opts.run)?;
-        output::write_metadata(&plan, config, out_dir, opts.output)?;
-        output::commit(&plan, out_dir)?;
+        publishing = true;
+        block_on(publish_local(&plan, config, out_dir, opts.output))?;
         Ok::<_, MergeError>(stats)
     })();
     match result {
         Ok(stats) => Ok(MergeReport { plan, stats }),
         Err(e) => {
+            if publishing {
+                let names: Vec<String> = plan.proto.shards.iter().map(|s| s.file_name.clone()).collect();
+                let out = Location::Local(out_dir.to_path_buf());
+                if let Err(u) = block_on(publish::unpublish(&Storage::from_env(), &out, &names)) {
+                    tracing::warn!(error = %u, "removing a failed merge's output");
+                }
+            }
             output::abort(out_dir);
             Err(e)
         }
     }
+}
+
+/// Publishes the embedded runtime's staged shards and metadata at `out_dir`, through the same
+/// commit path as the cluster ([`publish::publish`]).
+async fn publish_local(
+    plan: &Plan,
+    config: &config::MergeConfig,
+    out_dir: &Path,
+    opts: output::OutputOptions,
+) -> Result<(), publish::PublishError> {
+    let st = Storage::from_env();
+    let out = Location::Local(out_dir.to_path_buf());
+    std::fs::create_dir_all(out_dir).map_err(|error| StorageError::Io {
+        op: "create",
+        uri: out_dir.display().to_string(),
+        error,
+    })?;
+    let meta = publish::metadata(&st, plan, config, opts, out_dir).await?;
+    let shards = plan
+        .proto
+        .shards
+        .iter()
+        .map(|s| publish::ShardCommit {
+            name: s.file_name.clone(),
+            size: s.total_bytes,
+            bytes: publish::ShardBytes::Staged(PathBuf::from(&s.staging_uri)),
+        })
+        .collect();
+    publish::publish(&st, &out, &meta, shards, publish::index(plan)).await
+}
+
+/// Runs `f` to completion on a private single-threaded runtime (the embedded runtime is
+/// synchronous; storage is async). Not for use inside an async context.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded tokio runtime")
+        .block_on(f)
 }
 
 /// Reads `config_path` and merges it into `out_dir`.

@@ -13,9 +13,8 @@
 mod support;
 
 use shardmerge_proto::v1::{JobState, JobStatus};
-use shardmerge_worker::storage::test_faults::{FaultConfig, FaultCounts, FaultKind, SeededRng};
+use shardmerge_worker::storage::test_faults::{FaultConfig, FaultCounts, FaultKind, SeededRng, Target};
 use shardmerge_worker::storage::test_server::TestS3;
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -214,7 +213,7 @@ struct Tally {
     outcomes: HashMap<&'static str, u64>,
 }
 
-fn run_round(world: &mut World, seed: u64, tally: &mut Tally) -> Result<&'static str, String> {
+fn run_round(world: &mut World, seed: u64, tally: &mut Tally) -> Result<(), String> {
     let plan = Plan::new(seed);
     let reference = world.reference(plan.random_seed, plan.shard_size);
     let faults = world.s3.faults().expect("started with faults").clone();
@@ -247,7 +246,17 @@ fn run_round(world: &mut World, seed: u64, tally: &mut Tally) -> Result<&'static
     }
     let job = cluster.submit(&world.s3_config, &output.uri(), plan.random_seed, plan.shard_size)?;
     let result = chaos(&mut cluster, &plan, seed, &job, &faults, tally).and_then(|cancel| {
-        let fin = cluster.wait_final(&job, FINAL_TIMEOUT).map_err(|e| format!("job stuck: {e}"))?;
+        let fin = cluster.wait_final(&job, FINAL_TIMEOUT).map_err(|e| {
+            *tally.outcomes.entry("not final").or_default() += 1;
+            format!("job stuck: {e}")
+        })?;
+        println!("  final: {}", describe(&fin));
+        let outcome = match state(&fin) {
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            _ => "cancelled",
+        };
+        *tally.outcomes.entry(outcome).or_default() += 1;
         // Thawed zombies may still act; give them a lease, then the state must not change.
         std::thread::sleep(Duration::from_secs(LEASE_SECS + 1));
         if let Ok(again) = cluster.job(&job)
@@ -256,7 +265,6 @@ fn run_round(world: &mut World, seed: u64, tally: &mut Tally) -> Result<&'static
             return Err(format!("final state changed: {} then {}", describe(&fin), describe(&again)));
         }
         cluster.stop_all();
-        println!("  final: {}", describe(&fin));
         verify(world, &output, &prefix, &fin, cancel.as_ref(), &reference)
     });
     let round_faults = faults.counts().since(&before);
@@ -267,9 +275,6 @@ fn run_round(world: &mut World, seed: u64, tally: &mut Tally) -> Result<&'static
         println!("{}", cluster.logs());
     }
     cluster.stop_all();
-    if let Ok(outcome) = &result {
-        *tally.outcomes.entry(outcome).or_default() += 1;
-    }
     result
 }
 
@@ -361,7 +366,7 @@ fn chaos(
             Action::KillWorker { .. } | Action::AddWorker => skipped = true,
         }
         let note = if skipped { " (skipped)" } else { "" };
-        println!("  t={:.1}s {action:?}{note}", now.as_secs_f64());
+        println!("  t={:.1}s {}{note}", now.as_secs_f64(), brief(&action));
     }
     faults.off();
     cluster.thaw_all();
@@ -374,6 +379,23 @@ fn chaos(
     Ok(cancel)
 }
 
+/// An action for the round's log (fault rates in percent).
+fn brief(action: &Action) -> String {
+    match action {
+        Action::Faults { config, period } => {
+            let rates: Vec<String> = (FaultKind::ALL.iter().zip(config.rates))
+                .map(|(k, r)| format!("{} {:.1}%", k.name(), r * 100.0))
+                .collect();
+            let targets: Vec<&str> = (Target::ALL.iter().zip(config.targets))
+                .filter(|(_, on)| *on)
+                .map(|(t, _)| t.name())
+                .collect();
+            format!("S3 faults on {targets:?} for {:.1}s: {}", period.as_secs_f64(), rates.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 /// The two acceptable ends of a round.
 fn verify(
     world: &World,
@@ -382,37 +404,28 @@ fn verify(
     fin: &JobStatus,
     cancel: Option<&Result<JobStatus, String>>,
     reference: &[Entry],
-) -> Result<&'static str, String> {
+) -> Result<(), String> {
     let entries = output.entries(&world.s3, &world.rt)?;
-    let open = world.s3.faults().expect("faults").open_uploads("out", &format!("{prefix}/"));
-    let open_err = || Err(format!("{} multipart upload(s) left open: {open:?}", open.len()));
     let acknowledged_cancel = matches!(cancel, Some(Ok(s)) if state(s) == JobState::Cancelled);
     match state(fin) {
-        JobState::Succeeded => {
-            if acknowledged_cancel {
-                return Err("the cancel was acknowledged (cancelled), yet the job ended succeeded".into());
-            }
-            check_same_model(&entries, reference)?;
-            if !open.is_empty() {
-                return open_err();
-            }
-            Ok("succeeded")
+        JobState::Succeeded if acknowledged_cancel => {
+            Err("the cancel was acknowledged (cancelled), yet the job ended succeeded".into())
         }
-        s @ (JobState::Failed | JobState::Cancelled) => {
-            let name = if s == JobState::Failed { "failed" } else { "cancelled" };
-            if s == JobState::Cancelled && cancel.is_none() {
-                return Err("cancelled, but the test never cancelled it".into());
-            }
-            if acknowledged_cancel && s == JobState::Failed {
-                return Err(format!("the cancel was acknowledged, yet the job ended failed: {}", fin.error));
-            }
-            check_nothing(&entries, name)?;
-            if !open.is_empty() {
-                return open_err();
-            }
-            Ok(name)
+        JobState::Succeeded => check_same_model(&entries, reference),
+        JobState::Cancelled if cancel.is_none() => Err("cancelled, but the test never cancelled it".into()),
+        JobState::Failed if acknowledged_cancel => {
+            Err(format!("the cancel was acknowledged, yet the job ended failed: {}", fin.error))
         }
+        JobState::Failed => check_nothing(&entries, "failed"),
+        JobState::Cancelled => check_nothing(&entries, "cancelled"),
         _ => Err(format!("not a final state: {}", describe(fin))),
+    }?;
+    // On every end, no multipart upload may stay open (S3 bills them until aborted).
+    let open = world.s3.faults().expect("faults").open_uploads("out", &format!("{prefix}/"));
+    if open.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} multipart upload(s) left open: {open:?}", open.len()))
     }
 }
 
@@ -457,80 +470,9 @@ fn chaos_rounds_end_exact_or_with_nothing_at_the_output() {
         "  coordinator kills {} worker kills {} zombies {} fault periods {} cancels {}",
         tally.coordinator_kills, tally.worker_kills, tally.zombies, tally.fault_periods, tally.cancels
     );
-    for outcome in ["succeeded", "failed", "cancelled"] {
+    for outcome in ["succeeded", "failed", "cancelled", "not final"] {
         println!("  outcome {outcome:<10} {}", tally.outcomes.get(outcome).copied().unwrap_or(0));
     }
     println!("  rounds failing the check: {}", failures.len());
     assert!(failures.is_empty(), "chaos rounds failed:\n{}", failures.join("\n"));
-}
-
-/// The fault layer itself: faults only on the faulty endpoint and the targeted requests,
-/// counted; upload tracking follows create, abort and complete.
-#[test]
-fn fault_layer_injects_counted_faults_and_tracks_open_uploads() {
-    use shardmerge_worker::storage::{Location, Storage};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let s3 = rt.block_on(TestS3::start_with_faults(7));
-    let faults = s3.faults().unwrap().clone();
-    s3.create_bucket("bkt");
-    let mut options = s3.options();
-    options.endpoint = s3.faulty_endpoint().map(str::to_string);
-    options.retry.max_retries = 0;
-    let (faulty, clean) = (Storage::with_s3_options(options), s3.storage());
-    let only = |kind: FaultKind, target: usize| {
-        let mut config = FaultConfig {
-            slow_body_max: Duration::from_millis(400),
-            ..FaultConfig::default()
-        };
-        config.rates[FaultKind::ALL.iter().position(|k| *k == kind).unwrap()] = 1.0;
-        config.targets[target] = true;
-        config
-    };
-    rt.block_on(async {
-        let input = Location::parse("s3://bkt/in/x.bin").unwrap();
-        let data: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
-        clean.put(&input, data.clone().into()).await.unwrap();
-        for kind in [FaultKind::InternalError, FaultKind::SlowDown, FaultKind::Reset] {
-            faults.set(only(kind, 0));
-            assert!(faulty.read_range(&input, 5, 10).await.is_err(), "{kind:?}");
-            assert_eq!(clean.read_range(&input, 5, 10).await.unwrap(), data[5..15], "{kind:?}");
-            assert_eq!(faults.counts().of_kind(kind), 1, "{kind:?}");
-        }
-        faults.set(only(FaultKind::SlowBody, 0));
-        assert_eq!(faulty.read_range(&input, 0, 3 << 20).await.unwrap(), data[..3 << 20]);
-        assert_eq!(faults.counts().of_kind(FaultKind::SlowBody), 1);
-
-        let out = Location::parse("s3://bkt/out/y.bin").unwrap();
-        faults.off();
-        let aborted = faulty.create_multipart(&out).await.unwrap();
-        assert_eq!(faults.open_uploads("bkt", "out/").len(), 1);
-        assert!(faults.open_uploads("bkt", "in/").is_empty() && faults.open_uploads("c", "").is_empty());
-        faulty.abort_multipart(&out, &aborted).await.unwrap();
-        assert!(faults.open_uploads("bkt", "out/").is_empty());
-
-        let id = faulty.create_multipart(&out).await.unwrap();
-        faults.set(only(FaultKind::Reset, 1));
-        let part = Bytes::from(data.clone());
-        assert!(faulty.put_part(&out, &id, 0, part.clone()).await.is_err());
-        faults.set(only(FaultKind::LostReply, 2));
-        let p = faulty.put_part(&out, &id, 0, part).await.unwrap();
-        assert_eq!(faults.open_uploads("bkt", "out/").len(), 1);
-        // The completion happens, but its answer is lost.
-        assert!(faulty.complete_multipart(&out, &id, vec![p]).await.is_err());
-        assert!(faults.open_uploads("bkt", "out/").is_empty());
-        assert_eq!(clean.read_range_vec(&out, 0, data.len() as u64).await.unwrap(), data);
-        // Like S3 (not s3s-fs), an upload that is gone is `NoSuchUpload`, which abort accepts.
-        faults.off();
-        faulty.abort_multipart(&out, &id).await.unwrap();
-    });
-    let counts = faults.counts();
-    assert_eq!(counts.total(), 6, "{counts}");
-    assert_eq!(counts.of_kind(FaultKind::Reset), 2, "{counts}");
-    assert_eq!(counts.of_kind(FaultKind::LostReply), 1, "{counts}");
-    assert!(faults.targeted_requests() >= 7);
-    println!("fault layer self-test: {counts}");
 }

@@ -190,7 +190,9 @@ impl Cluster {
 
     /// `kill -9` of the coordinator; false if none was running.
     pub fn kill_coordinator(&mut self) -> bool {
-        let Some(mut p) = self.coordinator.take() else { return false };
+        let Some(mut p) = self.coordinator.take() else {
+            return false;
+        };
         p.kill9();
         self.dead.push(p);
         true
@@ -279,7 +281,10 @@ impl Cluster {
                 r.map_err(|s| format!("{:?}: {}", s.code(), s.message()))
             };
             match tokio::time::timeout(Duration::from_secs(3), call).await {
-                Ok(r) => r?.into_inner().status.ok_or_else(|| "no status in the reply".to_string()),
+                Ok(r) => r?
+                    .into_inner()
+                    .status
+                    .ok_or_else(|| "no status in the reply".to_string()),
                 Err(_) => Err("timed out".to_string()),
             }
         })

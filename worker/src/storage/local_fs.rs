@@ -325,6 +325,19 @@ pub(super) async fn abort_multipart(path: PathBuf, id: String) -> Result<()> {
     .await
 }
 
+pub(super) async fn place(from: PathBuf, to: PathBuf) -> Result<()> {
+    blocking(&to.clone(), move || {
+        let io = |e| StorageError::io("write", uri(&to), e);
+        File::open(&from).and_then(|f| f.sync_all()).map_err(io)?;
+        fs::rename(&from, &to).map_err(io)?;
+        match to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => File::open(dir).and_then(|d| d.sync_all()).map_err(io),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
 pub(super) async fn stat(path: PathBuf) -> Result<(u64, String)> {
     blocking(&path.clone(), move || {
         let meta = fs::metadata(&path).map_err(|e| StorageError::io("read", uri(&path), e))?;

@@ -117,6 +117,18 @@ impl Storage {
         }
     }
 
+    /// Moves the fully written local file `from` to `to` atomically (fsync, rename, directory
+    /// fsync). Both must be local: a staged file is a local runtime's way to publish a shard.
+    pub async fn place(&self, from: &Location, to: &Location) -> Result<()> {
+        match (from, to) {
+            (Location::Local(a), Location::Local(b)) => local_fs::place(a.clone(), b.clone()).await,
+            _ => Err(StorageError::InvalidUri {
+                uri: to.to_uri(),
+                reason: "a staged local file can only be placed at a local path".to_owned(),
+            }),
+        }
+    }
+
     /// Aborts every multipart upload to `loc` that this backend can find, for an owner that
     /// crashed between creating uploads and recording their ids. Local only: S3's upload
     /// listing is not available through the client, so there this does nothing (a bucket

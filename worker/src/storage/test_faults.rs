@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod layer;
+#[cfg(test)]
+mod tests;
 
 pub(super) use layer::serve;
 

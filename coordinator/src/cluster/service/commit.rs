@@ -9,22 +9,23 @@
 
 use super::{Coordinator, JobRuntime, ServiceError, journal_err, lock};
 use crate::cluster::journal::{Entry, JobRecord};
-use crate::output::{TOKENIZER_FILES, output_config};
-use crate::{card, pyjson};
-use bytes::Bytes;
+use crate::output::OutputOptions;
+use crate::publish::{self, PublishError, Publisher, ShardBytes, ShardCommit};
 use shardmerge_proto::v1::JobState;
 use shardmerge_worker::storage::{Location, StorageError};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Largest tokenizer or metadata file copied from a donor.
-const MAX_COPIED_FILE: u64 = 64 << 20;
 /// Attempts of a commit that keeps hitting transient storage errors.
 const COMMIT_ATTEMPTS: u32 = 5;
-/// Metadata files a commit writes besides shards and index.
-const METADATA_FILES: &[&str] = &["config.json", "README.md", "mergekit_config.yml"];
-const INDEX: &str = "model.safetensors.index.json";
+fn publish_err(e: PublishError) -> ServiceError {
+    if e.is_retryable() {
+        ServiceError::Unavailable(e.to_string())
+    } else {
+        ServiceError::Internal(e.to_string())
+    }
+}
 
 /// Shard file names of a model with `k` shards (the planner's naming).
 fn shard_names(k: usize) -> Vec<String> {
@@ -110,87 +111,39 @@ impl Coordinator {
                 .map_err(journal_err)?;
             rt.commit_started.store(true, Ordering::SeqCst);
         }
-        let storage = |e: StorageError| ServiceError::storage(e);
-        let index_loc = rt.output.join(INDEX);
-        st.delete(&index_loc).await.map_err(storage)?;
-        // Metadata first.
-        if let Some(cfg) = output_config(plan, &rt.config) {
-            let text = pyjson::to_string(&cfg, true) + "\n";
-            st.put(&rt.output.join("config.json"), Bytes::from(text))
-                .await
-                .map_err(storage)?;
-        }
-        if rt.record.write_model_card {
-            let name = rt.output.file_name().to_string();
-            let card = card::model_card(plan, &rt.config, Path::new(&name));
-            st.put(&rt.output.join("README.md"), Bytes::from(card))
-                .await
-                .map_err(storage)?;
-            let yaml = Bytes::from(rt.config.source_text.clone());
-            st.put(&rt.output.join("mergekit_config.yml"), yaml)
-                .await
-                .map_err(storage)?;
-        }
-        if rt.record.copy_tokenizer {
-            self.copy_tokenizer(rt).await?;
-        }
-        // Then the shards: complete every upload with its parts in order, and check its size.
-        for (si, shard) in plan.proto.shards.iter().enumerate() {
+        let opts = OutputOptions {
+            copy_tokenizer: rt.record.copy_tokenizer,
+            write_model_card: rt.record.write_model_card,
+        };
+        let name = rt.output.file_name().to_string();
+        let meta = publish::metadata(st, plan, &rt.config, opts, Path::new(&name))
+            .await
+            .map_err(publish_err)?;
+        let shards: Vec<ShardCommit> = plan
+            .proto
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(si, s)| ShardCommit {
+                name: s.file_name.clone(),
+                size: s.total_bytes,
+                bytes: ShardBytes::Upload {
+                    id: rt.record.uploads[si].clone(),
+                    etags: std::mem::take(&mut by_shard[si]).into_iter().map(|p| p.1).collect(),
+                },
+            })
+            .collect();
+        let publisher = Publisher::begin(st, &rt.output, &meta).await.map_err(publish_err)?;
+        for (si, shard) in shards.into_iter().enumerate() {
             if lock(&rt.committed).contains(&(si as u32)) {
-                continue; // completed by an earlier commit that was cut short
+                continue; // published by an earlier commit that was cut short
             }
-            let loc = rt.output.join(&shard.file_name);
-            let etags = std::mem::take(&mut by_shard[si]).into_iter().map(|p| p.1).collect();
-            match st.complete_multipart(&loc, &rt.record.uploads[si], etags).await {
-                Ok(()) => {}
-                // Completed just before a crash (or a retried request): the object decides.
-                Err(StorageError::NoSuchUpload { .. }) => {
-                    tracing::warn!(job_id = %job, shard = %shard.file_name, "upload already completed; checking the object");
-                }
-                Err(e) => return Err(storage(e)),
-            }
-            let size = st.head(&loc).await.map_err(storage)?;
-            if size != shard.total_bytes {
-                return Err(ServiceError::Internal(format!(
-                    "shard {} is {size} bytes after completion, planned {}",
-                    shard.file_name, shard.total_bytes
-                )));
-            }
+            publisher.shard(shard).await.map_err(publish_err)?;
             let entry = Entry::ShardCommitted { shard: si as u32 };
             self.inner.journal.append(job, &entry).await.map_err(journal_err)?;
             lock(&rt.committed).insert(si as u32);
-            st.remove_leftovers(&loc).await.map_err(storage)?;
         }
-        // The index last: it is the commit point of a multi-shard model.
-        if plan.proto.shards.len() > 1 {
-            let text = crate::output::index_json(plan);
-            st.put(&index_loc, Bytes::from(text)).await.map_err(storage)?;
-        }
-        for f in METADATA_FILES.iter().chain(TOKENIZER_FILES).chain([&INDEX]) {
-            st.remove_leftovers(&rt.output.join(f)).await.map_err(storage)?;
-        }
-        Ok(())
-    }
-
-    async fn copy_tokenizer(&self, rt: &JobRuntime) -> Result<(), ServiceError> {
-        let st = &self.inner.storage;
-        let storage = ServiceError::storage;
-        let plan = &rt.plan;
-        let donor = Location::parse(&plan.models[plan.donor].path.to_string_lossy()).map_err(storage)?;
-        let has = st.exists(&donor.join("tokenizer_config.json")).await.map_err(storage)?
-            && (st.exists(&donor.join("tokenizer.json")).await.map_err(storage)?
-                || st.exists(&donor.join("tokenizer.model")).await.map_err(storage)?);
-        if !has {
-            return Ok(());
-        }
-        for f in TOKENIZER_FILES {
-            let src = donor.join(f);
-            if st.exists(&src).await.map_err(storage)? {
-                let bytes = st.read_all_small(&src, MAX_COPIED_FILE).await.map_err(storage)?;
-                st.put(&rt.output.join(f), bytes).await.map_err(storage)?;
-            }
-        }
-        Ok(())
+        publisher.finish(publish::index(plan)).await.map_err(publish_err)
     }
 
     /// Journals a job's end (`failed`) and then cleans up its output.
@@ -246,19 +199,11 @@ impl Coordinator {
                 result = result.and(st.abort_multipart(&output.join(name), id).await);
             }
             if commit_started {
-                let files = shards
-                    .iter()
-                    .map(String::as_str)
-                    .chain(METADATA_FILES.iter().copied())
-                    .chain(TOKENIZER_FILES.iter().copied())
-                    .chain([INDEX]);
-                for f in files {
-                    let loc = output.join(f);
-                    result = result.and(st.delete(&loc).await);
+                result = result.and(publish::unpublish(st, &output, &shards).await);
+            } else {
+                for name in &shards {
+                    result = result.and(st.remove_leftovers(&output.join(name)).await);
                 }
-            }
-            for name in shards.iter().map(String::as_str).chain(METADATA_FILES.iter().copied()) {
-                result = result.and(st.remove_leftovers(&output.join(name)).await);
             }
             match result {
                 Ok(()) => break,
