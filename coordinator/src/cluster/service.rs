@@ -6,24 +6,26 @@
 //! after the job record is journaled, filled by workers' parts, and completed at commit
 //! ([`commit`]); metadata is written first and the index last.
 
-use super::journal::{Entry, FORMAT_VERSION, JobRecord, Journal, Replayed};
+use super::journal::{Entry, FORMAT_VERSION, JobRecord, Journal};
 use super::metrics::CoordinatorMetrics;
 use super::scheduler::{CancelRefused, Event, Report, ReportRef, Scheduler, SchedulerConfig, is_final};
-use super::units::{UnitPlan, plan_units, work_unit};
-use crate::config::{MergeConfig, parse_config};
-use crate::plan::{ModelOpener, Plan, PlanOptions};
-use shardmerge_proto::v1::{JobState, JobStatus, PartResult};
-use shardmerge_worker::storage::{Location, Storage, StorageError, open_model_dir};
+use super::units::UnitPlan;
+use crate::config::MergeConfig;
+use crate::plan::Plan;
+use shardmerge_proto::v1::{JobState, JobStatus};
+use shardmerge_worker::storage::{Location, Storage, StorageError};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod commit;
+mod create;
 mod fingerprint;
 mod lifecycle;
+mod resume;
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -212,113 +214,6 @@ impl Coordinator {
         Ok(c)
     }
 
-    /// Brings one replayed job back: finished ones stay queryable (and get their cleanup
-    /// finished), damaged ones are reported failed without touching anything, the others
-    /// resume.
-    async fn restore(&self, r: Replayed) {
-        let job = r.record.job_id.clone();
-        let now = Instant::now();
-        let finished_status = |state: JobState, error: String| JobStatus {
-            job_id: job.clone(),
-            output_uri: r.record.output_uri.clone(),
-            state: state as i32,
-            error,
-            ..Default::default()
-        };
-        if let Some(why) = &r.damaged {
-            tracing::error!(job_id = %job, error = %why, "journal damaged; job not resumed");
-            lock(&self.inner.sched).add_finished(finished_status(JobState::Failed, why.clone()), now);
-            return;
-        }
-        if let Some((state, error, at)) = r.finished.clone() {
-            let state = parse_state(&state);
-            let age = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .saturating_sub(at);
-            let closed = state == JobState::Succeeded || r.cleaned;
-            if closed && age >= self.inner.opts.retention.as_secs() {
-                let _ = self.inner.journal.remove(&job);
-                return;
-            }
-            lock(&self.inner.sched).add_finished(finished_status(state, error), now);
-            if closed {
-                lock(&self.inner.closed).insert(job);
-            } else {
-                self.spawn_cleanup_record(r.record.clone(), r.commit_started);
-            }
-            return;
-        }
-        if r.record.format != FORMAT_VERSION {
-            let why = format!(
-                "job journaled in format {} by another version of shardmerge (this one reads format {FORMAT_VERSION}); not resumed",
-                r.record.format
-            );
-            self.fail_unresumable(r, why).await;
-            return;
-        }
-        tracing::info!(job_id = %job, done = r.done.len(), "resuming job from the journal");
-        let record = r.record.clone();
-        match self.create(record, Some(&r)).await {
-            Ok(_) => {}
-            Err(ServiceError::Unavailable(e)) => {
-                // Storage unreachable now: try again later rather than failing the job for good.
-                tracing::warn!(job_id = %job, error = %e, "cannot resume job yet; retrying");
-                self.spawn_resume_retry(r);
-            }
-            Err(e) => self.fail_unresumable(r, e.to_string()).await,
-        }
-    }
-
-    /// Retries resuming a job whose storage was unreachable, until it resumes or fails for a
-    /// reason that retrying cannot fix.
-    fn spawn_resume_retry(&self, r: Replayed) {
-        let c = self.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_secs(1);
-            loop {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-                if c.is_shutting_down() {
-                    return;
-                }
-                match c.create(r.record.clone(), Some(&r)).await {
-                    Ok(_) => return,
-                    Err(ServiceError::Unavailable(e)) => {
-                        tracing::warn!(job_id = %r.record.job_id, error = %e, "cannot resume job yet; retrying");
-                    }
-                    Err(e) => {
-                        c.fail_unresumable(r, e.to_string()).await;
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
-    /// A job that cannot be resumed: journaled failed, its uploads aborted.
-    async fn fail_unresumable(&self, r: Replayed, why: String) {
-        let job = r.record.job_id.clone();
-        tracing::error!(job_id = %job, error = %why, "cannot resume job");
-        let status = JobStatus {
-            job_id: job.clone(),
-            output_uri: r.record.output_uri.clone(),
-            state: JobState::Failed as i32,
-            error: why.clone(),
-            ..Default::default()
-        };
-        lock(&self.inner.sched).add_finished(status, Instant::now());
-        if self
-            .inner
-            .journal
-            .append(&job, &Entry::finished("failed", why))
-            .await
-            .is_ok()
-        {
-            self.spawn_cleanup_record(r.record, r.commit_started);
-        }
-    }
-
     /// The scheduler (for the worker API).
     pub fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
         f(&mut lock(&self.inner.sched))
@@ -382,195 +277,6 @@ impl Coordinator {
 
     fn release_output(&self, job: &str) {
         lock(&self.inner.outputs).retain(|_, owner| owner != job);
-    }
-
-    /// Plans a job (new, or resumed from `replayed`), journals what is missing, creates its
-    /// uploads and hands its units to the scheduler.
-    async fn create(&self, mut record: JobRecord, replayed: Option<&Replayed>) -> Result<Vec<String>, ServiceError> {
-        let config = parse_config(&record.config_yaml, Path::new(&record.config_name))
-            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        let output = Location::parse(&record.output_uri).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        self.claim_output(&output, &record.job_id)?;
-        let result = self.create_claimed(&mut record, replayed, config, output).await;
-        if result.is_err() {
-            self.release_output(&record.job_id);
-        }
-        result
-    }
-
-    async fn create_claimed(
-        &self,
-        record: &mut JobRecord,
-        replayed: Option<&Replayed>,
-        config: MergeConfig,
-        output: Location,
-    ) -> Result<Vec<String>, ServiceError> {
-        let plan = self.plan(record, &config).await?;
-        record.seed = plan.seed.map(|(s, _)| s);
-        let units = plan_units(&plan, record.unit_target);
-        let fp = fingerprint::fingerprint(&plan, &units);
-        let st = &self.inner.storage;
-        match replayed {
-            Some(_) => {
-                if record.fingerprint != fp {
-                    return Err(ServiceError::Invalid(fingerprint::mismatch(&record.fingerprint, &fp)));
-                }
-                fingerprint::check_inputs(st, &record.inputs).await?;
-            }
-            None => {
-                record.fingerprint = fp;
-                record.inputs = fingerprint::pin_inputs(st, &plan).await?;
-                // The record first: uploads exist only for journaled jobs, so a crash never
-                // leaves an upload nobody knows about.
-                self.inner
-                    .journal
-                    .append(&record.job_id, &Entry::Job(record.clone()))
-                    .await
-                    .map_err(journal_err)?;
-            }
-        }
-        if !replayed.is_some_and(|r| r.uploads_created) {
-            if replayed.is_some() {
-                // A crash between creating the uploads and journaling their ids: drop the
-                // ones nobody knows about before creating new ones.
-                for shard in &plan.proto.shards {
-                    let loc = output.join(&shard.file_name);
-                    st.abort_unrecorded_uploads(&loc).await.map_err(ServiceError::storage)?;
-                }
-            }
-            record.uploads = self.create_uploads(record, &plan, &output).await?;
-        }
-        if record.uploads.len() != plan.proto.shards.len() {
-            return Err(ServiceError::Invalid(format!(
-                "the journal holds {} upload ids for {} output shards; the job cannot be resumed",
-                record.uploads.len(),
-                plan.proto.shards.len()
-            )));
-        }
-        let warnings = plan.warnings.clone();
-        let pins: HashMap<&str, &super::journal::PinnedInput> =
-            record.inputs.iter().map(|p| (p.uri.as_str(), p)).collect();
-        let wire: Vec<_> = units
-            .iter()
-            .map(|u| {
-                let loc = output.join(&plan.proto.shards[u.shard].file_name);
-                let mut wu = work_unit(&plan, &record.job_id, u, &loc.to_uri(), &record.uploads[u.shard], 0);
-                // Workers refuse an input that changed since the job was planned.
-                for src in wu
-                    .tasks
-                    .iter_mut()
-                    .flat_map(|t| t.inputs.iter_mut())
-                    .filter_map(|i| i.source.as_mut())
-                {
-                    if let Some(p) = pins.get(src.uri.as_str()) {
-                        src.file_size = p.size;
-                        src.file_version = p.version.clone();
-                    }
-                }
-                wu
-            })
-            .collect();
-        let bytes = units.iter().map(UnitPlan::bytes).collect();
-        let done: HashMap<u64, Vec<PartResult>> = replayed
-            .map(|r| r.done.iter().map(|(u, p)| (*u, unit_parts(&units, *u, p))).collect())
-            .unwrap_or_default();
-        let job_id = record.job_id.clone();
-        let status = JobStatus {
-            job_id: job_id.clone(),
-            output_uri: record.output_uri.clone(),
-            ..Default::default()
-        };
-        let rt = Arc::new(JobRuntime {
-            record: record.clone(),
-            committed: Mutex::new(
-                replayed
-                    .map(|r| r.committed.iter().copied().collect())
-                    .unwrap_or_default(),
-            ),
-            commit_started: AtomicBool::new(replayed.is_some_and(|r| r.commit_started)),
-            plan,
-            config,
-            units,
-            output,
-        });
-        lock(&self.inner.jobs).insert(job_id.clone(), rt);
-        let now = Instant::now();
-        let ready = self.with_sched(|s| {
-            s.add_job(status, wire, bytes, done);
-            s.all_done(&job_id) && s.set_state(&job_id, JobState::Committing, None, now)
-        });
-        if ready {
-            self.spawn_commit(job_id);
-        }
-        self.notify();
-        Ok(warnings)
-    }
-
-    async fn plan(&self, record: &JobRecord, config: &MergeConfig) -> Result<Plan, ServiceError> {
-        let storage = self.inner.storage.clone();
-        let handle = tokio::runtime::Handle::current();
-        let opener: ModelOpener = Arc::new(move |uri: &str| {
-            let loc = Location::parse(uri).map_err(|e| e.to_string())?;
-            let dir = handle
-                .block_on(open_model_dir(&storage, &loc))
-                .map_err(|e| e.to_string())?;
-            Ok((PathBuf::from(uri), dir))
-        });
-        let popts = PlanOptions {
-            out_dir: PathBuf::from(&record.output_uri),
-            out_shard_size: record.out_shard_size,
-            random_seed: record.seed,
-            allow_crimes: record.allow_crimes,
-            model_root: self.inner.opts.model_root.clone(),
-            opener: Some(opener),
-        };
-        let cfg = config.clone();
-        tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Invalid(e.to_string()))
-    }
-
-    /// Creates one upload per shard and journals their ids; on any failure aborts the ones
-    /// created and fails the (already journaled) job.
-    async fn create_uploads(
-        &self,
-        record: &JobRecord,
-        plan: &Plan,
-        output: &Location,
-    ) -> Result<Vec<String>, ServiceError> {
-        let st = &self.inner.storage;
-        let mut ids = Vec::new();
-        let mut failure = None;
-        for shard in &plan.proto.shards {
-            match st.create_multipart(&output.join(&shard.file_name)).await {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    failure = Some(ServiceError::storage(e));
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            let files = plan.proto.shards.iter().map(|s| s.file_name.clone()).collect();
-            let entry = Entry::Uploads {
-                ids: ids.clone(),
-                files,
-            };
-            match self.inner.journal.append(&record.job_id, &entry).await {
-                Ok(()) => return Ok(ids),
-                Err(e) => failure = Some(journal_err(e)),
-            }
-        }
-        for (shard, id) in plan.proto.shards.iter().zip(&ids) {
-            let _ = st.abort_multipart(&output.join(&shard.file_name), id).await;
-        }
-        let e = failure.expect("set above");
-        let finished = Entry::finished("failed", format!("creating the output uploads failed: {e}"));
-        if self.inner.journal.append(&record.job_id, &finished).await.is_ok() {
-            let _ = self.inner.journal.append(&record.job_id, &Entry::Cleaned).await;
-        }
-        Err(e)
     }
 
     /// Records a worker report, fenced to the live lease it names. A success is acknowledged
@@ -691,27 +397,4 @@ impl Coordinator {
     pub fn is_finished(&self, job: &str) -> bool {
         self.with_sched(|s| s.state(job)).is_some_and(is_final)
     }
-}
-
-/// The journaled parts of `unit` with their planned sizes (the journal keeps numbers and
-/// etags; sizes follow from the plan).
-fn unit_parts(units: &[UnitPlan], unit: u64, parts: &[(u32, String)]) -> Vec<PartResult> {
-    let plan = units.iter().find(|u| u.unit_id == unit);
-    parts
-        .iter()
-        .map(|(n, etag)| {
-            let size = plan
-                .and_then(|u| {
-                    let i = n.checked_sub(u.first_part)? as usize;
-                    let start = *u.part_starts.get(i)?;
-                    Some(u.part_starts.get(i + 1).copied().unwrap_or(u.end) - start)
-                })
-                .unwrap_or(0);
-            PartResult {
-                part_index: *n,
-                etag: etag.clone(),
-                size,
-            }
-        })
-        .collect()
 }

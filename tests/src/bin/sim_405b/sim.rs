@@ -1,0 +1,281 @@
+//! The discrete-event simulation: simulated workers against the real [`Scheduler`] and the
+//! real [`Journal`], in simulated time (nothing sleeps).
+//!
+//! Each worker behaves like `worker/src/node`: it registers, leases one unit when its slot is
+//! free, polls again after `idle_poll` when it got nothing, heartbeats its leases every
+//! `heartbeat`, and "runs" a unit for (input bytes + output bytes) / bandwidth. Its report is
+//! fenced by the scheduler, journaled (a real line, a real fsync), and acknowledged `ack`
+//! later: every report arriving in that window shares one group commit (all tickets are
+//! submitted, then waited for), after which each unit is settled and its worker leases again.
+//! The coordinator's 250 ms housekeeping `tick` runs too. The scheduler's `now` is the
+//! simulation's start `Instant` plus the simulated time.
+//!
+//! Only the coordinator's own calls are timed; the simulation's bookkeeping is not (it still
+//! counts in the process CPU time the caller measures around [`run`]).
+
+use anyhow::{Context, Result, bail};
+use prost::Message;
+use shardmerge_coordinator::cluster::journal::{Durable, Entry, Journal};
+use shardmerge_coordinator::cluster::scheduler::{Event, Report, ReportRef, Scheduler};
+use shardmerge_proto::v1::{LeaseUnitsResponse, PartResult, WorkUnit};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// How the simulated cluster behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Simulated workers (one unit at a time each).
+    pub workers: usize,
+    /// Bytes per second one worker reads plus writes.
+    pub bandwidth: f64,
+    /// Simulated time from a report to its acknowledgement (one group commit).
+    pub ack: Duration,
+    /// A worker that leased nothing asks again after this long (the worker's 100 ms).
+    pub idle_poll: Duration,
+    /// Heartbeat interval of a worker (the scheduler's `heartbeat`).
+    pub heartbeat: Duration,
+    /// The coordinator's housekeeping interval (the service's 250 ms).
+    pub tick: Duration,
+}
+
+/// The job as the scheduler holds it.
+pub struct SimJob<'a> {
+    /// Job id.
+    pub id: &'a str,
+    /// Every unit, indexed by unit id (wire form, as leased).
+    pub units: &'a [WorkUnit],
+    /// Bytes a worker moves for each unit: inputs read plus output written.
+    pub moved: &'a [u64],
+}
+
+/// Scheduler calls made, by kind.
+#[derive(Debug, Default, Clone)]
+pub struct Calls {
+    /// `lease` calls that granted a unit.
+    pub lease: u64,
+    /// `lease` calls that found nothing pending (idle polls).
+    pub lease_empty: u64,
+    /// `heartbeat` calls.
+    pub heartbeat: u64,
+    /// `report` calls.
+    pub report: u64,
+    /// `settle` calls.
+    pub settle: u64,
+    /// `tick` calls.
+    pub tick: u64,
+}
+
+impl Calls {
+    /// Every scheduler call.
+    pub fn total(&self) -> u64 {
+        self.lease + self.lease_empty + self.heartbeat + self.report + self.settle + self.tick
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Simulated time until the last unit was journaled and settled.
+    pub makespan: Duration,
+    /// Simulated time each unit was settled at, in settle order.
+    pub settled_at: Vec<Duration>,
+    /// Sum of every worker's busy (running) time.
+    pub busy: Duration,
+    /// Longest single unit.
+    pub longest_unit: Duration,
+    /// Scheduler calls made.
+    pub calls: Calls,
+    /// Real time inside scheduler calls (single-threaded, so about their CPU time).
+    pub sched: Duration,
+    /// Real time encoding the `LeaseUnitsResponse` protobufs the service would send.
+    pub encode: Duration,
+    /// Their encoded bytes.
+    pub wire_bytes: u64,
+    /// Real time serialising and queueing journal lines (`Journal::submit`).
+    pub journal_submit: Duration,
+    /// Real time waiting for group commits to reach the disk.
+    pub journal_wait: Duration,
+    /// Group commits waited for (one simulated acknowledgement window each).
+    pub commits: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Tick,
+    Flush,
+    Lease(usize),
+    Finish(usize),
+    Heartbeat(usize),
+}
+
+struct Running {
+    lease: String,
+    unit: usize,
+    attempt: u32,
+}
+
+/// Simulated nanoseconds of `d`.
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+/// The parts a worker reports for `u`: its planned part numbers and sizes.
+fn parts_of(u: &WorkUnit) -> Vec<PartResult> {
+    let o = u.output.clone().unwrap_or_default();
+    o.part_starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| PartResult {
+            part_index: o.first_part + i as u32,
+            etag: format!("\"sim-{}-{}\"", u.unit_id, o.first_part + i as u32),
+            size: o.part_starts.get(i + 1).copied().unwrap_or(o.end) - start,
+        })
+        .collect()
+}
+
+/// Runs `f`, adding its real duration to `acc`.
+fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let s = Instant::now();
+    let r = f();
+    *acc += s.elapsed();
+    r
+}
+
+/// The event queue: earliest simulated time first, then insertion order.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((t, self.seq, ev)));
+    }
+
+    fn pop(&mut self) -> Option<(u64, Ev)> {
+        self.heap.pop().map(|Reverse((t, _, ev))| (t, ev))
+    }
+}
+
+/// Runs the job to the end (every unit settled: the job is ready to commit).
+pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &SimOptions) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let at = |t: u64| t0 + Duration::from_nanos(t);
+    let mut out = Outcome::default();
+    let mut q = Queue::default();
+    let ids: Vec<String> = timed(&mut out.sched, || {
+        (0..opts.workers).map(|_| sched.register_worker(at(0))).collect()
+    });
+    let mut running: Vec<Option<Running>> = (0..opts.workers).map(|_| None).collect();
+    for w in 0..opts.workers {
+        q.push(0, Ev::Lease(w));
+        // Heartbeats spread over the first interval, as workers started at random times do.
+        q.push(ns(opts.heartbeat) * (w as u64 + 1) / opts.workers as u64, Ev::Heartbeat(w));
+    }
+    q.push(ns(opts.tick), Ev::Tick);
+    // Reports journaled but not yet acknowledged: (worker, unit, ticket).
+    let mut pending: Vec<(usize, u64, Durable)> = Vec::new();
+    let mut flush_due = false;
+
+    while let Some((now, ev)) = q.pop() {
+        match ev {
+            Ev::Lease(w) => {
+                let leases = timed(&mut out.sched, || sched.lease(&ids[w], 1, at(now)));
+                let resp = LeaseUnitsResponse {
+                    leases: leases.context("a simulated worker was forgotten (lease)")?,
+                    unknown_worker: false,
+                };
+                out.wire_bytes += timed(&mut out.encode, || resp.encode_to_vec().len()) as u64;
+                let Some(lease) = resp.leases.into_iter().next() else {
+                    out.calls.lease_empty += 1;
+                    q.push(now + ns(opts.idle_poll), Ev::Lease(w));
+                    continue;
+                };
+                out.calls.lease += 1;
+                let unit = lease.unit.context("lease without a unit")?;
+                let i = unit.unit_id as usize;
+                let d = Duration::from_secs_f64(job.moved[i] as f64 / opts.bandwidth);
+                out.busy += d;
+                out.longest_unit = out.longest_unit.max(d);
+                running[w] = Some(Running {
+                    lease: lease.lease_id,
+                    unit: i,
+                    attempt: unit.attempt,
+                });
+                q.push(now + ns(d), Ev::Finish(w));
+            }
+            Ev::Finish(w) => {
+                let r = running[w].as_ref().context("finish without a unit")?;
+                let unit = &job.units[r.unit];
+                let fenced = ReportRef {
+                    worker: &ids[w],
+                    lease: &r.lease,
+                    job: job.id,
+                    unit: unit.unit_id,
+                    attempt: r.attempt,
+                };
+                let report = Report::Success { parts: parts_of(unit) };
+                let res = timed(&mut out.sched, || sched.report(fenced, report, at(now)));
+                out.calls.report += 1;
+                for e in res.map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))? {
+                    let Event::UnitDone { job: j, unit, parts } = e else {
+                        bail!("unexpected scheduler event on a report: {e:?}");
+                    };
+                    let entry = Entry::UnitDone {
+                        unit,
+                        parts: parts.into_iter().map(|p| (p.part_index, p.etag)).collect(),
+                    };
+                    let ticket = timed(&mut out.journal_submit, || journal.submit(&j, &entry));
+                    pending.push((w, unit, ticket));
+                }
+                if !flush_due {
+                    flush_due = true;
+                    q.push(now + ns(opts.ack), Ev::Flush);
+                }
+            }
+            Ev::Flush => {
+                flush_due = false;
+                out.commits += 1;
+                let mut acked = Vec::with_capacity(pending.len());
+                let s = Instant::now();
+                for (w, unit, ticket) in pending.drain(..) {
+                    ticket.wait_blocking().with_context(|| format!("journaling unit {unit}"))?;
+                    acked.push((w, unit));
+                }
+                out.journal_wait += s.elapsed();
+                let mut done = false;
+                for (w, unit) in acked {
+                    let events = timed(&mut out.sched, || sched.settle(job.id, unit, at(now)));
+                    out.calls.settle += 1;
+                    out.settled_at.push(Duration::from_nanos(now));
+                    done |= events.iter().any(|e| matches!(e, Event::ReadyToCommit(_)));
+                    running[w] = None;
+                    q.push(now, Ev::Lease(w));
+                }
+                if done {
+                    out.makespan = Duration::from_nanos(now);
+                    return Ok(out);
+                }
+            }
+            Ev::Heartbeat(w) => {
+                let leases: Vec<String> = running[w].iter().map(|r| r.lease.clone()).collect();
+                let revoked = timed(&mut out.sched, || sched.heartbeat(&ids[w], &leases, at(now)));
+                out.calls.heartbeat += 1;
+                revoked.context("a simulated worker was forgotten (heartbeat)")?;
+                q.push(now + ns(opts.heartbeat), Ev::Heartbeat(w));
+            }
+            Ev::Tick => {
+                let events = timed(&mut out.sched, || sched.tick(at(now)));
+                out.calls.tick += 1;
+                if let Some(e) = events.first() {
+                    bail!("the scheduler gave up on the job: {e:?}");
+                }
+                q.push(now + ns(opts.tick), Ev::Tick);
+            }
+        }
+    }
+    bail!("the simulation ran out of events before the job was done")
+}
