@@ -110,7 +110,10 @@ fn write_model(dir: &Path) -> Result<()> {
         dir.join("model.safetensors.index.json"),
         serde_json::to_string_pretty(&index)? + "\n",
     )?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config_json())? + "\n")?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config_json())? + "\n",
+    )?;
     Ok(())
 }
 

@@ -73,6 +73,29 @@ impl Calls {
     }
 }
 
+/// Real time inside scheduler calls, by purpose (single-threaded, so about their CPU time;
+/// each includes ~40 ns of clock reads).
+#[derive(Debug, Default, Clone)]
+pub struct SchedTime {
+    /// Registering the workers.
+    pub register: Duration,
+    /// Leases that granted a unit, reports and settles: the per-unit work.
+    pub work: Duration,
+    /// Leases that found nothing (idle workers polling).
+    pub idle: Duration,
+    /// Heartbeats.
+    pub heartbeat: Duration,
+    /// Housekeeping ticks.
+    pub tick: Duration,
+}
+
+impl SchedTime {
+    /// All of it.
+    pub fn total(&self) -> Duration {
+        self.register + self.work + self.idle + self.heartbeat + self.tick
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
@@ -86,8 +109,8 @@ pub struct Outcome {
     pub longest_unit: Duration,
     /// Scheduler calls made.
     pub calls: Calls,
-    /// Real time inside scheduler calls (single-threaded, so about their CPU time).
-    pub sched: Duration,
+    /// Real time inside scheduler calls.
+    pub sched: SchedTime,
     /// Real time encoding the `LeaseUnitsResponse` protobufs the service would send.
     pub encode: Duration,
     /// Their encoded bytes.
@@ -166,14 +189,17 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
     let at = |t: u64| t0 + Duration::from_nanos(t);
     let mut out = Outcome::default();
     let mut q = Queue::default();
-    let ids: Vec<String> = timed(&mut out.sched, || {
+    let ids: Vec<String> = timed(&mut out.sched.register, || {
         (0..opts.workers).map(|_| sched.register_worker(at(0))).collect()
     });
     let mut running: Vec<Option<Running>> = (0..opts.workers).map(|_| None).collect();
     for w in 0..opts.workers {
         q.push(0, Ev::Lease(w));
         // Heartbeats spread over the first interval, as workers started at random times do.
-        q.push(ns(opts.heartbeat) * (w as u64 + 1) / opts.workers as u64, Ev::Heartbeat(w));
+        q.push(
+            ns(opts.heartbeat) * (w as u64 + 1) / opts.workers as u64,
+            Ev::Heartbeat(w),
+        );
     }
     q.push(ns(opts.tick), Ev::Tick);
     // Reports journaled but not yet acknowledged: (worker, unit, ticket).
@@ -183,18 +209,25 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
     while let Some((now, ev)) = q.pop() {
         match ev {
             Ev::Lease(w) => {
-                let leases = timed(&mut out.sched, || sched.lease(&ids[w], 1, at(now)));
-                let resp = LeaseUnitsResponse {
-                    leases: leases.context("a simulated worker was forgotten (lease)")?,
-                    unknown_worker: false,
-                };
-                out.wire_bytes += timed(&mut out.encode, || resp.encode_to_vec().len()) as u64;
-                let Some(lease) = resp.leases.into_iter().next() else {
+                let s = Instant::now();
+                let leases = sched.lease(&ids[w], 1, at(now));
+                let spent = s.elapsed();
+                let leases = leases.context("a simulated worker was forgotten (lease)")?;
+                if leases.is_empty() {
+                    out.sched.idle += spent;
                     out.calls.lease_empty += 1;
                     q.push(now + ns(opts.idle_poll), Ev::Lease(w));
                     continue;
-                };
+                }
+                out.sched.work += spent;
                 out.calls.lease += 1;
+                // What the service sends back (gRPC framing and HTTP/2 not included).
+                let resp = LeaseUnitsResponse {
+                    leases,
+                    unknown_worker: false,
+                };
+                out.wire_bytes += timed(&mut out.encode, || resp.encode_to_vec().len()) as u64;
+                let lease = resp.leases.into_iter().next().context("one lease")?;
                 let unit = lease.unit.context("lease without a unit")?;
                 let i = unit.unit_id as usize;
                 let d = Duration::from_secs_f64(job.moved[i] as f64 / opts.bandwidth);
@@ -218,7 +251,7 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                     attempt: r.attempt,
                 };
                 let report = Report::Success { parts: parts_of(unit) };
-                let res = timed(&mut out.sched, || sched.report(fenced, report, at(now)));
+                let res = timed(&mut out.sched.work, || sched.report(fenced, report, at(now)));
                 out.calls.report += 1;
                 for e in res.map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))? {
                     let Event::UnitDone { job: j, unit, parts } = e else {
@@ -242,13 +275,15 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                 let mut acked = Vec::with_capacity(pending.len());
                 let s = Instant::now();
                 for (w, unit, ticket) in pending.drain(..) {
-                    ticket.wait_blocking().with_context(|| format!("journaling unit {unit}"))?;
+                    ticket
+                        .wait_blocking()
+                        .with_context(|| format!("journaling unit {unit}"))?;
                     acked.push((w, unit));
                 }
                 out.journal_wait += s.elapsed();
                 let mut done = false;
                 for (w, unit) in acked {
-                    let events = timed(&mut out.sched, || sched.settle(job.id, unit, at(now)));
+                    let events = timed(&mut out.sched.work, || sched.settle(job.id, unit, at(now)));
                     out.calls.settle += 1;
                     out.settled_at.push(Duration::from_nanos(now));
                     done |= events.iter().any(|e| matches!(e, Event::ReadyToCommit(_)));
@@ -262,13 +297,13 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
             }
             Ev::Heartbeat(w) => {
                 let leases: Vec<String> = running[w].iter().map(|r| r.lease.clone()).collect();
-                let revoked = timed(&mut out.sched, || sched.heartbeat(&ids[w], &leases, at(now)));
+                let revoked = timed(&mut out.sched.heartbeat, || sched.heartbeat(&ids[w], &leases, at(now)));
                 out.calls.heartbeat += 1;
                 revoked.context("a simulated worker was forgotten (heartbeat)")?;
                 q.push(now + ns(opts.heartbeat), Ev::Heartbeat(w));
             }
             Ev::Tick => {
-                let events = timed(&mut out.sched, || sched.tick(at(now)));
+                let events = timed(&mut out.sched.tick, || sched.tick(at(now)));
                 out.calls.tick += 1;
                 if let Some(e) = events.first() {
                     bail!("the scheduler gave up on the job: {e:?}");
