@@ -248,6 +248,7 @@ async fn serve(
     };
     let work = async {
         let mut client = client.clone();
+        let mut idle = Duration::from_millis(100);
         loop {
             let free = opts
                 .slots
@@ -273,9 +274,13 @@ async fn serve(
                 return;
             }
             if resp.leases.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Back off while there is no work (100 ms doubling to 500 ms): an idle fleet of
+                // thousands of workers must not keep the coordinator busy answering polls.
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(500));
                 continue;
             }
+            idle = Duration::from_millis(100);
             for lease in resp.leases {
                 let Some(unit) = lease.unit else { continue };
                 let revoked = Arc::new(AtomicBool::new(false));
