@@ -149,6 +149,8 @@ pub fn execute_plan(
         let stats = embedded::run_tasks(&plan, &opts.run)?;
         publishing = true;
         block_on(publish_local(&plan, config, out_dir, opts.output))?;
+        // The staged shards are in place: the (now empty) staging directory goes.
+        output::abort(out_dir);
         Ok::<_, MergeError>(stats)
     })();
     match result {

@@ -77,7 +77,8 @@ pub fn index_json(plan: &Plan) -> String {
     pyjson::to_string(&index, false)
 }
 
-/// Removes staged data after a failed merge.
+/// Removes the staging directory (with any staged data): after a failed merge, or once the
+/// staged shards were published.
 pub fn abort(out_dir: &Path) {
     let _ = fs::remove_dir_all(out_dir.join(STAGING_DIR));
 }

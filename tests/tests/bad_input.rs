@@ -70,6 +70,13 @@ fn the_valid_fixture_merges() {
     let cfg = f.config(TA);
     shardmerge_coordinator::merge_file(&cfg, &f.out(), &MergeOptions::default()).unwrap();
     assert!(f.out().join("model.safetensors").exists());
+    let hidden: Vec<_> = std::fs::read_dir(f.out())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "a finished merge leaves no staging or temp files: {hidden:?}");
 }
 
 #[test]
