@@ -76,7 +76,10 @@ fn the_valid_fixture_merges() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(hidden.is_empty(), "a finished merge leaves no staging or temp files: {hidden:?}");
+    assert!(
+        hidden.is_empty(),
+        "a finished merge leaves no staging or temp files: {hidden:?}"
+    );
 }
 
 #[test]
