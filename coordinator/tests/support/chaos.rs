@@ -200,7 +200,7 @@ impl Cluster {
 
     /// An error if the coordinator exited without being killed (a crash).
     pub fn check_coordinator(&mut self) -> Result<(), String> {
-        if !self.coordinator.as_mut().is_some_and(|p| !p.alive()) {
+        if self.coordinator.as_mut().is_none_or(|p| p.alive()) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100)); // let the log reader catch up

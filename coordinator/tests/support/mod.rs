@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod chaos_output;
+pub mod chaos_plan;
 
 use shardmerge_worker::storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
 use std::io::{BufRead, BufReader};

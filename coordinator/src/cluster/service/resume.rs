@@ -15,11 +15,16 @@ impl Coordinator {
     pub(super) async fn restore(&self, r: Replayed) {
         let job = r.record.job_id.clone();
         let now = Instant::now();
+        // A finished job's units are not re-planned: its journaled units are what it did (all of
+        // them, for a succeeded job).
+        let journaled = r.done.len() as u64;
         let finished_status = |state: JobState, error: String| JobStatus {
             job_id: job.clone(),
             output_uri: r.record.output_uri.clone(),
             state: state as i32,
             error,
+            units_done: journaled,
+            units_total: if state == JobState::Succeeded { journaled } else { 0 },
             ..Default::default()
         };
         if let Some(why) = &r.damaged {

@@ -1,0 +1,207 @@
+//! The chaos suite's schedule: what a round does and when, decided by its seed alone.
+
+use super::chaos::LEASE_SECS;
+use shardmerge_worker::storage::test_faults::{FaultConfig, FaultKind, SeededRng, Target};
+use std::time::Duration;
+
+/// How long after submit the chaos goes on at most (the merge alone takes a few seconds).
+const WINDOW_SECS: f64 = 10.0;
+
+/// What happens at one point of a round.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `kill -9` of the coordinator, restarted on the same state dir and port after `down`.
+    KillCoordinator {
+        down: Duration,
+    },
+    RestartCoordinator,
+    /// `kill -9` of a random worker, replaced after `replace_after`.
+    KillWorker {
+        replace_after: Duration,
+    },
+    /// A replacement for a killed worker.
+    StartWorker,
+    /// One more worker, unless three are running.
+    AddWorker,
+    /// SIGSTOP of a random worker for `frozen` (longer than a lease), then SIGCONT.
+    Zombie {
+        frozen: Duration,
+    },
+    /// SIGCONT of worker number N.
+    Thaw(usize),
+    /// S3 faults on the processes' endpoint for `period`.
+    Faults {
+        config: FaultConfig,
+        period: Duration,
+    },
+    FaultsOff,
+    /// Cancel the job; the number is the attempt (tried again while the coordinator is down).
+    Cancel(u32),
+}
+
+impl Action {
+    /// Follow-ups (restarts, thaws, faults off) still run when the chaos stops early.
+    pub fn is_follow_up(&self) -> bool {
+        matches!(
+            self,
+            Action::RestartCoordinator | Action::StartWorker | Action::Thaw(_) | Action::FaultsOff
+        )
+    }
+}
+
+/// A round, decided by its seed alone.
+pub struct Plan {
+    /// Output on `s3://out/…` (even seeds) or a local directory (odd seeds).
+    pub s3_output: bool,
+    /// DARE's `--random-seed`.
+    pub random_seed: u64,
+    /// `--out-shard-size`: one shard, or several and an index.
+    pub shard_size: &'static str,
+    /// Workers at the start.
+    pub workers: usize,
+    /// The span after submit in which `events` fall.
+    pub window: Duration,
+    /// Actions at times after submit.
+    pub events: Vec<(Duration, Action)>,
+    /// Run (after their delays) once all units but two are done: they aim at the commit.
+    pub at_end: Vec<(Duration, Action)>,
+}
+
+impl Plan {
+    pub fn new(seed: u64) -> Plan {
+        let s3_output = seed.is_multiple_of(2);
+        let mut rng = SeededRng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xc4a0_5eed);
+        let window = Duration::from_secs_f64(rng.range(0.6, 1.0) * WINDOW_SECS);
+        let at = |rng: &mut SeededRng| window.mul_f64(rng.range(0.03, 1.0));
+        let mut events = vec![
+            (at(&mut rng), coordinator_kill(&mut rng)),
+            (at(&mut rng), fault_period(&mut rng, s3_output)),
+        ];
+        for _ in 0..2 + rng.below(5) {
+            let r = rng.unit();
+            let action = if r < 0.25 {
+                coordinator_kill(&mut rng)
+            } else if r < 0.45 {
+                let replace_after = secs(if rng.chance(0.5) { 0.0 } else { rng.range(0.5, 3.0) });
+                Action::KillWorker { replace_after }
+            } else if r < 0.55 {
+                Action::AddWorker
+            } else if r < 0.75 {
+                let lease = LEASE_SECS as f64;
+                Action::Zombie {
+                    frozen: secs(rng.range(lease + 1.0, lease + 4.0)),
+                }
+            } else {
+                fault_period(&mut rng, s3_output)
+            };
+            events.push((at(&mut rng), action));
+        }
+        // Every sixth seed cancels its job (so the default seeds cover it three times).
+        if seed % 6 == 5 {
+            let t = window.mul_f64(rng.range(0.1, 0.8));
+            events.push((t, Action::Cancel(1)));
+        }
+        events.sort_by_key(|e| e.0);
+        let mut end_rng = SeededRng::new(seed ^ 0x00e4_d0e4);
+        let mut at_end = Vec::new();
+        if end_rng.chance(0.4) {
+            at_end.push((secs(end_rng.range(0.0, 2.0)), coordinator_kill(&mut end_rng)));
+        }
+        if end_rng.chance(0.5) {
+            at_end.push((Duration::ZERO, commit_faults(&mut end_rng, s3_output)));
+        }
+        Plan {
+            s3_output,
+            random_seed: 1 + rng.below(1_000_000),
+            shard_size: ["5B", "20m", "12m"][rng.below(3) as usize],
+            workers: 2 + rng.below(2) as usize,
+            window,
+            events,
+            at_end,
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn coordinator_kill(rng: &mut SeededRng) -> Action {
+    let down = if rng.chance(0.5) { 0.0 } else { rng.range(0.5, 4.0) };
+    Action::KillCoordinator { down: secs(down) }
+}
+
+/// S3 faults on some of GET / UploadPart / Complete, 5–35 % of those requests in total. A
+/// local output makes no S3 uploads, so there GETs are always among the targets.
+fn fault_period(rng: &mut SeededRng, s3_output: bool) -> Action {
+    let mut targets = [rng.chance(0.6), rng.chance(0.6), rng.chance(0.6)];
+    if !targets.contains(&true) {
+        targets[rng.below(3) as usize] = true;
+    }
+    targets[0] |= !s3_output;
+    let total = rng.range(0.05, 0.35);
+    let mut weights = [0.0; 5];
+    for (i, w) in weights.iter_mut().enumerate() {
+        // Lost replies are the harshest (the operation happened): weighted down.
+        *w = rng.unit()
+            * if FaultKind::ALL[i] == FaultKind::LostReply {
+                0.3
+            } else {
+                1.0
+            };
+    }
+    let sum: f64 = weights.iter().sum::<f64>().max(1e-9);
+    Action::Faults {
+        config: FaultConfig {
+            rates: weights.map(|w| total * w / sum),
+            targets,
+            slow_body_max: Duration::from_millis(1500),
+        },
+        period: secs(rng.range(2.0, 6.0)),
+    }
+}
+
+/// Heavy S3 faults on CompleteMultipartUpload (and maybe UploadPart): 30–60 %, a good share of
+/// them lost replies, so that completions are retried and some happen without their answer.
+/// A local output has no S3 commit: the last units' GETs get half as many faults instead.
+fn commit_faults(rng: &mut SeededRng, s3_output: bool) -> Action {
+    let total = rng.range(0.3, 0.6);
+    let lost_reply = |i: usize| f64::from(FaultKind::ALL[i] == FaultKind::LostReply);
+    let weights: [f64; 5] = std::array::from_fn(|i| rng.unit() + lost_reply(i));
+    let sum: f64 = weights.iter().sum::<f64>().max(1e-9);
+    let parts_too = rng.chance(0.5);
+    let (targets, total) = if s3_output {
+        ([false, parts_too, true], total)
+    } else {
+        ([true, false, false], total / 2.0)
+    };
+    Action::Faults {
+        config: FaultConfig {
+            rates: weights.map(|w| total * w / sum),
+            targets,
+            slow_body_max: Duration::from_millis(1500),
+        },
+        period: secs(rng.range(3.0, 8.0)),
+    }
+}
+
+/// An action for the round's log (fault rates in percent).
+pub fn brief(action: &Action) -> String {
+    match action {
+        Action::Faults { config, period } => {
+            let rates: Vec<String> = (FaultKind::ALL.iter().zip(config.rates))
+                .map(|(k, r)| format!("{} {:.1}%", k.name(), r * 100.0))
+                .collect();
+            let targets: Vec<&str> = (Target::ALL.iter().zip(config.targets))
+                .filter(|(_, on)| *on)
+                .map(|(t, _)| t.name())
+                .collect();
+            format!(
+                "S3 faults on {targets:?} for {:.1}s: {}",
+                period.as_secs_f64(),
+                rates.join(", ")
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
