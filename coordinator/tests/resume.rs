@@ -173,6 +173,19 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Waits (up to 20 s) until at most `n` entries are left in `dir` (cleanup runs in the
+/// background after a job fails), and returns what is left.
+async fn cleaned_up(dir: &Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = entries(dir);
+        if left.len() <= n || std::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_with_another_unit_size_finishes_the_job_with_its_journaled_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -281,14 +294,7 @@ async fn a_journal_that_does_not_match_the_plan_is_refused_clearly_and_cleaned_u
             assert!(st.error.contains(e), "{what}: `{e}` not in {:?}", st.error);
         }
         // Cleaned up: the uploads the journal names are aborted (a missing one can't be).
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let left = loop {
-            let left = entries(&out);
-            if left.len() <= usize::from(what == "missing upload") || std::time::Instant::now() > deadline {
-                break left;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let left = cleaned_up(&out, usize::from(what == "missing upload")).await;
         assert!(
             left.len() <= usize::from(what == "missing upload"),
             "{what}: left at the output: {left:?}"
@@ -316,11 +322,8 @@ async fn an_input_rewritten_after_planning_fails_the_job_and_nothing_is_publishe
     let st = wait_final(&c.url, &job).await;
     assert_eq!(st.state, JobState::Failed as i32, "{st:?}");
     assert!(st.error.contains("changed since the job was planned"), "{}", st.error);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !entries(&out).is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(entries(&out).is_empty(), "left at the output: {:?}", entries(&out));
+    let left = cleaned_up(&out, 0).await;
+    assert!(left.is_empty(), "left at the output: {left:?}");
     for w in workers {
         w.abort();
     }

@@ -44,17 +44,9 @@ pub async fn submit(
     Ok((r.job_id, r.warnings))
 }
 
-/// Human name of a state.
+/// Human name of a state (as the scheduler and the journal name it).
 pub fn state_name(s: i32) -> &'static str {
-    match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
-        JobState::Unspecified => "unknown",
-        JobState::Planning => "planning",
-        JobState::Running => "running",
-        JobState::Committing => "committing",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
+    super::scheduler::state_name(JobState::try_from(s).unwrap_or(JobState::Unspecified))
 }
 
 /// One status line.

@@ -43,17 +43,18 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Resul
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn counter_family(
+/// One metric family labelled `key`, a value per label; `metric` builds the gauge or counter.
+fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     key: &'static str,
     values: &[(&'static str, u64)],
+    metric: impl Fn(u64) -> M,
 ) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(0u64);
-    let mut family = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    let mut family = enc.encode_descriptor(name, help, None, metric(0).metric_type())?;
     for &(label, v) in values {
-        ConstCounter::new(v).encode(family.encode_family(&[(key, label)])?)?;
+        metric(v).encode(family.encode_family(&[(key, label)])?)?;
     }
     Ok(())
 }
@@ -65,12 +66,17 @@ fn gauge_family(
     key: &'static str,
     values: &[(&'static str, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(0i64);
-    let mut family = enc.encode_descriptor(name, help, None, g.metric_type())?;
-    for &(label, v) in values {
-        ConstGauge::new(v as i64).encode(family.encode_family(&[(key, label)])?)?;
-    }
-    Ok(())
+    family(enc, name, help, key, values, |v| ConstGauge::new(v as i64))
+}
+
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    family(enc, name, help, key, values, ConstCounter::new)
 }
 
 impl Collector for SnapshotCollector {

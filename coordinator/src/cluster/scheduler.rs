@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 mod report;
-pub use report::{Rejection, ReportRef};
+pub use report::{Rejection, ReportRef, planned_parts};
 
 /// Timing and retry policy.
 #[derive(Debug, Clone)]
@@ -505,7 +505,7 @@ pub fn is_final(s: JobState) -> bool {
 /// Lowercase name of a state, as the CLI and the journal write it.
 pub fn state_name(s: JobState) -> &'static str {
     match s {
-        JobState::Unspecified => "unspecified",
+        JobState::Unspecified => "unknown",
         JobState::Planning => "planning",
         JobState::Running => "running",
         JobState::Committing => "committing",

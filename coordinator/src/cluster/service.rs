@@ -352,10 +352,16 @@ impl Coordinator {
             self.handle(events);
         }
         let retention = self.inner.opts.retention;
-        let closed: HashSet<String> = lock(&self.inner.closed).clone();
-        let forgotten = self.with_sched(|s| s.forget_finished(retention, now, |j| closed.contains(j)));
+        // Lock order: scheduler, then `closed` (nothing takes them the other way round).
+        let forgotten = self.with_sched(|s| {
+            let mut closed = lock(&self.inner.closed);
+            let gone = s.forget_finished(retention, now, |j| closed.contains(j));
+            for job in &gone {
+                closed.remove(job);
+            }
+            gone
+        });
         for job in forgotten {
-            lock(&self.inner.closed).remove(&job);
             lock(&self.inner.jobs).remove(&job);
             if let Err(e) = self.inner.journal.remove(&job) {
                 tracing::warn!(job_id = %job, error = %e, "removing the journal of a finished job failed");

@@ -16,7 +16,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use shardmerge_coordinator::cluster::auth::Credentials;
-use shardmerge_coordinator::cluster::scheduler::{Report, ReportRef, Scheduler, SchedulerConfig};
+use shardmerge_coordinator::cluster::scheduler::{Report, ReportRef, Scheduler, SchedulerConfig, planned_parts};
 use shardmerge_coordinator::cluster::server;
 use shardmerge_coordinator::cluster::service::{Coordinator, CoordinatorOptions};
 use shardmerge_proto::PROTOCOL_VERSION;
@@ -151,14 +151,12 @@ fn unit(id: u64) -> WorkUnit {
 
 /// The parts a worker reports for `u`: its planned part numbers and sizes.
 fn parts_of(u: &WorkUnit) -> Vec<PartResult> {
-    let o = u.output.clone().unwrap_or_default();
-    o.part_starts
-        .iter()
-        .enumerate()
-        .map(|(i, &start)| PartResult {
-            part_index: o.first_part + i as u32,
-            etag: format!("etag-{}", o.first_part + i as u32),
-            size: o.part_starts.get(i + 1).copied().unwrap_or(o.end) - start,
+    planned_parts(u)
+        .into_iter()
+        .map(|(n, size)| PartResult {
+            part_index: n,
+            etag: format!("etag-{n}"),
+            size,
         })
         .collect()
 }

@@ -3,10 +3,11 @@
 
 use super::{Coordinator, JobRuntime, ServiceError, fingerprint, journal_err, lock};
 use crate::cluster::journal::{Entry, JobRecord, PinnedInput, Replayed};
+use crate::cluster::scheduler::planned_parts;
 use crate::cluster::units::{UnitPlan, plan_units, work_unit};
 use crate::config::{MergeConfig, parse_config};
 use crate::plan::{ModelOpener, Plan, PlanOptions};
-use shardmerge_proto::v1::{JobState, JobStatus, PartResult};
+use shardmerge_proto::v1::{JobState, JobStatus, PartResult, WorkUnit};
 use shardmerge_worker::storage::{Location, open_model_dir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +107,12 @@ impl Coordinator {
             .collect();
         let bytes = units.iter().map(UnitPlan::bytes).collect();
         let done: HashMap<u64, Vec<PartResult>> = replayed
-            .map(|r| r.done.iter().map(|(u, p)| (*u, unit_parts(&units, *u, p))).collect())
+            .map(|r| {
+                r.done
+                    .iter()
+                    .map(|(u, p)| (*u, journaled_parts(&wire, *u, p)))
+                    .collect()
+            })
             .unwrap_or_default();
         let job_id = record.job_id.clone();
         let status = JobStatus {
@@ -222,24 +228,20 @@ impl Coordinator {
 }
 
 /// The journaled parts of `unit` with their planned sizes (the journal keeps numbers and
-/// etags; sizes follow from the plan).
-fn unit_parts(units: &[UnitPlan], unit: u64, parts: &[(u32, String)]) -> Vec<PartResult> {
-    let plan = units.iter().find(|u| u.unit_id == unit);
+/// etags; sizes follow from the plan). Unit ids are indices into `wire`.
+fn journaled_parts(wire: &[WorkUnit], unit: u64, parts: &[(u32, String)]) -> Vec<PartResult> {
+    let sizes: HashMap<u32, u64> = wire
+        .get(unit as usize)
+        .map(planned_parts)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     parts
         .iter()
-        .map(|(n, etag)| {
-            let size = plan
-                .and_then(|u| {
-                    let i = n.checked_sub(u.first_part)? as usize;
-                    let start = *u.part_starts.get(i)?;
-                    Some(u.part_starts.get(i + 1).copied().unwrap_or(u.end) - start)
-                })
-                .unwrap_or(0);
-            PartResult {
-                part_index: *n,
-                etag: etag.clone(),
-                size,
-            }
+        .map(|(n, etag)| PartResult {
+            part_index: *n,
+            etag: etag.clone(),
+            size: sizes.get(n).copied().unwrap_or(0),
         })
         .collect()
 }

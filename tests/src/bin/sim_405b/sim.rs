@@ -16,7 +16,7 @@
 use anyhow::{Context, Result, bail};
 use prost::Message;
 use shardmerge_coordinator::cluster::journal::{Durable, Entry, Journal};
-use shardmerge_coordinator::cluster::scheduler::{Event, Report, ReportRef, Scheduler};
+use shardmerge_coordinator::cluster::scheduler::{Event, Report, ReportRef, Scheduler, planned_parts};
 use shardmerge_proto::v1::{LeaseUnitsResponse, PartResult, WorkUnit};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -145,14 +145,12 @@ fn ns(d: Duration) -> u64 {
 
 /// The parts a worker reports for `u`: its planned part numbers and sizes.
 fn parts_of(u: &WorkUnit) -> Vec<PartResult> {
-    let o = u.output.clone().unwrap_or_default();
-    o.part_starts
-        .iter()
-        .enumerate()
-        .map(|(i, &start)| PartResult {
-            part_index: o.first_part + i as u32,
-            etag: format!("\"sim-{}-{}\"", u.unit_id, o.first_part + i as u32),
-            size: o.part_starts.get(i + 1).copied().unwrap_or(o.end) - start,
+    planned_parts(u)
+        .into_iter()
+        .map(|(n, size)| PartResult {
+            part_index: n,
+            etag: format!("\"sim-{}-{n}\"", u.unit_id),
+            size,
         })
         .collect()
 }
