@@ -33,6 +33,15 @@ pub struct ShardLayout {
     pub placements: Vec<(usize, u64, u64)>,
 }
 
+/// The file name of shard `si` (0-based) of a model with `k` shards, as mergekit names them.
+pub fn shard_file_name(si: usize, k: usize) -> String {
+    if k == 1 {
+        "model.safetensors".to_string()
+    } else {
+        format!("model-{:05}-of-{k:05}.safetensors", si + 1)
+    }
+}
+
 /// Splits `tensors` (in save order) into shards of at most `max_bytes` data bytes.
 pub fn layout(tensors: &[LayoutTensor], max_bytes: u64) -> Result<Vec<ShardLayout>, PlanError> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -70,11 +79,7 @@ pub fn layout(tensors: &[LayoutTensor], max_bytes: u64) -> Result<Vec<ShardLayou
                 })?;
             placements.push((i, *start, *len));
         }
-        let file_name = if k == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", si + 1, k)
-        };
+        let file_name = shard_file_name(si, k);
         shards.push(ShardLayout {
             file_name,
             header: header.bytes,

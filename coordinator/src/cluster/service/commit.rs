@@ -10,6 +10,7 @@
 use super::{Coordinator, JobRuntime, ServiceError, journal_err, lock};
 use crate::cluster::journal::{Entry, JobRecord};
 use crate::output::OutputOptions;
+use crate::plan::layout::shard_file_name;
 use crate::publish::{self, PublishError, Publisher, ShardBytes, ShardCommit};
 use shardmerge_proto::v1::JobState;
 use shardmerge_worker::storage::{Location, StorageError};
@@ -24,15 +25,6 @@ fn publish_err(e: PublishError) -> ServiceError {
         ServiceError::Unavailable(e.to_string())
     } else {
         ServiceError::Internal(e.to_string())
-    }
-}
-
-/// Shard file names of a model with `k` shards (the planner's naming).
-fn shard_names(k: usize) -> Vec<String> {
-    if k == 1 {
-        vec!["model.safetensors".into()]
-    } else {
-        (1..=k).map(|i| format!("model-{i:05}-of-{k:05}.safetensors")).collect()
     }
 }
 
@@ -176,7 +168,9 @@ impl Coordinator {
         let c = self.clone();
         self.spawn_tracked(async move {
             let names = if record.shard_files.is_empty() {
-                shard_names(record.uploads.len().max(1))
+                // Journals written before the `uploads` entry named its files.
+                let k = record.uploads.len().max(1);
+                (0..k).map(|si| shard_file_name(si, k)).collect()
             } else {
                 record.shard_files.clone()
             };
