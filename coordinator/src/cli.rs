@@ -79,6 +79,11 @@ pub struct CommonArgs {
     /// Maximum bytes per output shard; accepts k/m/b suffixes (powers of 1000), like mergekit.
     #[arg(long, default_value = "5B", value_parser = parse_size, env = "SHARDMERGE_OUT_SHARD_SIZE")]
     pub out_shard_size: u64,
+    /// Split every tensor with more output bytes than this into chunk tasks that run in
+    /// parallel with bounded memory, with exactly the bytes of the whole-tensor merge (k/m/b
+    /// suffixes; 0 never splits).
+    #[arg(long, default_value = "256m", value_parser = parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
+    pub chunk_size: u64,
     /// Allow merging models whose architectures differ.
     #[arg(long)]
     pub allow_crimes: bool,
@@ -268,6 +273,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
     let opts = MergeOptions {
         random_seed: args.common.random_seed,
         out_shard_size: args.common.out_shard_size,
+        chunk_size: args.common.chunk_size,
         output: OutputOptions {
             copy_tokenizer: !args.no_copy_tokenizer,
             write_model_card: !args.no_write_model_card,
@@ -312,6 +318,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
     let opts = MergeOptions {
         random_seed: args.common.random_seed,
         out_shard_size: args.common.out_shard_size,
+        chunk_size: args.common.chunk_size,
         allow_crimes: args.common.allow_crimes,
         ..MergeOptions::default()
     };

@@ -96,6 +96,10 @@ pub struct CoordinatorArgs {
     /// size it was submitted with across restarts, so changing this affects new jobs only.
     #[arg(long, default_value = "64m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_UNIT_SIZE")]
     pub unit_size: u64,
+    /// Output bytes above which tensors of new jobs are split into chunk tasks that run on
+    /// any worker (k/m/b suffixes; 0 never splits). Journaled with each job.
+    #[arg(long, default_value = "256m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
+    pub chunk_size: u64,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "SHARDMERGE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -289,6 +293,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 ..SchedulerConfig::default()
             },
             unit_target: args.unit_size,
+            chunk_size: args.chunk_size,
             retention: secs(args.job_retention_secs),
             model_root: std::env::current_dir()?,
             metrics: Some(metrics),

@@ -4,6 +4,7 @@
 //! CPU work runs on a dedicated rayon pool; each worker thread pulls the next task, waits for
 //! enough of the memory budget, executes the task and reports progress.
 
+use crate::chunk_book::ChunkBook;
 use crate::plan::Plan;
 use indicatif::{ProgressBar, ProgressStyle};
 use shardmerge_worker::TaskError;
@@ -107,14 +108,10 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
         .thread_name(|i| format!("shardmerge-cpu-{i}"))
         .build()
         .map_err(|e| RunError::Pool(e.to_string()))?;
-    let mut order: Vec<usize> = (0..plan.proto.tasks.len()).collect();
-    if let Some(seed) = opts.shuffle {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        order.shuffle(&mut rng);
-    }
-    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
+    // Chunk pipelines run in waves: every task of step s before any of step s + 1.
+    let waves = waves(plan, opts.shuffle);
+    let book = Mutex::new(ChunkBook::new(&plan.proto.tasks));
+    let queue = Mutex::new(VecDeque::new());
     let budget_total = plan.memory_budget().max(1);
     let budget = (Mutex::new(budget_total), Condvar::new());
     let failed = AtomicBool::new(false);
@@ -143,59 +140,105 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     let flush = FlushState::default();
     std::thread::scope(|scope| {
         let flusher = scope.spawn(|| flush.run(plan));
-        let mut workers = Vec::new();
-        for w in 0..opts.workers.max(1) {
-            let (queue, budget, failed, first_error, stats, bar, io, pool, flush) =
-                (&queue, &budget, &failed, &first_error, &stats, &bar, &io, &pool, &flush);
-            let worker = std::thread::Builder::new()
-                .name(format!("shardmerge-worker-{w}"))
-                .spawn_scoped(scope, move || {
-                    loop {
-                        if failed.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let Some(ti) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
-                            return;
-                        };
-                        let task = &plan.proto.tasks[ti];
-                        let need = plan.task_memory[ti].min(budget_total);
-                        {
-                            let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
-                            while *avail < need {
-                                avail = budget.1.wait(avail).unwrap_or_else(|e| e.into_inner());
+        let mut panicked = None;
+        for wave in waves {
+            *queue.lock().unwrap_or_else(|e| e.into_inner()) = wave.into_iter().collect();
+            let mut workers = Vec::new();
+            for w in 0..opts.workers.max(1) {
+                let (queue, budget, failed, first_error, stats, bar, io, pool, flush, book) = (
+                    &queue,
+                    &budget,
+                    &failed,
+                    &first_error,
+                    &stats,
+                    &bar,
+                    &io,
+                    &pool,
+                    &flush,
+                    &book,
+                );
+                let worker = std::thread::Builder::new()
+                    .name(format!("shardmerge-worker-{w}"))
+                    .spawn_scoped(scope, move || {
+                        loop {
+                            if failed.load(Ordering::SeqCst) {
+                                return;
                             }
-                            *avail -= need;
-                        }
-                        bar.set_message(task.tensor.clone());
-                        tracing::debug!(tensor = %task.tensor, worker = w, "task started");
-                        let result = pool.install(|| execute_task(task, io));
-                        {
-                            let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
-                            *avail += need;
-                            budget.1.notify_all();
-                        }
-                        match result {
-                            Ok(outcome) => {
-                                bar.inc(outcome.bytes_written);
-                                flush.add(outcome.bytes_written);
-                                let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                                s.tasks += 1;
-                                s.bytes_read += outcome.bytes_read;
-                                s.bytes_written += outcome.bytes_written;
-                            }
-                            Err(e) => {
+                            let Some(ti) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                                return;
+                            };
+                            let task = book
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .dispatch(&plan.proto.tasks[ti]);
+                            let Some(task) = task else {
+                                let reason = "dispatched before its statistics were combined".to_string();
+                                let e = TaskError::InvalidTask {
+                                    tensor: plan.proto.tasks[ti].tensor.clone(),
+                                    reason,
+                                };
                                 failed.store(true, Ordering::SeqCst);
                                 first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                                 return;
+                            };
+                            let task = &task;
+                            let need = plan.task_memory[ti].min(budget_total);
+                            {
+                                let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                                while *avail < need {
+                                    avail = budget.1.wait(avail).unwrap_or_else(|e| e.into_inner());
+                                }
+                                *avail -= need;
+                            }
+                            bar.set_message(task.tensor.clone());
+                            tracing::debug!(tensor = %task.tensor, worker = w, "task started");
+                            let result = pool.install(|| execute_task(task, io));
+                            {
+                                let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                                *avail += need;
+                                budget.1.notify_all();
+                            }
+                            let recorded = match result {
+                                Ok(mut outcome) => match outcome.stats.take() {
+                                    Some(st) => book
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .record(task, st)
+                                        .map(|_| outcome)
+                                        .map_err(|source| TaskError::Kernel {
+                                            tensor: task.tensor.clone(),
+                                            source,
+                                        }),
+                                    None => Ok(outcome),
+                                },
+                                Err(e) => Err(e),
+                            };
+                            match recorded {
+                                Ok(outcome) => {
+                                    bar.inc(outcome.bytes_written);
+                                    flush.add(outcome.bytes_written);
+                                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                                    s.tasks += 1;
+                                    s.bytes_read += outcome.bytes_read;
+                                    s.bytes_written += outcome.bytes_written;
+                                }
+                                Err(e) => {
+                                    failed.store(true, Ordering::SeqCst);
+                                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                                    return;
+                                }
                             }
                         }
-                    }
-                })
-                .expect("spawning a worker thread");
-            workers.push(worker);
+                    })
+                    .expect("spawning a worker thread");
+                workers.push(worker);
+            }
+            panicked = workers.into_iter().filter_map(|w| w.join().err()).next();
+            if panicked.is_some() || failed.load(Ordering::SeqCst) {
+                break;
+            }
         }
         // Stop the flusher before re-raising a worker's panic, or the scope would wait for it.
-        let panicked = workers.into_iter().filter_map(|w| w.join().err()).next();
         flush.finish();
         let flushed = flusher.join();
         if let Some(panic) = panicked.or(flushed.err()) {
@@ -210,6 +253,29 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     let mut s = stats.into_inner().unwrap_or_else(|e| e.into_inner());
     s.elapsed = started.elapsed();
     Ok(s)
+}
+
+/// The plan's task indices by wave: whole tasks and the first step of every chunk pipeline
+/// first, then each later step (see [`crate::chunk_book::step`]); shuffled within a wave
+/// when `shuffle` is set.
+fn waves(plan: &Plan, shuffle: Option<u64>) -> Vec<Vec<usize>> {
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (i, t) in plan.proto.tasks.iter().enumerate() {
+        let s = crate::chunk_book::step(t) as usize;
+        if waves.len() < s {
+            waves.resize(s, Vec::new());
+        }
+        waves[s - 1].push(i);
+    }
+    if let Some(seed) = shuffle {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for w in &mut waves {
+            w.shuffle(&mut rng);
+        }
+    }
+    waves
 }
 
 /// Output bytes written between two early flushes.

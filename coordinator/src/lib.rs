@@ -7,6 +7,7 @@
 
 pub mod arch;
 pub mod card;
+pub mod chunk_book;
 pub mod cli;
 pub mod cluster;
 pub mod cluster_cli;
@@ -32,6 +33,8 @@ pub struct MergeOptions {
     pub random_seed: Option<u64>,
     /// Maximum data bytes per output shard.
     pub out_shard_size: u64,
+    /// Output bytes above which a tensor is split into chunk tasks (0: never).
+    pub chunk_size: u64,
     /// Output switches.
     pub output: OutputOptions,
     /// Allow different architectures.
@@ -42,11 +45,15 @@ pub struct MergeOptions {
     pub model_root: Option<PathBuf>,
 }
 
+/// Default `--chunk-size`: tensors with more output bytes than this are split into chunk tasks.
+pub const DEFAULT_CHUNK_SIZE: u64 = 256_000_000;
+
 impl Default for MergeOptions {
     fn default() -> Self {
         Self {
             random_seed: None,
             out_shard_size: 5_000_000_000,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             output: OutputOptions {
                 copy_tokenizer: true,
                 write_model_card: true,
@@ -117,6 +124,7 @@ pub fn plan_config(config: &config::MergeConfig, out_dir: &Path, opts: &MergeOpt
         allow_crimes: opts.allow_crimes,
         model_root,
         opener: None,
+        chunk_size: opts.chunk_size,
     };
     Ok(plan::plan(config, &popts)?)
 }

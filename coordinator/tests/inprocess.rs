@@ -28,6 +28,7 @@ fn options(state: &Path) -> CoordinatorOptions {
         state_dir: state.to_path_buf(),
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
+        chunk_size: 0,
         model_root: golden(),
         metrics: None,
         allow: AllowList::new::<&str>(&[], true).unwrap(),
@@ -36,6 +37,11 @@ fn options(state: &Path) -> CoordinatorOptions {
 }
 
 async fn start(state: &Path) -> String {
+    start_chunked(state, 0).await
+}
+
+/// A coordinator splitting tensors above `chunk_size` output bytes into chunk tasks.
+async fn start_chunked(state: &Path, chunk_size: u64) -> String {
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
     let opts = CoordinatorOptions {
         scheduler: SchedulerConfig {
@@ -43,6 +49,7 @@ async fn start(state: &Path) -> String {
             heartbeat: Duration::from_millis(400),
             ..Default::default()
         },
+        chunk_size,
         ..options(state)
     };
     tokio::spawn(server::serve(
@@ -109,6 +116,63 @@ async fn in_process_cluster_merges_local_models_identically() {
             let got = std::fs::read(out.join(&n)).unwrap_or_default();
             assert!(want == got, "{case}: {n} differs");
         }
+    }
+}
+
+/// Chunk tasks on the cluster: statistics units (SLERP norms and dots, DARE's L1 partials,
+/// TIES' histograms) leased, reported, journaled and combined, then apply units that receive
+/// the combined statistics; the output equals the embedded, unchunked merge byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_jobs_on_the_cluster_equal_the_embedded_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = start_chunked(&tmp.path().join("state"), 998).await;
+    spawn_worker(&url, "a");
+    spawn_worker(&url, "b");
+    let mut c = client::connect(&url, None, None).await.unwrap();
+    for case in [
+        "dare_ties_f32",
+        "ties_bf16",
+        "slerp_bf16",
+        "linear_bf16",
+        "dare_linear_bf16",
+    ] {
+        let dir = golden().join("cases").join(case);
+        let yaml = std::fs::read_to_string(dir.join("config.yml")).unwrap();
+        let out = tmp.path().join(case);
+        let options = MergeOptions {
+            random_seed: Some(42),
+            out_shard_size: 5_000_000_000,
+            copy_tokenizer: true,
+            write_model_card: true,
+            allow_crimes: false,
+        };
+        let (job, _) = client::submit(&mut c, yaml, format!("{case}.yml"), out.display().to_string(), options)
+            .await
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(120), client::wait(&mut c, &job, false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.state, JobState::Succeeded as i32, "{case}: {status:?}");
+        let whole = tmp.path().join(format!("{case}-embedded"));
+        let config = shardmerge_coordinator::load_config(&dir.join("config.yml")).unwrap();
+        let opts = shardmerge_coordinator::MergeOptions {
+            random_seed: Some(42),
+            model_root: Some(golden()),
+            chunk_size: 0,
+            ..Default::default()
+        };
+        let w = whole.clone();
+        tokio::task::spawn_blocking(move || shardmerge_coordinator::merge_config(&config, &w, &opts).map(|_| ()))
+            .await
+            .unwrap()
+            .unwrap();
+        let want = std::fs::read(whole.join("model.safetensors")).unwrap();
+        let got = std::fs::read(out.join("model.safetensors")).unwrap();
+        assert!(
+            want == got,
+            "{case}: the chunked cluster merge differs from the embedded one"
+        );
     }
 }
 

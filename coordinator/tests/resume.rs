@@ -51,6 +51,7 @@ async fn coordinator(state: &Path, unit_target: u64) -> Running {
             ..Default::default()
         },
         unit_target,
+        chunk_size: 0,
         model_root: PathBuf::from("/"),
         metrics: None,
         allow: AllowList::new::<&str>(&[], true).unwrap(),

@@ -31,6 +31,7 @@ fn options(state: &Path, allow: AllowList) -> CoordinatorOptions {
         state_dir: state.to_path_buf(),
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
+        chunk_size: 0,
         model_root: golden(),
         metrics: None,
         allow,

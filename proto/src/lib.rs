@@ -11,4 +11,4 @@ pub mod v1 {
 }
 
 /// Protocol version carried by registrations and heartbeats.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

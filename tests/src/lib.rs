@@ -64,6 +64,17 @@ pub fn cases() -> Vec<Case> {
 
 /// Merges `case` into `out` in-process with `workers` workers (optionally shuffled).
 pub fn run_case(case: &Case, out: &Path, workers: usize, shuffle: Option<u64>) -> anyhow::Result<()> {
+    run_case_chunked(case, out, workers, shuffle, None)
+}
+
+/// [`run_case`] with `--chunk-size` (`None`: the default).
+pub fn run_case_chunked(
+    case: &Case,
+    out: &Path,
+    workers: usize,
+    shuffle: Option<u64>,
+    chunk_size: Option<u64>,
+) -> anyhow::Result<()> {
     let config = shardmerge_coordinator::load_config(&case.dir.join("config.yml"))?;
     let mut opts = shardmerge_coordinator::MergeOptions {
         random_seed: case.random_seed,
@@ -75,6 +86,9 @@ pub fn run_case(case: &Case, out: &Path, workers: usize, shuffle: Option<u64>) -
     opts.output.copy_tokenizer = !case.no_copy_tokenizer;
     if let Some(s) = case.out_shard_size {
         opts.out_shard_size = s;
+    }
+    if let Some(c) = chunk_size {
+        opts.chunk_size = c;
     }
     shardmerge_coordinator::merge_config(&config, out, &opts)?;
     Ok(())

@@ -6,7 +6,7 @@
 //! breaks magnitude ties with an unstable sort, so only the layout must match and values may
 //! differ where the top-k selection differs (bounded below).
 
-use shardmerge_tests::{Case, cases, model_files, run_case, tensors_of, ulp_distance};
+use shardmerge_tests::{Case, cases, model_files, run_case, run_case_chunked, tensors_of, ulp_distance};
 use std::path::Path;
 
 #[derive(Debug, PartialEq)]
@@ -177,4 +177,44 @@ fn output_is_identical_for_any_worker_count_and_task_order() {
             );
         }
     }
+}
+
+/// Chunk tasks give the whole-tensor bytes: every case with a chunk size that does not divide
+/// its tensors (and, for one case of each method, one-element chunks), on 1 worker and on 4
+/// shuffled workers, equals the unchunked merge file for file, and so mergekit's output.
+#[test]
+fn chunked_merges_equal_whole_merges_and_mergekit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one_element = ["slerp_f32", "ties_bf16", "dare_ties_f32"];
+    let mut failures = Vec::new();
+    for case in cases() {
+        let whole = tmp.path().join(format!("{}-whole", case.name));
+        run_case_chunked(&case, &whole, 2, None, Some(0)).unwrap();
+        let mut runs = vec![(998u64, 1usize, None), (998, 4, Some(11))];
+        if one_element.contains(&case.name.as_str()) {
+            runs.push((1, 4, Some(5)));
+        }
+        for (chunk, workers, shuffle) in runs {
+            let out = tmp.path().join(format!("{}-{chunk}-{workers}", case.name));
+            if let Err(e) = run_case_chunked(&case, &out, workers, shuffle, Some(chunk)) {
+                failures.push(format!("{} (chunk {chunk}): merge failed: {e:#}", case.name));
+                continue;
+            }
+            let files = model_files(&whole);
+            assert!(!files.is_empty());
+            assert_eq!(files, model_files(&out), "{}", case.name);
+            for f in files {
+                if std::fs::read(whole.join(&f)).unwrap() != std::fs::read(out.join(&f)).unwrap() {
+                    failures.push(format!(
+                        "{} (chunk {chunk} bytes, {workers} workers): {f} differs",
+                        case.name
+                    ));
+                }
+            }
+            if let Err(e) = compare(&case, &out) {
+                failures.push(format!("{} (chunk {chunk}): {e}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -4,6 +4,7 @@
 //! Everything a task needs is in the task message (plus the storage it names), so tasks run in
 //! any order, on any worker, any number of times, and always write the same bytes.
 
+mod chunked;
 mod tensor_io;
 
 use crate::buffers::Buffer;
@@ -18,7 +19,7 @@ use crate::safetensors_io::{self, Dtype};
 use crate::storage::{LocalInputs, LocalOutputs};
 use crate::with_precision;
 use rayon::prelude::*;
-use shardmerge_proto::v1::{DType, MergeTask, ParamValue, TensorSource, param_value};
+use shardmerge_proto::v1::{ChunkStats, DType, MergeTask, ParamValue, TensorSource, param_value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
@@ -27,7 +28,7 @@ use tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
 const _: () = assert!(slerp_stream::OUT_CHUNK <= WRITE_CHUNK_ELEMS);
 
 /// What a finished task did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOutcome {
     /// Input bytes read.
     pub bytes_read: u64,
@@ -35,6 +36,8 @@ pub struct TaskOutcome {
     pub bytes_written: u64,
     /// Wall time spent.
     pub elapsed: Duration,
+    /// What a statistics chunk task found (see [`crate::chunk`]).
+    pub stats: Option<ChunkStats>,
 }
 
 /// Bytes of one input tensor, mapped or owned.
@@ -141,6 +144,32 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         d => Some(WorkDType::try_from(d).map_err(kernel_err)?),
     };
     let numel = usize::try_from(task.numel).map_err(|_| invalid("tensor too large".into()))?;
+    if let Some(c) = &task.chunk
+        && (c.len != task.numel || c.start.checked_add(c.len).is_none_or(|e| e > c.tensor_numel))
+    {
+        return Err(invalid(format!(
+            "chunk {}+{} of {} elements does not fit the task's {} elements",
+            c.start, c.len, c.tensor_numel, task.numel
+        )));
+    }
+    let mut loader = Loader {
+        task,
+        io,
+        work,
+        load,
+        numel,
+        bytes_read: 0,
+    };
+    // Statistics passes of chunk tasks write nothing and return their partial statistics.
+    if let Some(c) = task.chunk.as_ref().filter(|c| c.pass >= 1) {
+        let stats = chunked::run(task, c, &mut loader, None)?;
+        return Ok(TaskOutcome {
+            bytes_read: loader.bytes_read,
+            bytes_written: 0,
+            elapsed: started.elapsed(),
+            stats,
+        });
+    }
     let dest = task
         .output
         .as_ref()
@@ -153,14 +182,6 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
             dest.length, numel
         )));
     }
-    let mut loader = Loader {
-        task,
-        io,
-        work,
-        load,
-        numel,
-        bytes_read: 0,
-    };
     let writer = Writer {
         io,
         uri: &dest.uri,
@@ -169,6 +190,15 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         size,
         tensor: &task.tensor,
     };
+    if let Some(c) = task.chunk.as_ref().filter(|c| c.passes >= 1) {
+        chunked::run(task, c, &mut loader, Some(&writer))?;
+        return Ok(TaskOutcome {
+            bytes_read: loader.bytes_read,
+            bytes_written: dest.length,
+            elapsed: started.elapsed(),
+            stats: None,
+        });
+    }
     let kind = if task.passthrough {
         None
     } else {
@@ -195,6 +225,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         bytes_read: loader.bytes_read,
         bytes_written: dest.length,
         elapsed: started.elapsed(),
+        stats: None,
     })
 }
 
@@ -202,7 +233,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
 type GtaParams = (usize, f64, f64, Option<Mt19937>);
 
 /// The task-arithmetic family's shared options, base input and other inputs.
-fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), KernelError> {
+pub(super) fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), KernelError> {
     let opts = GtaOptions {
         normalize: boolean(&task.shared_params, "normalize")?,
         rescale: boolean(&task.shared_params, "rescale")?,
@@ -214,10 +245,12 @@ fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), K
         .position(|i| i.is_base)
         .ok_or_else(|| KernelError::Contract("the task-arithmetic family needs a base input".into()))?;
     let seed = task.random_seed.map(|s| s as u32);
+    // A chunk's draws start at its own element of the input's stream.
+    let skip = task.chunk.as_ref().map_or(0, |c| c.start);
     let mut others = Vec::new();
     for (i, input) in task.inputs.iter().enumerate().filter(|&(i, _)| i != b) {
         let rng = match (seed, input.rng_offset) {
-            (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off)),
+            (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off + skip)),
             _ => None,
         };
         others.push((
@@ -338,7 +371,7 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
     }
 }
 
-fn float(params: &HashMap<String, ParamValue>, name: &str) -> Result<f64, KernelError> {
+pub(crate) fn float(params: &HashMap<String, ParamValue>, name: &str) -> Result<f64, KernelError> {
     match params.get(name).and_then(|p| p.kind.as_ref()) {
         Some(param_value::Kind::Float(f)) => Ok(*f),
         Some(param_value::Kind::Int(i)) => Ok(*i as f64),
@@ -353,7 +386,7 @@ fn float(params: &HashMap<String, ParamValue>, name: &str) -> Result<f64, Kernel
     }
 }
 
-fn boolean(params: &HashMap<String, ParamValue>, name: &str) -> Result<bool, KernelError> {
+pub(crate) fn boolean(params: &HashMap<String, ParamValue>, name: &str) -> Result<bool, KernelError> {
     match params.get(name).and_then(|p| p.kind.as_ref()) {
         Some(param_value::Kind::Bool(b)) => Ok(*b),
         Some(other) => Err(KernelError::Param {

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod chunk;
 pub mod error;
 pub mod execute;
 pub mod kernels;

@@ -95,9 +95,13 @@ impl WorkerService for Coordinator {
     async fn report_unit(&self, req: Request<ReportUnitRequest>) -> Result<Response<ReportUnitResponse>, Status> {
         let r = req.into_inner();
         let (report, io) = match r.result {
-            Some(report_unit_request::Result::Success(s)) => {
-                (Report::Success { parts: s.parts }, (s.bytes_read, s.bytes_written))
-            }
+            Some(report_unit_request::Result::Success(s)) => (
+                Report::Success {
+                    parts: s.parts,
+                    stats: s.stats,
+                },
+                (s.bytes_read, s.bytes_written),
+            ),
             Some(report_unit_request::Result::Failure(f)) => (
                 Report::Failure {
                     message: f.message,

@@ -62,6 +62,10 @@ pub struct JobRecord {
     /// Target bytes per work unit (the coordinator's `--unit-size` when the job was submitted).
     #[serde(default)]
     pub unit_target: u64,
+    /// Output bytes above which tensors were split into chunk tasks (the coordinator's
+    /// `--chunk-size` when the job was submitted; 0, as in older journals, splits nothing).
+    #[serde(default)]
+    pub chunk_size: u64,
     /// Copy tokenizer files.
     pub copy_tokenizer: bool,
     /// Write the model card.
@@ -102,6 +106,9 @@ pub enum Entry {
         unit: u64,
         /// Uploaded parts.
         parts: Vec<(u32, String)>,
+        /// Statistics chunk tasks: `(task id, hex of the protobuf ChunkStats)` in task order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stats: Vec<(u64, String)>,
     },
     /// The commit started writing at the output (a failure from here on removes what it wrote).
     CommitStarted,
@@ -153,6 +160,8 @@ pub struct Replayed {
     pub uploads_created: bool,
     /// Finished units and their parts.
     pub done: HashMap<u64, Vec<(u32, String)>>,
+    /// Statistics of done statistics units, as journaled (`(task id, hex)`).
+    pub stats: HashMap<u64, Vec<(u64, String)>>,
     /// Whether the commit started writing at the output.
     pub commit_started: bool,
     /// Output shards whose upload a commit already completed.
@@ -418,6 +427,7 @@ fn replay_file(path: &Path, text: &str) -> Option<Replayed> {
         record: JobRecord::default_for(path),
         uploads_created: false,
         done: HashMap::new(),
+        stats: HashMap::new(),
         commit_started: false,
         committed: Vec::new(),
         finished: None,
@@ -447,8 +457,11 @@ fn replay_file(path: &Path, text: &str) -> Option<Replayed> {
                 r.record.uploads = ids;
                 r.record.shard_files = files;
             }
-            Entry::UnitDone { unit, parts } => {
+            Entry::UnitDone { unit, parts, stats } => {
                 r.done.insert(unit, parts);
+                if !stats.is_empty() {
+                    r.stats.insert(unit, stats);
+                }
             }
             Entry::CommitStarted => r.commit_started = true,
             Entry::ShardCommitted { shard } => r.committed.push(shard),
@@ -487,6 +500,7 @@ impl JobRecord {
             seed: None,
             out_shard_size: 0,
             unit_target: 0,
+            chunk_size: 0,
             copy_tokenizer: false,
             write_model_card: false,
             allow_crimes: false,
@@ -500,3 +514,40 @@ impl JobRecord {
 
 #[cfg(test)]
 mod tests;
+
+/// The journal form of a statistics report: `(task id, hex of the protobuf ChunkStats)`.
+pub fn encode_stats(stats: &[shardmerge_proto::v1::TaskStats]) -> Vec<(u64, String)> {
+    use prost::Message;
+    stats
+        .iter()
+        .map(|s| {
+            let bytes = s.stats.as_ref().map(Message::encode_to_vec).unwrap_or_default();
+            (s.task_id, bytes.iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect()
+}
+
+/// Decodes [`encode_stats`]; `Err` names what is malformed.
+pub fn decode_stats(stats: &[(u64, String)]) -> Result<Vec<shardmerge_proto::v1::TaskStats>, String> {
+    use prost::Message;
+    stats
+        .iter()
+        .map(|(task_id, hex)| {
+            let digits = hex.as_bytes();
+            if digits.len() % 2 != 0 {
+                return Err(format!("statistics of task {task_id}: odd hex length"));
+            }
+            let bytes = digits
+                .chunks(2)
+                .map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| format!("statistics of task {task_id}: not hex"))?;
+            let stats = shardmerge_proto::v1::ChunkStats::decode(bytes.as_slice())
+                .map_err(|e| format!("statistics of task {task_id}: {e}"))?;
+            Ok(shardmerge_proto::v1::TaskStats {
+                task_id: *task_id,
+                stats: Some(stats),
+            })
+        })
+        .collect()
+}

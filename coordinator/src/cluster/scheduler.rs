@@ -19,10 +19,12 @@
 //! - Terminal states (`Succeeded`, `Failed`, `Cancelled`) are absorbing; `Committing` can
 //!   only end in `Succeeded` or `Failed`.
 
-use shardmerge_proto::v1::{JobState, JobStatus, Lease, PartResult, WorkUnit};
+use crate::chunk_book::ChunkBook;
+use shardmerge_proto::v1::{JobState, JobStatus, Lease, PartResult, TaskStats, WorkUnit};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+mod chunks;
 mod report;
 pub use report::{Rejection, ReportRef, planned_parts};
 
@@ -63,6 +65,7 @@ enum UnitState {
     /// Reported; `durable` once its journal record is on disk.
     Done {
         parts: Vec<PartResult>,
+        stats: Vec<TaskStats>,
         durable: bool,
     },
 }
@@ -91,6 +94,10 @@ struct JobEntry {
     states: Vec<UnitState>,
     attempts: Vec<u32>,
     queue: VecDeque<usize>,
+    /// Pending units whose chunk tasks wait for an earlier statistics pass.
+    waiting: Vec<usize>,
+    /// Chunk pipelines: readiness and the statistics dispatched units receive.
+    book: ChunkBook,
     /// Index of each unit id in `units`.
     by_id: HashMap<u64, usize>,
     no_worker_since: Option<Instant>,
@@ -109,6 +116,8 @@ pub enum Event {
         unit: u64,
         /// Uploaded parts (multipart outputs).
         parts: Vec<PartResult>,
+        /// Statistics of a statistics unit's chunk tasks.
+        stats: Vec<TaskStats>,
     },
     /// Every unit of the job is done and journaled: commit it.
     ReadyToCommit(String),
@@ -128,6 +137,8 @@ pub enum Report {
     Success {
         /// Parts uploaded.
         parts: Vec<PartResult>,
+        /// Statistics of a statistics unit's chunk tasks, in task order.
+        stats: Vec<TaskStats>,
     },
     /// The unit failed.
     Failure {
@@ -204,30 +215,29 @@ impl Scheduler {
         self.workers.len()
     }
 
-    /// Adds a job whose units `done` are already finished and journaled (resume).
+    /// Adds a job whose units `done` are already finished and journaled (resume), with the
+    /// statistics of its done statistics units. `Err` when those statistics cannot be
+    /// combined (the job cannot resume).
     pub fn add_job(
         &mut self,
         mut status: JobStatus,
         units: Vec<WorkUnit>,
         unit_bytes: Vec<u64>,
         done: HashMap<u64, Vec<PartResult>>,
-    ) {
+        mut done_stats: HashMap<u64, Vec<TaskStats>>,
+    ) -> Result<(), String> {
         let states: Vec<UnitState> = units
             .iter()
             .map(|u| match done.get(&u.unit_id) {
                 Some(p) => UnitState::Done {
                     parts: p.clone(),
+                    stats: done_stats.remove(&u.unit_id).unwrap_or_default(),
                     durable: true,
                 },
                 None => UnitState::Pending,
             })
             .collect();
-        let queue = states
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s == UnitState::Pending)
-            .map(|(i, _)| i)
-            .collect();
+        let (book, queue, waiting) = chunks::resume_book(&units, &states)?;
         status.units_total = units.len() as u64;
         status.units_done = states.iter().filter(|s| **s != UnitState::Pending).count() as u64;
         status.resumed_units = status.units_done;
@@ -250,11 +260,14 @@ impl Scheduler {
                 states,
                 attempts: vec![0; n],
                 queue,
+                waiting,
+                book,
                 by_id,
                 no_worker_since: None,
                 finished_at: None,
             },
         );
+        Ok(())
     }
 
     /// Adds a job that already ended (known from the journal), so its status stays queryable.
@@ -269,6 +282,8 @@ impl Scheduler {
                 states: Vec::new(),
                 attempts: Vec::new(),
                 queue: VecDeque::new(),
+                waiting: Vec::new(),
+                book: ChunkBook::default(),
                 by_id: HashMap::new(),
                 no_worker_since: None,
                 finished_at: Some(now),
@@ -292,7 +307,9 @@ impl Scheduler {
             .iter()
             .zip(&j.states)
             .filter_map(|(u, s)| match s {
-                UnitState::Done { parts, durable: true } => Some((u.unit_id, parts.clone())),
+                UnitState::Done {
+                    parts, durable: true, ..
+                } => Some((u.unit_id, parts.clone())),
                 _ => None,
             })
             .collect()
@@ -363,6 +380,7 @@ impl Scheduler {
             j.states[unit] = UnitState::Leased(lease_id.clone());
             let mut wu = j.units[unit].clone();
             wu.attempt = attempt;
+            chunks::fill_stats(&j.book, &mut wu);
             self.leases.insert(
                 lease_id.clone(),
                 LeaseInfo {

@@ -36,6 +36,8 @@ pub struct CoordinatorOptions {
     pub scheduler: SchedulerConfig,
     /// Target bytes per work unit of new jobs (a resumed job keeps its journaled value).
     pub unit_target: u64,
+    /// Output bytes above which tensors of new jobs are split into chunk tasks.
+    pub chunk_size: u64,
     /// Directory relative model paths resolve against.
     pub model_root: PathBuf,
     /// Metrics to record into (e.g. served by `--metrics-listen`); `None` records into a
@@ -248,6 +250,7 @@ impl Coordinator {
             seed: s.random_seed,
             out_shard_size: s.out_shard_size,
             unit_target: self.inner.opts.unit_target,
+            chunk_size: self.inner.opts.chunk_size,
             copy_tokenizer: s.copy_tokenizer,
             write_model_card: s.write_model_card,
             allow_crimes: s.allow_crimes,
@@ -300,12 +303,18 @@ impl Coordinator {
         let mut rest = Vec::new();
         for ev in events {
             match ev {
-                Event::UnitDone { job, unit, parts } => {
+                Event::UnitDone {
+                    job,
+                    unit,
+                    parts,
+                    stats,
+                } => {
                     let parts = parts.into_iter().map(|p| (p.part_index, p.etag)).collect();
+                    let stats = super::journal::encode_stats(&stats);
                     pending.push((
                         job.clone(),
                         unit,
-                        self.inner.journal.submit(&job, &Entry::UnitDone { unit, parts }),
+                        self.inner.journal.submit(&job, &Entry::UnitDone { unit, parts, stats }),
                     ));
                 }
                 other => rest.push(other),

@@ -30,6 +30,8 @@ pub struct UnitPlan {
     pub first_part: u32,
     /// Start offset of each part of this unit.
     pub part_starts: Vec<u64>,
+    /// A unit of statistics chunk tasks: no output range, no parts.
+    pub stats: bool,
 }
 
 impl UnitPlan {
@@ -103,11 +105,56 @@ pub fn plan_units(plan: &Plan, target: u64) -> Vec<UnitPlan> {
                 tasks,
                 first_part: part,
                 part_starts,
+                stats: false,
             });
             part += n;
         }
     }
+    stats_units(plan, target, &mut units);
     units
+}
+
+/// Appends units of statistics chunk tasks: consecutive chunks of one pass of one tensor, up
+/// to `target` bytes of input read per unit.
+fn stats_units(plan: &Plan, target: u64, units: &mut Vec<UnitPlan>) {
+    let mut cur: Option<((u64, u32), u64, Vec<usize>)> = None;
+    let flush = |cur: &mut Option<((u64, u32), u64, Vec<usize>)>, units: &mut Vec<UnitPlan>| {
+        if let Some((_, _, tasks)) = cur.take() {
+            units.push(UnitPlan {
+                unit_id: units.len() as u64,
+                shard: 0,
+                start: 0,
+                end: 0,
+                tasks,
+                first_part: 0,
+                part_starts: Vec::new(),
+                stats: true,
+            });
+        }
+    };
+    for (i, t) in plan.proto.tasks.iter().enumerate() {
+        let Some(c) = t.chunk.as_ref().filter(|c| c.pass >= 1) else {
+            continue;
+        };
+        let key = (c.group, c.pass);
+        let bytes: u64 = t
+            .inputs
+            .iter()
+            .filter_map(|i| i.source.as_ref())
+            .map(|s| shardmerge_worker::chunk::input_range(t, s).1)
+            .sum();
+        match cur.as_mut() {
+            Some((k, b, tasks)) if *k == key && *b < target => {
+                *b += bytes;
+                tasks.push(i);
+            }
+            _ => {
+                flush(&mut cur, units);
+                cur = Some((key, bytes, vec![i]));
+            }
+        }
+    }
+    flush(&mut cur, units);
 }
 
 /// The wire form of a unit, bound to the shard location and upload id.
@@ -139,7 +186,7 @@ pub fn work_unit(
         job_id: job_id.to_string(),
         unit_id: unit.unit_id,
         tasks,
-        output: Some(UnitOutput {
+        output: (!unit.stats).then(|| UnitOutput {
             shard_uri: shard_uri.to_string(),
             start: unit.start,
             end: unit.end,

@@ -6,6 +6,7 @@
 //! mergekit executes them (code-point order of their label) and assign random-stream offsets,
 //! then lay out shards ([`layout`]) and emit one [`MergeTask`] per tensor.
 
+mod chunks;
 pub mod layout;
 pub mod params;
 pub mod sources;
@@ -55,6 +56,9 @@ pub struct PlanOptions {
     pub model_root: PathBuf,
     /// Opens models that are not local directories (e.g. `s3://`); `None` means local only.
     pub opener: Option<ModelOpener>,
+    /// Output bytes above which a tensor is split into chunk tasks (`--chunk-size`); 0 never
+    /// splits.
+    pub chunk_size: u64,
 }
 
 /// Where the random seed came from.
@@ -100,9 +104,6 @@ impl Plan {
         sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2
     }
 }
-
-/// Scratch of one streamed task (chunk buffers for each of the pool's threads), an upper bound.
-const STREAM_SCRATCH: u64 = 32 << 20;
 
 /// Plans `config`.
 pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError> {
@@ -207,9 +208,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         let working = match method.kind {
             _ if t.passthrough => t.numel * 4,
             methods::MethodKind::Gta(v) if gta_stream::supports(v) => {
-                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + STREAM_SCRATCH
+                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + chunks::STREAM_SCRATCH
             }
-            methods::MethodKind::Slerp => STREAM_SCRATCH,
+            methods::MethodKind::Slerp => chunks::STREAM_SCRATCH,
             methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
             _ => t.numel * 4 * 2,
         };
@@ -233,8 +234,10 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             numel: t.numel,
             passthrough: t.passthrough,
             load_dtype: t.load.map(|l| l.wire() as i32).unwrap_or(0),
+            chunk: None,
         });
     }
+    let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size)?;
     let proto = MergePlan {
         output_uri: opts.out_dir.to_string_lossy().into_owned(),
         shards: shard_plans,

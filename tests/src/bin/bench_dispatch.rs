@@ -135,6 +135,7 @@ fn unit(id: u64) -> WorkUnit {
             numel: 512 * 1024,
             passthrough: false,
             load_dtype: DType::Bf16 as i32,
+            chunk: None,
         }],
         output: Some(UnitOutput {
             shard_uri,
@@ -171,7 +172,9 @@ fn add_job(s: &mut Scheduler, n: u64) {
         (0..n).map(unit).collect(),
         vec![1 << 20; n as usize],
         HashMap::new(),
-    );
+        HashMap::new(),
+    )
+    .expect("no chunk statistics");
 }
 
 /// One in-process run: lease `batch` at a time, report each; returns units per second.
@@ -195,7 +198,10 @@ fn sched_run(n: u64, batch: u32) -> Result<f64> {
                 unit: u.unit_id,
                 attempt: u.attempt,
             };
-            let report = Report::Success { parts: parts_of(u) };
+            let report = Report::Success {
+                parts: parts_of(u),
+                stats: Vec::new(),
+            };
             s.report(fenced, report, Instant::now())
                 .map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))?;
             s.settle(JOB, u.unit_id, Instant::now());
@@ -245,6 +251,7 @@ async fn client_loop(channel: Channel, batch: u32, deadline: Instant) -> Result<
                 worker_id: worker_id.clone(),
                 lease_id: l.lease_id,
                 result: Some(report_unit_request::Result::Success(UnitSuccess {
+                    stats: Vec::new(),
                     parts: parts_of(&u),
                     bytes_read: 0,
                     bytes_written: 0,
@@ -275,6 +282,7 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
         state_dir: state.path().to_path_buf(),
         scheduler: SchedulerConfig::default(),
         unit_target: 64 << 20,
+        chunk_size: 0,
         model_root: PathBuf::from("."),
         metrics: None,
         allow: shardmerge_worker::node::allow::AllowList::new::<&str>(&[], true)?,

@@ -202,6 +202,7 @@ fn main() -> Result<()> {
             seed: Some(SEED),
             out_shard_size: args.out_shard_size,
             unit_target: args.unit_size,
+            chunk_size: 0,
             copy_tokenizer: true,
             write_model_card: true,
             allow_crimes: false,
@@ -223,12 +224,15 @@ fn main() -> Result<()> {
             output_uri: out_dir.display().to_string(),
             ..Default::default()
         };
-        sched.add_job(
-            status,
-            wire.clone(),
-            units.iter().map(UnitPlan::bytes).collect(),
-            HashMap::new(),
-        );
+        sched
+            .add_job(
+                status,
+                wire.clone(),
+                units.iter().map(UnitPlan::bytes).collect(),
+                HashMap::new(),
+                HashMap::new(),
+            )
+            .map_err(anyhow::Error::msg)?;
         Ok((units, wire))
     })?;
     anyhow::ensure!(

@@ -51,7 +51,8 @@ impl Writer<'_> {
 
 /// One input's bytes with the roundings that turn its stored values into working-dtype values.
 pub(super) struct Opened<'a> {
-    src: &'a TensorSource,
+    src: TensorSource,
+    _task: std::marker::PhantomData<&'a MergeTask>,
     data: InputBytes,
     dtype: Dtype,
     size: usize,
@@ -77,11 +78,11 @@ impl ChunkSource<TaskError> for Opened<'_> {
             .data
             .as_slice()
             .get(start * self.size..(start + out.len()) * self.size)
-            .ok_or_else(|| bad_input(self.src, format!("elements {start}+{} out of range", out.len())))?;
+            .ok_or_else(|| bad_input(&self.src, format!("elements {start}+{} out of range", out.len())))?;
         if self.dtype == Dtype::BF16 {
             crate::kernels::precision::decode_bf16(bytes, out);
         } else {
-            safetensors_io::decode_to_f32(self.dtype, bytes, out).map_err(|e| bad_input(self.src, e.to_string()))?;
+            safetensors_io::decode_to_f32(self.dtype, bytes, out).map_err(|e| bad_input(&self.src, e.to_string()))?;
         }
         for r in self.rounding.into_iter().flatten() {
             with_precision!(r, P => out.iter_mut().for_each(|x| *x = <P as crate::kernels::Precision>::rnd(*x)));
@@ -123,14 +124,23 @@ impl<'a> Loader<'a> {
         let bad = |reason: String| bad_input(src, reason);
         let dtype = storage_dtype(src.dtype()).ok_or_else(|| bad("unspecified dtype".into()))?;
         let size = safetensors_io::dtype_size(dtype);
-        if size.map(|s| s as u64 * self.task.numel) != Some(src.length) {
+        // A chunk task's inputs name the whole tensor; it reads the chunk's elements only.
+        let whole = self.task.chunk.as_ref().map_or(self.task.numel, |c| c.tensor_numel);
+        if size.map(|s| s as u64 * whole) != Some(src.length) {
             return Err(bad(format!(
                 "expected {:?} bytes of {dtype:?}, the plan says {}",
-                size.map(|s| s as u64 * self.task.numel),
+                size.map(|s| s as u64 * whole),
                 src.length
             )));
         }
-        let data = self.io.read(src)?;
+        let (offset, length) = crate::chunk::input_range(self.task, src);
+        let src = TensorSource {
+            offset,
+            length,
+            ..src.clone()
+        };
+        let bad = |reason: String| bad_input(&src, reason);
+        let data = self.io.read(&src)?;
         if data.as_slice().len() as u64 != src.length {
             return Err(bad(format!(
                 "read {} bytes, expected {}",
@@ -156,6 +166,7 @@ impl<'a> Loader<'a> {
         rounding = rounding.map(|r| r.filter(|&r| r != WorkDType::F32));
         Ok(Opened {
             src,
+            _task: std::marker::PhantomData,
             data,
             dtype,
             size: size.unwrap_or(1),
@@ -168,7 +179,7 @@ impl<'a> Loader<'a> {
         let opened = self.open(index)?;
         let mut v = self.buffer()?;
         safetensors_io::decode_to_f32(opened.dtype, opened.data.as_slice(), &mut v)
-            .map_err(|e| bad_input(opened.src, e.to_string()))?;
+            .map_err(|e| bad_input(&opened.src, e.to_string()))?;
         drop(opened.data);
         for r in opened.rounding.into_iter().flatten() {
             round_in_place(r, &mut v);

@@ -139,6 +139,8 @@ pub(super) struct RowSpec<'a> {
     pub bits: Option<&'a [u8]>,
     /// Rescale factor, if the rescale applies.
     pub scale: Option<f32>,
+    /// The sparsifier dropped the whole delta (`+0.0` everywhere, as a zero-filled tensor).
+    pub zeros: bool,
 }
 
 /// The combination of weighted deltas, as in [`super::gta::merge`].
@@ -215,6 +217,7 @@ fn combine_chunk_impl<P: Precision, E: Elems>(
         for ((spec, &x), row) in specs.iter().zip(xs).zip(t.rows.chunks_mut(BLOCK)) {
             let (row, x) = (&mut row[..n], x.slice(start + s, n));
             match spec.bits {
+                _ if spec.zeros => row.fill(P::rnd(0.0 * spec.weight)),
                 None => {
                     for (i, r) in row.iter_mut().enumerate() {
                         *r = P::rnd(P::rnd(x.at(i) - b.at(i)) * spec.weight);

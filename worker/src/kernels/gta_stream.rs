@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 /// Elements per chunk of the draw pass (a multiple of 8: one mask byte per 8 elements).
-const DRAW_CHUNK: usize = 1 << 14;
+pub(crate) const DRAW_CHUNK: usize = 1 << 14;
 /// Elements per chunk of the combine pass (a multiple of 8).
 const COMBINE_CHUNK: usize = 1 << 16;
 const RESCALE_EPS: f32 = 1e-7;
@@ -87,11 +87,13 @@ pub fn supports(variant: GtaVariant) -> bool {
 }
 
 /// What the draw pass leaves for the combine pass, for one sparsified input.
-struct Drawn {
+pub(crate) struct Drawn {
     /// Keep bits per summation part, bit `i % 8` of byte `i / 8` for part-local element `i`.
-    bits: Vec<Vec<u8>>,
+    pub(crate) bits: Vec<Vec<u8>>,
     /// `rnd(L1 before / L1 after)` when the rescale applies.
-    scale: Option<f32>,
+    pub(crate) scale: Option<f32>,
+    /// Every element dropped, as `+0.0` (the magnitude sparsifier at `density <= 0`).
+    pub(crate) zeros: bool,
 }
 
 /// Merges `inputs` onto `base` (`n` elements each) like [`super::gta::merge`] and calls `sink`
@@ -147,6 +149,7 @@ pub fn merge_streamed<P: Precision, E: Send>(
         let d = drawn[i].get_or_insert_with(|| Drawn {
             bits: vec![Vec::new(); parts.len()],
             scale: None,
+            zeros: false,
         });
         d.bits[pi] = bits;
         sums[i].0[pi] = before;
@@ -159,7 +162,31 @@ pub fn merge_streamed<P: Precision, E: Send>(
             d.scale = rescale_factor::<P>(n, before, after);
         }
     }
-    let weights: Vec<f32> = inputs.iter().map(|i| P::DTYPE.from_f64(i.weight)).collect();
+    let sources: Vec<(&dyn ChunkSource<E>, f64)> = inputs.iter().map(|i| (i.source, i.weight)).collect();
+    combine_pass::<P, E>(variant, opts, &parts, base, &sources, &drawn, sink).map_err(StreamError::Io)
+}
+
+/// The combine pass over `parts` (ranges of the `n` elements of `base`), with each input's
+/// keep bits per part and rescale factor (`None`: not sparsified).
+pub(crate) fn combine_pass<P: Precision, E: Send>(
+    variant: GtaVariant,
+    opts: GtaOptions,
+    parts: &[Range<usize>],
+    base: &dyn ChunkSource<E>,
+    inputs: &[(&dyn ChunkSource<E>, f64)],
+    drawn: &[Option<Drawn>],
+    sink: &Sink<'_, E>,
+) -> Result<(), E> {
+    let n = parts.last().map_or(0, |p| p.end);
+    let raw: Option<(Bf16Le<'_>, Vec<Bf16Le<'_>>)> = (|| {
+        let b = as_bf16(base.bf16_bytes()?, n)?;
+        let xs = inputs
+            .iter()
+            .map(|i| as_bf16(i.0.bf16_bytes()?, n))
+            .collect::<Option<Vec<_>>>()?;
+        Some((b, xs))
+    })();
+    let weights: Vec<f32> = inputs.iter().map(|i| P::DTYPE.from_f64(i.1)).collect();
     let combine = Combine {
         plain_divisor: plain_divisor::<P>(&weights),
         weights,
@@ -188,6 +215,7 @@ pub fn merge_streamed<P: Precision, E: Send>(
                     weight: combine.weights[m],
                     bits: drawn[m].as_ref().map(|d| &d.bits[pi][byte..]),
                     scale: drawn[m].as_ref().and_then(|d| d.scale),
+                    zeros: drawn[m].as_ref().is_some_and(|d| d.zeros),
                 })
                 .collect();
             let out = &mut sc.out[..len];
@@ -197,7 +225,7 @@ pub fn merge_streamed<P: Precision, E: Send>(
                 base.read(range.start, &mut sc.b[..len])?;
                 for (m, input) in inputs.iter().enumerate() {
                     input
-                        .source
+                        .0
                         .read(range.start, &mut sc.xs[m * COMBINE_CHUNK..m * COMBINE_CHUNK + len])?;
                 }
                 let xs: Vec<&[f32]> = sc.xs.chunks(COMBINE_CHUNK).collect();
@@ -232,7 +260,7 @@ impl Scratch {
 
 /// The keep probability as torch holds it: the density rounded to bf16 for bf16 deltas, else
 /// to f32 (the mask is drawn in f32 for f16 deltas).
-fn keep_probability<P: Precision>(density: f64) -> f32 {
+pub(crate) fn keep_probability<P: Precision>(density: f64) -> f32 {
     if P::DTYPE == WorkDType::Bf16 {
         round_bf16(density as f32)
     } else {
@@ -242,7 +270,7 @@ fn keep_probability<P: Precision>(density: f64) -> f32 {
 
 /// `rnd(L1 before / L1 after)` from the per-part kernel values, unless either norm is below
 /// 1e-7 (as `sparsify::random`).
-fn rescale_factor<P: Precision>(n: usize, before: &[f32], after: &[f32]) -> Option<f32> {
+pub(crate) fn rescale_factor<P: Precision>(n: usize, before: &[f32], after: &[f32]) -> Option<f32> {
     let l1 = |partials: &[f32]| {
         if P::DTYPE == WorkDType::Bf16 {
             round_bf16(torch_combine_bf16(n, partials, DEFAULT_THREADS))

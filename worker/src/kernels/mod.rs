@@ -6,8 +6,10 @@
 
 pub mod gta;
 mod gta_chunk;
+pub mod gta_masked;
 pub mod gta_stream;
 pub mod linear;
+pub mod magnitude_select;
 pub mod precision;
 pub(crate) mod simd;
 pub mod slerp;
@@ -15,6 +17,7 @@ pub mod slerp_stream;
 pub mod sparsify;
 pub mod torch_norm;
 pub mod torch_sum;
+pub mod torch_sum_partial;
 pub mod torch_sum_stream;
 pub mod torch_trig;
 

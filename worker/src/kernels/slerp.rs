@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
 /// torch's reduction chunk for a flattened tensor (elements).
-pub(crate) const TORCH_CHUNK: usize = 1 << 20;
+pub const TORCH_CHUNK: usize = 1 << 20;
 const DOT_THRESHOLD: f32 = 0.9995;
 const EPS: f32 = 1e-8;
 

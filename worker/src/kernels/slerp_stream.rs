@@ -86,19 +86,60 @@ pub fn slerp_streamed<P: Precision, E: Send>(
     if n == 0 {
         return Ok(());
     }
-    // Pass 1: per-chunk norms of both inputs.
+    let (pa, pb) = block_norms(n, a, b)?;
+    let (na, nb) = (norm_from_parts(&pa), norm_from_parts(&pb));
+    let dots = block_dots(n, a, b, na, nb)?;
+    let (ca, cb) = coefficients(&dots, t);
+    interpolate_streamed::<P, E>(n, a, b, ca, cb, sink)
+}
+
+/// Pass 1: the norm of every block of [`TORCH_CHUNK`] elements of `a` and of `b`, in order.
+/// A chunk task starting at a multiple of [`TORCH_CHUNK`] returns exactly its blocks' norms.
+pub fn block_norms<E: Send>(
+    n: usize,
+    a: &dyn ChunkSource<E>,
+    b: &dyn ChunkSource<E>,
+) -> Result<(Vec<f32>, Vec<f32>), E> {
     let norms = over_chunks(n, TORCH_CHUNK, a, b, |_, x, y| {
         Ok((torch_vector_norm_f32(x), torch_vector_norm_f32(y)))
     })?;
-    let (pa, pb): (Vec<f32>, Vec<f32>) = norms.into_iter().unzip();
-    let (na, nb) = (norm_from_parts(&pa), norm_from_parts(&pb));
-    // Pass 2: per-chunk dot products of the normalised inputs.
-    let dots = over_chunks(n, TORCH_CHUNK, a, b, |_, x, y| {
+    Ok(norms.into_iter().unzip())
+}
+
+/// The norm of the whole tensor from the norms of all its blocks, in order.
+pub fn norm_of_blocks(blocks: &[f32]) -> f32 {
+    norm_from_parts(blocks)
+}
+
+/// Pass 2: the dot product of every block of the inputs normalised by `na` and `nb`.
+pub fn block_dots<E: Send>(
+    n: usize,
+    a: &dyn ChunkSource<E>,
+    b: &dyn ChunkSource<E>,
+    na: f32,
+    nb: f32,
+) -> Result<Vec<f32>, E> {
+    over_chunks(n, TORCH_CHUNK, a, b, |_, x, y| {
         normalized_products(x, y, na, nb);
         Ok(torch_sum_f32(x, |p| p))
-    })?;
-    let (ca, cb) = coefficients_from(torch_sum_f32(&dots, |p| p), t);
-    // Pass 3: interpolate piece by piece into the sink.
+    })
+}
+
+/// The interpolation coefficients `(c_a, c_b)` from the dot products of all blocks, in order.
+pub fn coefficients(dots: &[f32], t: f64) -> (f32, f32) {
+    coefficients_from(torch_sum_f32(dots, |p| p), t)
+}
+
+/// Pass 3: `rnd_P(c_a * a + c_b * b)` piece by piece into the sink (elementwise, so any range
+/// of the tensor can be interpolated on its own).
+pub fn interpolate_streamed<P: Precision, E: Send>(
+    n: usize,
+    a: &dyn ChunkSource<E>,
+    b: &dyn ChunkSource<E>,
+    ca: f32,
+    cb: f32,
+    sink: &Sink<'_, E>,
+) -> Result<(), E> {
     over_chunks(n, OUT_CHUNK, a, b, |s, x, y| {
         interpolate::<P>(x, y, ca, cb);
         sink(s, x)

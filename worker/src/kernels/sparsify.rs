@@ -3,6 +3,7 @@
 //! Both operate in place on one task vector `delta` whose values are already in the working
 //! dtype. With `density >= 1` the delta is left untouched and no random words are consumed.
 
+use super::magnitude_select::{self, Plan, WHOLE_SEGMENT};
 use super::precision::{Precision, round_bf16};
 use super::torch_sum::{torch_sum_bf16, torch_sum_f32};
 use crate::rng::{Mt19937, bernoulli_keep};
@@ -11,7 +12,8 @@ use rayon::prelude::*;
 /// Which sparsifier a method uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sparsifier {
-    /// Keep the `max(1, floor(density * n))` largest magnitudes (TIES).
+    /// Keep the `max(1, floor(density * n))` largest magnitudes (TIES); ties at the threshold
+    /// are broken lowest index first (see [`super::magnitude_select`]).
     Magnitude,
     /// Keep each element with probability `density` (DARE), MT19937 Bernoulli draws.
     Random,
@@ -24,38 +26,53 @@ pub fn magnitude_keep_count(n: usize, density: f64) -> usize {
     ((density * n as f64) as usize).max(1).min(n)
 }
 
-/// Keep-mask (1.0 kept, 0.0 dropped) of the top-`k` magnitudes of `delta`, ranked as f32.
-/// Ties at the threshold are broken arbitrarily, as torch's unstable sort does.
+/// Keep-mask (1.0 kept, 0.0 dropped) of the top-`k` magnitudes of `delta`, ranked as f32 by
+/// [`magnitude_select::key`] (the bits of `|x|`, so every NaN ranks above `+inf`).
+/// Ties at the threshold are broken **lowest index first**: among elements whose magnitude
+/// equals the k-th largest, the ones with the smallest indices are kept. (torch breaks them
+/// arbitrarily with an unstable sort; this rule is reproducible and is the one the chunked
+/// selection of [`magnitude_select`] implements, with identical results.)
+/// `density >= 1` keeps everything; `density <= 0` keeps nothing.
 pub fn magnitude_mask(delta: &[f32], density: f64) -> Vec<f32> {
     let n = delta.len();
-    let k = magnitude_keep_count(n, density);
-    let mut mask = vec![0.0f32; n];
-    if k >= n {
-        mask.fill(1.0);
-        return mask;
+    match magnitude_select::plan(n as u64, density) {
+        Plan::Unchanged => vec![1.0; n],
+        Plan::Zeros => vec![0.0; n],
+        Plan::TopK(k) => {
+            let mut mask = vec![0.0f32; n];
+            let masks = magnitude_select::whole_tensor_masks(delta, k);
+            mask.par_chunks_mut(WHOLE_SEGMENT)
+                .zip(delta.par_chunks(WHOLE_SEGMENT))
+                .zip(masks)
+                .for_each(|((m, d), mut cm)| cm.mask(d, m));
+            mask
+        }
     }
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    idx.select_nth_unstable_by(k - 1, |&i, &j| {
-        delta[j as usize].abs().total_cmp(&delta[i as usize].abs())
-    });
-    for &i in &idx[..k] {
-        mask[i as usize] = 1.0;
-    }
-    mask
 }
 
-/// Keeps the top-`k` magnitudes of `delta` and zeroes the rest (`x * 0.0`, so signs of zeros
-/// follow torch).
+/// Keeps the top-`k` magnitudes of `delta` (`k = max(1, floor(density * n))`, ties at the
+/// threshold broken lowest index first, as [`magnitude_mask`]) and drops the rest as torch's
+/// `delta * mask` does (`x * 0.0`, so signs of zeros follow torch). With `rescale`, the L1
+/// rescale of §4.7 follows in precision `P`. `density >= 1` leaves `delta` untouched (no
+/// rescale); `density <= 0` or an empty tensor gives `+0.0` everywhere.
 pub fn magnitude<P: Precision>(delta: &mut [f32], density: f64, rescale: bool) {
-    if density >= 1.0 {
-        return;
+    let k = match magnitude_select::plan(delta.len() as u64, density) {
+        Plan::Unchanged => return,
+        Plan::Zeros => {
+            delta.fill(0.0);
+            return;
+        }
+        Plan::TopK(k) => k,
+    };
+    let before = if rescale { l1::<P>(delta) } else { 0.0 };
+    let masks = magnitude_select::whole_tensor_masks(delta, k);
+    delta
+        .par_chunks_mut(WHOLE_SEGMENT)
+        .zip(masks)
+        .for_each(|(d, mut cm)| cm.apply(d));
+    if rescale {
+        rescale_l1::<P>(delta, before);
     }
-    if density <= 0.0 || delta.is_empty() {
-        delta.fill(0.0);
-        return;
-    }
-    let mask = magnitude_mask(delta, density);
-    apply_mask::<P>(delta, &mask, rescale);
 }
 
 /// Bernoulli-drops elements of `delta` with keep probability `density`, drawing one MT19937
@@ -124,16 +141,11 @@ fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut M
         .for_each(|c| c.iter_mut().for_each(|d| *d = Q::rnd(*d * scale)));
 }
 
-/// `masked = delta * mask`; with `rescale`, multiply by `rnd(rnd(sum|delta|) / rnd(sum|masked|))`
-/// unless either L1 norm is below 1e-7. All in precision `P`.
-fn apply_mask<P: Precision>(delta: &mut [f32], mask: &[f32], rescale: bool) {
-    let before = if rescale { l1::<P>(delta) } else { 0.0 };
-    for (d, &m) in delta.iter_mut().zip(mask) {
-        *d = P::rnd(*d * m);
-    }
-    if !rescale {
-        return;
-    }
+/// The L1 rescale of an already masked `delta` in precision `P`, given `before = rnd(sum|delta|)`
+/// of the unmasked one: multiply by `rnd(before / rnd(sum|masked|))` unless either norm is
+/// below 1e-7. (Masking by multiplication is exact for values already in `P`: kept values are
+/// unchanged and dropped ones are signed zeros or NaN, so no rounding happens before this.)
+fn rescale_l1<P: Precision>(delta: &mut [f32], before: f32) {
     let after = l1::<P>(delta);
     if before < RESCALE_EPS || after < RESCALE_EPS {
         return;

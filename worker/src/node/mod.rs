@@ -315,6 +315,7 @@ async fn serve(
                             parts: o.parts,
                             bytes_read: o.bytes_read,
                             bytes_written: o.bytes_written,
+                            stats: o.stats,
                         }),
                         Err(e) => report_unit_request::Result::Failure(UnitFailure {
                             message: e.message,

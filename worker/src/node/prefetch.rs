@@ -58,15 +58,22 @@ impl Prefetch {
                 let Ok(loc @ Location::S3 { .. }) = Location::parse(&src.uri) else {
                     continue;
                 };
+                // A chunk task reads its own elements only.
+                let (offset, length) = crate::chunk::input_range(task, src);
+                let src = TensorSource {
+                    offset,
+                    length,
+                    ..src.clone()
+                };
                 let (tx, rx) = oneshot::channel();
                 slots.push(Slot {
                     task: t,
                     uri: src.uri.clone(),
-                    offset: src.offset,
-                    length: src.length,
+                    offset,
+                    length,
                     bytes: Some(rx),
                 });
-                reads.push((loc, src.clone(), tx));
+                reads.push((loc, src, tx));
             }
             if !reads.is_empty() {
                 tasks.push(reads);

@@ -12,7 +12,7 @@ use crate::error::TaskError;
 use crate::execute::{InputBytes, TaskIo, execute_task};
 use crate::storage::{LocalInputs, Location, Storage, StorageError};
 use bytes::Bytes;
-use shardmerge_proto::v1::{PartResult, TensorSource, WorkUnit};
+use shardmerge_proto::v1::{PartResult, TaskStats, TensorSource, WorkUnit};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
@@ -52,6 +52,8 @@ pub struct UnitOutcome {
     /// Output bytes uploaded: the unit's byte range of the shard (header included), so that the
     /// units of a job add up to the size of its output files.
     pub bytes_written: u64,
+    /// Statistics chunk tasks (a unit without output): one result per task, in task order.
+    pub stats: Vec<TaskStats>,
 }
 
 struct UnitIo<'a> {
@@ -150,6 +152,48 @@ fn check_pinned_inputs(unit: &WorkUnit, storage: &Storage, handle: &Handle) -> R
     Ok(())
 }
 
+/// Runs a unit of statistics chunk tasks: nothing is written, each task's statistics are
+/// returned for the report.
+fn execute_stats_unit(
+    unit: &WorkUnit,
+    storage: &Storage,
+    handle: &Handle,
+    local: &LocalInputs,
+    revoked: &AtomicBool,
+) -> Result<UnitOutcome, UnitError> {
+    let io = UnitIo {
+        storage,
+        handle,
+        local,
+        prefetch: Prefetch::start(unit, storage, handle),
+        task: AtomicUsize::new(0),
+        start: 0,
+        buffer: Mutex::new(Vec::new()),
+    };
+    check_pinned_inputs(unit, storage, handle)?;
+    let mut outcome = UnitOutcome::default();
+    for (i, task) in unit.tasks.iter().enumerate() {
+        if revoked.load(Ordering::SeqCst) {
+            return Err(UnitError {
+                message: "lease revoked by the coordinator".into(),
+                retryable: true,
+            });
+        }
+        io.task.store(i, Ordering::Relaxed);
+        let done = execute_task(task, &io)?;
+        outcome.bytes_read += done.bytes_read;
+        let stats = done.stats.ok_or_else(|| UnitError {
+            message: format!("task {} of `{}` is not a statistics task", task.task_id, task.tensor),
+            retryable: false,
+        })?;
+        outcome.stats.push(TaskStats {
+            task_id: task.task_id,
+            stats: Some(stats),
+        });
+    }
+    Ok(outcome)
+}
+
 /// Runs every task of `unit` (CPU work on the caller's thread, typically inside a rayon pool)
 /// and uploads its parts. Must not be called from an async context: storage calls block on
 /// `handle`. A unit that names a location outside `allow` is refused before anything is read
@@ -166,10 +210,9 @@ pub fn execute_unit(
         message: format!("this worker refuses the unit: {e}"),
         retryable: false,
     })?;
-    let out = unit.output.as_ref().ok_or_else(|| UnitError {
-        message: "unit without output".into(),
-        retryable: false,
-    })?;
+    let Some(out) = unit.output.as_ref() else {
+        return execute_stats_unit(unit, storage, handle, local, revoked);
+    };
     let len = out.end.checked_sub(out.start).ok_or_else(|| UnitError {
         message: "inverted unit range".into(),
         retryable: false,

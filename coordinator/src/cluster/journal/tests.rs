@@ -11,6 +11,7 @@ fn record(id: &str) -> JobRecord {
         seed: Some(7),
         out_shard_size: 5_000_000_000,
         unit_target: 64 << 20,
+        chunk_size: 0,
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,
@@ -25,6 +26,7 @@ fn done_entry(unit: u64) -> Entry {
     Entry::UnitDone {
         unit,
         parts: vec![(unit as u32, format!("etag-{unit}"))],
+        stats: vec![],
     }
 }
 

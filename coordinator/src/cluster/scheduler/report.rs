@@ -100,8 +100,10 @@ impl Scheduler {
         let lease = self.leases.remove(r.lease).expect("fenced");
         let j = self.jobs.get_mut(&lease.job).expect("a lease belongs to a known job");
         match report {
-            Report::Success { parts } => {
-                if let Err(why) = check_parts(&j.units[lease.unit], &parts) {
+            Report::Success { parts, stats } => {
+                let checked = check_parts(&j.units[lease.unit], &parts)
+                    .and_then(|()| super::chunks::check_stats(&j.units[lease.unit], &stats));
+                if let Err(why) = checked {
                     *self.rejected.entry(super::Rejection::BadParts).or_default() += 1;
                     let message = format!("worker {} reported wrong parts: {why}", r.worker);
                     tracing::warn!(job_id = %lease.job, unit = r.unit, "{message}");
@@ -114,12 +116,14 @@ impl Scheduler {
                 }
                 j.states[lease.unit] = UnitState::Done {
                     parts: parts.clone(),
+                    stats: stats.clone(),
                     durable: false,
                 };
                 Ok(vec![Event::UnitDone {
                     job: lease.job.clone(),
                     unit: r.unit,
                     parts,
+                    stats,
                 }])
             }
             Report::Failure { message, retryable } => Ok(self.failed_attempt(&lease, message, retryable, now)),
@@ -194,6 +198,15 @@ impl Scheduler {
         *durable = true;
         j.status.units_done += 1;
         j.status.bytes_done += j.unit_bytes[i];
+        if let Err(e) = super::chunks::settle_stats(j, i) {
+            let error = format!("combining chunk statistics: {e}");
+            let job = job.to_string();
+            return if self.set_state(&job, JobState::Failed, Some(error.clone()), now) {
+                vec![Event::Failed { job, error }]
+            } else {
+                Vec::new()
+            };
+        }
         if j.status.units_done == j.status.units_total
             && self.all_done(job)
             && self.set_state(job, JobState::Committing, None, now)

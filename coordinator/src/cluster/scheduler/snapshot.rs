@@ -107,7 +107,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        s.add_job(status, wus, vec![10; units as usize], HashMap::new());
+        s.add_job(status, wus, vec![10; units as usize], HashMap::new(), HashMap::new())
+            .unwrap();
     }
 
     #[test]
@@ -133,7 +134,15 @@ mod tests {
             unit: 0,
             attempt: 1,
         };
-        s.report(r, Report::Success { parts: vec![] }, t0).unwrap();
+        s.report(
+            r,
+            Report::Success {
+                parts: vec![],
+                stats: vec![],
+            },
+            t0,
+        )
+        .unwrap();
         let t1 = t0 + lease / 2;
         s.heartbeat(&w, &[leases[2].lease_id.clone()], t1).unwrap();
         s.tick(t0 + lease);

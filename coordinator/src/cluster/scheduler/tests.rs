@@ -40,7 +40,9 @@ fn sched_epoch(units: u64, epoch: u64) -> (Scheduler, Instant) {
         (0..units).map(unit).collect(),
         vec![10; units as usize],
         HashMap::new(),
-    );
+        HashMap::new(),
+    )
+    .unwrap();
     (s, Instant::now())
 }
 
@@ -63,6 +65,7 @@ fn rref<'a>(worker: &'a str, lease: &'a Lease) -> ReportRef<'a> {
 fn ok(lease: &Lease) -> Report {
     Report::Success {
         parts: vec![part(lease.unit.as_ref().unwrap().unit_id)],
+        stats: vec![],
     }
 }
 
@@ -158,7 +161,9 @@ fn parts_that_do_not_match_the_unit_are_rejected_and_the_unit_reruns() {
     let wrong = [vec![part(1)], vec![PartResult { size: 9, ..part(0) }], vec![]];
     let mut lease = ls[0].clone();
     for parts in wrong {
-        let err = s.report(rref(&w, &lease), Report::Success { parts }, now).unwrap_err();
+        let err = s
+            .report(rref(&w, &lease), Report::Success { parts, stats: vec![] }, now)
+            .unwrap_err();
         assert_eq!(err.0, Rejection::BadParts);
         let again = s.lease(&w, 1, now).unwrap().remove(0);
         assert_eq!(again.unit.as_ref().unwrap().unit_id, 0, "the unit is requeued first");
@@ -167,7 +172,14 @@ fn parts_that_do_not_match_the_unit_are_rejected_and_the_unit_reruns() {
     assert_eq!(s.status("j").unwrap().units_done, 0);
     // The fourth attempt is the last: a bad report now fails the job.
     let ev = s
-        .report(rref(&w, &lease), Report::Success { parts: vec![] }, now)
+        .report(
+            rref(&w, &lease),
+            Report::Success {
+                parts: vec![],
+                stats: vec![],
+            },
+            now,
+        )
         .unwrap();
     assert!(matches!(&ev[0], Event::Failed { error, .. } if error.contains("wrong parts")));
 }
@@ -301,7 +313,8 @@ fn resumed_jobs_skip_done_units() {
         job_id: "j".into(),
         ..Default::default()
     };
-    s.add_job(status, vec![unit(0), unit(1)], vec![5, 7], done);
+    s.add_job(status, vec![unit(0), unit(1)], vec![5, 7], done, HashMap::new())
+        .unwrap();
     let st = s.status("j").unwrap();
     assert_eq!((st.units_done, st.resumed_units, st.bytes_done), (1, 1, 5));
     let w = s.register_worker(now);

@@ -114,6 +114,12 @@ impl Coordinator {
                     .collect()
             })
             .unwrap_or_default();
+        let mut done_stats = HashMap::new();
+        for (u, s) in replayed.map(|r| r.stats.iter()).into_iter().flatten() {
+            let decoded = crate::cluster::journal::decode_stats(s)
+                .map_err(|e| ServiceError::Invalid(format!("journal of {}: unit {u}: {e}", record.job_id)))?;
+            done_stats.insert(*u, decoded);
+        }
         let job_id = record.job_id.clone();
         let status = JobStatus {
             job_id: job_id.clone(),
@@ -136,9 +142,16 @@ impl Coordinator {
         lock(&self.inner.jobs).insert(job_id.clone(), rt);
         let now = Instant::now();
         let ready = self.with_sched(|s| {
-            s.add_job(status, wire, bytes, done);
-            s.all_done(&job_id) && s.set_state(&job_id, JobState::Committing, None, now)
+            s.add_job(status, wire, bytes, done, done_stats)
+                .map(|()| s.all_done(&job_id) && s.set_state(&job_id, JobState::Committing, None, now))
         });
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&self.inner.jobs).remove(&job_id);
+                return Err(ServiceError::Invalid(format!("job {job_id}: chunk statistics: {e}")));
+            }
+        };
         if ready {
             self.spawn_commit(job_id);
         }
@@ -170,6 +183,7 @@ impl Coordinator {
             allow_crimes: record.allow_crimes,
             model_root: self.inner.opts.model_root.clone(),
             opener: Some(opener),
+            chunk_size: record.chunk_size,
         };
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))

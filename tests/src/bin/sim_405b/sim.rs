@@ -248,16 +248,23 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                     unit: unit.unit_id,
                     attempt: r.attempt,
                 };
-                let report = Report::Success { parts: parts_of(unit) };
+                let report = Report::Success {
+                    parts: parts_of(unit),
+                    stats: Vec::new(),
+                };
                 let res = timed(&mut out.sched.work, || sched.report(fenced, report, at(now)));
                 out.calls.report += 1;
                 for e in res.map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))? {
-                    let Event::UnitDone { job: j, unit, parts } = e else {
+                    let Event::UnitDone {
+                        job: j, unit, parts, ..
+                    } = e
+                    else {
                         bail!("unexpected scheduler event on a report: {e:?}");
                     };
                     let entry = Entry::UnitDone {
                         unit,
                         parts: parts.into_iter().map(|p| (p.part_index, p.etag)).collect(),
+                        stats: Vec::new(),
                     };
                     let ticket = timed(&mut out.journal_submit, || journal.submit(&j, &entry));
                     pending.push((w, unit, ticket));

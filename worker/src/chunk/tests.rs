@@ -1,0 +1,259 @@
+//! Chunked equals whole, on tensors large enough for several statistics chunks: more than one
+//! of torch's 2^20-element SLERP blocks, both of its thread parts and several cascade granules
+//! (DARE), and histogram passes over many chunks (TIES), for bf16 and f32, with chunks run in
+//! a shuffled order.
+
+use super::*;
+use crate::error::TaskError;
+use crate::execute::{InputBytes, TaskIo, execute_task};
+use crate::kernels::precision::encode_bf16;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use shardmerge_proto::v1::{ParamValue, TaskInput, TensorDestination, TensorSource, param_value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Files in memory.
+#[derive(Default)]
+struct MemIo {
+    files: HashMap<String, Vec<u8>>,
+    out: Mutex<Vec<u8>>,
+}
+
+impl TaskIo for MemIo {
+    fn read(&self, src: &TensorSource) -> Result<InputBytes, TaskError> {
+        let f = &self.files[&src.uri];
+        Ok(InputBytes::Owned(
+            f[src.offset as usize..(src.offset + src.length) as usize].to_vec(),
+        ))
+    }
+
+    fn write(&self, _uri: &str, offset: u64, bytes: &[u8], _tensor: &str) -> Result<(), TaskError> {
+        let mut out = self.out.lock().unwrap();
+        out[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn num(v: f64) -> ParamValue {
+    ParamValue {
+        kind: Some(param_value::Kind::Float(v)),
+    }
+}
+
+fn flag(v: bool) -> ParamValue {
+    ParamValue {
+        kind: Some(param_value::Kind::Bool(v)),
+    }
+}
+
+/// Values with shared structure (so SLERP's dot is not ~0) and many exact ties once rounded.
+fn values(n: usize, seed: u64, base: &[f32]) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let b = base.get(i).copied().unwrap_or(0.0);
+            b + (rng.random_range(-64i32..64) as f32) / 256.0
+        })
+        .collect()
+}
+
+fn encode(dtype: DType, v: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::Bf16 => {
+            let mut out = vec![0u8; v.len() * 2];
+            encode_bf16(v, &mut out);
+            out
+        }
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// A whole-tensor task of `method` over a base and two fine-tunes of `n` elements.
+fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
+    let size = if dtype == DType::Bf16 { 2 } else { 4 };
+    let base = values(n, 1, &[]);
+    let mut io = MemIo::default();
+    let mut inputs = Vec::new();
+    let count = if method == "slerp" { 2 } else { 3 };
+    for m in 0..count {
+        let v = if m == 0 {
+            base.clone()
+        } else {
+            values(n, 10 + m as u64, &base)
+        };
+        let uri = format!("mem://{m}");
+        io.files.insert(uri.clone(), encode(dtype, &v));
+        let mut params = HashMap::new();
+        params.insert("weight".to_string(), num(if m == 1 { 0.6 } else { 0.4 }));
+        params.insert("density".to_string(), num(if m == 1 { 0.53 } else { 0.3 }));
+        inputs.push(TaskInput {
+            model_index: m as u32,
+            is_base: m == 0,
+            source: Some(TensorSource {
+                uri,
+                offset: 0,
+                length: (n * size) as u64,
+                dtype: dtype as i32,
+                shape: vec![n as u64],
+                ..Default::default()
+            }),
+            params,
+            rng_offset: (m > 0).then(|| (m as u64 - 1) * n as u64),
+            ..Default::default()
+        });
+    }
+    let mut shared = HashMap::new();
+    shared.insert("t".to_string(), num(0.3));
+    shared.insert("lambda".to_string(), num(1.0));
+    shared.insert("normalize".to_string(), flag(method == "ties"));
+    shared.insert("rescale".to_string(), flag(method == "dare_ties"));
+    *io.out.get_mut().unwrap() = vec![0u8; n * size];
+    let task = MergeTask {
+        tensor: "t".into(),
+        method: method.into(),
+        working_dtype: dtype as i32,
+        inputs,
+        shared_params: shared,
+        output: Some(TensorDestination {
+            uri: "mem://out".into(),
+            offset: 0,
+            length: (n * size) as u64,
+            dtype: dtype as i32,
+            shape: vec![n as u64],
+            shard_index: 0,
+        }),
+        random_seed: Some(7),
+        numel: n as u64,
+        ..Default::default()
+    };
+    (task, io)
+}
+
+/// Runs `task` as chunk tasks of `chunk` elements, each pass's chunks in a shuffled order.
+fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
+    let plan = plan(task, chunk).unwrap().expect("the tensor splits");
+    let passes = plan.pipeline.passes();
+    let size = task.output.as_ref().unwrap().length / task.numel;
+    let mk = |r: &Range<u64>, pass: u32, index: usize, count: usize, stats: Option<CombinedStats>| MergeTask {
+        numel: r.end - r.start,
+        output: (pass == 0).then(|| TensorDestination {
+            offset: r.start * size,
+            length: (r.end - r.start) * size,
+            ..task.output.clone().unwrap()
+        }),
+        chunk: Some(ChunkInfo {
+            group: 0,
+            start: r.start,
+            len: r.end - r.start,
+            pass,
+            passes,
+            index: index as u32,
+            count: count as u32,
+            stats,
+            tensor_numel: task.numel,
+        }),
+        ..task.clone()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut received: Option<Vec<CombinedStats>> = None;
+    for pass in 1..=passes {
+        let mut order: Vec<usize> = (0..plan.stats.len()).collect();
+        order.shuffle(&mut rng);
+        let mut results = vec![None; plan.stats.len()];
+        for i in order {
+            let st = received.as_ref().map(|r| r[i].clone());
+            let t = mk(&plan.stats[i], pass, i, plan.stats.len(), st);
+            results[i] = execute_task(&t, io).unwrap().stats;
+        }
+        let results: Vec<ChunkStats> = results.into_iter().map(Option::unwrap).collect();
+        let partials: Vec<combine::Partial<'_>> = plan.stats.iter().cloned().zip(&results).collect();
+        let template = mk(&plan.stats[0], pass, 0, plan.stats.len(), None);
+        let prev = received.as_ref().map(|r| &r[0]);
+        let next = if pass == passes {
+            plan.apply.len()
+        } else {
+            plan.stats.len()
+        };
+        received = Some(combine(&template, pass, &partials, prev, next).unwrap());
+    }
+    let mut order: Vec<usize> = (0..plan.apply.len()).collect();
+    order.shuffle(&mut rng);
+    for i in order {
+        let st = received.as_ref().map(|r| r[i].clone());
+        execute_task(&mk(&plan.apply[i], 0, i, plan.apply.len(), st), io).unwrap();
+    }
+    io.out.lock().unwrap().clone()
+}
+
+#[test]
+fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
+    // 2 SLERP blocks and a bit; for DARE two thread parts of several cascade granules.
+    let n = (1 << 21) + 12_345;
+    for (method, pipeline) in [
+        ("slerp", Pipeline::Slerp),
+        ("dare_ties", Pipeline::RandomRescale),
+        ("ties", Pipeline::Magnitude),
+        ("linear", Pipeline::Elementwise),
+    ] {
+        for dtype in [DType::Bf16, DType::F32] {
+            let (task, io) = setup(method, dtype, n);
+            assert_eq!(super::pipeline(&task).unwrap(), pipeline);
+            execute_task(&task, &io).unwrap();
+            let whole = io.out.lock().unwrap().clone();
+            for (chunk, seed) in [(300_001u64, 1u64), (1 << 20, 2)] {
+                io.out.lock().unwrap().fill(0);
+                let got = run_chunked(&task, &io, chunk, seed);
+                let plan = plan(&task, chunk).unwrap().unwrap();
+                assert!(plan.apply.len() > 2, "{method}: {} apply chunks", plan.apply.len());
+                if pipeline != Pipeline::Elementwise {
+                    assert!(
+                        plan.stats.len() > 1,
+                        "{method} {dtype:?}: {} statistics chunks",
+                        plan.stats.len()
+                    );
+                }
+                assert!(
+                    got == whole,
+                    "{method} {dtype:?} in chunks of {chunk}: bytes differ from the whole kernel"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn small_tensors_and_unsplittable_methods_stay_whole() {
+    let (task, _) = setup("ties", DType::F32, 1000);
+    assert_eq!(plan(&task, 1000).unwrap(), None);
+    assert!(plan(&task, 999).unwrap().is_some());
+    let (mut task, _) = setup("ties", DType::F32, 1000);
+    task.shared_params.insert("rescale".into(), flag(true));
+    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
+    assert_eq!(plan(&task, 10).unwrap(), None);
+}
+
+#[test]
+fn partitions_cover_the_tensor_and_respect_alignment() {
+    let n = (1 << 21) + 5;
+    for (method, dtype) in [
+        ("slerp", DType::Bf16),
+        ("dare_ties", DType::Bf16),
+        ("dare_ties", DType::F32),
+    ] {
+        let (task, _) = setup(method, dtype, n);
+        let p = plan(&task, 100_000).unwrap().unwrap();
+        for ranges in [&p.stats, &p.apply] {
+            assert_eq!(ranges.first().unwrap().start, 0);
+            assert_eq!(ranges.last().unwrap().end, n as u64);
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        if method == "slerp" {
+            assert!(p.stats.iter().all(|r| r.start % TORCH_CHUNK as u64 == 0));
+        } else {
+            // No statistics chunk crosses torch's thread split.
+            let half = (n as u64).div_ceil(2);
+            assert!(p.stats.iter().all(|r| r.end <= half || r.start >= half));
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Chunk tasks of methods with whole-tensor statistics: the statistics passes and the apply
+//! pass that uses the combined statistics (see [`crate::chunk`]). Elementwise chunks run
+//! through the ordinary kernels on the narrowed inputs.
+
+use super::gta_params;
+use super::tensor_io::{Loader, Writer};
+use crate::chunk::{self, Pipeline};
+use crate::error::{KernelError, TaskError};
+use crate::kernels::gta_masked::{self, Mask, MaskedInput};
+use crate::kernels::slerp_stream;
+use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
+use crate::methods::{self, MethodKind};
+use crate::with_precision;
+use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputStats, MergeTask};
+
+fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
+    |source| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    }
+}
+
+fn contract(task: &MergeTask, msg: impl Into<String>) -> TaskError {
+    kernel_err(task)(KernelError::Contract(msg.into()))
+}
+
+/// The statistics this chunk received, required from pass 2 on and for apply.
+fn received<'t>(task: &'t MergeTask, info: &'t ChunkInfo) -> Result<&'t CombinedStats, TaskError> {
+    info.stats
+        .as_ref()
+        .ok_or_else(|| contract(task, format!("chunk pass {} dispatched without statistics", info.pass)))
+}
+
+/// Runs a chunk task of a tensor with statistics passes: a statistics pass returns its
+/// partial statistics, the apply pass writes through `out` and returns `None`.
+pub(super) fn run(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let pipeline = chunk::pipeline(task).map_err(kernel_err(task))?;
+    if pipeline.passes() != info.passes {
+        return Err(contract(
+            task,
+            format!(
+                "{pipeline:?} has {} passes, the task says {}",
+                pipeline.passes(),
+                info.passes
+            ),
+        ));
+    }
+    let n = loader.numel;
+    let work = loader.work;
+    match pipeline {
+        Pipeline::Slerp => {
+            let (b, o) = chunk::combine::slerp_inputs(task).map_err(kernel_err(task))?;
+            let base = loader.open(b)?;
+            let other = loader.open(o)?;
+            match info.pass {
+                1 => {
+                    let (pa, pb) = slerp_stream::block_norms(n, &base, &other)?;
+                    let mut inputs = vec![InputStats::default(); 2];
+                    inputs[b].sums = pa;
+                    inputs[o].sums = pb;
+                    Ok(Some(ChunkStats {
+                        inputs,
+                        dots: Vec::new(),
+                    }))
+                }
+                2 => {
+                    let s = received(task, info)?;
+                    let [na, nb] = s.slerp[..] else {
+                        return Err(contract(task, "slerp pass 2 needs two norms"));
+                    };
+                    let dots = slerp_stream::block_dots(n, &base, &other, na, nb)?;
+                    Ok(Some(ChunkStats {
+                        inputs: Vec::new(),
+                        dots,
+                    }))
+                }
+                _ => {
+                    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+                    let s = received(task, info)?;
+                    let [ca, cb] = s.slerp[..] else {
+                        return Err(contract(task, "slerp apply needs two coefficients"));
+                    };
+                    let sink = |start: usize, values: &[f32]| out.write(start, values);
+                    with_precision!(work, P => slerp_stream::interpolate_streamed::<P, TaskError>(
+                        n, &base, &other, ca, cb, &sink
+                    ))?;
+                    Ok(None)
+                }
+            }
+        }
+        Pipeline::RandomRescale | Pipeline::Magnitude => gta(task, info, pipeline, loader, out),
+        Pipeline::Elementwise | Pipeline::Whole => Err(contract(task, format!("{pipeline:?} has no chunk passes"))),
+    }
+}
+
+/// The task-arithmetic family's statistics and apply passes.
+fn gta(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    pipeline: Pipeline,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let err = kernel_err(task);
+    let spec = methods::lookup(&task.method).ok_or_else(|| err(KernelError::UnknownMethod(task.method.clone())))?;
+    let MethodKind::Gta(variant) = spec.kind else {
+        return Err(contract(task, "not a task-arithmetic method"));
+    };
+    let (opts, b, params) = gta_params(task).map_err(&err)?;
+    let n = loader.numel;
+    let work = loader.work;
+    let base = loader.open(b)?;
+    let opened = params.iter().map(|p| loader.open(p.0)).collect::<Result<Vec<_>, _>>()?;
+    let total = info.tensor_numel;
+    if info.pass >= 1 {
+        let mut inputs = vec![InputStats::default(); task.inputs.len()];
+        for ((i, _, density, rng), x) in params.into_iter().zip(&opened) {
+            let stats = &mut inputs[i];
+            match pipeline {
+                Pipeline::RandomRescale if density < 1.0 => {
+                    let rng = rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?;
+                    let parts = torch_parts(total as usize, DEFAULT_THREADS);
+                    let start = info.start as usize;
+                    let part = parts
+                        .iter()
+                        .find(|p| p.contains(&start) && start + n <= p.end)
+                        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
+                    let kind = chunk::sum_kind(task.working_dtype());
+                    let (before, after) = with_precision!(work, P => gta_masked::random_sums::<P, TaskError>(
+                        kind, part.len(), start - part.start, n, &base, x, density, rng
+                    ))?
+                    .map_err(|e| contract(task, e))?;
+                    stats.sums = before.to_floats();
+                    stats.masked_sums = after.to_floats();
+                }
+                Pipeline::Magnitude if chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() => {
+                    let high = match info.pass {
+                        1 => None,
+                        _ => {
+                            let r = received(task, info)?
+                                .inputs
+                                .get(i)
+                                .ok_or_else(|| contract(task, "missing input"))?;
+                            Some(u16::try_from(r.high_bin).map_err(|_| contract(task, "high bin out of range"))?)
+                        }
+                    };
+                    let h =
+                        with_precision!(work, P => gta_masked::magnitude_histogram::<P, TaskError>(n, &base, x, high))?;
+                    stats.bins = h.bins;
+                    stats.counts = h.counts;
+                }
+                _ => {}
+            }
+        }
+        return Ok(Some(ChunkStats {
+            inputs,
+            dots: Vec::new(),
+        }));
+    }
+    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+    let s = received(task, info)?;
+    let mut masked = Vec::new();
+    for ((i, weight, density, rng), x) in params.into_iter().zip(&opened) {
+        let r = s.inputs.get(i).ok_or_else(|| contract(task, "missing input"))?;
+        let mask = match pipeline {
+            Pipeline::RandomRescale if density < 1.0 => Mask::Random {
+                rng: Box::new(rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?),
+                density,
+            },
+            Pipeline::Magnitude if r.keep_none => Mask::Drop,
+            Pipeline::Magnitude if !r.keep_all => Mask::Magnitude {
+                threshold: r.threshold,
+                keep_ties: r.keep_ties,
+            },
+            _ => Mask::Keep,
+        };
+        masked.push(MaskedInput {
+            source: x,
+            weight,
+            mask,
+            scale: r.rescale,
+        });
+    }
+    let sink = |start: usize, values: &[f32]| out.write(start, values);
+    with_precision!(work, P => gta_masked::merge_masked::<P, TaskError>(variant, opts, n, &base, masked, &sink))?;
+    Ok(None)
+}

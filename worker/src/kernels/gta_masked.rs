@@ -1,0 +1,213 @@
+//! The task-arithmetic family over one chunk of a tensor whose statistics are already known:
+//! the statistics passes (DARE's L1 partials, TIES' magnitude histograms) and the apply pass,
+//! which merges with given masks and rescale factors.
+//!
+//! Together with [`crate::chunk::combine`] these give exactly the bytes of [`super::gta::merge`]
+//! and [`super::gta_stream::merge_streamed`] on the whole tensor: the same deltas, the same
+//! keep bits (DARE's from the random stream at the chunk's own offset; TIES' from the exact
+//! threshold with ties kept lowest index first), the same rescale factors, and the same
+//! combine loop ([`super::gta_stream::combine_pass`]).
+
+use super::gta::{GtaOptions, GtaVariant};
+use super::gta_chunk::q_rnd;
+use super::gta_stream::{ChunkSource, DRAW_CHUNK, Drawn, Sink, combine_pass, keep_probability};
+use super::magnitude_select::{ChunkMask, HighCounter, Histogram, LowCounter};
+use super::precision::Precision;
+use super::torch_sum_partial::{PartialStream, SumPartial};
+use super::torch_sum_stream::SumKind;
+use crate::rng::{Mt19937, bernoulli_keep};
+use rayon::prelude::*;
+
+/// How one input's delta is masked in a chunk.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// Not sparsified.
+    Keep,
+    /// Dropped entirely (`+0.0`, the magnitude sparsifier at `density <= 0`).
+    Drop,
+    /// DARE: Bernoulli keep bits from `rng` (positioned at the chunk's first element).
+    Random {
+        /// The stream at the chunk's first draw.
+        rng: Box<Mt19937>,
+        /// Keep probability as configured.
+        density: f64,
+    },
+    /// TIES: keys above `threshold`, and the first `keep_ties` keys equal to it.
+    Magnitude {
+        /// Threshold key.
+        threshold: u32,
+        /// Threshold-equal elements this chunk keeps.
+        keep_ties: u64,
+    },
+}
+
+/// One non-base input of [`merge_masked`].
+pub struct MaskedInput<'a, E> {
+    /// The input's elements over the chunk.
+    pub source: &'a dyn ChunkSource<E>,
+    /// Per-model weight.
+    pub weight: f64,
+    /// Mask.
+    pub mask: Mask,
+    /// Rescale factor of the masked delta, if the rescale applies.
+    pub scale: Option<f32>,
+}
+
+/// Calls `f(start, base, x)` for consecutive pieces of `n` elements, in order.
+fn pieces<E>(
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    x: &dyn ChunkSource<E>,
+    mut f: impl FnMut(usize, &[f32], &[f32]),
+) -> Result<(), E> {
+    let mut b = vec![0.0f32; DRAW_CHUNK.min(n)];
+    let mut xv = vec![0.0f32; DRAW_CHUNK.min(n)];
+    for start in (0..n).step_by(DRAW_CHUNK) {
+        let len = DRAW_CHUNK.min(n - start);
+        base.read(start, &mut b[..len])?;
+        x.read(start, &mut xv[..len])?;
+        f(start, &b[..len], &xv[..len]);
+    }
+    Ok(())
+}
+
+/// `d = rnd_P(x - b)` elementwise.
+fn deltas<P: Precision>(b: &[f32], x: &[f32], d: &mut Vec<f32>) {
+    d.clear();
+    d.extend(x.iter().zip(b).map(|(&x, &b)| P::rnd(x - b)));
+}
+
+/// Merges the `n` elements of one chunk with the given masks, calling `sink(start, values)` for
+/// every finished piece (chunk-relative), as the combine pass of the whole tensor would.
+pub fn merge_masked<P: Precision, E: Send>(
+    variant: GtaVariant,
+    opts: GtaOptions,
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    inputs: Vec<MaskedInput<'_, E>>,
+    sink: &Sink<'_, E>,
+) -> Result<(), E> {
+    let drawn = inputs
+        .par_iter()
+        .map(|input| mask_bits::<P, E>(n, base, input))
+        .collect::<Result<Vec<_>, E>>()?;
+    let sources: Vec<(&dyn ChunkSource<E>, f64)> = inputs.iter().map(|i| (i.source, i.weight)).collect();
+    // The chunk is one part of the combine pass (its keep bits start at its first element).
+    let parts: Vec<std::ops::Range<usize>> = (n > 0).then_some(0..n).into_iter().collect();
+    combine_pass::<P, E>(variant, opts, &parts, base, &sources, &drawn, sink)
+}
+
+/// The keep bits of one input over the chunk.
+fn mask_bits<P: Precision, E>(
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    input: &MaskedInput<'_, E>,
+) -> Result<Option<Drawn>, E> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    match &input.mask {
+        Mask::Keep => return Ok(None),
+        Mask::Drop => {
+            return Ok(Some(Drawn {
+                bits: vec![bits],
+                scale: None,
+                zeros: true,
+            }));
+        }
+        Mask::Random { rng, density } => {
+            let p = keep_probability::<P>(*density);
+            let mut rng = (**rng).clone();
+            let mut words = vec![0u32; DRAW_CHUNK.min(n)];
+            for start in (0..n).step_by(DRAW_CHUNK) {
+                let words = &mut words[..DRAW_CHUNK.min(n - start)];
+                rng.fill_u32(words);
+                for (j, &w) in words.iter().enumerate() {
+                    let i = start + j;
+                    bits[i / 8] |= u8::from(bernoulli_keep(w, p)) << (i % 8);
+                }
+            }
+        }
+        Mask::Magnitude { threshold, keep_ties } => {
+            let mut m = ChunkMask::new(*threshold, *keep_ties);
+            let mut d = Vec::new();
+            // Pieces are multiples of 8 long (but the last), so they start on a byte boundary.
+            pieces(n, base, input.source, |start, b, x| {
+                deltas::<P>(b, x, &mut d);
+                m.bits(&d, &mut bits[start / 8..]);
+            })?;
+        }
+    }
+    Ok(Some(Drawn {
+        bits: vec![bits],
+        scale: input.scale,
+        zeros: false,
+    }))
+}
+
+/// DARE's statistics pass over one chunk: the L1 cascade partials of `delta` and of the masked
+/// delta. The chunk is elements `range_start .. range_start + n` of a torch part of `part_len`
+/// elements; `rng` is positioned at the chunk's first draw.
+#[allow(clippy::too_many_arguments)]
+pub fn random_sums<P: Precision, E>(
+    kind: SumKind,
+    part_len: usize,
+    range_start: usize,
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    x: &dyn ChunkSource<E>,
+    density: f64,
+    mut rng: Mt19937,
+) -> Result<Result<(SumPartial, SumPartial), String>, E> {
+    let (mut before, mut after) = match (
+        PartialStream::new(kind, part_len, range_start, n),
+        PartialStream::new(kind, part_len, range_start, n),
+    ) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    let p = keep_probability::<P>(density);
+    let mut d = Vec::new();
+    let mut words = vec![0u32; DRAW_CHUNK.min(n)];
+    pieces(n, base, x, |_, b, xv| {
+        deltas::<P>(b, xv, &mut d);
+        let words = &mut words[..d.len()];
+        rng.fill_u32(words);
+        let abs: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+        before.feed(&abs);
+        let masked: Vec<f32> = d
+            .iter()
+            .zip(words.iter())
+            .map(|(&v, &w)| q_rnd::<P>(v * if bernoulli_keep(w, p) { 1.0 } else { 0.0 }).abs())
+            .collect();
+        after.feed(&masked);
+    })?;
+    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+}
+
+/// TIES' statistics over one chunk: the histogram of the high 16 bits of the `|delta|` keys
+/// (`high = None`, pass 1) or of the low 16 bits of the keys in bin `high` (pass 2).
+pub fn magnitude_histogram<P: Precision, E>(
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    x: &dyn ChunkSource<E>,
+    high: Option<u16>,
+) -> Result<Histogram, E> {
+    let mut d = Vec::new();
+    match high {
+        None => {
+            let mut c = HighCounter::new();
+            pieces(n, base, x, |_, b, xv| {
+                deltas::<P>(b, xv, &mut d);
+                c.add(&d);
+            })?;
+            Ok(c.finish())
+        }
+        Some(h) => {
+            let mut c = LowCounter::new(h);
+            pieces(n, base, x, |_, b, xv| {
+                deltas::<P>(b, xv, &mut d);
+                c.add(&d);
+            })?;
+            Ok(c.finish())
+        }
+    }
+}
