@@ -84,6 +84,11 @@ pub struct CommonArgs {
     /// suffixes; 0 never splits).
     #[arg(long, default_value = "256m", value_parser = parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
     pub chunk_size: u64,
+    /// Memory budget of the merge (k/m/b suffixes): tensors whose tasks would need more are
+    /// split into smaller chunks, at most this much memory runs at once, and a merge that cannot
+    /// fit fails at plan time naming the tensor. Default: no limit.
+    #[arg(long, value_parser = parse_size, env = "SHARDMERGE_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
     /// Allow merging models whose architectures differ.
     #[arg(long)]
     pub allow_crimes: bool,
@@ -274,6 +279,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
         random_seed: args.common.random_seed,
         out_shard_size: args.common.out_shard_size,
         chunk_size: args.common.chunk_size,
+        memory_limit: args.common.memory_limit,
         output: OutputOptions {
             copy_tokenizer: !args.no_copy_tokenizer,
             write_model_card: !args.no_write_model_card,
@@ -319,6 +325,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         random_seed: args.common.random_seed,
         out_shard_size: args.common.out_shard_size,
         chunk_size: args.common.chunk_size,
+        memory_limit: args.common.memory_limit,
         allow_crimes: args.common.allow_crimes,
         ..MergeOptions::default()
     };

@@ -35,6 +35,8 @@ pub struct MergeOptions {
     pub out_shard_size: u64,
     /// Output bytes above which a tensor is split into chunk tasks (0: never).
     pub chunk_size: u64,
+    /// Memory budget of the merge (`--memory-limit`); `None`: no limit.
+    pub memory_limit: Option<u64>,
     /// Output switches.
     pub output: OutputOptions,
     /// Allow different architectures.
@@ -54,6 +56,7 @@ impl Default for MergeOptions {
             random_seed: None,
             out_shard_size: 5_000_000_000,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            memory_limit: None,
             output: OutputOptions {
                 copy_tokenizer: true,
                 write_model_card: true,
@@ -125,6 +128,7 @@ pub fn plan_config(config: &config::MergeConfig, out_dir: &Path, opts: &MergeOpt
         model_root,
         opener: None,
         chunk_size: opts.chunk_size,
+        memory_limit: opts.memory_limit,
     };
     Ok(plan::plan(config, &popts)?)
 }

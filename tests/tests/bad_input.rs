@@ -214,3 +214,47 @@ fn a_failure_while_merging_leaves_no_complete_looking_output() {
     merge_config(&cfg, &out, &opts).unwrap();
     assert!(out.join("model.safetensors").exists());
 }
+
+#[test]
+fn a_memory_limit_below_the_smallest_task_fails_at_plan_time_naming_tensor_and_limit() {
+    let f = Fixture::new();
+    let cfg = f.config(TA);
+    let opts = MergeOptions {
+        memory_limit: Some(20),
+        ..MergeOptions::default()
+    };
+    let err = shardmerge_coordinator::merge_file(&cfg, &f.out(), &opts).expect_err("cannot fit 20 bytes");
+    assert_nothing_complete(&f.out());
+    let msg = format!("{err:#}");
+    assert_contains(
+        &msg,
+        &["tensor `", "needs", "memory limit of 20 bytes", "--memory-limit"],
+    );
+}
+
+#[test]
+fn a_memory_limit_splits_large_tasks_into_chunks_with_the_same_bytes() {
+    let f = Fixture::new();
+    let cfg = f.config(TA);
+    let whole = f.root.join("whole");
+    shardmerge_coordinator::merge_file(&cfg, &whole, &MergeOptions::default()).unwrap();
+    let limit = 8000;
+    let opts = MergeOptions {
+        memory_limit: Some(limit),
+        ..MergeOptions::default()
+    };
+    let config = load_config(&cfg).unwrap();
+    let plan = plan_config(&config, &f.out(), &opts).unwrap();
+    assert!(
+        plan.proto.tasks.iter().any(|t| t.chunk.is_some()),
+        "the limit splits tensors"
+    );
+    assert!(
+        plan.task_memory.iter().all(|&m| m <= limit),
+        "every task fits the limit"
+    );
+    execute_plan(plan, &config, &f.out(), &opts).unwrap();
+    let a = std::fs::read(whole.join("model.safetensors")).unwrap();
+    let b = std::fs::read(f.out().join("model.safetensors")).unwrap();
+    assert!(a == b, "chunking for the memory limit changed the bytes");
+}

@@ -59,6 +59,9 @@ pub struct PlanOptions {
     /// Output bytes above which a tensor is split into chunk tasks (`--chunk-size`); 0 never
     /// splits.
     pub chunk_size: u64,
+    /// Memory budget of one worker (`--memory-limit`): larger tasks are split into chunks, and
+    /// a task that cannot fit is a planning error. `None`: no limit.
+    pub memory_limit: Option<u64>,
 }
 
 /// Where the random seed came from.
@@ -93,6 +96,8 @@ pub struct Plan {
     pub task_memory: Vec<u64>,
     /// Warnings to show the user.
     pub warnings: Vec<String>,
+    /// The memory limit the plan fits (every task's planned memory is at most this).
+    pub memory_limit: Option<u64>,
 }
 
 impl Plan {
@@ -101,7 +106,8 @@ impl Plan {
     pub fn memory_budget(&self) -> u64 {
         let mut sizes = self.task_memory.clone();
         sizes.sort_unstable_by(|a, b| b.cmp(a));
-        sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2
+        let budget = sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2;
+        self.memory_limit.map_or(budget, |l| budget.min(l))
     }
 }
 
@@ -205,12 +211,14 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         }
         // Streamed kernels keep 1 keep bit per element of each sparsified input plus chunk
         // scratch; the others hold whole f32 tensors (the result and one per input).
+        // Streamed kernels' f32 scratch: pieces of every input plus two, at most the bound.
+        let scratch = (t.numel * 4 * (t.inputs.len() as u64 + 2)).min(chunks::STREAM_SCRATCH);
         let working = match method.kind {
             _ if t.passthrough => t.numel * 4,
             methods::MethodKind::Gta(v) if gta_stream::supports(v) => {
-                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + chunks::STREAM_SCRATCH
+                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + scratch
             }
-            methods::MethodKind::Slerp => chunks::STREAM_SCRATCH,
+            methods::MethodKind::Slerp => scratch,
             methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
             _ => t.numel * 4 * 2,
         };
@@ -237,7 +245,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             chunk: None,
         });
     }
-    let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size)?;
+    let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size, opts.memory_limit)?;
     let proto = MergePlan {
         output_uri: opts.out_dir.to_string_lossy().into_owned(),
         shards: shard_plans,
@@ -255,5 +263,6 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         seed,
         task_memory,
         warnings,
+        memory_limit: opts.memory_limit,
     })
 }

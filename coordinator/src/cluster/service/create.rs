@@ -184,6 +184,7 @@ impl Coordinator {
             model_root: self.inner.opts.model_root.clone(),
             opener: Some(opener),
             chunk_size: record.chunk_size,
+            memory_limit: None,
         };
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))
