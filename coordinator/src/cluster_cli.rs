@@ -100,6 +100,12 @@ pub struct CoordinatorArgs {
     /// any worker (k/m/b suffixes; 0 never splits). Journaled with each job.
     #[arg(long, default_value = "256m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
     pub chunk_size: u64,
+    /// Memory budget of the workers that new jobs are planned for (k/m/b suffixes): larger
+    /// tasks are split into chunks that fit, work units stay within a quarter of it, and a job
+    /// that cannot fit is refused at submission naming the tensor. Journaled with each job.
+    /// Default: no limit.
+    #[arg(long, value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_WORKER_MEMORY_LIMIT")]
+    pub worker_memory_limit: Option<u64>,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "SHARDMERGE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -147,6 +153,12 @@ pub struct WorkerArgs {
     /// Name shown in logs.
     #[arg(long, env = "SHARDMERGE_WORKER_NAME")]
     pub name: Option<String>,
+    /// Memory budget (k/m/b suffixes): a leased unit starts only while its planned memory
+    /// (output buffer, prefetch window, largest task) fits, and prefetching uses at most a
+    /// quarter of it. Default: 80% of the container's cgroup memory limit, else of the
+    /// machine's RAM. Plan jobs for it with the coordinator's --memory-limit.
+    #[arg(long, value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
     /// On SIGTERM, seconds to keep heartbeating while active units finish (keep it below the
     /// pod's termination grace period).
     #[arg(long, default_value_t = 25.0, env = "SHARDMERGE_DRAIN_SECS")]
@@ -294,6 +306,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             },
             unit_target: args.unit_size,
             chunk_size: args.chunk_size,
+            memory_limit: args.worker_memory_limit,
             retention: secs(args.job_retention_secs),
             model_root: std::env::current_dir()?,
             metrics: Some(metrics),
@@ -306,6 +319,20 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         server::serve(opts, Storage::from_env(), credentials, tls, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// 80% of the cgroup (v2) memory limit, else of `MemTotal`; `None` if neither is readable.
+fn default_memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let ram = || {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    cgroup.or_else(ram).map(|b| b / 5 * 4)
 }
 
 /// Runs `shardmerge worker`.
@@ -332,6 +359,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             tls_ca,
             drain: Duration::from_secs_f64(args.drain_secs),
             allow,
+            memory_limit: args.memory_limit.or_else(default_memory_limit),
         };
         run_worker_with_metrics(opts, metrics, shutdown_signal()).await?;
         Ok(())

@@ -29,6 +29,7 @@ fn options(state: &Path) -> CoordinatorOptions {
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
         chunk_size: 0,
+        memory_limit: None,
         model_root: golden(),
         metrics: None,
         allow: AllowList::new::<&str>(&[], true).unwrap(),
@@ -73,6 +74,7 @@ fn spawn_worker(url: &str, name: &str) {
         tls_ca: None,
         drain: Duration::from_secs(5),
         allow: AllowList::new::<&str>(&[], true).unwrap(),
+        memory_limit: None,
     };
     tokio::spawn(run_worker(opts, std::future::pending()));
 }
@@ -160,6 +162,7 @@ async fn chunked_jobs_on_the_cluster_equal_the_embedded_merge() {
             random_seed: Some(42),
             model_root: Some(golden()),
             chunk_size: 0,
+            memory_limit: None,
             ..Default::default()
         };
         let w = whole.clone();
@@ -241,6 +244,7 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
         tls_ca: Some(cert.clone()),
         drain: Duration::from_secs(5),
         allow: AllowList::new::<&str>(&[], true).unwrap(),
+        memory_limit: None,
     };
     tokio::spawn(run_worker(wopts, std::future::pending()));
     let mut c = client::connect(&url, None, Some(&cert)).await.unwrap();

@@ -52,6 +52,7 @@ async fn coordinator(state: &Path, unit_target: u64) -> Running {
         },
         unit_target,
         chunk_size: 0,
+        memory_limit: None,
         model_root: PathBuf::from("/"),
         metrics: None,
         allow: AllowList::new::<&str>(&[], true).unwrap(),
@@ -90,6 +91,7 @@ fn spawn_worker(url: &str) -> tokio::task::JoinHandle<()> {
         tls_ca: None,
         drain: Duration::from_secs(1),
         allow: AllowList::new::<&str>(&[], true).unwrap(),
+        memory_limit: None,
     };
     tokio::spawn(async move {
         let _ = run_worker(opts, std::future::pending()).await;

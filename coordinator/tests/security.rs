@@ -32,6 +32,7 @@ fn options(state: &Path, allow: AllowList) -> CoordinatorOptions {
         scheduler: SchedulerConfig::default(),
         unit_target: 5 << 20,
         chunk_size: 0,
+        memory_limit: None,
         model_root: golden(),
         metrics: None,
         allow,
@@ -67,6 +68,7 @@ fn worker_options(url: &str, token: Option<&str>, allow: AllowList) -> WorkerOpt
         tls_ca: None,
         drain: Duration::from_secs(5),
         allow,
+        memory_limit: None,
     }
 }
 

@@ -66,6 +66,9 @@ pub struct JobRecord {
     /// `--chunk-size` when the job was submitted; 0, as in older journals, splits nothing).
     #[serde(default)]
     pub chunk_size: u64,
+    /// Workers' memory budget the job was planned for (`--worker-memory-limit`).
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
     /// Copy tokenizer files.
     pub copy_tokenizer: bool,
     /// Write the model card.
@@ -501,6 +504,7 @@ impl JobRecord {
             out_shard_size: 0,
             unit_target: 0,
             chunk_size: 0,
+            memory_limit: None,
             copy_tokenizer: false,
             write_model_card: false,
             allow_crimes: false,

@@ -38,6 +38,8 @@ pub struct CoordinatorOptions {
     pub unit_target: u64,
     /// Output bytes above which tensors of new jobs are split into chunk tasks.
     pub chunk_size: u64,
+    /// Workers' memory budget new jobs are planned for (`--worker-memory-limit`).
+    pub memory_limit: Option<u64>,
     /// Directory relative model paths resolve against.
     pub model_root: PathBuf,
     /// Metrics to record into (e.g. served by `--metrics-listen`); `None` records into a
@@ -251,6 +253,7 @@ impl Coordinator {
             out_shard_size: s.out_shard_size,
             unit_target: self.inner.opts.unit_target,
             chunk_size: self.inner.opts.chunk_size,
+            memory_limit: self.inner.opts.memory_limit,
             copy_tokenizer: s.copy_tokenizer,
             write_model_card: s.write_model_card,
             allow_crimes: s.allow_crimes,

@@ -283,6 +283,7 @@ async fn grpc_run(args: &Args, n: u64, batch: u32) -> Result<f64> {
         scheduler: SchedulerConfig::default(),
         unit_target: 64 << 20,
         chunk_size: 0,
+        memory_limit: None,
         model_root: PathBuf::from("."),
         metrics: None,
         allow: shardmerge_worker::node::allow::AllowList::new::<&str>(&[], true)?,

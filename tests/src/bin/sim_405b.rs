@@ -203,6 +203,7 @@ fn main() -> Result<()> {
             out_shard_size: args.out_shard_size,
             unit_target: args.unit_size,
             chunk_size: 0,
+            memory_limit: None,
             copy_tokenizer: true,
             write_model_card: true,
             allow_crimes: false,

@@ -154,6 +154,23 @@ pub fn input_range(task: &MergeTask, src: &shardmerge_proto::v1::TensorSource) -
     }
 }
 
+/// Scratch of one streamed task (f32 pieces for the pool's threads), an upper bound.
+pub const STREAM_SCRATCH: u64 = 32 << 20;
+
+/// Planned peak memory of executing `task` beyond its output bytes: the input bytes it reads
+/// (mapped or fetched), one keep bit per element of each input, and f32 scratch for a piece of
+/// every input plus two (bounded by [`STREAM_SCRATCH`]). Planner and workers use the same rule.
+pub fn task_memory(task: &MergeTask) -> u64 {
+    let k = task.inputs.len() as u64;
+    let inputs: u64 = task
+        .inputs
+        .iter()
+        .filter_map(|i| i.source.as_ref())
+        .map(|s| input_range(task, s).1)
+        .sum();
+    inputs + task.numel.div_ceil(8) * k + (task.numel * 4 * (k + 2)).min(STREAM_SCRATCH)
+}
+
 /// `range` cut into pieces of `size` elements (the last shorter).
 fn split(range: Range<u64>, size: u64) -> Vec<Range<u64>> {
     (range.start..range.end)

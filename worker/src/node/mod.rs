@@ -43,6 +43,49 @@ pub struct WorkerOptions {
     pub drain: Duration,
     /// Locations this worker reads and writes; a unit naming any other is refused.
     pub allow: allow::AllowList,
+    /// Memory budget (`--memory-limit`): units start only while their planned memory fits;
+    /// a unit planned larger than the whole budget runs alone. `None`: no budget.
+    pub memory_limit: Option<u64>,
+}
+
+/// Semaphore permits of the memory budget are MiB.
+const MIB: u64 = 1 << 20;
+
+/// The worker's memory budget: admission of units by planned memory, and the prefetch window
+/// that fits it.
+#[derive(Clone)]
+struct Budget {
+    permits: Option<(Arc<tokio::sync::Semaphore>, u32)>,
+    window: u64,
+}
+
+impl Budget {
+    fn new(limit: Option<u64>) -> Self {
+        let permits = limit.map(|l| {
+            let n = (l / MIB).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+            (Arc::new(tokio::sync::Semaphore::new(n as usize)), n)
+        });
+        // Prefetching may use a quarter of the budget.
+        let window = limit.map_or(prefetch::WINDOW, |l| (l / 4).min(prefetch::WINDOW));
+        Budget { permits, window }
+    }
+
+    /// Waits until `unit`'s planned memory fits (a unit larger than the budget waits for all
+    /// of it), and holds it until the returned guard drops.
+    async fn admit(&self, unit: &shardmerge_proto::v1::WorkUnit) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let (sem, total) = self.permits.as_ref()?;
+        let need = unit::planned_memory(unit, self.window)
+            .div_ceil(MIB)
+            .clamp(1, u64::from(*total)) as u32;
+        if need == *total {
+            tracing::warn!(
+                job_id = %unit.job_id,
+                unit = unit.unit_id,
+                "unit planned at or above the whole --memory-limit; running it alone"
+            );
+        }
+        sem.clone().acquire_many_owned(need).await.ok()
+    }
 }
 
 /// Selects rustls' ring crypto provider for the process (idempotent). Several crates in the
@@ -129,6 +172,7 @@ pub async fn run_worker_with_metrics(
     let storage = Storage::from_env();
     let local = Arc::new(LocalInputs::new());
     let active: Active = Arc::default();
+    let budget = Budget::new(opts.memory_limit);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
@@ -163,6 +207,7 @@ pub async fn run_worker_with_metrics(
             &active,
             &draining,
             &metrics,
+            &budget,
         );
         tokio::pin!(session);
         tokio::select! {
@@ -213,6 +258,7 @@ async fn serve(
     active: &Active,
     draining: &Arc<std::sync::atomic::AtomicBool>,
     metrics: &Arc<WorkerMetrics>,
+    budget: &Budget,
 ) {
     let mut hb_client = client.clone();
     let hb_active = active.clone();
@@ -294,13 +340,20 @@ async fn serve(
                 let handle = tokio::runtime::Handle::current();
                 let metrics = metrics.clone();
                 let allow = opts.allow.clone();
+                let budget = budget.clone();
                 tokio::spawn(async move {
+                    // The lease stays heartbeated while the unit waits for memory.
+                    let memory = budget.admit(&unit).await;
+                    let window = budget.window;
                     tracing::debug!(job_id = %unit.job_id, unit = unit.unit_id, "unit started");
                     let started = metrics.unit_started();
                     let (job_id, unit_id, attempt) = (unit.job_id.clone(), unit.unit_id, unit.attempt);
                     let flag = revoked.clone();
                     let result = tokio::task::spawn_blocking(move || {
-                        pool.install(|| unit::execute_unit(&unit, &storage, &handle, &local, &allow, &flag))
+                        let done = pool
+                            .install(|| unit::execute_unit(&unit, &storage, &handle, &local, &allow, &flag, window));
+                        drop(memory);
+                        done
                     })
                     .await
                     .unwrap_or_else(|e| {

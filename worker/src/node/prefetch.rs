@@ -48,8 +48,9 @@ impl Drop for Prefetch {
 }
 
 impl Prefetch {
-    /// Starts fetching the S3 inputs of every task of `unit` on `handle`'s runtime.
-    pub fn start(unit: &WorkUnit, storage: &Storage, handle: &Handle) -> Prefetch {
+    /// Starts fetching the S3 inputs of every task of `unit` on `handle`'s runtime, at most
+    /// `window` bytes ahead (see [`WINDOW`]).
+    pub fn start(unit: &WorkUnit, storage: &Storage, handle: &Handle, window: u64) -> Prefetch {
         let mut slots = Vec::new();
         let mut tasks: Vec<Vec<(Location, TensorSource, oneshot::Sender<Fetched>)>> = Vec::new();
         for (t, task) in unit.tasks.iter().enumerate() {
@@ -80,7 +81,7 @@ impl Prefetch {
             }
         }
         let storage = storage.clone();
-        let fetcher = handle.spawn(fetch_in_order(storage, tasks));
+        let fetcher = handle.spawn(fetch_in_order(storage, tasks, window.max(PERMIT)));
         Prefetch {
             slots: Mutex::new(slots),
             fetcher,
@@ -117,14 +118,19 @@ impl Prefetch {
 /// Starts each task's fetch in task order, once it fits in the window and fewer than
 /// [`TASKS_IN_FLIGHT`] fetches run. Acquiring in order (never concurrently) is what makes
 /// waiting safe: the task a worker thread waits for is never behind a later task's bytes.
-async fn fetch_in_order(storage: Storage, tasks: Vec<Vec<(Location, TensorSource, oneshot::Sender<Fetched>)>>) {
-    let window = Arc::new(Semaphore::new(WINDOW.div_ceil(PERMIT) as usize));
+async fn fetch_in_order(
+    storage: Storage,
+    tasks: Vec<Vec<(Location, TensorSource, oneshot::Sender<Fetched>)>>,
+    window_bytes: u64,
+) {
+    let permits = window_bytes.div_ceil(PERMIT);
+    let window = Arc::new(Semaphore::new(permits as usize));
     let in_flight = Arc::new(Semaphore::new(TASKS_IN_FLIGHT));
     // Dropped (aborting the fetches) when the prefetch is.
     let mut fetches = tokio::task::JoinSet::new();
     for reads in tasks {
         let total: u64 = reads.iter().map(|(_, s, _)| s.length).sum();
-        let need = total.div_ceil(PERMIT).clamp(1, WINDOW.div_ceil(PERMIT)) as u32;
+        let need = total.div_ceil(PERMIT).clamp(1, permits) as u32;
         let (Ok(slot), Ok(bytes)) = (
             in_flight.clone().acquire_owned().await,
             window.clone().acquire_many_owned(need).await,
@@ -198,7 +204,7 @@ mod tests {
         let storage = s3.storage();
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
-            let p = Prefetch::start(&unit, &storage, &handle);
+            let p = Prefetch::start(&unit, &storage, &handle, WINDOW);
             let want = |s: &TensorSource| &data[s.offset as usize..(s.offset + s.length) as usize];
             // Compared as booleans: a failing assert must not print megabytes.
             let got = |t: usize, s: &TensorSource| p.take(t, s).map(|r| r.unwrap() == want(s));

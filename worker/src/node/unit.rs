@@ -124,6 +124,26 @@ impl TaskIo for UnitIo<'_> {
     }
 }
 
+/// Planned peak memory of executing `unit` with a prefetch window of `window` bytes: its
+/// output buffer plus its largest task ([`crate::chunk::task_memory`], inputs included) or the
+/// bytes the window may hold, whichever is larger.
+pub fn planned_memory(unit: &WorkUnit, window: u64) -> u64 {
+    let buffer = unit.output.as_ref().map_or(0, |o| o.end.saturating_sub(o.start));
+    let largest = unit.tasks.iter().map(crate::chunk::task_memory).max().unwrap_or(0);
+    let fetched: u64 = unit
+        .tasks
+        .iter()
+        .flat_map(|t| {
+            t.inputs
+                .iter()
+                .filter_map(|i| i.source.as_ref())
+                .filter(|s| s.uri.starts_with("s3://"))
+                .map(|s| crate::chunk::input_range(t, s).1)
+        })
+        .sum();
+    buffer + largest.max(fetched.min(window))
+}
+
 /// Refuses a unit whose input files changed since the coordinator pinned them (size and
 /// version: ETag on S3, modification time locally): a merge must never mix old and new bytes.
 fn check_pinned_inputs(unit: &WorkUnit, storage: &Storage, handle: &Handle) -> Result<(), UnitError> {
@@ -160,12 +180,13 @@ fn execute_stats_unit(
     handle: &Handle,
     local: &LocalInputs,
     revoked: &AtomicBool,
+    window: u64,
 ) -> Result<UnitOutcome, UnitError> {
     let io = UnitIo {
         storage,
         handle,
         local,
-        prefetch: Prefetch::start(unit, storage, handle),
+        prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
         start: 0,
         buffer: Mutex::new(Vec::new()),
@@ -205,13 +226,14 @@ pub fn execute_unit(
     local: &LocalInputs,
     allow: &AllowList,
     revoked: &AtomicBool,
+    window: u64,
 ) -> Result<UnitOutcome, UnitError> {
     allow.check_unit(unit).map_err(|e| UnitError {
         message: format!("this worker refuses the unit: {e}"),
         retryable: false,
     })?;
     let Some(out) = unit.output.as_ref() else {
-        return execute_stats_unit(unit, storage, handle, local, revoked);
+        return execute_stats_unit(unit, storage, handle, local, revoked, window);
     };
     let len = out.end.checked_sub(out.start).ok_or_else(|| UnitError {
         message: "inverted unit range".into(),
@@ -221,7 +243,7 @@ pub fn execute_unit(
         storage,
         handle,
         local,
-        prefetch: Prefetch::start(unit, storage, handle),
+        prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
         start: out.start,
         buffer: Mutex::new(vec![0u8; len as usize]),

@@ -12,6 +12,7 @@ fn record(id: &str) -> JobRecord {
         out_shard_size: 5_000_000_000,
         unit_target: 64 << 20,
         chunk_size: 0,
+        memory_limit: None,
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,

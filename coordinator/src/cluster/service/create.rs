@@ -43,7 +43,11 @@ impl Coordinator {
     ) -> Result<Vec<String>, ServiceError> {
         let plan = self.plan(record, &config).await?;
         record.seed = plan.seed.map(|(s, _)| s);
-        let units = plan_units(&plan, record.unit_target);
+        // A unit's output buffer stays within a quarter of the workers' budget.
+        let target = record
+            .memory_limit
+            .map_or(record.unit_target, |l| record.unit_target.min(l / 4));
+        let units = plan_units(&plan, target);
         let fp = fingerprint::fingerprint(&plan, &units);
         let st = &self.inner.storage;
         match replayed {
@@ -184,7 +188,9 @@ impl Coordinator {
             model_root: self.inner.opts.model_root.clone(),
             opener: Some(opener),
             chunk_size: record.chunk_size,
-            memory_limit: None,
+            // Tasks get half the workers' budget; the rest covers the prefetch window ahead of
+            // them and the process itself.
+            memory_limit: record.memory_limit.map(|l| l / 2),
         };
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))
