@@ -4,6 +4,7 @@
 
 pub mod allow;
 pub mod metrics;
+mod parts;
 mod prefetch;
 pub mod unit;
 

@@ -3,17 +3,18 @@
 //!
 //! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs,
 //! fetched ahead of the tasks that read them by [`Prefetch`]);
-//! the output range is assembled in memory and uploaded as the parts the planner assigned, so
-//! the shard becomes visible only when the coordinator completes the upload.
+//! the output range is assembled in memory part by part, and each part is uploaded as soon as
+//! the tasks below its end are done (while later tasks compute), so the shard becomes visible
+//! only when the coordinator completes the upload.
 
 use super::allow::AllowList;
+use super::parts::PartBuffers;
 use super::prefetch::Prefetch;
 use crate::error::TaskError;
 use crate::execute::{InputBytes, TaskIo, execute_task};
 use crate::storage::{LocalInputs, Location, Storage, StorageError};
 use bytes::Bytes;
 use shardmerge_proto::v1::{PartResult, TaskStats, TensorSource, WorkUnit};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 
@@ -63,8 +64,8 @@ struct UnitIo<'a> {
     prefetch: Prefetch,
     /// Index of the task running now (for [`Prefetch::take`]).
     task: AtomicUsize,
-    start: u64,
-    buffer: Mutex<Vec<u8>>,
+    /// The unit's output parts (none for a statistics unit).
+    parts: Option<PartBuffers>,
 }
 
 impl TaskIo for UnitIo<'_> {
@@ -109,18 +110,14 @@ impl TaskIo for UnitIo<'_> {
     }
 
     fn write(&self, uri: &str, offset: u64, bytes: &[u8], tensor: &str) -> Result<(), TaskError> {
-        let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        let at = offset.checked_sub(self.start).map(|o| o as usize);
-        match at {
-            Some(at) if at + bytes.len() <= buf.len() => {
-                buf[at..at + bytes.len()].copy_from_slice(bytes);
-                Ok(())
-            }
-            _ => Err(TaskError::InvalidTask {
-                tensor: tensor.to_string(),
-                reason: format!("write at {offset} of {uri} is outside the unit's range"),
-            }),
-        }
+        let written = match &self.parts {
+            Some(parts) => parts.write(offset, bytes),
+            None => Err("a statistics unit writes nothing".to_string()),
+        };
+        written.map_err(|reason| TaskError::InvalidTask {
+            tensor: tensor.to_string(),
+            reason: format!("{uri}: {reason}"),
+        })
     }
 }
 
@@ -142,6 +139,20 @@ pub fn planned_memory(unit: &WorkUnit, window: u64) -> u64 {
         })
         .sum();
     buffer + largest.max(fetched.min(window))
+}
+
+/// Part uploads in flight; those still running when the unit fails are aborted.
+struct Uploads(Vec<(u32, u64, PartUpload)>);
+
+/// One part's upload: its ETag when done.
+type PartUpload = tokio::task::JoinHandle<Result<String, StorageError>>;
+
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        for (_, _, put) in &self.0 {
+            put.abort();
+        }
+    }
 }
 
 /// Refuses a unit whose input files changed since the coordinator pinned them (size and
@@ -188,8 +199,7 @@ fn execute_stats_unit(
         local,
         prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
-        start: 0,
-        buffer: Mutex::new(Vec::new()),
+        parts: None,
     };
     check_pinned_inputs(unit, storage, handle)?;
     let mut outcome = UnitOutcome::default();
@@ -245,8 +255,7 @@ pub fn execute_unit(
         local,
         prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
-        start: out.start,
-        buffer: Mutex::new(vec![0u8; len as usize]),
+        parts: Some(PartBuffers::new(out)),
     };
     let mut outcome = UnitOutcome::default();
     check_pinned_inputs(unit, storage, handle)?;
@@ -260,28 +269,42 @@ pub fn execute_unit(
             Ok(())
         }
     };
+    let shard = Location::parse(&out.shard_uri).map_err(storage_err)?;
+    let mut uploads = Uploads(Vec::new());
+    // Uploads every part that is final once the bytes below `done_to` are.
+    let mut upload_complete = |done_to: u64| -> Result<(), UnitError> {
+        for (i, bytes) in io.parts.as_ref().map(|p| p.take_complete(done_to)).unwrap_or_default() {
+            // A revoked lease uploads nothing more: its unit belongs to another worker now.
+            check_lease()?;
+            let index = out.first_part + i as u32;
+            let size = bytes.len() as u64;
+            let (storage, shard, upload) = (storage.clone(), shard.clone(), out.upload_id.clone());
+            let put = handle.spawn(async move {
+                storage
+                    .put_part(&shard, &upload, index as usize, Bytes::from(bytes))
+                    .await
+            });
+            uploads.0.push((index, size, put));
+        }
+        Ok(())
+    };
     for (i, task) in unit.tasks.iter().enumerate() {
         check_lease()?;
         io.task.store(i, Ordering::Relaxed);
         let done = execute_task(task, &io)?;
         outcome.bytes_read += done.bytes_read;
+        if let Some(o) = &task.output {
+            upload_complete(o.offset + o.length)?;
+        }
     }
-    let mut buf = io.buffer.into_inner().unwrap_or_else(|e| e.into_inner());
-    if out.start == 0 {
-        let h = out.header.len().min(buf.len());
-        buf[..h].copy_from_slice(&out.header[..h]);
-    }
-    let buf = Bytes::from(buf);
-    let shard = Location::parse(&out.shard_uri).map_err(storage_err)?;
-    for (i, &p) in out.part_starts.iter().enumerate() {
-        let end = out.part_starts.get(i + 1).copied().unwrap_or(out.end);
-        let slice = buf.slice((p - out.start) as usize..(end - out.start) as usize);
-        let index = out.first_part + i as u32;
-        // A revoked lease uploads nothing more: its unit belongs to another worker now.
-        check_lease()?;
-        let size = slice.len() as u64;
+    upload_complete(out.end)?;
+    for (index, size, put) in std::mem::take(&mut uploads.0) {
         let etag = handle
-            .block_on(storage.put_part(&shard, &out.upload_id, index as usize, slice))
+            .block_on(put)
+            .map_err(|e| UnitError {
+                message: format!("uploading part {index}: {e}"),
+                retryable: true,
+            })?
             .map_err(storage_err)?;
         outcome.parts.push(PartResult {
             part_index: index,
