@@ -46,6 +46,9 @@ pub enum InputBytes {
     Mapped(memmap2::Mmap),
     /// Bytes fetched into memory.
     Owned(Vec<u8>),
+    /// Bytes fetched into memory, with a guard that keeps them counted against a memory budget
+    /// (the prefetch window) until the task that reads them drops them.
+    Held(Vec<u8>, Box<dyn std::any::Any + Send + Sync>),
 }
 
 impl InputBytes {
@@ -53,7 +56,7 @@ impl InputBytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             InputBytes::Mapped(m) => m,
-            InputBytes::Owned(v) => v,
+            InputBytes::Owned(v) | InputBytes::Held(v, _) => v,
         }
     }
 }

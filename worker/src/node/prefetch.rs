@@ -91,7 +91,14 @@ impl Prefetch {
     /// The bytes of `src` for task `task`, waiting for them if they are still on the way;
     /// `None` if they were not prefetched. Inputs of earlier tasks not taken by now are
     /// released.
-    pub fn take(&self, task: usize, src: &TensorSource) -> Option<Result<Vec<u8>, StorageError>> {
+    /// The returned guard keeps the bytes counted in the window until it is dropped (with the
+    /// task's input).
+    #[allow(clippy::type_complexity)]
+    pub fn take(
+        &self,
+        task: usize,
+        src: &TensorSource,
+    ) -> Option<Result<(Vec<u8>, Arc<OwnedSemaphorePermit>), StorageError>> {
         let rx = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             for s in slots.iter_mut().filter(|s| s.task < task) {
@@ -111,7 +118,7 @@ impl Prefetch {
         };
         // The fetcher is gone only if the prefetch is being dropped: read directly then.
         let fetched = rx.blocking_recv().ok()?;
-        Some(fetched.map(|(bytes, _window)| bytes))
+        Some(fetched)
     }
 }
 
@@ -207,7 +214,7 @@ mod tests {
             let p = Prefetch::start(&unit, &storage, &handle, WINDOW);
             let want = |s: &TensorSource| &data[s.offset as usize..(s.offset + s.length) as usize];
             // Compared as booleans: a failing assert must not print megabytes.
-            let got = |t: usize, s: &TensorSource| p.take(t, s).map(|r| r.unwrap() == want(s));
+            let got = |t: usize, s: &TensorSource| p.take(t, s).map(|r| r.unwrap().0 == want(s));
             // Out of order within a task; each prefetched input is handed out once.
             assert_eq!(got(0, &b), Some(true));
             assert_eq!(got(0, &a), Some(true));

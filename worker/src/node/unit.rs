@@ -85,10 +85,12 @@ impl TaskIo for UnitIo<'_> {
         }
         let task = self.task.load(Ordering::Relaxed);
         let fetched = match self.prefetch.take(task, src) {
-            Some(fetched) => fetched,
+            // The window stays charged for these bytes until the task drops them.
+            Some(fetched) => fetched.map(|(bytes, window)| (bytes, Some(window))),
             None => self
                 .handle
-                .block_on(self.storage.read_range_vec(&loc, src.offset, src.length)),
+                .block_on(self.storage.read_range_vec(&loc, src.offset, src.length))
+                .map(|bytes| (bytes, None)),
         };
         let bytes = fetched.map_err(|e| {
             let kind = if e.is_retryable() {
@@ -106,7 +108,10 @@ impl TaskIo for UnitIo<'_> {
                 }
             }
         })?;
-        Ok(InputBytes::Owned(bytes))
+        Ok(match bytes {
+            (bytes, Some(window)) => InputBytes::Held(bytes, Box::new(window)),
+            (bytes, None) => InputBytes::Owned(bytes),
+        })
     }
 
     fn write(&self, uri: &str, offset: u64, bytes: &[u8], tensor: &str) -> Result<(), TaskError> {
