@@ -1,10 +1,12 @@
 //! Golden parity with mergekit 0.1.5: every case in `tests/golden/cases` is merged by
 //! shardmerge and compared with the files mergekit itself produced (`expected/`).
 //!
-//! Byte-identical: linear, task_arithmetic, dare_ties, dare_linear, f32 ties, and every case's
-//! shard layout, headers and index. SLERP: within 1 ulp of the stored dtype. bf16 ties: torch
-//! breaks magnitude ties with an unstable sort, so only the layout must match and values may
-//! differ where the top-k selection differs (bounded below).
+//! Byte-identical: every safetensors file and index of every case (linear, slerp,
+//! task_arithmetic, dare_ties, dare_linear, f32 ties), except bf16 ties: torch breaks magnitude
+//! ties at the top-k threshold with an unstable sort (shardmerge keeps the lowest indices), so
+//! there only the layout must match and at most 2% of values may differ (the keep-set
+//! invariants are checked in `ties_invariants`). `mergekit_config.yml` is the YAML byte for
+//! byte, and `config.json` equals mergekit's as JSON.
 
 use shardmerge_tests::{Case, cases, model_files, run_case, run_case_chunked, tensors_of, ulp_distance};
 use std::path::Path;
@@ -12,14 +14,11 @@ use std::path::Path;
 #[derive(Debug, PartialEq)]
 enum Check {
     Bytes,
-    Ulp,
     TiesBf16,
 }
 
 fn check_of(case: &Case) -> Check {
-    if case.name.contains("slerp") {
-        Check::Ulp
-    } else if case.name.starts_with("ties") && case.name.contains("bf16") {
+    if case.name.starts_with("ties") && case.name.contains("bf16") {
         Check::TiesBf16
     } else {
         Check::Bytes
@@ -57,20 +56,12 @@ fn compare(case: &Case, ours: &Path) -> Result<(), String> {
         let mut total = 0usize;
         let mut total_differing = 0usize;
         for (ta, tb) in tensors_of(&a).iter().zip(tensors_of(&b).iter()) {
-            let mut worst = 0;
-            let mut differing = 0usize;
-            for (x, y) in ta.3.iter().zip(&tb.3) {
-                let d = ulp_distance(&ta.1, *x, *y);
-                worst = worst.max(d);
-                differing += usize::from(d > 0);
-            }
             total += ta.3.len();
-            total_differing += differing;
-            // "Within 1 bf16 ulp": for f32 outputs that is 2^16 f32 ulps.
-            let tolerance = if ta.1 == "F32" { 1 << 16 } else { 1 };
-            if check == Check::Ulp && worst > tolerance {
-                return Err(format!("{f}: tensor {} differs by {worst} {} ulp", ta.0, ta.1));
-            }
+            total_differing +=
+                ta.3.iter()
+                    .zip(&tb.3)
+                    .filter(|(x, y)| ulp_distance(&ta.1, **x, **y) > 0)
+                    .count();
         }
         // bf16 ties: torch's unstable sort picks among equal magnitudes at the top-k threshold;
         // the keep-set invariants are checked in `ties_bf16_sparsification_invariants`.
@@ -88,27 +79,85 @@ fn compare(case: &Case, ours: &Path) -> Result<(), String> {
         serde_json::from_slice(&std::fs::read(p.join("config.json")).unwrap()).unwrap()
     };
     let (ca, cb) = (cfg(&expected), cfg(ours));
-    for key in [
-        "num_hidden_layers",
-        "dtype",
-        "architectures",
-        "vocab_size",
-        "hidden_size",
-    ] {
-        if ca.get(key) != cb.get(key) {
-            return Err(format!(
-                "config.json `{key}`: mergekit {:?}, shardmerge {:?}",
-                ca.get(key),
-                cb.get(key)
-            ));
+    if ca != cb {
+        let (oa, ob) = (ca.as_object(), cb.as_object());
+        let keys: std::collections::BTreeSet<&String> = oa.iter().chain(ob.iter()).flat_map(|o| o.keys()).collect();
+        // transformers 5 re-expresses these when mergekit re-serializes a 4.x-style donor config
+        // (tests/golden/README.md; ARCHITECTURE.md, compatibility notes); shardmerge keeps the
+        // donor's form. Everything else must be equal.
+        const REWRITTEN: [&str; 5] = [
+            "transformers_version",
+            "rope_scaling",
+            "rope_theta",
+            "rope_parameters",
+            "pad_token_id",
+        ];
+        let differing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| ca.get(k.as_str()) != cb.get(k.as_str()) && !REWRITTEN.contains(&k.as_str()))
+            .map(|k| {
+                format!(
+                    "`{k}`: mergekit {:?}, shardmerge {:?}",
+                    ca.get(k.as_str()),
+                    cb.get(k.as_str())
+                )
+            })
+            .collect();
+        if !differing.is_empty() {
+            return Err(format!("config.json differs: {}", differing.join("; ")));
         }
     }
+    // Tokenizer files are copied byte for byte.
     for tok in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
-        if expected.join(tok).exists() != ours.join(tok).exists() {
-            return Err(format!("{tok}: presence differs from mergekit"));
+        match (
+            std::fs::read(expected.join(tok)).ok(),
+            std::fs::read(ours.join(tok)).ok(),
+        ) {
+            (a, b) if a == b => {}
+            (a, b) => {
+                return Err(format!(
+                    "{tok}: mergekit {}, shardmerge {}",
+                    a.map_or("absent".into(), |a| format!("{} bytes", a.len())),
+                    b.map_or("absent".into(), |b| format!("{} bytes", b.len()))
+                ));
+            }
         }
+    }
+    // The model card is mergekit's, titled with the output directory's name. mergekit lists the
+    // merged models in (nondeterministic) set order, so the list is compared as a set; for
+    // random methods shardmerge adds one line recording the seed.
+    let card = |p: &Path| std::fs::read_to_string(p.join("README.md")).map_err(|e| format!("README.md: {e}"));
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let want_card = card(&expected)?.replacen(&format!("# {}\n", name(&expected)), &format!("# {}\n", name(ours)), 1);
+    if normalized_card(&want_card) != normalized_card(&card(ours)?) {
+        return Err("README.md (model card) differs from mergekit's".into());
     }
     Ok(())
+}
+
+/// A model card with its bullet lists sorted and shardmerge's seed line removed.
+fn normalized_card(card: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut bullets: Vec<&str> = Vec::new();
+    for line in card
+        .lines()
+        .filter(|l| !l.starts_with("Merged by shardmerge with random seed"))
+    {
+        if line.starts_with("* ") {
+            bullets.push(line);
+            continue;
+        }
+        bullets.sort_unstable();
+        out.extend(bullets.drain(..).map(String::from));
+        out.push(line.to_string());
+    }
+    bullets.sort_unstable();
+    out.extend(bullets.drain(..).map(String::from));
+    out.join("\n").trim_end().to_string()
 }
 
 fn first_diff(a: &[u8], b: &[u8]) -> String {
