@@ -7,6 +7,7 @@
 use crate::chunk_book::ChunkBook;
 use crate::plan::Plan;
 use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::{Condvar, Mutex};
 use shardmerge_worker::TaskError;
 use shardmerge_worker::execute::{LocalIo, execute_task};
 use std::collections::VecDeque;
@@ -14,7 +15,6 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to run a plan in-process.
@@ -142,7 +142,7 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
         let flusher = scope.spawn(|| flush.run(plan));
         let mut panicked = None;
         for wave in waves {
-            *queue.lock().unwrap_or_else(|e| e.into_inner()) = wave.into_iter().collect();
+            *queue.lock() = wave.into_iter().collect();
             let mut workers = Vec::new();
             for w in 0..opts.workers.max(1) {
                 let (queue, budget, failed, first_error, stats, bar, io, pool, flush, book) = (
@@ -164,13 +164,10 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                             if failed.load(Ordering::SeqCst) {
                                 return;
                             }
-                            let Some(ti) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                            let Some(ti) = queue.lock().pop_front() else {
                                 return;
                             };
-                            let task = book
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .dispatch(&plan.proto.tasks[ti]);
+                            let task = book.lock().dispatch(&plan.proto.tasks[ti]);
                             let Some(task) = task else {
                                 let reason = "dispatched before its statistics were combined".to_string();
                                 let e = TaskError::InvalidTask {
@@ -178,15 +175,15 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                                     reason,
                                 };
                                 failed.store(true, Ordering::SeqCst);
-                                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                                first_error.lock().get_or_insert(e);
                                 return;
                             };
                             let task = &task;
                             let need = plan.task_memory[ti].min(budget_total);
                             {
-                                let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut avail = budget.0.lock();
                                 while *avail < need {
-                                    avail = budget.1.wait(avail).unwrap_or_else(|e| e.into_inner());
+                                    budget.1.wait(&mut avail);
                                 }
                                 *avail -= need;
                             }
@@ -194,21 +191,18 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                             tracing::debug!(tensor = %task.tensor, worker = w, "task started");
                             let result = pool.install(|| execute_task(task, io));
                             {
-                                let mut avail = budget.0.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut avail = budget.0.lock();
                                 *avail += need;
                                 budget.1.notify_all();
                             }
                             let recorded = match result {
                                 Ok(mut outcome) => match outcome.stats.take() {
-                                    Some(st) => book
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .record(task, st)
-                                        .map(|_| outcome)
-                                        .map_err(|source| TaskError::Kernel {
+                                    Some(st) => book.lock().record(task, st).map(|_| outcome).map_err(|source| {
+                                        TaskError::Kernel {
                                             tensor: task.tensor.clone(),
                                             source,
-                                        }),
+                                        }
+                                    }),
                                     None => Ok(outcome),
                                 },
                                 Err(e) => Err(e),
@@ -217,14 +211,14 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
                                 Ok(outcome) => {
                                     bar.inc(outcome.bytes_written);
                                     flush.add(outcome.bytes_written);
-                                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                                    let mut s = stats.lock();
                                     s.tasks += 1;
                                     s.bytes_read += outcome.bytes_read;
                                     s.bytes_written += outcome.bytes_written;
                                 }
                                 Err(e) => {
                                     failed.store(true, Ordering::SeqCst);
-                                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                                    first_error.lock().get_or_insert(e);
                                     return;
                                 }
                             }
@@ -247,10 +241,10 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     });
     bar.finish_and_clear();
     io.outputs.close_all();
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    if let Some(e) = first_error.into_inner() {
         return Err(e.into());
     }
-    let mut s = stats.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut s = stats.into_inner();
     s.elapsed = started.elapsed();
     Ok(s)
 }
@@ -294,13 +288,13 @@ struct FlushState {
 impl FlushState {
     /// Records `bytes` of finished output.
     fn add(&self, bytes: u64) {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner()).0 += bytes;
+        self.progress.lock().0 += bytes;
         self.changed.notify_one();
     }
 
     /// Stops the flusher (the commit does the final sync).
     fn finish(&self) {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.progress.lock().1 = true;
         self.changed.notify_one();
     }
 
@@ -315,9 +309,9 @@ impl FlushState {
         let mut flushed = 0;
         loop {
             let written = {
-                let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = self.progress.lock();
                 while !p.1 && p.0 < flushed + FLUSH_EVERY {
-                    p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+                    self.changed.wait(&mut p);
                 }
                 if p.1 {
                     return;

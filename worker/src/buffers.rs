@@ -8,8 +8,9 @@
 //! size follows the largest concurrent demand, which the scheduler's memory budget bounds.
 
 use memmap2::{Advice, MmapMut};
+use parking_lot::Mutex;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// Buffers smaller than this are plain `Vec`s (not pooled).
 const MIN_POOLED: usize = 1 << 20;
@@ -44,28 +45,23 @@ impl BufferPool {
 
     /// Sets the most bytes of idle buffers kept for reuse.
     pub fn set_idle_cap(&self, bytes: usize) {
-        *self.cap.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
+        *self.cap.lock() = bytes;
         self.trim();
     }
 
     /// Frees every idle buffer.
     pub fn clear(&self) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.free.lock().clear();
     }
 
     /// Idle bytes currently held.
     pub fn idle_bytes(&self) -> usize {
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|m| m.len())
-            .sum()
+        self.free.lock().iter().map(|m| m.len()).sum()
     }
 
     fn trim(&self) {
-        let cap = *self.cap.lock().unwrap_or_else(|e| e.into_inner());
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = *self.cap.lock();
+        let mut free = self.free.lock();
         free.sort_by_key(|m| m.len());
         while free.iter().map(|m| m.len()).sum::<usize>() > cap {
             free.remove(0);
@@ -83,7 +79,7 @@ impl BufferPool {
             });
         }
         let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let mut free = self.free.lock();
             // Best fit: the smallest idle buffer that is large enough.
             let best = free
                 .iter()
@@ -135,7 +131,7 @@ impl DerefMut for Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if let Some(Storage::Map(m)) = self.storage.take() {
-            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+            self.pool.free.lock().push(m);
             self.pool.trim();
         }
     }

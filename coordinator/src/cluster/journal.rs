@@ -202,7 +202,7 @@ pub struct Journal {
     queue: mpsc::Sender<Queued>,
     epoch: u64,
     /// The state directory's lock, held until [`Journal::close`] (or the process ends).
-    lock: Arc<std::sync::Mutex<Option<File>>>,
+    lock: Arc<parking_lot::Mutex<Option<File>>>,
 }
 
 /// Resolves once a submitted line is fsynced (or its write failed).
@@ -296,7 +296,7 @@ impl Journal {
             dir,
             queue,
             epoch,
-            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
+            lock: Arc::new(parking_lot::Mutex::new(Some(lock))),
         })
     }
 
@@ -343,13 +343,13 @@ impl Journal {
     /// shutdown: another coordinator may take it over).
     pub fn close(&self) -> Result<(), JournalError> {
         let synced = self.sync();
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.lock.lock().take();
         synced
     }
 
     fn enqueue(&self, job: &str, line: String, last: bool) -> Durable {
         let (ack, rx) = oneshot::channel();
-        if self.lock.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self.lock.lock().is_none() {
             let _ = ack.send(Err(jerr(
                 &self.file(job),
                 "the journal is closed (coordinator stopped)",
@@ -526,9 +526,21 @@ pub fn encode_stats(stats: &[shardmerge_proto::v1::TaskStats]) -> Vec<(u64, Stri
         .iter()
         .map(|s| {
             let bytes = s.stats.as_ref().map(Message::encode_to_vec).unwrap_or_default();
-            (s.task_id, bytes.iter().map(|b| format!("{b:02x}")).collect())
+            (s.task_id, hex(&bytes))
         })
         .collect()
+}
+
+/// Lowercase hex of `bytes` (statistics can be hundreds of MB over a 405B merge: no per-byte
+/// formatting).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// Decodes [`encode_stats`]; `Err` names what is malformed.
@@ -541,9 +553,10 @@ pub fn decode_stats(stats: &[(u64, String)]) -> Result<Vec<shardmerge_proto::v1:
             if digits.len() % 2 != 0 {
                 return Err(format!("statistics of task {task_id}: odd hex length"));
             }
+            let nibble = |d: u8| (d as char).to_digit(16).map(|v| v as u8);
             let bytes = digits
-                .chunks(2)
-                .map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+                .chunks_exact(2)
+                .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
                 .collect::<Option<Vec<u8>>>()
                 .ok_or_else(|| format!("statistics of task {task_id}: not hex"))?;
             let stats = shardmerge_proto::v1::ChunkStats::decode(bytes.as_slice())

@@ -226,7 +226,7 @@ impl Scheduler {
         done: HashMap<u64, Vec<PartResult>>,
         mut done_stats: HashMap<u64, Vec<TaskStats>>,
     ) -> Result<(), String> {
-        let states: Vec<UnitState> = units
+        let mut states: Vec<UnitState> = units
             .iter()
             .map(|u| match done.get(&u.unit_id) {
                 Some(p) => UnitState::Done {
@@ -237,7 +237,7 @@ impl Scheduler {
                 None => UnitState::Pending,
             })
             .collect();
-        let (book, queue, waiting) = chunks::resume_book(&units, &states)?;
+        let (book, queue, waiting) = chunks::resume_book(&units, &mut states)?;
         status.units_total = units.len() as u64;
         status.units_done = states.iter().filter(|s| **s != UnitState::Pending).count() as u64;
         status.resumed_units = status.units_done;

@@ -12,12 +12,13 @@ use super::scheduler::{CancelRefused, Event, Report, ReportRef, Scheduler, Sched
 use super::units::UnitPlan;
 use crate::config::MergeConfig;
 use crate::plan::Plan;
+use parking_lot::Mutex;
 use shardmerge_proto::v1::{JobState, JobStatus};
 use shardmerge_worker::storage::{Location, Storage, StorageError};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -164,10 +165,6 @@ struct Inner {
     shutting_down: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn output_key(loc: &Location) -> String {
     loc.to_uri().trim_end_matches('/').to_string()
 }
@@ -205,7 +202,7 @@ impl Coordinator {
         let weak = Arc::downgrade(&c.inner);
         metrics.attach(move || {
             let inner = weak.upgrade()?;
-            Some(lock(&inner.sched).metrics_snapshot())
+            Some(inner.sched.lock().metrics_snapshot())
         });
         let replayed = c
             .inner
@@ -220,7 +217,7 @@ impl Coordinator {
 
     /// The scheduler (for the worker API).
     pub fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
-        f(&mut lock(&self.inner.sched))
+        f(&mut self.inner.sched.lock())
     }
 
     /// Subscribes to state changes.
@@ -269,7 +266,7 @@ impl Coordinator {
     /// Claims `output` for `job`; refused while another live job writes there.
     fn claim_output(&self, output: &Location, job: &str) -> Result<(), ServiceError> {
         let key = output_key(output);
-        let mut outputs = lock(&self.inner.outputs);
+        let mut outputs = self.inner.outputs.lock();
         match outputs.get(&key) {
             Some(owner) if owner != job => Err(ServiceError::Conflict(format!(
                 "output {key} is being written by job {owner}; wait for it to finish or cancel it"
@@ -282,7 +279,7 @@ impl Coordinator {
     }
 
     fn release_output(&self, job: &str) {
-        lock(&self.inner.outputs).retain(|_, owner| owner != job);
+        self.inner.outputs.lock().retain(|_, owner| owner != job);
     }
 
     /// Records a worker report, fenced to the live lease it names. A success is acknowledged
@@ -366,7 +363,7 @@ impl Coordinator {
         let retention = self.inner.opts.retention;
         // Lock order: scheduler, then `closed` (nothing takes them the other way round).
         let forgotten = self.with_sched(|s| {
-            let mut closed = lock(&self.inner.closed);
+            let mut closed = self.inner.closed.lock();
             let gone = s.forget_finished(retention, now, |j| closed.contains(j));
             for job in &gone {
                 closed.remove(job);
@@ -374,7 +371,7 @@ impl Coordinator {
             gone
         });
         for job in forgotten {
-            lock(&self.inner.jobs).remove(&job);
+            self.inner.jobs.lock().remove(&job);
             if let Err(e) = self.inner.journal.remove(&job) {
                 tracing::warn!(job_id = %job, error = %e, "removing the journal of a finished job failed");
             }
@@ -408,7 +405,7 @@ impl Coordinator {
     }
 
     fn runtime(&self, job: &str) -> Option<Arc<JobRuntime>> {
-        lock(&self.inner.jobs).get(job).cloned()
+        self.inner.jobs.lock().get(job).cloned()
     }
 
     /// Whether a job reached a final state.

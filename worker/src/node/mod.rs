@@ -10,6 +10,7 @@ pub mod unit;
 
 use crate::storage::{LocalInputs, Storage};
 use metrics::WorkerMetrics;
+use parking_lot::Mutex;
 use shardmerge_proto::PROTOCOL_VERSION;
 use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
 use shardmerge_proto::v1::{
@@ -17,8 +18,8 @@ use shardmerge_proto::v1::{
     report_unit_request,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -215,11 +216,11 @@ pub async fn run_worker_with_metrics(
             _ = &mut shutdown => {
                 // Graceful shutdown: lease nothing new, keep heartbeating, let active units finish.
                 draining.store(true, std::sync::atomic::Ordering::SeqCst);
-                let n = active.lock().unwrap_or_else(|e| e.into_inner()).len();
+                let n = active.lock().len();
                 tracing::info!(active = n, "shutting down: finishing active units");
                 let deadline = tokio::time::Instant::now() + opts.drain;
                 let drained = async {
-                    while !active.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && tokio::time::Instant::now() < deadline {
+                    while !active.lock().is_empty() && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 };
@@ -267,12 +268,7 @@ async fn serve(
     let heartbeats = async move {
         loop {
             tokio::time::sleep(heartbeat).await;
-            let lease_ids: Vec<String> = hb_active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let lease_ids: Vec<String> = hb_active.lock().keys().cloned().collect();
             let req = HeartbeatRequest {
                 protocol_version: PROTOCOL_VERSION,
                 worker_id: hb_worker.clone(),
@@ -281,7 +277,7 @@ async fn serve(
             match hb_client.heartbeat(req).await {
                 Ok(r) if r.get_ref().unknown_worker => return,
                 Ok(r) => {
-                    let active = hb_active.lock().unwrap_or_else(|e| e.into_inner());
+                    let active = hb_active.lock();
                     for id in &r.get_ref().revoked {
                         if let Some(flag) = active.get(id) {
                             tracing::warn!(lease = %id, "lease revoked; abandoning its unit");
@@ -297,9 +293,7 @@ async fn serve(
         let mut client = client.clone();
         let mut idle = Duration::from_millis(100);
         loop {
-            let free = opts
-                .slots
-                .saturating_sub(active.lock().unwrap_or_else(|e| e.into_inner()).len());
+            let free = opts.slots.saturating_sub(active.lock().len());
             if free == 0 || draining.load(std::sync::atomic::Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -331,10 +325,7 @@ async fn serve(
             for lease in resp.leases {
                 let Some(unit) = lease.unit else { continue };
                 let revoked = Arc::new(AtomicBool::new(false));
-                active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(lease.lease_id.clone(), revoked.clone());
+                active.lock().insert(lease.lease_id.clone(), revoked.clone());
                 let (storage, local, pool, active) = (storage.clone(), local.clone(), pool.clone(), active.clone());
                 let mut client = client.clone();
                 let worker_id = worker_id.to_string();
@@ -402,7 +393,7 @@ async fn serve(
                             }
                         }
                     }
-                    active.lock().unwrap_or_else(|e| e.into_inner()).remove(&lease.lease_id);
+                    active.lock().remove(&lease.lease_id);
                 });
             }
         }

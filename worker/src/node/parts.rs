@@ -2,8 +2,8 @@
 //! run in offset order, so once a task is done every byte before its end is final, and the parts
 //! below it are handed out for upload while later tasks compute.
 
+use parking_lot::Mutex;
 use shardmerge_proto::v1::UnitOutput;
-use std::sync::Mutex;
 
 /// The unit's parts: byte range in the shard and, until taken, its buffer (allocated on first
 /// write).
@@ -51,7 +51,7 @@ impl PartBuffers {
                 break;
             }
             let (from, to) = (covered.max(s), end.min(e));
-            let mut part = self.bufs[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut part = self.bufs[i].lock();
             if matches!(*part, Part::Empty) {
                 *part = Part::Filling(vec![0u8; (e - s) as usize]);
             }
@@ -79,7 +79,7 @@ impl PartBuffers {
             if e > done_to {
                 break;
             }
-            let mut part = self.bufs[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut part = self.bufs[i].lock();
             match std::mem::replace(&mut *part, Part::Taken) {
                 Part::Filling(buf) => out.push((i, buf)),
                 // Never written (padding only): zeros.

@@ -10,8 +10,9 @@
 //! directly, so prefetching never changes what a task reads, only when.
 
 use crate::storage::{Location, Storage, StorageError};
+use parking_lot::Mutex;
 use shardmerge_proto::v1::{TensorSource, WorkUnit};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -100,7 +101,7 @@ impl Prefetch {
         src: &TensorSource,
     ) -> Option<Result<(Vec<u8>, Arc<OwnedSemaphorePermit>), StorageError>> {
         let rx = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slots = self.slots.lock();
             for s in slots.iter_mut().filter(|s| s.task < task) {
                 s.bytes = None;
             }

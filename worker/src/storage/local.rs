@@ -5,11 +5,12 @@
 //! with `pwrite` at planned offsets, so any number of tasks can write one shard concurrently.
 
 use memmap2::{Mmap, MmapOptions};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Opens local input files on first use and maps one tensor's byte range per read.
 ///
@@ -30,7 +31,7 @@ impl LocalInputs {
     pub fn map_range(&self, uri: &str, start: u64, len: u64) -> std::io::Result<Mmap> {
         let path = local_path(uri);
         let file = {
-            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut files = self.files.lock();
             match files.get(&path) {
                 Some(f) => f.clone(),
                 None => {
@@ -70,7 +71,7 @@ impl LocalOutputs {
     pub fn write_at(&self, uri: &str, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         let path = local_path(uri);
         let file = {
-            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut files = self.files.lock();
             match files.get(&path) {
                 Some(f) => f.clone(),
                 None => {
@@ -85,7 +86,7 @@ impl LocalOutputs {
 
     /// Closes all cached handles (call before renaming the files).
     pub fn close_all(&self) {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.files.lock().clear();
     }
 }
 

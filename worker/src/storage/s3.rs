@@ -5,10 +5,11 @@
 //! no body to tell them apart; on a 404 the bucket is probed once with a one-key listing, and
 //! remembered once it is known to exist.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
@@ -79,7 +80,7 @@ impl S3Clients {
 
     /// The client for `bucket`, built on first use.
     pub(super) fn bucket(&self, bucket: &str) -> Result<Arc<Bucket>, StorageError> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = self.buckets.lock();
         if let Some(b) = buckets.get(bucket) {
             return Ok(b.clone());
         }

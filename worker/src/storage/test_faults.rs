@@ -21,8 +21,8 @@
 //! runs to its end even if the client disconnects (s3s-fs would stop a
 //! CompleteMultipartUpload halfway, the upload gone and the object not written).
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -251,7 +251,7 @@ impl Faults {
 
     /// Replaces the configuration; applies to requests arriving from now on.
     pub fn set(&self, config: FaultConfig) {
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.config.lock() = config;
     }
 
     /// Stops injecting.
@@ -261,7 +261,7 @@ impl Faults {
 
     /// Restarts the RNG from `seed` (e.g. at the start of a test round).
     pub fn reseed(&self, seed: u64) {
-        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = SeededRng::new(seed);
+        *self.rng.lock() = SeededRng::new(seed);
     }
 
     /// Faults injected so far.
@@ -286,7 +286,7 @@ impl Faults {
     /// Multipart uploads on `bucket` whose key starts with `prefix` that were created and
     /// are neither completed nor aborted.
     pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Vec<OpenUpload> {
-        let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let uploads = self.uploads.lock();
         uploads
             .iter()
             .filter(|u| u.bucket == bucket && u.key.starts_with(prefix))
@@ -297,11 +297,11 @@ impl Faults {
 
     pub(crate) fn draw(&self, target: Target) -> Option<FaultKind> {
         self.targeted.fetch_add(1, Ordering::Relaxed);
-        let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = self.config.lock().clone();
         if !config.targets[target_index(target)] {
             return None;
         }
-        let mut u = self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit();
+        let mut u = self.rng.lock().unit();
         let kind = FaultKind::ALL.into_iter().zip(config.rates).find_map(|(kind, rate)| {
             u -= rate;
             (u < 0.0).then_some(kind)
@@ -314,11 +314,11 @@ impl Faults {
     }
 
     pub(crate) fn slow_budget(&self) -> Duration {
-        let max = self.config.lock().unwrap_or_else(|e| e.into_inner()).slow_body_max;
-        max.mul_f64(self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit())
+        let max = self.config.lock().slow_body_max;
+        max.mul_f64(self.rng.lock().unit())
     }
 
     pub(crate) fn track(&self, upload: OpenUpload) {
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).push(upload);
+        self.uploads.lock().push(upload);
     }
 }

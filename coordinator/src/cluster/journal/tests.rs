@@ -164,3 +164,31 @@ fn concurrent_appends_are_group_committed_in_order_and_all_durable() {
     assert!(text.lines().next().unwrap().contains("\"kind\":\"job\""));
     assert!(text.lines().last().unwrap().contains("\"kind\":\"finished\""));
 }
+
+#[test]
+fn statistics_round_trip_through_hex_and_malformed_hex_is_an_error() {
+    use shardmerge_proto::v1::{ChunkStats, InputStats, TaskStats};
+    let stats = vec![TaskStats {
+        task_id: 7,
+        stats: Some(ChunkStats {
+            inputs: vec![InputStats {
+                sums: vec![1.5, -0.0, f32::MAX],
+                bins: vec![3, 65535],
+                counts: vec![1, u64::MAX],
+                ..Default::default()
+            }],
+            dots: vec![0.25],
+        }),
+    }];
+    let journaled = super::encode_stats(&stats);
+    assert!(
+        journaled[0]
+            .1
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(super::decode_stats(&journaled).unwrap(), stats);
+    for bad in ["0", "zz", "0g"] {
+        assert!(super::decode_stats(&[(7, bad.to_string())]).is_err(), "{bad}");
+    }
+}

@@ -16,13 +16,13 @@ fn ready(book: &ChunkBook, unit: &WorkUnit) -> bool {
 /// splits the pending units into ready (queued) and waiting ones.
 pub(super) fn resume_book(
     units: &[WorkUnit],
-    states: &[UnitState],
+    states: &mut [UnitState],
 ) -> Result<(ChunkBook, VecDeque<usize>, Vec<usize>), String> {
     let all: Vec<_> = units.iter().flat_map(|u| u.tasks.iter().cloned()).collect();
     let mut book = ChunkBook::new(&all);
-    for (u, s) in units.iter().zip(states) {
+    for (u, s) in units.iter().zip(states.iter_mut()) {
         if let UnitState::Done { stats, .. } = s {
-            record(&mut book, u, stats)?;
+            record(&mut book, u, &std::mem::take(stats))?;
         }
     }
     let (mut queue, mut waiting) = (VecDeque::new(), Vec::new());
@@ -70,12 +70,14 @@ pub(super) fn check_stats(unit: &WorkUnit, stats: &[TaskStats]) -> Result<(), St
     Ok(())
 }
 
-/// A settled unit's statistics: records them and queues the units they made ready.
+/// A settled unit's statistics: records them (then drops them: the book keeps what later
+/// passes need, and a resume reads them from the journal) and queues the units they made ready.
 pub(super) fn settle_stats(j: &mut JobEntry, i: usize) -> Result<(), String> {
-    let UnitState::Done { stats, .. } = &j.states[i] else {
+    let UnitState::Done { stats, .. } = &mut j.states[i] else {
         return Ok(());
     };
-    if stats.is_empty() || !record(&mut j.book, &j.units[i], stats)? {
+    let stats = std::mem::take(stats);
+    if stats.is_empty() || !record(&mut j.book, &j.units[i], &stats)? {
         return Ok(());
     }
     let waiting = std::mem::take(&mut j.waiting);

@@ -7,7 +7,7 @@
 //! everything it wrote; a failed or cancelled job's uploads are aborted; both are journaled
 //! (`cleaned`) when done and redone after a restart until then.
 
-use super::{Coordinator, JobRuntime, ServiceError, journal_err, lock};
+use super::{Coordinator, JobRuntime, ServiceError, journal_err};
 use crate::cluster::journal::{Entry, JobRecord};
 use crate::output::OutputOptions;
 use crate::plan::layout::shard_file_name;
@@ -54,7 +54,7 @@ impl Coordinator {
                     }
                     c.with_sched(|s| s.set_state(&job, JobState::Succeeded, None, Instant::now()));
                     c.release_output(&job);
-                    lock(&c.inner.closed).insert(job.clone());
+                    c.inner.closed.lock().insert(job.clone());
                     tracing::info!(job_id = %job, "job committed");
                 }
                 Err(_) if c.is_shutting_down() => {
@@ -87,7 +87,7 @@ impl Coordinator {
         for (si, ps) in by_shard.iter_mut().enumerate() {
             ps.sort_by_key(|p| p.0);
             let numbers: Vec<u32> = ps.iter().map(|p| p.0).collect();
-            if numbers != (0..expected[si]).collect::<Vec<_>>() && !lock(&rt.committed).contains(&(si as u32)) {
+            if numbers != (0..expected[si]).collect::<Vec<_>>() && !rt.committed.lock().contains(&(si as u32)) {
                 return Err(ServiceError::Internal(format!(
                     "shard {} has parts {numbers:?}, planned 0..{}",
                     plan.proto.shards[si].file_name, expected[si]
@@ -127,13 +127,13 @@ impl Coordinator {
             .collect();
         let publisher = Publisher::begin(st, &rt.output, &meta).await.map_err(publish_err)?;
         for (si, shard) in shards.into_iter().enumerate() {
-            if lock(&rt.committed).contains(&(si as u32)) {
+            if rt.committed.lock().contains(&(si as u32)) {
                 continue; // published by an earlier commit that was cut short
             }
             publisher.shard(shard).await.map_err(publish_err)?;
             let entry = Entry::ShardCommitted { shard: si as u32 };
             self.inner.journal.append(job, &entry).await.map_err(journal_err)?;
-            lock(&rt.committed).insert(si as u32);
+            rt.committed.lock().insert(si as u32);
         }
         publisher.finish(publish::index(plan)).await.map_err(publish_err)
     }
@@ -217,7 +217,7 @@ impl Coordinator {
             return;
         }
         self.release_output(job);
-        lock(&self.inner.closed).insert(job.clone());
+        self.inner.closed.lock().insert(job.clone());
         self.notify();
     }
 }

@@ -1,18 +1,19 @@
 //! Creating a job (new or resumed): plan, fingerprint and pin, journal the record, then create
 //! the uploads and hand the units to the scheduler.
 
-use super::{Coordinator, JobRuntime, ServiceError, fingerprint, journal_err, lock};
+use super::{Coordinator, JobRuntime, ServiceError, fingerprint, journal_err};
 use crate::cluster::journal::{Entry, JobRecord, PinnedInput, Replayed};
 use crate::cluster::scheduler::planned_parts;
 use crate::cluster::units::{UnitPlan, plan_units, work_unit};
 use crate::config::{MergeConfig, parse_config};
 use crate::plan::{ModelOpener, Plan, PlanOptions};
+use parking_lot::Mutex;
 use shardmerge_proto::v1::{JobState, JobStatus, PartResult, WorkUnit};
 use shardmerge_worker::storage::{Location, open_model_dir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 impl Coordinator {
@@ -143,7 +144,7 @@ impl Coordinator {
             units,
             output,
         });
-        lock(&self.inner.jobs).insert(job_id.clone(), rt);
+        self.inner.jobs.lock().insert(job_id.clone(), rt);
         let now = Instant::now();
         let ready = self.with_sched(|s| {
             s.add_job(status, wire, bytes, done, done_stats)
@@ -152,7 +153,7 @@ impl Coordinator {
         let ready = match ready {
             Ok(r) => r,
             Err(e) => {
-                lock(&self.inner.jobs).remove(&job_id);
+                self.inner.jobs.lock().remove(&job_id);
                 return Err(ServiceError::Invalid(format!("job {job_id}: chunk statistics: {e}")));
             }
         };

@@ -2,7 +2,7 @@
 //! done), damaged or unresumable ones are reported failed, the others are re-planned and
 //! checked against their journaled fingerprint and pins before they run again.
 
-use super::{Coordinator, ServiceError, lock, parse_state};
+use super::{Coordinator, ServiceError, parse_state};
 use crate::cluster::journal::{Entry, FORMAT_VERSION, Replayed};
 use shardmerge_proto::v1::{JobState, JobStatus};
 use shardmerge_worker::storage::Location;
@@ -29,7 +29,10 @@ impl Coordinator {
         };
         if let Some(why) = &r.damaged {
             tracing::error!(job_id = %job, error = %why, "journal damaged; job not resumed");
-            lock(&self.inner.sched).add_finished(finished_status(JobState::Failed, why.clone()), now);
+            self.inner
+                .sched
+                .lock()
+                .add_finished(finished_status(JobState::Failed, why.clone()), now);
             return;
         }
         if let Some((state, error, at)) = r.finished.clone() {
@@ -43,9 +46,9 @@ impl Coordinator {
                 let _ = self.inner.journal.remove(&job);
                 return;
             }
-            lock(&self.inner.sched).add_finished(finished_status(state, error), now);
+            self.inner.sched.lock().add_finished(finished_status(state, error), now);
             if closed {
-                lock(&self.inner.closed).insert(job);
+                self.inner.closed.lock().insert(job);
             } else {
                 // The output stays claimed until its cleanup is done.
                 if let Ok(loc) = Location::parse(&r.record.output_uri) {
@@ -113,7 +116,7 @@ impl Coordinator {
             error: why.clone(),
             ..Default::default()
         };
-        lock(&self.inner.sched).add_finished(status, Instant::now());
+        self.inner.sched.lock().add_finished(status, Instant::now());
         if self
             .inner
             .journal
