@@ -4,24 +4,33 @@
 //!
 //! 1. Inputs: base plus three fine-tunes as sparse safetensors files (headers only; generated
 //!    under `--dir`, or a temporary directory, and reused when already there).
-//! 2. Submit, as `Coordinator::submit` does: the real planner (`plan_config`, headers only),
-//!    the real unit splitter (`plan_units` at `--unit-size`) and the units' wire form
-//!    (`work_unit`), every input pinned (stat) and the job record journaled (fsync).
+//! 2. Submit, as `Coordinator::submit` does: the real planner (`plan_config`, headers only;
+//!    tensors above `--chunk-size` split into chunk tasks, DARE's with a statistics pass), the
+//!    real unit splitter (`plan_units` at `--unit-size`: statistics units and units with
+//!    output) and the units' wire form (`work_unit`), every input pinned (stat) and the job
+//!    record journaled (fsync).
 //! 3. Dispatch ([`sim`]): `--workers` simulated workers lease, heartbeat, "run" each unit for
-//!    its planned bytes / `--bandwidth`, and report; reports are fenced by the real
-//!    `Scheduler`, journaled with real fsyncs (group commit) and settled.
+//!    the bytes it reads and writes / `--bandwidth`, and report (statistics units with
+//!    well-formed statistics, [`stats`]); reports are fenced by the real `Scheduler`, journaled
+//!    with real fsyncs (group commit) and settled, and each complete statistics pass is
+//!    combined by the scheduler before the units that need it are leased.
 //!
-//! Reports coordinator CPU (getrusage) of submit and dispatch, peak RSS (VmHWM, reset after the
-//! inputs are written), the dispatch rate, and the simulated makespan against the ideal (total
-//! bytes moved / (workers x bandwidth)). A benchmark: it asserts no timing.
+//! Reports tasks and units by kind, coordinator CPU (getrusage) of submit and dispatch, peak
+//! RSS (VmHWM, reset after the inputs are written), the dispatch rate, and the simulated
+//! makespan against the ideal (every byte moved, statistics reads included, / (workers x
+//! bandwidth)) and the critical path. A benchmark: it asserts no timing.
 
 // A binary's root resolves modules beside it, so name the directory.
 #[path = "sim_405b/headers.rs"]
 mod headers;
 #[path = "sim_405b/report.rs"]
 mod report;
+#[path = "sim_405b/shape.rs"]
+mod shape;
 #[path = "sim_405b/sim.rs"]
 mod sim;
+#[path = "sim_405b/stats.rs"]
+mod stats;
 #[path = "sim_405b/usage.rs"]
 mod usage;
 
@@ -51,6 +60,10 @@ struct Args {
     /// Target output bytes per work unit (the coordinator's --unit-size).
     #[arg(long, default_value = "64m", value_parser = parse_size)]
     unit_size: u64,
+    /// Output bytes above which a tensor is split into chunk tasks (the coordinator's
+    /// --chunk-size; 0: never split, every tensor one task).
+    #[arg(long, default_value = "256m", value_parser = parse_size)]
+    chunk_size: u64,
     /// Maximum bytes per output shard (--out-shard-size).
     #[arg(long, default_value = "5B", value_parser = parse_size)]
     out_shard_size: u64,
@@ -115,13 +128,14 @@ fn pin_inputs(units: &[WorkUnit]) -> Result<Vec<PinnedInput>> {
         .collect()
 }
 
-/// Bytes a worker moves for a unit: every task input read whole plus the output range.
+/// Bytes a worker moves for a unit: what every task reads of its inputs (the whole tensor, or a
+/// chunk task's elements; statistics units included) plus the output range.
 fn moved(u: &WorkUnit) -> u64 {
     let read: u64 = u
         .tasks
         .iter()
-        .flat_map(|t| &t.inputs)
-        .filter_map(|i| i.source.as_ref().map(|s| s.length))
+        .flat_map(|t| t.inputs.iter().filter_map(move |i| i.source.as_ref().map(|s| (t, s))))
+        .map(|(t, s)| shardmerge_worker::chunk::input_range(t, s).1)
         .sum();
     read + u.output.as_ref().map_or(0, |o| o.end - o.start)
 }
@@ -177,6 +191,8 @@ fn main() -> Result<()> {
         let opts = MergeOptions {
             random_seed: Some(SEED),
             out_shard_size: args.out_shard_size,
+            chunk_size: args.chunk_size,
+            memory_limit: None,
             model_root: Some(root.clone()),
             ..MergeOptions::default()
         };
@@ -202,7 +218,7 @@ fn main() -> Result<()> {
             seed: Some(SEED),
             out_shard_size: args.out_shard_size,
             unit_target: args.unit_size,
-            chunk_size: 0,
+            chunk_size: args.chunk_size,
             memory_limit: None,
             copy_tokenizer: true,
             write_model_card: true,

@@ -337,3 +337,42 @@ fn rejects_partials_not_tiling_the_part() {
     assert_eq!(combine(kind, 0, std::slice::from_ref(&empty)), Ok(0.0));
     assert!(combine(kind, 0, &[empty.clone(), empty]).is_err());
 }
+
+#[test]
+fn of_zeros_equals_feeding_zeros() {
+    let bits = |p: &SumPartial| p.to_floats().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for kind in KINDS {
+        for n in lengths(kind) {
+            let g = granule(kind, n);
+            let zeros = vec![0.0f32; n];
+            let mut partitions = vec![std::iter::once(0..n).collect(), ranges(kind, n, 3 * g)];
+            if n > g {
+                partitions.push(split(kind, n, &[3, 1, 11, 18, 2]));
+            }
+            for r in partitions.into_iter().flatten() {
+                let fed = partial(kind, &zeros, r.clone(), r.start as u64);
+                let built = SumPartial::of_zeros(kind, n, r.clone()).unwrap();
+                assert_eq!(built, fed, "{kind:?} n = {n} {r:?}");
+                assert_eq!(bits(&built), bits(&fed), "{kind:?} n = {n} {r:?}");
+                assert_eq!(SumPartial::from_floats(&built.to_floats()).as_ref(), Ok(&built));
+            }
+        }
+    }
+    // Cascade power 5 (parts of more than 2^19 rows, as a 405B model's): 1024-row granules.
+    let kind = SumKind::F32;
+    let n = ((1 << 19) + 1) * ILP * width(kind) + 3 * width(kind) + 5;
+    let zeros = vec![0.0f32; n];
+    for r in ranges(kind, n, 45 * granule(kind, n)) {
+        let built = SumPartial::of_zeros(kind, n, r.clone()).unwrap();
+        assert_eq!(
+            bits(&built),
+            bits(&partial(kind, &zeros, r.clone(), 1)),
+            "power 5, {r:?}"
+        );
+    }
+    let (kind, g) = (SumKind::F32, 8192);
+    assert!(SumPartial::of_zeros(kind, 3 * g + 5, 100..g).is_err());
+    assert!(SumPartial::of_zeros(kind, 3 * g + 5, g..2 * g + 1).is_err());
+    assert!(SumPartial::of_zeros(kind, 3 * g + 5, Range { start: 2 * g, end: g }).is_err());
+    assert!(SumPartial::of_zeros(kind, 0, 0..1).is_err());
+}

@@ -1,5 +1,6 @@
 //! The simulation's report: a table on stdout, or one JSON object (`--json`).
 
+use super::shape::Shape;
 use super::{Args, GB, Phase, quantile, sim::Outcome};
 use shardmerge_coordinator::Plan;
 use shardmerge_coordinator::cluster::units::UnitPlan;
@@ -32,6 +33,7 @@ pub struct Report<'a> {
 
 /// Derived numbers shared by the table and the JSON.
 struct Derived {
+    shape: Shape,
     total_moved: u64,
     ideal: f64,
     bound: f64,
@@ -41,6 +43,7 @@ struct Derived {
     /// Units per second of per-unit coordinator work alone.
     unit_rate: f64,
     utilization: f64,
+    /// Bytes moved by the unit that moves most, and its tensors.
     largest: (u64, String),
     settled: [f64; 3],
 }
@@ -52,6 +55,7 @@ fn secs(d: Duration) -> f64 {
 impl Report<'_> {
     fn derived(&self) -> Derived {
         let o = self.outcome;
+        let shape = Shape::of(self.plan, self.units, self.moved, self.args.bandwidth as f64);
         let total_moved: u64 = self.moved.iter().sum();
         let capacity = self.args.workers as f64 * self.args.bandwidth as f64;
         let ideal = total_moved as f64 / capacity;
@@ -59,27 +63,37 @@ impl Report<'_> {
         let largest = self
             .units
             .iter()
-            .max_by_key(|u| u.bytes())
-            .map(|u| {
-                let names: Vec<&str> = u
+            .zip(self.moved)
+            .max_by_key(|(_, m)| **m)
+            .map(|(u, m)| {
+                let mut names: Vec<&str> = u
                     .tasks
                     .iter()
                     .map(|&t| self.plan.proto.tasks[t].tensor.as_str())
                     .collect();
-                (u.bytes(), names.join(" + "))
+                names.dedup();
+                let what = if u.stats { "statistics of " } else { "" };
+                (*m, format!("{what}{}", names.join(" + ")))
             })
             .unwrap_or_default();
         let mut settled = o.settled_at.clone();
         settled.sort_unstable();
         Derived {
+            bound: ideal.max(secs(o.longest_unit)).max(shape.critical),
+            shape,
             total_moved,
             ideal,
-            bound: ideal.max(secs(o.longest_unit)),
             makespan,
-            coordinator_cpu: secs(self.plan_phase.cpu + self.units_phase.cpu + self.dispatch_phase.cpu),
-            dispatch_rate: self.units.len() as f64 / secs(self.dispatch_phase.cpu).max(1e-9),
+            coordinator_cpu: secs(
+                (self.plan_phase.cpu + self.units_phase.cpu + self.dispatch_phase.cpu).saturating_sub(o.stats_build),
+            ),
+            dispatch_rate: self.units.len() as f64
+                / secs(self.dispatch_phase.cpu.saturating_sub(o.stats_build)).max(1e-9),
             unit_rate: self.units.len() as f64
-                / secs(o.sched.work + o.encode + o.journal_submit + self.writer_cpu.unwrap_or_default()).max(1e-9),
+                / secs(
+                    o.sched.work + o.encode + o.stats_encode + o.journal_submit + self.writer_cpu.unwrap_or_default(),
+                )
+                .max(1e-9),
             utilization: secs(o.busy) / (self.args.workers as f64 * makespan).max(1e-9),
             largest,
             settled: [0.5, 0.9, 0.99].map(|p| secs(quantile(&settled, p))),
@@ -94,7 +108,8 @@ impl Report<'_> {
         let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
         let gb = |b: u64| format!("{:.2} GB", b as f64 / GB);
         let s = |x: f64| format!("{x:.3} s");
-        let mut sizes: Vec<u64> = self.units.iter().map(UnitPlan::bytes).collect();
+        let sh = &d.shape;
+        let mut sizes: Vec<u64> = self.units.iter().filter(|u| !u.stats).map(UnitPlan::bytes).collect();
         sizes.sort_unstable();
         let median = sizes.get(sizes.len() / 2).copied().unwrap_or(0);
         let writer = self.writer_cpu.map_or("n/a".into(), |c| s(secs(c)));
@@ -108,22 +123,31 @@ impl Report<'_> {
                 ),
                 "",
             ),
+            ("output tensors".into(), sh.tensors.to_string(), ""),
             (
-                "output tensors = tasks".into(),
-                self.plan.proto.tasks.len().to_string(),
-                "",
-            ),
-            (
-                "chunk tasks".into(),
-                "0 (not implemented yet: issue 9 item 1)".into(),
+                match a.chunk_size {
+                    0 => "tasks (--chunk-size 0: never split)".into(),
+                    c => format!("tasks (--chunk-size {})", mb(c)),
+                },
+                format!(
+                    "{}: {} whole-tensor, {} chunk tasks of {} tensors ({} statistics, {} apply)",
+                    sh.tasks,
+                    sh.tasks - sh.stats_tasks - sh.apply_chunks,
+                    sh.stats_tasks + sh.apply_chunks,
+                    sh.chunked,
+                    sh.stats_tasks,
+                    sh.apply_chunks
+                ),
                 "",
             ),
             ("output shards".into(), self.plan.proto.shards.len().to_string(), ""),
             (
                 format!("work units (--unit-size {})", mb(a.unit_size)),
                 format!(
-                    "{} (output bytes: min {}, median {}, max {})",
+                    "{}: {} statistics units, {} apply units (output bytes: min {}, median {}, max {})",
                     self.units.len(),
+                    sh.stats_units,
+                    sh.apply_units,
                     mb(sizes.first().copied().unwrap_or(0)),
                     mb(median),
                     mb(sizes.last().copied().unwrap_or(0))
@@ -131,7 +155,7 @@ impl Report<'_> {
                 "",
             ),
             (
-                "largest unit".into(),
+                "unit moving the most bytes".into(),
                 format!("{} ({})", gb(d.largest.0), d.largest.1),
                 "",
             ),
@@ -184,14 +208,29 @@ impl Report<'_> {
                 "",
             ),
             (
-                "  of which journal (submit / writer thread)".into(),
-                format!("{} / {writer}", s(secs(o.journal_submit))),
+                "  of which journal CPU (statistics hex encoding / submit / writer thread)".into(),
+                format!("{} / {} / {writer}", s(secs(o.stats_encode)), s(secs(o.journal_submit))),
+                "",
+            ),
+            (
+                "  of which simulated workers building statistics (not coordinator)".into(),
+                format!(
+                    "{} ({} statistics reports, {} of statistics)",
+                    s(secs(o.stats_build)),
+                    o.stats_units,
+                    mb(o.stats_bytes)
+                ),
                 "",
             ),
             (
                 "  remainder: the simulator's own event queue".into(),
                 s(secs(self.dispatch_phase.cpu.saturating_sub(
-                    o.sched.total() + o.encode + o.journal_submit + self.writer_cpu.unwrap_or_default(),
+                    o.sched.total()
+                        + o.encode
+                        + o.stats_encode
+                        + o.journal_submit
+                        + o.stats_build
+                        + self.writer_cpu.unwrap_or_default(),
                 ))),
                 "",
             ),
@@ -201,7 +240,7 @@ impl Report<'_> {
                 "",
             ),
             (
-                "coordinator CPU, plan + submit + dispatch".into(),
+                "coordinator CPU, plan + submit + dispatch (less workers' statistics)".into(),
                 s(d.coordinator_cpu),
                 "< 10 s",
             ),
@@ -240,20 +279,49 @@ impl Report<'_> {
             (
                 "simulated cluster".into(),
                 format!(
-                    "{} workers x {} MB/s, {} moved (inputs read + output written)",
+                    "{} workers x {} MB/s; {} moved = {} read by apply units + {} read by statistics \
+                     units + {} written",
                     a.workers,
                     a.bandwidth / 1_000_000,
-                    gb(d.total_moved)
+                    gb(d.total_moved),
+                    gb(d.total_moved - sh.stats_read - sh.written),
+                    gb(sh.stats_read),
+                    gb(sh.written)
                 ),
                 "",
             ),
-            ("ideal makespan (bytes / total bandwidth)".into(), s(d.ideal), ""),
             (
-                "longest unit alone (critical path)".into(),
+                "ideal makespan (all bytes moved, statistics reads included, / total bandwidth)".into(),
+                s(d.ideal),
+                "",
+            ),
+            (
+                "critical path (longest unit; statistics then apply of one tensor)".into(),
                 format!(
-                    "{} -> bound max(ideal, longest) {}",
+                    "{} / {} -> bound max(ideal, critical path) {}",
                     s(secs(o.longest_unit)),
+                    s(sh.critical),
                     s(d.bound)
+                ),
+                "",
+            ),
+            (
+                "statistics".into(),
+                format!(
+                    "last statistics unit settled at {}; {} leased chunk tasks carried combined statistics",
+                    s(secs(o.last_stats_settled)),
+                    o.received
+                ),
+                "",
+            ),
+            (
+                "idle workers: starved before the last lease / tail after it".into(),
+                format!(
+                    "{} empty polls ({:.0} worker-s) / last lease at {}, tail {}",
+                    o.starved_polls,
+                    o.starved_polls as f64 * a.idle_poll_ms / 1e3,
+                    s(secs(o.last_lease)),
+                    s(d.makespan - secs(o.last_lease))
                 ),
                 "",
             ),
@@ -290,16 +358,24 @@ impl Report<'_> {
         let d = self.derived();
         let o = self.outcome;
         let a = self.args;
+        let sh = &d.shape;
         let inputs = serde_json::json!({
             "models": 4,
             "params_per_model": self.params,
-            "tasks": self.plan.proto.tasks.len(),
-            "chunk_tasks": 0,
-            "chunk_tasks_note": "not implemented yet (issue 9 item 1)",
+            "tensors": sh.tensors,
+            "chunk_size": a.chunk_size,
+            "tasks": sh.tasks,
+            "whole_tasks": sh.tasks - sh.stats_tasks - sh.apply_chunks,
+            "chunked_tensors": sh.chunked,
+            "chunk_tasks": sh.stats_tasks + sh.apply_chunks,
+            "statistics_chunk_tasks": sh.stats_tasks,
+            "apply_chunk_tasks": sh.apply_chunks,
             "shards": self.plan.proto.shards.len(),
             "unit_size": a.unit_size,
             "units": self.units.len(),
-            "largest_unit_bytes": d.largest.0,
+            "statistics_units": sh.stats_units,
+            "apply_units": sh.apply_units,
+            "largest_unit_moved_bytes": d.largest.0,
             "largest_unit_tensors": d.largest.1,
         });
         let cpu = serde_json::json!({
@@ -317,6 +393,10 @@ impl Report<'_> {
             "dispatch_encode_s": secs(o.encode),
             "dispatch_wire_bytes": o.wire_bytes,
             "dispatch_journal_submit_s": secs(o.journal_submit),
+            "dispatch_journal_statistics_encode_s": secs(o.stats_encode),
+            "dispatch_worker_statistics_s": secs(o.stats_build),
+            "statistics_reports": o.stats_units,
+            "statistics_report_bytes": o.stats_bytes,
             "dispatch_journal_writer_cpu_s": self.writer_cpu.map(secs),
             "dispatch_journal_wait_s": secs(o.journal_wait),
             "journal_group_commits": o.commits,
@@ -342,8 +422,16 @@ impl Report<'_> {
             "workers": a.workers,
             "bandwidth_bytes_per_s": a.bandwidth,
             "bytes_moved": d.total_moved,
+            "bytes_read_by_statistics_units": sh.stats_read,
+            "bytes_written": sh.written,
             "ideal_s": d.ideal,
+            "ideal_note": "all bytes moved (apply and statistics reads, output writes) / (workers x bandwidth)",
             "longest_unit_s": secs(o.longest_unit),
+            "critical_path_s": sh.critical,
+            "last_statistics_settled_s": secs(o.last_stats_settled),
+            "last_lease_s": secs(o.last_lease),
+            "starved_empty_polls": o.starved_polls,
+            "chunk_tasks_leased_with_statistics": o.received,
             "bound_s": d.bound,
             "makespan_s": d.makespan,
             "over_ideal": d.makespan / d.ideal,

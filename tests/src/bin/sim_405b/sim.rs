@@ -10,12 +10,18 @@
 //! The coordinator's 250 ms housekeeping `tick` runs too. The scheduler's `now` is the
 //! simulation's start `Instant` plus the simulated time.
 //!
-//! Only the coordinator's own calls are timed; the simulation's bookkeeping is not (it still
-//! counts in the process CPU time the caller measures around [`run`]).
+//! A statistics unit (no output) is answered with well-formed statistics of every task
+//! ([`super::stats`]), which the scheduler combines when the pass is complete; every leased
+//! unit after a statistics pass is checked to carry the combined statistics.
+//!
+//! Only the coordinator's own calls are timed; the simulation's bookkeeping (and the simulated
+//! workers' statistics, timed apart) is not (it still counts in the process CPU time the caller
+//! measures around [`run`]).
 
+use super::stats;
 use anyhow::{Context, Result, bail};
 use prost::Message;
-use shardmerge_coordinator::cluster::journal::{Durable, Entry, Journal};
+use shardmerge_coordinator::cluster::journal::{Durable, Entry, Journal, encode_stats};
 use shardmerge_coordinator::cluster::scheduler::{Event, Report, ReportRef, Scheduler, planned_parts};
 use shardmerge_proto::v1::{LeaseUnitsResponse, PartResult, WorkUnit};
 use std::cmp::Reverse;
@@ -115,12 +121,30 @@ pub struct Outcome {
     pub encode: Duration,
     /// Their encoded bytes.
     pub wire_bytes: u64,
-    /// Real time serialising and queueing journal lines (`Journal::submit`).
+    /// CPU time serialising and queueing journal lines (`Journal::submit`).
     pub journal_submit: Duration,
+    /// CPU time encoding reported statistics for the journal (`journal::encode_stats`).
+    pub stats_encode: Duration,
     /// Real time waiting for group commits to reach the disk.
     pub journal_wait: Duration,
     /// Group commits waited for (one simulated acknowledgement window each).
     pub commits: u64,
+    /// Statistics units run (reports carrying statistics).
+    pub stats_units: u64,
+    /// Protobuf bytes of the statistics those reports carried.
+    pub stats_bytes: u64,
+    /// CPU time the simulated workers spent building statistics (worker work, not the
+    /// coordinator's; part of the dispatch phase's process CPU).
+    pub stats_build: Duration,
+    /// Leased chunk tasks that carried combined statistics (checked present).
+    pub received: u64,
+    /// Simulated time the last statistics unit settled at.
+    pub last_stats_settled: Duration,
+    /// Simulated time of the last lease granted (from then on only the tail runs).
+    pub last_lease: Duration,
+    /// Empty polls (about `idle_poll` of an idle worker each) before the last lease: workers
+    /// starved while units waited for a statistics pass.
+    pub starved_polls: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,6 +184,15 @@ fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     let s = Instant::now();
     let r = f();
     *acc += s.elapsed();
+    r
+}
+
+/// Runs `f`, adding the CPU time it took this thread to `acc` (for long calls: unlike
+/// [`timed`], not inflated when other processes compete for the cores).
+fn cpu_timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let s = super::usage::current_thread_cpu();
+    let r = f();
+    *acc += super::usage::current_thread_cpu().saturating_sub(s);
     r
 }
 
@@ -219,6 +252,8 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                 }
                 out.sched.work += spent;
                 out.calls.lease += 1;
+                out.last_lease = Duration::from_nanos(now);
+                out.starved_polls = out.calls.lease_empty;
                 // What the service sends back (gRPC framing and HTTP/2 not included).
                 let resp = LeaseUnitsResponse {
                     leases,
@@ -227,6 +262,7 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                 out.wire_bytes += timed(&mut out.encode, || resp.encode_to_vec().len()) as u64;
                 let lease = resp.leases.into_iter().next().context("one lease")?;
                 let unit = lease.unit.context("lease without a unit")?;
+                out.received += stats::check_received(&unit)?;
                 let i = unit.unit_id as usize;
                 let d = Duration::from_secs_f64(job.moved[i] as f64 / opts.bandwidth);
                 out.busy += d;
@@ -248,25 +284,38 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                     unit: unit.unit_id,
                     attempt: r.attempt,
                 };
+                let stats = if unit.output.is_none() {
+                    out.stats_units += 1;
+                    let s = cpu_timed(&mut out.stats_build, || stats::unit_stats(unit))?;
+                    out.stats_bytes += s.iter().map(|t| t.encoded_len() as u64).sum::<u64>();
+                    s
+                } else {
+                    Vec::new()
+                };
                 let report = Report::Success {
                     parts: parts_of(unit),
-                    stats: Vec::new(),
+                    stats,
                 };
                 let res = timed(&mut out.sched.work, || sched.report(fenced, report, at(now)));
                 out.calls.report += 1;
                 for e in res.map_err(|(_, why)| anyhow::anyhow!("report rejected: {why}"))? {
                     let Event::UnitDone {
-                        job: j, unit, parts, ..
+                        job: j,
+                        unit,
+                        parts,
+                        stats,
                     } = e
                     else {
                         bail!("unexpected scheduler event on a report: {e:?}");
                     };
+                    // As the service does: statistics journaled as hex protobufs with the unit.
+                    let stats = cpu_timed(&mut out.stats_encode, || encode_stats(&stats));
                     let entry = Entry::UnitDone {
                         unit,
                         parts: parts.into_iter().map(|p| (p.part_index, p.etag)).collect(),
-                        stats: Vec::new(),
+                        stats,
                     };
-                    let ticket = timed(&mut out.journal_submit, || journal.submit(&j, &entry));
+                    let ticket = cpu_timed(&mut out.journal_submit, || journal.submit(&j, &entry));
                     pending.push((w, unit, ticket));
                 }
                 if !flush_due {
@@ -291,7 +340,16 @@ pub fn run(sched: &mut Scheduler, journal: &Journal, job: &SimJob<'_>, opts: &Si
                     let events = timed(&mut out.sched.work, || sched.settle(job.id, unit, at(now)));
                     out.calls.settle += 1;
                     out.settled_at.push(Duration::from_nanos(now));
-                    done |= events.iter().any(|e| matches!(e, Event::ReadyToCommit(_)));
+                    if job.units[unit as usize].output.is_none() {
+                        out.last_stats_settled = Duration::from_nanos(now);
+                    }
+                    for e in &events {
+                        match e {
+                            Event::ReadyToCommit(_) => done = true,
+                            Event::Failed { error, .. } => bail!("the job failed settling unit {unit}: {error}"),
+                            Event::UnitDone { .. } => bail!("unexpected scheduler event on a settle: {e:?}"),
+                        }
+                    }
                     running[w] = None;
                     q.push(now, Ev::Lease(w));
                 }

@@ -15,6 +15,17 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn current_thread_cpu() -> Duration {
+    // SAFETY: `clock_gettime` only writes the struct it is given.
+    let ts = unsafe {
+        let mut ts = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// CPU time so far of this process's threads named `name` (`comm`, at most 15 bytes), or
 /// `None` when there is none or the kernel has no schedstat.
 pub fn thread_cpu(name: &str) -> Option<Duration> {
