@@ -151,6 +151,22 @@ pub fn float_repr(x: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Donor `config.json` floats survive parsing and re-writing byte for byte, including ones
+    /// whose shortest decimal form needs correctly rounded parsing (serde_json's
+    /// `float_roundtrip`).
+    #[test]
+    fn config_floats_round_trip_exactly() {
+        let text = "[2.2250738585072014e-308, 0.30000000000000004, 9.999999999999999e-06, 1.7976931348623157e+308, 5e-324, 0.1, 1e-05, 3.141592653589793, 2.718281828459045, 0.7853981633974483]";
+        let v: Value = serde_json::from_str(text).unwrap();
+        let items: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| float_repr(x.as_f64().unwrap()))
+            .collect();
+        assert_eq!(format!("[{}]", items.join(", ")), text);
+    }
+
     #[test]
     fn floats_print_like_python_repr() {
         let cases = [

@@ -51,6 +51,9 @@ pub(super) fn split(
             ))),
             _ => Ok(()),
         };
+        // A worker reading from S3 holds every input of the task at once (the planner's own
+        // estimate counts only the largest, for mapped inputs): plan for the larger.
+        let mem = mem.max(chunk::task_memory(&task) + dest.length);
         let mut chunk_elems = if chunk_bytes == 0 {
             u64::MAX
         } else {

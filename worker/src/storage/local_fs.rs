@@ -278,8 +278,10 @@ pub(super) async fn complete_multipart(path: PathBuf, id: String, parts: Vec<Str
         }
         let tmp = write_temp(&path, &[])?;
         let concatenated = (|| {
+            // Not in append mode: `io::copy` between files then uses `copy_file_range` (the
+            // kernel copies, or shares extents where the filesystem can), not a read/write loop.
             let mut out = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&tmp)
                 .map_err(|e| StorageError::io("write", uri(&path), e))?;
             for part in &parts {
