@@ -82,7 +82,7 @@ pub struct CommonArgs {
     /// Split every tensor with more output bytes than this into chunk tasks that run in
     /// parallel with bounded memory, with exactly the bytes of the whole-tensor merge (k/m/b
     /// suffixes; 0 never splits).
-    #[arg(long, default_value = "256m", value_parser = parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
+    #[arg(long, default_value = "128m", value_parser = parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
     pub chunk_size: u64,
     /// Memory budget of the merge (k/m/b suffixes): tensors whose tasks would need more are
     /// split into smaller chunks, at most this much memory runs at once, and a merge that cannot

@@ -98,7 +98,7 @@ pub struct CoordinatorArgs {
     pub unit_size: u64,
     /// Output bytes above which tensors of new jobs are split into chunk tasks that run on
     /// any worker (k/m/b suffixes; 0 never splits). Journaled with each job.
-    #[arg(long, default_value = "256m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
+    #[arg(long, default_value = "128m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
     pub chunk_size: u64,
     /// Memory budget of the workers that new jobs are planned for (k/m/b suffixes): larger
     /// tasks are split into chunks that fit, work units stay within a quarter of it, and a job

@@ -48,7 +48,7 @@ pub struct MergeOptions {
 }
 
 /// Default `--chunk-size`: tensors with more output bytes than this are split into chunk tasks.
-pub const DEFAULT_CHUNK_SIZE: u64 = 256_000_000;
+pub const DEFAULT_CHUNK_SIZE: u64 = 128_000_000;
 
 impl Default for MergeOptions {
     fn default() -> Self {

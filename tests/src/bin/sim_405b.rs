@@ -62,7 +62,7 @@ struct Args {
     unit_size: u64,
     /// Output bytes above which a tensor is split into chunk tasks (the coordinator's
     /// --chunk-size; 0: never split, every tensor one task).
-    #[arg(long, default_value = "256m", value_parser = parse_size)]
+    #[arg(long, default_value = "128m", value_parser = parse_size)]
     chunk_size: u64,
     /// Maximum bytes per output shard (--out-shard-size).
     #[arg(long, default_value = "5B", value_parser = parse_size)]
