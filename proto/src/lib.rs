@@ -10,5 +10,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/shardmerge.v1.rs"));
 }
 
+/// Largest gRPC message either side accepts (tonic's default is 4 MiB). Work units are capped
+/// in tasks so that leases and statistics reports stay well below it.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Protocol version carried by registrations and heartbeats.
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -28,6 +28,10 @@ mod chunks;
 mod report;
 pub use report::{Rejection, ReportRef, planned_parts};
 
+/// Tasks one lease response carries at most (beyond its first unit), so that it stays far below
+/// the gRPC message limit ([`shardmerge_proto::MAX_MESSAGE_BYTES`]) with small chunk tasks.
+const MAX_LEASE_TASKS: usize = 16384;
+
 /// Timing and retry policy.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -363,12 +367,14 @@ impl Scheduler {
         let max = max.min(self.cfg.max_units_per_lease);
         self.workers.get_mut(worker)?.last_seen = now;
         let mut grants = Vec::new();
+        let mut granted_tasks = 0usize;
         for (job_id, j) in self.jobs.iter_mut() {
             if j.status.state != JobState::Running as i32 {
                 continue;
             }
-            while grants.len() < max {
+            while grants.len() < max && granted_tasks < MAX_LEASE_TASKS {
                 let Some(unit) = j.queue.pop_front() else { break };
+                granted_tasks += j.units[unit].tasks.len();
                 j.attempts[unit] += 1;
                 grants.push((job_id.clone(), unit, j.attempts[unit]));
             }

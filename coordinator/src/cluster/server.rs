@@ -62,7 +62,12 @@ pub async fn serve(
     }
     let result = builder
         .add_service(JobServiceServer::with_interceptor(coordinator.clone(), job_auth))
-        .add_service(WorkerServiceServer::with_interceptor(coordinator, worker_auth))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            WorkerServiceServer::new(coordinator)
+                .max_decoding_message_size(shardmerge_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shardmerge_proto::MAX_MESSAGE_BYTES),
+            worker_auth,
+        ))
         .add_service(health_service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

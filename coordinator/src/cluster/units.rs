@@ -12,6 +12,9 @@ use shardmerge_proto::v1::{MergeTask, UnitOutput, WorkUnit};
 pub const MIN_PART: u64 = 5 << 20;
 /// Target size of one part (and of one unit of small tensors).
 pub const TARGET_PART: u64 = 64 << 20;
+/// Tasks of one statistics unit at most: its report carries every task's statistics (a TIES
+/// histogram can reach about 1 MB per input), which must fit a gRPC message.
+pub const MAX_STATS_UNIT_TASKS: usize = 16;
 
 /// A planned unit before it is bound to an upload.
 #[derive(Debug, Clone)]
@@ -144,7 +147,7 @@ fn stats_units(plan: &Plan, target: u64, units: &mut Vec<UnitPlan>) {
             .map(|s| shardmerge_worker::chunk::input_range(t, s).1)
             .sum();
         match cur.as_mut() {
-            Some((k, b, tasks)) if *k == key && *b < target => {
+            Some((k, b, tasks)) if *k == key && *b < target && tasks.len() < MAX_STATS_UNIT_TASKS => {
                 *b += bytes;
                 tasks.push(i);
             }

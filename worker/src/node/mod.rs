@@ -170,7 +170,9 @@ pub async fn run_worker_with_metrics(
             .map_err(|e| NodeError::Pool(e.to_string()))?,
     );
     let channel = endpoint(&opts.coordinator, opts.tls_ca.as_deref())?.connect_lazy();
-    let client = WorkerServiceClient::with_interceptor(channel, BearerToken(opts.token.clone()));
+    let client = WorkerServiceClient::with_interceptor(channel, BearerToken(opts.token.clone()))
+        .max_decoding_message_size(shardmerge_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shardmerge_proto::MAX_MESSAGE_BYTES);
     let storage = Storage::from_env();
     let local = Arc::new(LocalInputs::new());
     let active: Active = Arc::default();

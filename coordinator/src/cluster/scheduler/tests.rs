@@ -398,3 +398,31 @@ fn one_lease_request_hands_out_at_most_the_cap() {
     let w = s.register_worker(now);
     assert_eq!(s.lease(&w, 10_000, now).unwrap().len(), 64);
 }
+
+#[test]
+fn a_lease_response_stops_adding_units_past_its_task_budget() {
+    let mut s = Scheduler::new(SchedulerConfig::default(), 1);
+    let status = JobStatus {
+        job_id: "j".into(),
+        ..Default::default()
+    };
+    // Units of 10000 small chunk tasks each: one response carries two (16384 tasks reached
+    // after the second), not the 64 a worker may ask for.
+    let big = |id| WorkUnit {
+        tasks: vec![MergeTask::default(); 10_000],
+        ..unit(id)
+    };
+    s.add_job(
+        status,
+        (0..5).map(big).collect(),
+        vec![10; 5],
+        HashMap::new(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let now = Instant::now();
+    let w = s.register_worker(now);
+    assert_eq!(s.lease(&w, 64, now).unwrap().len(), 2);
+    assert_eq!(s.lease(&w, 64, now).unwrap().len(), 2);
+    assert_eq!(s.lease(&w, 64, now).unwrap().len(), 1);
+}
