@@ -124,12 +124,22 @@ pub struct Cluster {
     /// Coordinators that exited (killed or crashed), for failure reports.
     pub dead: Vec<Proc>,
     starts: usize,
+    /// `--chunk-size` of each coordinator start in turn (the last repeats; `None`: default).
+    chunk_sizes: Vec<Option<u64>>,
+    /// Coordinators started so far (that came up).
+    started: usize,
     rt: tokio::runtime::Handle,
 }
 
 impl Cluster {
-    /// Starts a coordinator on a free port; its processes use the S3 endpoint `endpoint`.
-    pub fn start(endpoint: &str, state: &Path, rt: tokio::runtime::Handle) -> Result<Cluster, String> {
+    /// Starts a coordinator on a free port; its processes use the S3 endpoint `endpoint`, and
+    /// start `i` gets `--chunk-size` `chunk_sizes[i]` (the last repeats; `None`: the default).
+    pub fn start(
+        endpoint: &str,
+        state: &Path,
+        chunk_sizes: Vec<Option<u64>>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Cluster, String> {
         let mut c = Cluster {
             endpoint: endpoint.to_string(),
             state: state.to_path_buf(),
@@ -139,6 +149,8 @@ impl Cluster {
             workers: Vec::new(),
             dead: Vec::new(),
             starts: 0,
+            chunk_sizes,
+            started: 0,
             rt,
         };
         c.start_coordinator()?;
@@ -154,6 +166,7 @@ impl Cluster {
             return Ok(());
         }
         let deadline = Instant::now() + Duration::from_secs(30);
+        let chunk_size = self.chunk_size_of_next_start();
         loop {
             self.starts += 1;
             let mut cmd = Command::new(bin());
@@ -163,12 +176,16 @@ impl Cluster {
                 .args(["--lease-secs", &LEASE_SECS.to_string()])
                 .args(["--worker-timeout-secs", "3", "--no-worker-grace-secs", "20"])
                 .args(["--unit-size", "5m"]);
+            if let Some(size) = chunk_size {
+                cmd.args(["--chunk-size", &size.to_string()]);
+            }
             let mut p = Proc::spawn(cmd, format!("coordinator #{}", self.starts));
             loop {
                 let listening = p.listening.lock().unwrap().clone();
                 if let Some(addr) = listening {
                     self.url = format!("http://{addr}");
                     self.coordinator = Some(p);
+                    self.started += 1;
                     return Ok(());
                 }
                 if !p.alive() || Instant::now() > deadline {
@@ -186,6 +203,12 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// The `--chunk-size` the next coordinator start gets (`None`: the default).
+    pub fn chunk_size_of_next_start(&self) -> Option<u64> {
+        let i = self.started.min(self.chunk_sizes.len().saturating_sub(1));
+        self.chunk_sizes.get(i).copied().flatten()
     }
 
     /// `kill -9` of the coordinator; false if none was running.

@@ -1,7 +1,9 @@
-//! The chaos suite's schedule: what a round does and when, decided by its seed alone.
+//! The chaos suite's schedule: what a round does and when, decided by its seed alone: the
+//! merge it runs, how the coordinator splits it into chunk tasks, and the faults.
 
 use super::chaos::LEASE_SECS;
 use shardmerge_worker::storage::test_faults::{FaultConfig, FaultKind, SeededRng, Target};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long after submit the chaos goes on at most (the merge alone takes a few seconds).
@@ -59,6 +61,12 @@ pub struct Plan {
     pub shard_size: &'static str,
     /// Workers at the start.
     pub workers: usize,
+    /// The merge method (the config of the synthetic models).
+    pub method: Method,
+    /// `--chunk-size` of each start of the coordinator in turn (the first plans the job; a
+    /// restart resumes it with the journaled size, whatever its own flag); the last repeats.
+    /// `None`: the default (256m, which splits no tensor of the synthetic models).
+    pub chunk_sizes: Vec<Option<u64>>,
     /// The span after submit in which `events` fall.
     pub window: Duration,
     /// Actions at times after submit.
@@ -110,8 +118,11 @@ impl Plan {
         if end_rng.chance(0.5) {
             at_end.push((Duration::ZERO, commit_faults(&mut end_rng, s3_output)));
         }
+        let (method, chunk_sizes) = chunking(seed);
         Plan {
             s3_output,
+            method,
+            chunk_sizes,
             random_seed: 1 + rng.below(1_000_000),
             shard_size: ["5B", "20m", "12m"][rng.below(3) as usize],
             workers: 2 + rng.below(2) as usize,
@@ -119,6 +130,133 @@ impl Plan {
             events,
             at_end,
         }
+    }
+
+    /// Whether the job is split into chunk tasks (with statistics units) when submitted.
+    pub fn chunked(&self) -> bool {
+        self.chunk_sizes[0].is_some()
+    }
+
+    /// The `--chunk-size` flags of the coordinator starts the schedule may make (one for the
+    /// first start and one per planned kill), for the round's description.
+    pub fn chunk_flags(&self) -> String {
+        let kills = (self.events.iter().chain(&self.at_end))
+            .filter(|e| matches!(e.1, Action::KillCoordinator { .. }))
+            .count();
+        let flags: Vec<String> = (0..=kills)
+            .map(|i| chunk_flag(self.chunk_sizes.get(i).copied().flatten()))
+            .collect();
+        flags.join(" ")
+    }
+}
+
+/// Half the rounds (seeds 2, 3, 6, 7, 10, 11, …, so output on S3 and local alike) split their
+/// job into chunk tasks: a `--chunk-size` of 150 kB to 3 MB, so every matrix of the synthetic
+/// models (1.2 to 9.2 MB) has 1 to about 60 chunks and every method needs statistics units. Their
+/// method turns with the seed: DARE-TIES (rescale: one pass of L1 partials), TIES (two
+/// histogram passes) or SLERP (norms, then dots, on 2^20-element blocks). Other rounds run
+/// DARE-TIES unsplit. Some restarts of the coordinator change the flag (a chunked job must
+/// keep its journaled size; an unsplit one must not become split). A stream of its own, so
+/// the fault schedule of a seed is the same as before chunk rounds existed.
+fn chunking(seed: u64) -> (Method, Vec<Option<u64>>) {
+    let mut rng = SeededRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x00c4_0c5e);
+    let chunked = (seed / 2) % 2 == 1;
+    let size = |rng: &mut SeededRng| {
+        let log = rng.range(150e3_f64.ln(), 3e6_f64.ln());
+        Some(log.exp().round() as u64)
+    };
+    let first = if chunked { size(&mut rng) } else { None };
+    let mut sizes = vec![first];
+    for _ in 0..16 {
+        let next = if !rng.chance(0.3) {
+            first
+        } else if first.is_some() && rng.chance(0.5) {
+            None
+        } else {
+            size(&mut rng)
+        };
+        sizes.push(next);
+    }
+    let method = if chunked {
+        Method::ALL[(seed % 3) as usize]
+    } else {
+        Method::DareTies
+    };
+    (method, sizes)
+}
+
+/// A `--chunk-size` for descriptions (`default` when the flag is not given).
+pub fn chunk_flag(size: Option<u64>) -> String {
+    size.map_or_else(|| "default".to_string(), |b| b.to_string())
+}
+
+/// The merge methods of the rounds, each needing statistics passes when split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    DareTies,
+    Ties,
+    Slerp,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::DareTies, Method::Ties, Method::Slerp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::DareTies => "dare_ties",
+            Method::Ties => "ties",
+            Method::Slerp => "slerp",
+        }
+    }
+
+    /// Writes the config over the synthetic family at `prefix` (`s3://synth` or a local
+    /// directory) into `dir`; `kind` names the file.
+    pub fn config(self, dir: &Path, prefix: &str, kind: &str) -> PathBuf {
+        if self == Method::DareTies {
+            return super::synth_config(dir, prefix); // the suite's original config
+        }
+        let yaml = match self {
+            Method::Slerp => format!(
+                "slices:
+  - sources:
+      - model: {prefix}/base
+        layer_range: [0, 6]
+      - model: {prefix}/finetune-a
+        layer_range: [0, 6]
+merge_method: slerp
+base_model: {prefix}/base
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: bfloat16
+"
+            ),
+            _ => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+    parameters:
+      density: 0.53
+      weight: 0.6
+  - model: {prefix}/finetune-b
+    parameters:
+      density: 0.4
+      weight: 0.3
+merge_method: ties
+base_model: {prefix}/base
+parameters:
+  int8_mask: true
+dtype: bfloat16
+"
+            ),
+        };
+        let p = dir.join(format!("chaos-{}-{kind}.yml", self.name()));
+        std::fs::write(&p, yaml).unwrap();
+        p
     }
 }
 
