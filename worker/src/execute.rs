@@ -272,18 +272,10 @@ fn run_slerp_streamed(task: &MergeTask, loader: &mut Loader<'_>, out: &Writer<'_
         tensor: task.tensor.clone(),
         source,
     };
-    let b = task
-        .inputs
-        .iter()
-        .position(|i| i.is_base)
-        .ok_or_else(|| kernel_err(KernelError::Contract("slerp needs a base input".into())))?;
-    if task.inputs.len() != 2 {
-        let msg = format!("slerp needs exactly 2 inputs, got {}", task.inputs.len());
-        return Err(kernel_err(KernelError::Contract(msg)));
-    }
+    let (b, o) = crate::chunk::combine::slerp_inputs(task).map_err(kernel_err)?;
     let t = float(&task.shared_params, "t").map_err(kernel_err)?;
     let base = loader.open(b)?;
-    let other = loader.open(1 - b)?;
+    let other = loader.open(o)?;
     let sink = |start: usize, values: &[f32]| out.write(start, values);
     with_precision!(loader.work, P => slerp_stream::slerp_streamed::<P, TaskError>(
         loader.numel, &base, &other, t, &sink
