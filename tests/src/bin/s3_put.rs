@@ -28,7 +28,7 @@ async fn put_file(storage: &Storage, file: &Path, to: &Location) -> Result<u64> 
         storage.put(to, Bytes::from(std::fs::read(file)?)).await?;
         return Ok(size);
     }
-    let upload = storage.create_multipart(to).await?;
+    let upload = storage.create_multipart(to, size).await?;
     let parts: Vec<u64> = (0..size.div_ceil(PART)).collect();
     let ids: Vec<String> = futures::stream::iter(parts)
         .map(|i| {
@@ -41,7 +41,9 @@ async fn put_file(storage: &Storage, file: &Path, to: &Location) -> Result<u64> 
                     f.read_exact_at(&mut buf, start).map(|()| buf)
                 })
                 .await??;
-                let id = storage.put_part(to, &upload, i as usize, Bytes::from(buf)).await?;
+                let id = storage
+                    .put_part(to, &upload, i as usize, start, Bytes::from(buf))
+                    .await?;
                 anyhow::Ok(id)
             }
         })

@@ -3,9 +3,10 @@
 //!
 //! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs,
 //! fetched ahead of the tasks that read them by [`Prefetch`]);
-//! the output range is assembled in memory part by part, and each part is uploaded as soon as
-//! the tasks below its end are done (while later tasks compute), so the shard becomes visible
-//! only when the coordinator completes the upload.
+//! to S3 the output range is assembled in memory part by part, and each part is uploaded as soon
+//! as the tasks below its end are done (while later tasks compute); to a local upload the tasks
+//! write in place and the unit syncs once at its end. Either way the shard becomes visible only
+//! when the coordinator completes the upload.
 
 use super::allow::AllowList;
 use super::parts::PartBuffers;
@@ -64,8 +65,18 @@ struct UnitIo<'a> {
     prefetch: Prefetch,
     /// Index of the task running now (for [`Prefetch::take`]).
     task: AtomicUsize,
-    /// The unit's output parts (none for a statistics unit).
-    parts: Option<PartBuffers>,
+    /// Where the unit's output goes (nothing for a statistics unit).
+    out: Output,
+}
+
+/// How a unit delivers its output range.
+enum Output {
+    /// A statistics unit writes nothing.
+    None,
+    /// To S3: buffered part by part, each uploaded once complete.
+    Parts(PartBuffers),
+    /// To a local upload: written in place at its offsets, synced once at the end.
+    InPlace { shard: Location, upload: String },
 }
 
 impl TaskIo for UnitIo<'_> {
@@ -115,9 +126,19 @@ impl TaskIo for UnitIo<'_> {
     }
 
     fn write(&self, uri: &str, offset: u64, bytes: &[u8], tensor: &str) -> Result<(), TaskError> {
-        let written = match &self.parts {
-            Some(parts) => parts.write(offset, bytes),
-            None => Err("a statistics unit writes nothing".to_string()),
+        let written = match &self.out {
+            Output::Parts(parts) => parts.write(offset, bytes),
+            Output::InPlace { shard, upload } => {
+                return self
+                    .storage
+                    .write_upload_at(shard, upload, offset, bytes)
+                    .map_err(|e| TaskError::Write {
+                        uri: uri.to_string(),
+                        tensor: tensor.to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+            }
+            Output::None => Err("a statistics unit writes nothing".to_string()),
         };
         written.map_err(|reason| TaskError::InvalidTask {
             tensor: tensor.to_string(),
@@ -127,10 +148,15 @@ impl TaskIo for UnitIo<'_> {
 }
 
 /// Planned peak memory of executing `unit` with a prefetch window of `window` bytes: its
-/// output buffer plus its largest task ([`crate::chunk::task_memory`], inputs included) or the
+/// output buffer (an upload to S3 only) plus its largest task ([`crate::chunk::task_memory`], inputs included) or the
 /// bytes the window may hold, whichever is larger.
 pub fn planned_memory(unit: &WorkUnit, window: u64) -> u64 {
-    let buffer = unit.output.as_ref().map_or(0, |o| o.end.saturating_sub(o.start));
+    // Only an upload to S3 buffers its parts; a local upload is written in place.
+    let buffer = unit
+        .output
+        .as_ref()
+        .filter(|o| o.shard_uri.starts_with("s3://"))
+        .map_or(0, |o| o.end.saturating_sub(o.start));
     let largest = unit.tasks.iter().map(crate::chunk::task_memory).max().unwrap_or(0);
     let fetched: u64 = unit
         .tasks
@@ -204,7 +230,7 @@ fn execute_stats_unit(
         local,
         prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
-        parts: None,
+        out: Output::None,
     };
     check_pinned_inputs(unit, storage, handle)?;
     let mut outcome = UnitOutcome::default();
@@ -254,13 +280,22 @@ pub fn execute_unit(
         message: "inverted unit range".into(),
         retryable: false,
     })?;
+    let shard = Location::parse(&out.shard_uri).map_err(storage_err)?;
+    let output = if shard.is_local() {
+        Output::InPlace {
+            shard: shard.clone(),
+            upload: out.upload_id.clone(),
+        }
+    } else {
+        Output::Parts(PartBuffers::new(out))
+    };
     let io = UnitIo {
         storage,
         handle,
         local,
         prefetch: Prefetch::start(unit, storage, handle, window),
         task: AtomicUsize::new(0),
-        parts: Some(PartBuffers::new(out)),
+        out: output,
     };
     let mut outcome = UnitOutcome::default();
     check_pinned_inputs(unit, storage, handle)?;
@@ -274,19 +309,31 @@ pub fn execute_unit(
             Ok(())
         }
     };
-    let shard = Location::parse(&out.shard_uri).map_err(storage_err)?;
+    if matches!(io.out, Output::InPlace { .. }) {
+        check_lease()?;
+        if out.start == 0 && !out.header.is_empty() {
+            let h = (out.header.len() as u64).min(out.end) as usize;
+            storage
+                .write_upload_at(&shard, &out.upload_id, 0, &out.header[..h])
+                .map_err(storage_err)?;
+        }
+    }
     let mut uploads = Uploads(Vec::new());
     // Uploads every part that is final once the bytes below `done_to` are.
     let mut upload_complete = |done_to: u64| -> Result<(), UnitError> {
-        for (i, bytes) in io.parts.as_ref().map(|p| p.take_complete(done_to)).unwrap_or_default() {
+        let Output::Parts(parts) = &io.out else {
+            return Ok(());
+        };
+        for (i, bytes) in parts.take_complete(done_to) {
             // A revoked lease uploads nothing more: its unit belongs to another worker now.
             check_lease()?;
             let index = out.first_part + i as u32;
             let size = bytes.len() as u64;
+            let offset = out.part_starts[i];
             let (storage, shard, upload) = (storage.clone(), shard.clone(), out.upload_id.clone());
             let put = handle.spawn(async move {
                 storage
-                    .put_part(&shard, &upload, index as usize, Bytes::from(bytes))
+                    .put_part(&shard, &upload, index as usize, offset, Bytes::from(bytes))
                     .await
             });
             uploads.0.push((index, size, put));
@@ -303,6 +350,18 @@ pub fn execute_unit(
         }
     }
     upload_complete(out.end)?;
+    if matches!(io.out, Output::InPlace { .. }) {
+        // Durable before it is reported: the coordinator journals the parts as done.
+        storage.sync_upload(&shard, &out.upload_id).map_err(storage_err)?;
+        for (i, &start) in out.part_starts.iter().enumerate() {
+            let end = out.part_starts.get(i + 1).copied().unwrap_or(out.end);
+            outcome.parts.push(PartResult {
+                part_index: out.first_part + i as u32,
+                etag: Storage::local_part_id(start, end - start),
+                size: end - start,
+            });
+        }
+    }
     for (index, size, put) in std::mem::take(&mut uploads.0) {
         let etag = handle
             .block_on(put)

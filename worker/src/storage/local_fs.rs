@@ -2,9 +2,18 @@
 //!
 //! Blocking file I/O runs on tokio's blocking pool. Writes go to a temp file in the target's
 //! directory and are renamed into place, so a reader never sees a partial file. A multipart
-//! upload is a hidden staging directory next to the target holding one file per part;
-//! completing it concatenates the parts into the target. Temp files and staging directories
-//! are hidden from [`list`], as S3 hides uploads in progress.
+//! upload is a hidden staging directory next to the target holding one `data` file; each part
+//! is written in place at its offset (and synced before it is reported), and completing the
+//! upload checks that the parts tile the file and renames it onto the target, so nothing is
+//! copied. Temp files and staging directories are hidden from [`list`], as S3 hides uploads in
+//! progress.
+//!
+//! Unlike S3, a re-upload of a byte range overwrites it. That is safe for shardmerge because a
+//! job's output is a pure function of its journaled record: every attempt, a zombie's
+//! included, writes the same bytes at the same offsets, so neither order nor repetition
+//! changes the result; and a write after completion or abort is refused, since the `data`
+//! file is gone from its path (a zombie's write already in flight can only rewrite equal
+//! bytes).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,6 +29,8 @@ use super::error::StorageError;
 const TMP_MARK: &str = ".shardmerge-tmp-";
 const UPLOAD_MARK: &str = ".shardmerge-upload-";
 const DONE_MARK: &str = ".shardmerge-done-";
+/// The one file of an upload in progress, inside its staging directory.
+const DATA: &str = "data";
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -207,107 +218,126 @@ fn staging(path: &Path, id: &str) -> Result<PathBuf> {
     sibling(path, UPLOAD_MARK, id)
 }
 
-/// A part's file name: its index and a unique suffix, so a late re-upload of the same part
-/// (a zombie worker) writes a new file and never changes the one a commit refers to.
-fn part_name(index: usize) -> String {
-    format!("part-{index:06}-{}", unique())
+/// A part's id: where its bytes lie in the object.
+fn part_name(offset: u64, len: u64) -> String {
+    format!("at-{offset:x}-{len:x}")
 }
 
-fn valid_part_name(name: &str) -> bool {
-    name.strip_prefix("part-").is_some_and(|rest| {
-        let (n, u) = rest.split_once('-').unwrap_or((rest, ""));
-        n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()) && u.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-    })
+/// The byte range a part id names.
+fn parse_part_name(name: &str) -> Option<(u64, u64)> {
+    let (offset, len) = name.strip_prefix("at-")?.split_once('-')?;
+    let offset = u64::from_str_radix(offset, 16).ok()?;
+    let len = u64::from_str_radix(len, 16).ok()?;
+    offset.checked_add(len).map(|_| (offset, len))
 }
 
-pub(super) async fn create_multipart(path: PathBuf) -> Result<String> {
+pub(super) async fn create_multipart(path: PathBuf, size: u64) -> Result<String> {
     blocking(&path.clone(), move || {
         let id = unique();
         let dir = staging(&path, &id)?;
-        fs::create_dir_all(&dir).map_err(|e| StorageError::io("create upload for", uri(&path), e))?;
+        let io = |e| StorageError::io("create upload for", uri(&path), e);
+        fs::create_dir_all(&dir).map_err(io)?;
+        // Pre-sized (sparse): bytes no part writes read as zeros, as a never-written part would.
+        File::create_new(dir.join(DATA))
+            .and_then(|f| f.set_len(size))
+            .map_err(io)?;
+        // The upload must survive a machine crash once its id is handed out (it is journaled).
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        }
         Ok(id)
     })
     .await
 }
 
-pub(super) async fn put_part(path: PathBuf, id: String, index: usize, data: Bytes) -> Result<String> {
+pub(super) async fn put_part(path: PathBuf, id: String, offset: u64, data: Bytes) -> Result<String> {
     blocking(&path.clone(), move || {
-        let dir = staging(&path, &id)?;
-        let no_upload = || StorageError::NoSuchUpload {
-            uri: uri(&path),
-            upload_id: id.clone(),
-        };
-        if !dir.is_dir() {
-            return Err(no_upload());
-        }
-        let name = part_name(index);
-        let part = dir.join(&name);
-        // Never create the staging directory here: after an abort or a completion it must
-        // stay gone, whatever a late worker uploads.
-        let tmp = dir.join(format!(".{name}{TMP_MARK}"));
-        let io = |e: io::Error| {
-            if e.kind() == io::ErrorKind::NotFound {
-                no_upload()
-            } else {
-                StorageError::io("write", uri(&part), e)
-            }
-        };
-        let written = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(&data)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &part)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-        Ok(name)
+        write_at(&path, &id, offset, &data)?;
+        sync(&path, &id)?;
+        Ok(part_name(offset, data.len() as u64))
     })
     .await
+}
+
+/// Opens upload `id`'s file by path, never creating it: after an abort or a completion the file
+/// is gone from its path, so a late worker's write is refused.
+fn open_upload(path: &Path, id: &str) -> Result<File> {
+    let file = staging(path, id)?.join(DATA);
+    OpenOptions::new().write(true).open(&file).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            StorageError::NoSuchUpload {
+                uri: uri(path),
+                upload_id: id.to_owned(),
+            }
+        } else {
+            StorageError::io("write", uri(&file), e)
+        }
+    })
+}
+
+/// Writes `data` at `offset` of upload `id` (blocking; not yet durable, see [`sync`]).
+pub(super) fn write_at(path: &Path, id: &str, offset: u64, data: &[u8]) -> Result<()> {
+    open_upload(path, id)?
+        .write_all_at(data, offset)
+        .map_err(|e| StorageError::io("write", uri(path), e))
+}
+
+/// Makes every byte written to upload `id` so far durable (blocking).
+pub(super) fn sync(path: &Path, id: &str) -> Result<()> {
+    open_upload(path, id)?
+        .sync_data()
+        .map_err(|e| StorageError::io("write", uri(path), e))
+}
+
+/// The part id of the `len` bytes at `offset` of an upload written with [`write_at`].
+pub(super) fn part_id(offset: u64, len: u64) -> String {
+    part_name(offset, len)
 }
 
 pub(super) async fn complete_multipart(path: PathBuf, id: String, parts: Vec<String>) -> Result<()> {
     blocking(&path.clone(), move || {
         let dir = staging(&path, &id)?;
-        if !dir.is_dir() {
-            return Err(StorageError::NoSuchUpload {
-                uri: uri(&path),
-                upload_id: id,
-            });
+        let data = dir.join(DATA);
+        let no_upload = || StorageError::NoSuchUpload {
+            uri: uri(&path),
+            upload_id: id.clone(),
+        };
+        if !data.is_file() {
+            return Err(no_upload());
         }
-        let tmp = write_temp(&path, &[])?;
-        let concatenated = (|| {
-            // Not in append mode: `io::copy` between files then uses `copy_file_range` (the
-            // kernel copies, or shares extents where the filesystem can), not a read/write loop.
-            let mut out = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .map_err(|e| StorageError::io("write", uri(&path), e))?;
-            for part in &parts {
-                let part_path = dir.join(part);
-                if !valid_part_name(part) {
-                    return Err(StorageError::NotFound { uri: uri(&part_path) });
+        // The parts must tile the object from its first byte to its last, in order.
+        let mut end = 0u64;
+        for part in &parts {
+            match parse_part_name(part) {
+                Some((offset, len)) if offset == end => end += len,
+                _ => {
+                    return Err(StorageError::NotFound {
+                        uri: uri(&dir.join(part)),
+                    });
                 }
-                let mut input = File::open(&part_path).map_err(|e| StorageError::io("read", uri(&part_path), e))?;
-                io::copy(&mut input, &mut out).map_err(|e| StorageError::io("write", uri(&path), e))?;
             }
-            out.sync_all().map_err(|e| StorageError::io("write", uri(&path), e))
-        })();
-        let placed =
-            concatenated.and_then(|()| fs::rename(&tmp, &path).map_err(|e| StorageError::io("write", uri(&path), e)));
-        if placed.is_err() {
-            let _ = fs::remove_file(&tmp);
         }
-        placed?;
+        let io = |e| StorageError::io("write", uri(&path), e);
+        let file = OpenOptions::new().write(true).open(&data).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => no_upload(),
+            _ => io(e),
+        })?;
+        let len = file.metadata().map_err(io)?.len();
+        if len != end {
+            return Err(io(io::Error::other(format!(
+                "the upload holds {len} bytes, its parts {end}"
+            ))));
+        }
+        file.sync_all().map_err(io)?;
+        drop(file);
+        fs::rename(&data, &path).map_err(io)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StorageError::io("write", uri(&path), e))?;
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
         }
-        // The upload ends atomically (a rename), then its parts go: a crash in between leaves
-        // a hidden directory that `remove_leftovers` sweeps, never a half-deleted upload that
-        // a repeated completion would concatenate.
+        // The upload ends atomically (a rename); its directory goes after. A crash in between
+        // leaves an empty hidden directory that `remove_leftovers` sweeps and that a repeated
+        // completion reports as an upload that no longer exists.
         let done = sibling(&path, DONE_MARK, &id)?;
         fs::rename(&dir, &done).map_err(|e| StorageError::io("complete upload for", uri(&path), e))?;
         let _ = fs::remove_dir_all(&done);

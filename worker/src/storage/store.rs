@@ -317,10 +317,11 @@ impl Storage {
     }
 
     /// Starts a multipart upload to `loc`, returning its id. Any process may then upload parts
-    /// with the id, and one completes it; nothing appears at `loc` until then.
-    pub async fn create_multipart(&self, loc: &Location) -> Result<String> {
+    /// with the id, and one completes it; nothing appears at `loc` until then. `size` is the
+    /// object's final size when known (0 otherwise): locally the upload's file is pre-sized to it.
+    pub async fn create_multipart(&self, loc: &Location, size: u64) -> Result<String> {
         match loc {
-            Location::Local(path) => local_fs::create_multipart(path.clone()).await,
+            Location::Local(path) => local_fs::create_multipart(path.clone(), size).await,
             Location::S3 { bucket, key } => {
                 let b = self.bucket(bucket)?;
                 let path = b.key_path(key)?;
@@ -330,12 +331,21 @@ impl Storage {
         }
     }
 
-    /// Uploads part `part_index` (0-based; parts may arrive in any order and from any process)
-    /// and returns its part id, to be passed to [`Storage::complete_multipart`]. On S3 every
-    /// part but the last must be at least 5 MiB.
-    pub async fn put_part(&self, loc: &Location, upload_id: &str, part_index: usize, data: Bytes) -> Result<String> {
+    /// Uploads part `part_index` (0-based; parts may arrive in any order and from any process),
+    /// whose bytes start at `offset` of the object, and returns its part id, to be passed to
+    /// [`Storage::complete_multipart`]. On S3 every part but the last must be at least 5 MiB.
+    /// Locally the part is written in place at `offset`, so a re-upload of a range overwrites it
+    /// (see `local_fs`).
+    pub async fn put_part(
+        &self,
+        loc: &Location,
+        upload_id: &str,
+        part_index: usize,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<String> {
         match loc {
-            Location::Local(path) => local_fs::put_part(path.clone(), upload_id.to_owned(), part_index, data).await,
+            Location::Local(path) => local_fs::put_part(path.clone(), upload_id.to_owned(), offset, data).await,
             Location::S3 { bucket, key } => {
                 let b = self.bucket(bucket)?;
                 let path = b.key_path(key)?;
@@ -345,6 +355,33 @@ impl Storage {
                 Ok(part.content_id)
             }
         }
+    }
+
+    /// Writes `data` at `offset` of a local upload in place, without a part buffer (blocking:
+    /// call it from a CPU thread). The bytes become durable with [`Storage::sync_upload`]; their
+    /// part ids come from [`Storage::local_part_id`]. `Err` for an upload on S3, which has no
+    /// in-place writes.
+    pub fn write_upload_at(&self, loc: &Location, upload_id: &str, offset: u64, data: &[u8]) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::write_at(path, upload_id, offset, data),
+            Location::S3 { .. } => Err(StorageError::InvalidUri {
+                uri: loc.to_uri(),
+                reason: "in-place writes need a local upload".to_owned(),
+            }),
+        }
+    }
+
+    /// Makes every byte written to a local upload so far durable (blocking); a no-op on S3.
+    pub fn sync_upload(&self, loc: &Location, upload_id: &str) -> Result<()> {
+        match loc {
+            Location::Local(path) => local_fs::sync(path, upload_id),
+            Location::S3 { .. } => Ok(()),
+        }
+    }
+
+    /// The part id of the `len` bytes at `offset` of a local upload written in place.
+    pub fn local_part_id(offset: u64, len: u64) -> String {
+        local_fs::part_id(offset, len)
     }
 
     /// Completes an upload: the object becomes the concatenation of `parts` (the ids returned

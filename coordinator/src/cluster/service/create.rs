@@ -218,7 +218,10 @@ impl Coordinator {
         let mut ids = Vec::new();
         let mut failure = None;
         for shard in &plan.proto.shards {
-            match st.create_multipart(&output.join(&shard.file_name)).await {
+            match st
+                .create_multipart(&output.join(&shard.file_name), shard.total_bytes)
+                .await
+            {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     failure = Some(ServiceError::storage(e));

@@ -51,10 +51,18 @@ async fn faults_hit_only_targeted_requests_on_the_faulty_endpoint_and_are_counte
     assert_eq!(faulty.read_range(&input, 0, 3 << 20).await.unwrap(), data[..3 << 20]);
     // Uploads are not targeted by this configuration.
     let out = Location::parse("s3://bkt/out/y.bin").unwrap();
-    let id = faulty.create_multipart(&out).await.unwrap();
-    let part = faulty.put_part(&out, &id, 0, Bytes::from(data.clone())).await.unwrap();
+    let id = faulty.create_multipart(&out, 0).await.unwrap();
+    let part = faulty
+        .put_part(&out, &id, 0, 0, Bytes::from(data.clone()))
+        .await
+        .unwrap();
     faults.set(only(FaultKind::SlowDown, Target::UploadPart));
-    assert!(faulty.put_part(&out, &id, 0, Bytes::from(data.clone())).await.is_err());
+    assert!(
+        faulty
+            .put_part(&out, &id, 0, 0, Bytes::from(data.clone()))
+            .await
+            .is_err()
+    );
     assert!(faulty.read_range(&input, 5, 10).await.is_ok());
     faults.off();
     faulty.complete_multipart(&out, &id, vec![part]).await.unwrap();
@@ -69,18 +77,26 @@ async fn open_uploads_follow_create_abort_and_complete_also_with_a_lost_reply() 
     let (s3, faulty, clean) = setup(8).await;
     let faults = s3.faults().unwrap().clone();
     let out = Location::parse("s3://bkt/out/y.bin").unwrap();
-    let aborted = faulty.create_multipart(&out).await.unwrap();
+    let aborted = faulty.create_multipart(&out, 0).await.unwrap();
     assert_eq!(faults.open_uploads("bkt", "out/").len(), 1);
     assert!(faults.open_uploads("bkt", "in/").is_empty() && faults.open_uploads("other", "").is_empty());
     faulty.abort_multipart(&out, &aborted).await.unwrap();
     assert!(faults.open_uploads("bkt", "out/").is_empty());
 
-    let id = faulty.create_multipart(&out).await.unwrap();
+    let id = faulty.create_multipart(&out, 0).await.unwrap();
     let data = data();
     faults.set(only(FaultKind::Reset, Target::UploadPart));
-    assert!(faulty.put_part(&out, &id, 0, Bytes::from(data.clone())).await.is_err());
+    assert!(
+        faulty
+            .put_part(&out, &id, 0, 0, Bytes::from(data.clone()))
+            .await
+            .is_err()
+    );
     faults.set(only(FaultKind::LostReply, Target::Complete));
-    let part = faulty.put_part(&out, &id, 0, Bytes::from(data.clone())).await.unwrap();
+    let part = faulty
+        .put_part(&out, &id, 0, 0, Bytes::from(data.clone()))
+        .await
+        .unwrap();
     assert_eq!(faults.open_uploads("bkt", "out/")[0].upload_id, id);
     // The completion happens, but its answer is lost.
     assert!(faulty.complete_multipart(&out, &id, vec![part]).await.is_err());

@@ -11,13 +11,14 @@ const MIB: usize = 1 << 20;
 /// separate tasks, last part first; completing yields the parts in index order.
 async fn upload_out_of_order(storage: &Storage, dest: &Location) {
     let parts = [pattern(5 * MIB, 1), pattern(5 * MIB + 17, 2), pattern(1234, 3)];
-    let id = storage.create_multipart(dest).await.unwrap();
+    let id = storage.create_multipart(dest, 0).await.unwrap();
     let mut tasks = Vec::new();
     for index in [2, 0, 1] {
         let (storage, dest, id) = (storage.clone(), dest.clone(), id.clone());
         let data = Bytes::from(parts[index].clone());
+        let offset = parts[..index].iter().map(|p| p.len() as u64).sum();
         tasks.push(tokio::spawn(async move {
-            let part = storage.put_part(&dest, &id, index, data).await.unwrap();
+            let part = storage.put_part(&dest, &id, index, offset, data).await.unwrap();
             (index, part)
         }));
     }
@@ -66,14 +67,14 @@ async fn abort_leaves_no_object() {
     let both = Both::start().await;
     for (storage, root) in both.roots() {
         let dest = root.join("aborted/model.safetensors");
-        let id = storage.create_multipart(&dest).await.unwrap();
+        let id = storage.create_multipart(&dest, 0).await.unwrap();
         let data = Bytes::from(pattern(5 * MIB, 4));
-        storage.put_part(&dest, &id, 0, data.clone()).await.unwrap();
+        storage.put_part(&dest, &id, 0, 0, data.clone()).await.unwrap();
         storage.abort_multipart(&dest, &id).await.unwrap();
         assert!(!storage.exists(&dest).await.unwrap(), "{dest}");
         assert!(storage.list(&root.join("aborted")).await.unwrap().is_empty(), "{dest}");
 
-        let err = storage.put_part(&dest, &id, 1, data).await.unwrap_err();
+        let err = storage.put_part(&dest, &id, 1, 5 * MIB as u64, data).await.unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&id) && msg.contains(&dest.to_uri()), "{msg}");
         if dest.is_local() {
@@ -100,12 +101,12 @@ async fn local_upload_ids_cannot_escape_the_staging_directory() {
     let dest = Location::Local(dir.path().join("out.bin"));
     for id in ["../../etc", "", "a/b"] {
         let err = storage
-            .put_part(&dest, id, 0, Bytes::from_static(b"x"))
+            .put_part(&dest, id, 0, 0, Bytes::from_static(b"x"))
             .await
             .unwrap_err();
         assert!(matches!(err, StorageError::NoSuchUpload { .. }), "{id}: {err}");
     }
-    let id = storage.create_multipart(&dest).await.unwrap();
+    let id = storage.create_multipart(&dest, 0).await.unwrap();
     let err = storage
         .complete_multipart(&dest, &id, vec!["../x".into()])
         .await
@@ -114,44 +115,35 @@ async fn local_upload_ids_cannot_escape_the_staging_directory() {
     assert!(!storage.exists(&dest).await.unwrap());
 }
 
-/// A zombie worker re-uploading a part while, or after, the upload is completed cannot change
-/// the completed object, nor bring a finished upload back.
+/// A zombie worker re-uploading a part (the same bytes: every attempt of a job writes the same
+/// output) while the upload is in progress changes nothing; after completion it is refused and
+/// cannot bring the upload back.
 #[tokio::test]
 async fn late_part_uploads_change_nothing_after_completion() {
     let both = Both::start().await;
     for (storage, root) in both.roots() {
         let dest = root.join("zombie/model.safetensors");
-        let id = storage.create_multipart(&dest).await.unwrap();
+        let id = storage.create_multipart(&dest, 0).await.unwrap();
         let good = Bytes::from(pattern(5 * MIB, 7));
-        let etag = storage.put_part(&dest, &id, 0, good.clone()).await.unwrap();
-        // The same part again, with other bytes (a zombie from another plan): locally a new
-        // part file, so the completion below still uses the journaled one.
-        let other_bytes = Bytes::from(pattern(5 * MIB, 8));
-        let other = storage.put_part(&dest, &id, 0, other_bytes.clone()).await.unwrap();
-        // S3 keeps the last upload of a part number; the local backend every upload.
-        let completed = if dest.is_local() { good.clone() } else { other_bytes };
-        if dest.is_local() {
-            assert_ne!(etag, other, "{dest}: a re-upload must get its own part id");
-            storage.complete_multipart(&dest, &id, vec![etag]).await.unwrap();
-            assert!(
-                storage.read_range(&dest, 0, good.len() as u64).await.unwrap() == good,
-                "{dest}"
-            );
-        } else {
-            storage.complete_multipart(&dest, &id, vec![other]).await.unwrap();
-        }
+        let tail = Bytes::from(pattern(1000, 8));
+        let first = storage.put_part(&dest, &id, 0, 0, good.clone()).await.unwrap();
+        let again = storage.put_part(&dest, &id, 0, 0, good.clone()).await.unwrap();
+        let last = storage
+            .put_part(&dest, &id, 1, good.len() as u64, tail.clone())
+            .await
+            .unwrap();
+        storage.complete_multipart(&dest, &id, vec![again, last]).await.unwrap();
+        let completed = [good.clone(), tail.clone()].concat();
         // Refused (s3s-fs answers AccessDenied for an upload it no longer has, real S3
         // NoSuchUpload; the local backend says NoSuchUpload).
-        let late = storage.put_part(&dest, &id, 0, good.clone()).await.unwrap_err();
-        let again = storage.complete_multipart(&dest, &id, vec![]).await.unwrap_err();
+        let late = storage.put_part(&dest, &id, 0, 0, tail.clone()).await.unwrap_err();
+        let repeat = storage.complete_multipart(&dest, &id, vec![first]).await.unwrap_err();
         if dest.is_local() {
             assert!(matches!(late, StorageError::NoSuchUpload { .. }), "{dest}: {late}");
-            assert!(matches!(again, StorageError::NoSuchUpload { .. }), "{dest}: {again}");
+            assert!(matches!(repeat, StorageError::NoSuchUpload { .. }), "{dest}: {repeat}");
         }
-        assert!(
-            storage.read_range(&dest, 0, good.len() as u64).await.unwrap() == completed,
-            "{dest}"
-        );
+        let size = completed.len() as u64;
+        assert!(storage.read_range(&dest, 0, size).await.unwrap() == completed, "{dest}");
         if let Location::Local(p) = &dest {
             let hidden: Vec<_> = std::fs::read_dir(p.parent().unwrap())
                 .unwrap()
@@ -162,6 +154,50 @@ async fn late_part_uploads_change_nothing_after_completion() {
             assert!(hidden.is_empty(), "{dest}: left behind {hidden:?}");
         }
     }
+}
+
+/// Locally, parts that do not tile the object from its first byte (a part missing, or listed
+/// out of order) are refused and nothing appears.
+#[tokio::test]
+async fn local_parts_must_tile_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = Storage::from_env();
+    let dest = Location::Local(tmp.path().join("model.safetensors"));
+    let id = storage.create_multipart(&dest, 0).await.unwrap();
+    let a = storage
+        .put_part(&dest, &id, 0, 0, Bytes::from_static(b"abc"))
+        .await
+        .unwrap();
+    let c = storage
+        .put_part(&dest, &id, 2, 5, Bytes::from_static(b"fg"))
+        .await
+        .unwrap();
+    assert!(
+        storage
+            .complete_multipart(&dest, &id, vec![a.clone(), c.clone()])
+            .await
+            .is_err()
+    );
+    let b = storage
+        .put_part(&dest, &id, 1, 3, Bytes::from_static(b"de"))
+        .await
+        .unwrap();
+    assert!(
+        storage
+            .complete_multipart(&dest, &id, vec![b.clone(), a.clone(), c.clone()])
+            .await
+            .is_err()
+    );
+    assert!(
+        storage
+            .complete_multipart(&dest, &id, vec![a.clone(), b.clone()])
+            .await
+            .is_err(),
+        "short"
+    );
+    assert!(!storage.exists(&dest).await.unwrap());
+    storage.complete_multipart(&dest, &id, vec![a, b, c]).await.unwrap();
+    assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), b"abcdefg");
 }
 
 /// What a killed writer leaves beside a file (temp files, a finished upload's directory) is
@@ -189,4 +225,36 @@ async fn leftovers_of_a_killed_writer_are_swept() {
         [".other.shardmerge-tmp-1", "model.safetensors"],
         "only this file's leftovers go"
     );
+}
+
+/// A local upload written in place (no part buffers): pre-sized to the object, bytes no one
+/// writes read as zeros, ids from `local_part_id` complete it, and nothing is visible before.
+#[tokio::test]
+async fn local_uploads_are_written_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = Storage::from_env();
+    let dest = Location::Local(tmp.path().join("model.safetensors"));
+    let id = storage.create_multipart(&dest, 10).await.unwrap();
+    let st = storage.clone();
+    let (d, i) = (dest.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        st.write_upload_at(&d, &i, 6, b"wxyz").unwrap();
+        st.write_upload_at(&d, &i, 0, b"ab").unwrap();
+        st.sync_upload(&d, &i).unwrap();
+    })
+    .await
+    .unwrap();
+    assert!(!storage.exists(&dest).await.unwrap());
+    let parts = vec![Storage::local_part_id(0, 4), Storage::local_part_id(4, 6)];
+    storage.complete_multipart(&dest, &id, parts).await.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("model.safetensors")).unwrap(),
+        b"ab\0\0\0\0wxyz"
+    );
+    assert!(matches!(
+        storage.write_upload_at(&dest, &id, 0, b"late").unwrap_err(),
+        StorageError::NoSuchUpload { .. }
+    ));
+    let s3 = Location::parse("s3://bucket/key").unwrap();
+    assert!(storage.write_upload_at(&s3, "x", 0, b"x").is_err());
 }
