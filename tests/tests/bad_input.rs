@@ -258,3 +258,29 @@ fn a_memory_limit_splits_large_tasks_into_chunks_with_the_same_bytes() {
     let b = std::fs::read(f.out().join("model.safetensors")).unwrap();
     assert!(a == b, "chunking for the memory limit changed the bytes");
 }
+
+const DELLA: &str = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n    parameters:\n      weight: 0.5\n      density: 0.5\n      epsilon: 0.6\nmerge_method: della\nbase_model: ROOT/base\ndtype: bfloat16\n";
+
+#[test]
+fn della_epsilon_outside_the_density_band_names_the_line_model_and_tensor() {
+    let f = Fixture::new();
+    let msg = f.merge(DELLA);
+    assert_contains(
+        &msg,
+        &["cfg.yml:7", "della", "ft1", "density 0.5 and epsilon 0.6", "tensor `"],
+    );
+    // density 1 draws nothing and never checks epsilon (as mergekit).
+    let cfg = f.config(&DELLA.replace("density: 0.5", "density: 1.0"));
+    shardmerge_coordinator::merge_file(&cfg, &f.out(), &MergeOptions::default()).unwrap();
+}
+
+#[test]
+fn della_without_a_base_model_names_the_method() {
+    let f = Fixture::new();
+    let msg = f.merge(
+        &DELLA
+            .replace("base_model: ROOT/base\n", "")
+            .replace("epsilon: 0.6", "epsilon: 0.1"),
+    );
+    assert_contains(&msg, &["cfg.yml:8", "della", "needs a `base_model`"]);
+}

@@ -2,10 +2,11 @@
 //! shardmerge and compared with the files mergekit itself produced (`expected/`).
 //!
 //! Byte-identical: every safetensors file and index of every case (linear, slerp,
-//! task_arithmetic, dare_ties, dare_linear, f32 ties), except bf16 ties: torch breaks magnitude
-//! ties at the top-k threshold with an unstable sort (shardmerge keeps the lowest indices), so
-//! there only the layout must match and at most 2% of values may differ (the keep-set
-//! invariants are checked in `ties_invariants`). `mergekit_config.yml` is the YAML byte for
+//! task_arithmetic, dare_ties, dare_linear, della and della_linear in f32, f32 ties), except bf16
+//! ties and della: torch breaks magnitude ties (at the top-k threshold, or in DELLA's row
+//! ranks) with an unstable sort (shardmerge orders them lowest index first), so there only the
+//! layout must match and a bounded share of values may differ (the invariants are checked in
+//! `ties_invariants` and `della_invariants`). `mergekit_config.yml` is the YAML byte for
 //! byte, and `config.json` equals mergekit's as JSON.
 
 use shardmerge_tests::{Case, cases, model_files, run_case, run_case_chunked, tensors_of, ulp_distance};
@@ -14,12 +15,20 @@ use std::path::Path;
 #[derive(Debug, PartialEq)]
 enum Check {
     Bytes,
-    TiesBf16,
+    /// Same layout, at most this many elements in 10,000 differ: bf16 cases whose result
+    /// depends on the order torch's unstable sort gives tied magnitudes.
+    TieOrderBf16(usize),
 }
 
 fn check_of(case: &Case) -> Check {
-    if case.name.starts_with("ties") && case.name.contains("bf16") {
-        Check::TiesBf16
+    let bf16 = case.name.contains("bf16");
+    if case.name.starts_with("ties") && bf16 {
+        Check::TieOrderBf16(200)
+    } else if case.name.starts_with("della") && bf16 {
+        // Measured: della_linear_bf16 (no rescale) 0.5%, della_bf16 (rescale: one different
+        // keep changes the L1 factor of its whole tensor) more; the exact invariant is checked
+        // in `della_invariants`.
+        Check::TieOrderBf16(800)
     } else {
         Check::Bytes
     }
@@ -63,11 +72,18 @@ fn compare(case: &Case, ours: &Path) -> Result<(), String> {
                     .filter(|(x, y)| ulp_distance(&ta.1, **x, **y) > 0)
                     .count();
         }
-        // bf16 ties: torch's unstable sort picks among equal magnitudes at the top-k threshold;
-        // the keep-set invariants are checked in `ties_bf16_sparsification_invariants`.
-        if check == Check::TiesBf16 && total_differing * 50 > total {
+        // bf16 ties: torch's unstable sort picks among equal magnitudes at the top-k threshold
+        // (TIES) or orders equal magnitudes' ranks (DELLA); the invariants are checked in
+        // `ties_bf16_sparsification_invariants` and `della_bf16_untied_elements_equal_mergekit`.
+        if let Check::TieOrderBf16(per_10k) = check
+            && total_differing * 10_000 > total * per_10k
+        {
             return Err(format!("{f}: {total_differing} of {total} elements differ"));
         }
+        println!(
+            "{}: {f}: {total_differing} of {total} elements differ (tie order)",
+            case.name
+        );
     }
     // The config copy is byte-identical; config.json carries the right dtype and layer count.
     let yml_a = std::fs::read(case.dir.join("config.yml")).unwrap();
@@ -206,6 +222,8 @@ fn output_is_identical_for_any_worker_count_and_task_order() {
             "ties_f32",
             "multishard_bf16",
             "slerp_bf16",
+            "della_f32",
+            "della_linear_bf16",
         ]
         .contains(&c.name.as_str())
     }) {

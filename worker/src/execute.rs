@@ -9,6 +9,7 @@ mod tensor_io;
 
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
+use crate::kernels::della::RankRows;
 use crate::kernels::gta::{self, GtaInput, GtaOptions, GtaVariant};
 use crate::kernels::gta_stream::{self, StreamError, StreamInput};
 use crate::kernels::slerp_stream;
@@ -232,8 +233,21 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
     })
 }
 
-/// A non-base input of the task-arithmetic family: index, weight, density, random stream.
-type GtaParams = (usize, f64, f64, Option<Mt19937>);
+/// A non-base input of the task-arithmetic family.
+pub(super) struct GtaParams {
+    /// Input index.
+    pub(super) index: usize,
+    /// `weight`.
+    pub(super) weight: f64,
+    /// `density`.
+    pub(super) density: f64,
+    /// `gamma` (breadcrumbs; 0 otherwise).
+    pub(super) gamma: f64,
+    /// `epsilon` (DELLA; 0 otherwise).
+    pub(super) epsilon: f64,
+    /// Random stream at the input's first draw (random sparsifiers with a planned offset).
+    pub(super) rng: Option<Mt19937>,
+}
 
 /// The task-arithmetic family's shared options, base input and other inputs.
 pub(super) fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<GtaParams>), KernelError> {
@@ -241,6 +255,7 @@ pub(super) fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<Gta
         normalize: boolean(&task.shared_params, "normalize")?,
         rescale: boolean(&task.shared_params, "rescale")?,
         lambda: float(&task.shared_params, "lambda")?,
+        rows: RankRows::of_shape(task.output.as_ref().map_or(&[][..], |o| &o.shape[..])),
     };
     let b = task
         .inputs
@@ -256,12 +271,18 @@ pub(super) fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<Gta
             (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed, off + skip)),
             _ => None,
         };
-        others.push((
-            i,
-            float(&input.params, "weight")?,
-            float(&input.params, "density")?,
+        let optional = |name: &str| match input.params.contains_key(name) {
+            true => float(&input.params, name),
+            false => Ok(0.0),
+        };
+        others.push(GtaParams {
+            index: i,
+            weight: float(&input.params, "weight")?,
+            density: float(&input.params, "density")?,
+            gamma: optional("gamma")?,
+            epsilon: optional("epsilon")?,
             rng,
-        ));
+        });
     }
     Ok((opts, b, others))
 }
@@ -296,15 +317,18 @@ fn run_streamed(
     };
     let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
     let base = loader.open(b)?;
-    let opened = params.iter().map(|p| loader.open(p.0)).collect::<Result<Vec<_>, _>>()?;
+    let opened = params
+        .iter()
+        .map(|p| loader.open(p.index))
+        .collect::<Result<Vec<_>, _>>()?;
     let inputs = opened
         .iter()
         .zip(params)
-        .map(|(source, (_, weight, density, rng))| StreamInput {
+        .map(|(source, p)| StreamInput {
             source,
-            weight,
-            density,
-            rng,
+            weight: p.weight,
+            density: p.density,
+            rng: p.rng,
         })
         .collect();
     let sink = |start: usize, values: &[f32]| out.write(start, values);
@@ -347,16 +371,18 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;
             let mut others = Vec::new();
-            for (i, weight, density, rng) in params {
-                others.push((loader.load(i)?, weight, density, rng));
+            for p in params {
+                others.push((loader.load(p.index)?, p));
             }
             let inputs = others
                 .iter_mut()
-                .map(|(data, weight, density, rng)| GtaInput {
+                .map(|(data, p)| GtaInput {
                     data: &mut data[..],
-                    weight: *weight,
-                    density: *density,
-                    rng: rng.take(),
+                    weight: p.weight,
+                    density: p.density,
+                    gamma: p.gamma,
+                    epsilon: p.epsilon,
+                    rng: p.rng.take(),
                 })
                 .collect();
             with_precision!(work, P => gta::merge::<P>(variant, opts, &mut base, inputs))

@@ -108,10 +108,21 @@ impl MethodSpec {
         matches!(
             self.kind,
             MethodKind::Gta(GtaVariant {
-                sparsifier: Some(Sparsifier::Random),
+                sparsifier: Some(s),
                 ..
-            })
+            }) if s.is_random()
         )
+    }
+
+    /// True when a non-base input with this `density` consumes `numel` words of the random
+    /// stream (see [`Sparsifier::draws`]); the planner gives such inputs a stream offset.
+    pub fn draws(&self, density: f64) -> bool {
+        match self.kind {
+            MethodKind::Gta(GtaVariant {
+                sparsifier: Some(s), ..
+            }) => s.draws(density),
+            _ => false,
+        }
     }
 }
 
@@ -128,7 +139,7 @@ fn gta(name: &'static str, pretty: &'static str, url: &'static str, variant: Gta
     use ParamDefault as D;
     use ParamKind as K;
     use ParamScope as S;
-    MethodSpec {
+    let mut spec = MethodSpec {
         name,
         pretty_name: pretty,
         reference_url: url,
@@ -145,7 +156,13 @@ fn gta(name: &'static str, pretty: &'static str, url: &'static str, variant: Gta
             p("density", K::Float, S::NonBase, D::Float(1.0)),
         ],
         optional_policy: OptionalPolicy::Error,
+    };
+    match variant.sparsifier {
+        Some(Sparsifier::MagnitudeOutliers) => spec.params.push(p("gamma", K::Float, S::NonBase, D::Float(0.01))),
+        Some(Sparsifier::DellaMagprune) => spec.params.push(p("epsilon", K::Float, S::NonBase, D::Float(0.15))),
+        _ => {}
     }
+    spec
 }
 
 /// All registered methods.
@@ -224,6 +241,28 @@ pub fn all() -> Vec<MethodSpec> {
                 default_rescale: true,
             },
         ),
+        gta(
+            "della",
+            "DELLA",
+            "https://arxiv.org/abs/2406.11617",
+            GtaVariant {
+                consensus: sum,
+                sparsifier: Some(Sparsifier::DellaMagprune),
+                default_normalize: true,
+                default_rescale: true,
+            },
+        ),
+        gta(
+            "della_linear",
+            "Linear DELLA",
+            "https://arxiv.org/abs/2406.11617",
+            GtaVariant {
+                consensus: None,
+                sparsifier: Some(Sparsifier::DellaMagprune),
+                default_normalize: false,
+                default_rescale: true,
+            },
+        ),
     ]
 }
 
@@ -257,5 +296,15 @@ mod tests {
         assert_eq!(normalize.default, ParamDefault::Bool(true));
         assert!(!ties.is_random());
         assert!(lookup("nonsense").is_none());
+        let della = lookup("della").unwrap();
+        assert!(della.is_random());
+        assert!(della.draws(0.5) && !della.draws(0.0) && !della.draws(1.0));
+        assert!(dare.draws(0.0) && !dare.draws(1.0));
+        let epsilon = della.params.iter().find(|p| p.name == "epsilon").unwrap();
+        assert_eq!(epsilon.default, ParamDefault::Float(0.15));
+        assert_eq!(epsilon.scope, ParamScope::NonBase);
+        let linear = lookup("della_linear").unwrap();
+        let normalize = linear.params.iter().find(|p| p.name == "normalize").unwrap();
+        assert_eq!(normalize.default, ParamDefault::Bool(false));
     }
 }

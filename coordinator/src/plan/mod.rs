@@ -11,6 +11,7 @@ pub mod layout;
 pub mod params;
 pub mod sources;
 pub mod tensors;
+mod validate;
 
 use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
@@ -126,6 +127,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
     let known: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     warnings.extend(config.unknown_parameter_warnings(&known));
     let mut out = tensors::output_tensors(config, &method, &norm)?;
+    for t in &out {
+        validate::check_tensor(config, &method, &norm, t)?;
+    }
     // mergekit executes (and saves) tensors in code-point order of their label.
     out.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.name.cmp(&b.name)));
 
@@ -181,7 +185,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         let mut inputs = Vec::with_capacity(t.inputs.len());
         let mut max_in = 0u64;
         for inp in &t.inputs {
-            let rng_offset = if method.is_random() && !inp.is_base && inp.density.is_some_and(|d| d < 1.0) {
+            let rng_offset = if !inp.is_base && inp.density.is_some_and(|d| method.draws(d)) {
                 let o = cursor;
                 cursor += t.numel;
                 Some(o)

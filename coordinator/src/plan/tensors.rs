@@ -278,7 +278,7 @@ impl Ctx<'_> {
                 let b = slice.base.ok_or_else(|| {
                     PlanError::Invalid(format!(
                         "{}: merge method `{}` needs a `base_model`",
-                        self.config.file.display(),
+                        super::sources::at_line(self.config, "merge_method"),
                         self.method.name
                     ))
                 })?;
@@ -298,7 +298,8 @@ impl Ctx<'_> {
             let n = found.len();
             if n < self.method.min_inputs || self.method.max_inputs.is_some_and(|m| n > m) {
                 return Err(PlanError::Invalid(format!(
-                    "tensor `{out_name}`: merge method `{}` takes {}{} inputs, got {n}",
+                    "{}: tensor `{out_name}`: merge method `{}` takes {}{} inputs{}, got {n}",
+                    super::sources::at_line(self.config, "merge_method"),
                     self.method.name,
                     self.method.min_inputs,
                     self.method
@@ -308,7 +309,11 @@ impl Ctx<'_> {
                         } else {
                             format!("..{m}")
                         })
-                        .unwrap_or_else(|| "+".into())
+                        .unwrap_or_else(|| "+".into()),
+                    match self.method.base {
+                        BasePolicy::Required => " including the base model",
+                        BasePolicy::Ignored => "",
+                    }
                 )));
             }
         }

@@ -15,7 +15,11 @@
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
 //!
 //! TIES with `rescale: true` would need a third pass over the sum-aligned partition; it is not
-//! split (it runs as one whole-tensor task).
+//! split (it runs as one whole-tensor task). Neither are the other methods whose result needs
+//! whole-tensor (or whole-row) statistics that no statistics pass computes yet: breadcrumbs
+//! and DELLA when they sparsify (sorts of `|delta|`), model_stock, nuslerp, multislerp, karcher,
+//! sce, ramplus_tl and arcee_fusion. Their tensors stay single tasks, so the bytes are exact;
+//! `--memory-limit` cannot shrink them.
 
 pub mod combine;
 
@@ -89,7 +93,9 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
     let mut sparsified = false;
     for input in task.inputs.iter().filter(|i| !i.is_base) {
         let density = float(&input.params, "density")?;
-        sparsified |= density < 1.0 && density > 0.0;
+        // breadcrumbs keeps a Python slice of the sorted magnitudes even for density <= 0.
+        let outliers = variant.sparsifier == Some(Sparsifier::MagnitudeOutliers);
+        sparsified |= density < 1.0 && (density > 0.0 || outliers);
     }
     Ok(match variant.sparsifier {
         None => Pipeline::Elementwise,
@@ -98,6 +104,8 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
         Some(Sparsifier::Random) => Pipeline::Elementwise,
         Some(Sparsifier::Magnitude) if rescale => Pipeline::Whole,
         Some(Sparsifier::Magnitude) => Pipeline::Magnitude,
+        // Whole-tensor sorts (row ranks, outlier cut): not split (no statistics pass yet).
+        Some(Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune) => Pipeline::Whole,
     })
 }
 

@@ -115,11 +115,15 @@ fn gta(
     let n = loader.numel;
     let work = loader.work;
     let base = loader.open(b)?;
-    let opened = params.iter().map(|p| loader.open(p.0)).collect::<Result<Vec<_>, _>>()?;
+    let opened = params
+        .iter()
+        .map(|p| loader.open(p.index))
+        .collect::<Result<Vec<_>, _>>()?;
     let total = info.tensor_numel;
     if info.pass >= 1 {
         let mut inputs = vec![InputStats::default(); task.inputs.len()];
-        for ((i, _, density, rng), x) in params.into_iter().zip(&opened) {
+        for (p, x) in params.into_iter().zip(&opened) {
+            let (i, density, rng) = (p.index, p.density, p.rng);
             let stats = &mut inputs[i];
             match pipeline {
                 Pipeline::RandomRescale if density < 1.0 => {
@@ -165,7 +169,8 @@ fn gta(
     let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
     let s = received(task, info)?;
     let mut masked = Vec::new();
-    for ((i, weight, density, rng), x) in params.into_iter().zip(&opened) {
+    for (p, x) in params.into_iter().zip(&opened) {
+        let (i, weight, density, rng) = (p.index, p.weight, p.density, p.rng);
         let r = s.inputs.get(i).ok_or_else(|| contract(task, "missing input"))?;
         let mask = match pipeline {
             Pipeline::RandomRescale if density < 1.0 => Mask::Random {

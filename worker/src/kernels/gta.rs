@@ -1,10 +1,13 @@
-//! The generalized task-arithmetic family: `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`.
+//! The generalized task-arithmetic family: `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`,
+//! `breadcrumbs`, `breadcrumbs_ties`, `della`, `della_linear`.
 //!
 //! All arithmetic happens in the working dtype `W` with torch's per-op rounding:
 //! `delta_i = rnd(x_i - b)`, optional sparsification, `D_i = rnd(rnd_W(w_i) * delta_i)`,
 //! optional sign consensus on the weighted deltas, optional normalisation by the (surviving)
 //! weight sum, optional `lambda` scaling, and `rnd(b + mixed)`.
 
+use super::breadcrumbs;
+use super::della::{self, DellaError, RankRows};
 use super::precision::Precision;
 use super::sparsify::{self, Sparsifier};
 use crate::rng::Mt19937;
@@ -41,6 +44,8 @@ pub struct GtaOptions {
     pub rescale: bool,
     /// Final scale of the merged task vector.
     pub lambda: f64,
+    /// Rows DELLA ranks magnitudes within (dim 1 of the tensor's shape).
+    pub rows: RankRows,
 }
 
 /// One non-base input.
@@ -51,19 +56,26 @@ pub struct GtaInput<'a> {
     pub weight: f64,
     /// Per-model density (1.0 disables sparsification).
     pub density: f64,
-    /// Random stream positioned at this input's first draw (random sparsifier only).
+    /// Fraction of largest magnitudes breadcrumbs removes (`gamma`).
+    pub gamma: f64,
+    /// DELLA's spread of keep probabilities around the density (`epsilon`).
+    pub epsilon: f64,
+    /// Random stream positioned at this input's first draw (random sparsifiers only).
     pub rng: Option<Mt19937>,
 }
 
 /// Errors from the family kernel.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GtaError {
     /// A random sparsifier was configured but no random stream was supplied.
     #[error("random sparsification needs a random stream for input {0}")]
     MissingRng(usize),
-    /// The streaming kernel was asked for the magnitude sparsifier, which needs a global rank.
-    #[error("the magnitude sparsifier cannot be streamed")]
+    /// The streaming kernel was asked for a sparsifier that needs a global rank.
+    #[error("this sparsifier cannot be streamed")]
     Unsupported,
+    /// DELLA rejected its parameters or the tensor.
+    #[error(transparent)]
+    Della(#[from] DellaError),
 }
 
 /// TIES' mask for one weighted delta: 1 when the sign of `v` (0 for zero) equals the elected
@@ -108,6 +120,23 @@ pub fn merge<P: Precision>(
                 sparsify::random::<P>(d, input.density, opts.rescale, &mut rng);
             }
             Some(Sparsifier::Random) => {}
+            Some(Sparsifier::MagnitudeOutliers) => {
+                breadcrumbs::magnitude_outliers::<P>(d, input.density, input.gamma, opts.rescale)
+            }
+            Some(Sparsifier::DellaMagprune) if della::draws(input.density) => {
+                let rng = input.rng.ok_or(GtaError::MissingRng(i))?;
+                della::magprune::<P>(d, opts.rows, input.density, input.epsilon, opts.rescale, &rng)?;
+            }
+            Some(Sparsifier::DellaMagprune) => {
+                della::magprune::<P>(
+                    d,
+                    opts.rows,
+                    input.density,
+                    input.epsilon,
+                    opts.rescale,
+                    &Mt19937::new(0),
+                )?;
+            }
         }
         deltas.push(d);
         weights.push(P::DTYPE.from_f64(input.weight));
@@ -224,6 +253,8 @@ mod tests {
                 data,
                 weight: *weight,
                 density: *density,
+                gamma: 0.0,
+                epsilon: 0.0,
                 rng: None,
             })
             .collect();
@@ -240,6 +271,7 @@ mod tests {
             normalize: false,
             rescale: false,
             lambda: 1.0,
+            rows: crate::kernels::della::RankRows::of_shape(&[1]),
         };
         let out = run::<F32>(TA, opts, &b, vec![input(&x, 0.5, 1.0), input(&y, 1.0, 1.0)]).unwrap();
         assert_eq!(out, [1.0 + 0.5 - 1.0, 2.0 + 0.25 + 1.0]);
@@ -254,6 +286,7 @@ mod tests {
             normalize: true,
             rescale: false,
             lambda: 1.0,
+            rows: crate::kernels::della::RankRows::of_shape(&[1]),
         };
         let out = run::<F32>(TIES, opts, &b, vec![input(&x, 1.0, 1.0), input(&y, 1.0, 1.0)]).unwrap();
         // elected sign +; only x survives; divided by its weight
@@ -268,6 +301,7 @@ mod tests {
             normalize: false,
             rescale: false,
             lambda: 1.0,
+            rows: crate::kernels::della::RankRows::of_shape(&[1]),
         };
         let out = run::<Bf16>(TA, opts, &b, vec![input(&x, 0.6, 1.0)]).unwrap();
         assert_eq!(out, [0.601_562_5]);
@@ -281,6 +315,7 @@ mod tests {
             normalize: false,
             rescale: false,
             lambda: 0.5,
+            rows: crate::kernels::della::RankRows::of_shape(&[1]),
         };
         let out = run::<F32>(TA, opts, &b, vec![input(&x, 1.0, 1.0)]).unwrap();
         assert_eq!(out, [2.0]);
@@ -298,6 +333,7 @@ mod tests {
             normalize: false,
             rescale: true,
             lambda: 1.0,
+            rows: crate::kernels::della::RankRows::of_shape(&[1]),
         };
         let err = run::<F32>(v, opts, &[0.0], vec![input(&[1.0], 1.0, 0.5)]);
         assert_eq!(err, Err(GtaError::MissingRng(0)));

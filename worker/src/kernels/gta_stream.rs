@@ -83,7 +83,7 @@ impl<E> From<E> for StreamError<E> {
 /// Whether [`merge_streamed`] implements `variant` (the magnitude sparsifier needs a global
 /// ranking and is not streamed).
 pub fn supports(variant: GtaVariant) -> bool {
-    variant.sparsifier != Some(Sparsifier::Magnitude)
+    matches!(variant.sparsifier, None | Some(Sparsifier::Random))
 }
 
 /// What the draw pass leaves for the combine pass, for one sparsified input.

@@ -113,6 +113,8 @@ fn check<P: Precision>(case: Case, raw: bool) {
             data,
             weight: case.weights[m],
             density: case.densities[m],
+            gamma: 0.0,
+            epsilon: 0.0,
             rng: rng(m),
         })
         .collect();
@@ -166,6 +168,7 @@ fn opts(normalize: bool, rescale: bool, lambda: f64) -> GtaOptions {
         normalize,
         rescale,
         lambda,
+        rows: crate::kernels::della::RankRows::of_shape(&[1]),
     }
 }
 

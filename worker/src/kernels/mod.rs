@@ -4,6 +4,8 @@
 //! tensors already converted to f32 values that are exactly representable in the working dtype
 //! and write values rounded to it.
 
+pub mod breadcrumbs;
+pub mod della;
 pub mod gta;
 mod gta_chunk;
 pub mod gta_masked;

@@ -17,6 +17,29 @@ pub enum Sparsifier {
     Magnitude,
     /// Keep each element with probability `density` (DARE), MT19937 Bernoulli draws.
     Random,
+    /// Drop the `gamma` fraction of largest magnitudes and then the smallest ones, keeping
+    /// `floor(density * n)` (breadcrumbs; [`super::breadcrumbs`]).
+    MagnitudeOutliers,
+    /// Keep each element with a probability that grows with its magnitude's rank in its row
+    /// (DELLA; [`super::della`]), MT19937 Bernoulli draws.
+    DellaMagprune,
+}
+
+impl Sparsifier {
+    /// True when the sparsifier draws random words.
+    pub fn is_random(self) -> bool {
+        matches!(self, Sparsifier::Random | Sparsifier::DellaMagprune)
+    }
+
+    /// True when an input of this density consumes `numel` random words: DARE draws for every
+    /// `density < 1` (even `<= 0`), DELLA only for `0 < density < 1`; the others never.
+    pub fn draws(self, density: f64) -> bool {
+        match self {
+            Sparsifier::Random => density < 1.0,
+            Sparsifier::DellaMagprune => super::della::draws(density),
+            Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers => false,
+        }
+    }
 }
 
 const RESCALE_EPS: f32 = 1e-7;
@@ -97,7 +120,7 @@ fn random_segmented<P: Precision>(delta: &mut [f32], density: f64, rescale: bool
 }
 
 /// Sum of `|x|` over a tensor of precision `P`, in torch's CPU summation order, rounded to `P`.
-fn l1<P: Precision>(xs: &[f32]) -> f32 {
+pub(crate) fn l1<P: Precision>(xs: &[f32]) -> f32 {
     if P::DTYPE == super::WorkDType::F32 {
         torch_sum_f32(xs, f32::abs)
     } else {
@@ -145,7 +168,7 @@ fn random_in<Q: Precision>(delta: &mut [f32], p: f32, rescale: bool, rng: &mut M
 /// of the unmasked one: multiply by `rnd(before / rnd(sum|masked|))` unless either norm is
 /// below 1e-7. (Masking by multiplication is exact for values already in `P`: kept values are
 /// unchanged and dropped ones are signed zeros or NaN, so no rounding happens before this.)
-fn rescale_l1<P: Precision>(delta: &mut [f32], before: f32) {
+pub(crate) fn rescale_l1<P: Precision>(delta: &mut [f32], before: f32) {
     let after = l1::<P>(delta);
     if before < RESCALE_EPS || after < RESCALE_EPS {
         return;
