@@ -11,12 +11,13 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A temp dir with copies of the golden base and ft1 bf16 models.
+    /// A temp dir with copies of the golden base, ft1 and ft2 bf16 models.
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         copy_model(&golden_dir().join("models/base_bf16"), &root.join("base"));
         copy_model(&golden_dir().join("models/ft1_bf16"), &root.join("ft1"));
+        copy_model(&golden_dir().join("models/ft2_bf16"), &root.join("ft2"));
         Fixture { _tmp: tmp, root }
     }
 
@@ -283,4 +284,55 @@ fn della_without_a_base_model_names_the_method() {
             .replace("epsilon: 0.6", "epsilon: 0.1"),
     );
     assert_contains(&msg, &["cfg.yml:8", "della", "needs a `base_model`"]);
+}
+
+#[test]
+fn breadcrumbs_gamma_of_the_wrong_type_names_the_parameter_and_line() {
+    let f = Fixture::new();
+    let yaml = TA
+        .replace("task_arithmetic", "breadcrumbs")
+        .replace("weight: 0.5\n", "weight: 0.5\n      gamma: lots\n");
+    let msg = f.merge(&yaml);
+    assert_contains(&msg, &["gamma", "lots", "cfg.yml:"]);
+}
+
+#[test]
+fn model_stock_with_one_fine_tune_names_the_count_and_the_line() {
+    let f = Fixture::new();
+    let msg = f.merge(&TA.replace("task_arithmetic", "model_stock"));
+    assert_contains(
+        &msg,
+        &[
+            "cfg.yml:6",
+            "model_stock",
+            "takes 3+ inputs including the base model, got 2",
+        ],
+    );
+}
+
+#[test]
+fn nearswap_with_three_models_or_without_t_or_base_is_refused() {
+    let f = Fixture::new();
+    let three = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: nearswap\nbase_model: ROOT/base\nparameters:\n  t: 0.01\n";
+    let msg = f.merge(three);
+    assert_contains(
+        &msg,
+        &[
+            "cfg.yml:5",
+            "nearswap",
+            "takes 2 inputs including the base model, got 3",
+        ],
+    );
+    let msg = f.merge(
+        &three
+            .replace("  - model: ROOT/ft2\n", "")
+            .replace("parameters:\n  t: 0.01\n", ""),
+    );
+    assert_contains(&msg, &["missing required parameter `t`"]);
+    let msg = f.merge(
+        &three
+            .replace("  - model: ROOT/ft2\n", "")
+            .replace("base_model: ROOT/base\n", ""),
+    );
+    assert_contains(&msg, &["cfg.yml:4", "nearswap", "needs a `base_model`"]);
 }

@@ -15,6 +15,10 @@ pub enum MethodKind {
     Slerp,
     /// Task-arithmetic family ([`crate::kernels::gta`]).
     Gta(GtaVariant),
+    /// Model Stock ([`crate::kernels::model_stock`]).
+    ModelStock,
+    /// NearSwap ([`crate::kernels::nearswap`]).
+    NearSwap,
 }
 
 /// How a method treats `base_model`.
@@ -77,6 +81,11 @@ pub enum OptionalPolicy {
     Error,
     /// Exactly one present input: output it unchanged (cast only).
     PassthroughSingleton,
+    /// Exactly one present input and it is the base: output it unchanged (nearswap).
+    PassthroughBaseSingleton,
+    /// Fewer than `min_inputs` present: output the base if it is the only one, else skip the
+    /// tensor (model_stock).
+    BaseOrSkip,
 }
 
 /// A registered merge method.
@@ -197,6 +206,28 @@ pub fn all() -> Vec<MethodSpec> {
             params: vec![p("t", K::Float, S::Shared, D::Required)],
             optional_policy: OptionalPolicy::PassthroughSingleton,
         },
+        MethodSpec {
+            name: "model_stock",
+            pretty_name: "Model Stock",
+            reference_url: "https://arxiv.org/abs/2403.19522",
+            kind: MethodKind::ModelStock,
+            base: BasePolicy::Required,
+            min_inputs: 3,
+            max_inputs: None,
+            params: vec![p("filter_wise", K::Bool, S::Shared, D::Bool(false))],
+            optional_policy: OptionalPolicy::BaseOrSkip,
+        },
+        MethodSpec {
+            name: "nearswap",
+            pretty_name: "NearSwap",
+            reference_url: "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+            kind: MethodKind::NearSwap,
+            base: BasePolicy::Required,
+            min_inputs: 2,
+            max_inputs: Some(2),
+            params: vec![p("t", K::Float, S::Shared, D::Required)],
+            optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+        },
         gta(
             "task_arithmetic",
             "Task Arithmetic",
@@ -239,6 +270,28 @@ pub fn all() -> Vec<MethodSpec> {
                 sparsifier: Some(Sparsifier::Random),
                 default_normalize: false,
                 default_rescale: true,
+            },
+        ),
+        gta(
+            "breadcrumbs",
+            "Model Breadcrumbs",
+            "https://arxiv.org/abs/2312.06795",
+            GtaVariant {
+                consensus: None,
+                sparsifier: Some(Sparsifier::MagnitudeOutliers),
+                default_normalize: false,
+                default_rescale: false,
+            },
+        ),
+        gta(
+            "breadcrumbs_ties",
+            "Model Breadcrumbs with TIES",
+            "https://arxiv.org/abs/2312.06795",
+            GtaVariant {
+                consensus: sum,
+                sparsifier: Some(Sparsifier::MagnitudeOutliers),
+                default_normalize: false,
+                default_rescale: false,
             },
         ),
         gta(
@@ -303,6 +356,10 @@ mod tests {
         let epsilon = della.params.iter().find(|p| p.name == "epsilon").unwrap();
         assert_eq!(epsilon.default, ParamDefault::Float(0.15));
         assert_eq!(epsilon.scope, ParamScope::NonBase);
+        let bc = lookup("breadcrumbs_ties").unwrap();
+        assert!(!bc.is_random() && !bc.draws(0.5));
+        let gamma = bc.params.iter().find(|p| p.name == "gamma").unwrap();
+        assert_eq!(gamma.default, ParamDefault::Float(0.01));
         let linear = lookup("della_linear").unwrap();
         let normalize = linear.params.iter().find(|p| p.name == "normalize").unwrap();
         assert_eq!(normalize.default, ParamDefault::Bool(false));

@@ -293,7 +293,20 @@ impl Ctx<'_> {
             }
             BasePolicy::Ignored => None,
         };
-        let passthrough = found.len() == 1 && self.method.optional_policy == OptionalPolicy::PassthroughSingleton;
+        let only_base = found.len() == 1 && base_pos == Some(0);
+        let passthrough = match self.method.optional_policy {
+            OptionalPolicy::Error => false,
+            OptionalPolicy::PassthroughSingleton => found.len() == 1,
+            OptionalPolicy::PassthroughBaseSingleton | OptionalPolicy::BaseOrSkip => only_base,
+        };
+        if self.method.optional_policy == OptionalPolicy::BaseOrSkip
+            && !passthrough
+            && found.len() < self.method.min_inputs
+            && found.len() < wanted.len()
+        {
+            // mergekit skips the tensor (writes nothing) when optional weights leave too few.
+            return Ok(None);
+        }
         if !passthrough {
             let n = found.len();
             if n < self.method.min_inputs || self.method.max_inputs.is_some_and(|m| n > m) {

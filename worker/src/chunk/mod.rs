@@ -85,6 +85,8 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Linear => Pipeline::Elementwise,
         MethodKind::Slerp => Pipeline::Slerp,
         MethodKind::Gta(variant) => gta_pipeline(task, variant)?,
+        MethodKind::NearSwap => Pipeline::Elementwise,
+        MethodKind::ModelStock => Pipeline::Whole,
     })
 }
 

@@ -12,6 +12,8 @@ pub mod gta_masked;
 pub mod gta_stream;
 pub mod linear;
 pub mod magnitude_select;
+pub mod model_stock;
+pub mod nearswap;
 pub mod precision;
 pub(crate) mod simd;
 pub mod slerp;
