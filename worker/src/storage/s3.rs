@@ -11,12 +11,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::ClientConfigKey;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as KeyPath;
 use object_store::{Error as OsError, RetryConfig};
 
 use super::error::StorageError;
+
+/// Request timeout of a multipart completion (other requests keep object_store's 30 s).
+const COMPLETE_TIMEOUT: &str = "900s";
 
 /// Explicit S3 connection settings (instead of the `AWS_*` environment variables).
 ///
@@ -105,18 +109,26 @@ impl S3Clients {
                 b
             }
         };
-        let store = builder
+        let builder = builder
             .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(false)
+            .with_virtual_hosted_style_request(false);
+        let config_err = |error| StorageError::Config {
+            bucket: bucket.to_owned(),
+            error,
+        };
+        let store = builder.clone().build().map_err(config_err)?;
+        // A server assembles a multipart object before it answers the completion, which takes
+        // minutes for a shard of many GB; cut off at the default 30 s, the retry would find the
+        // upload already gone (s3s-fs: 403) and a good commit would fail.
+        let completer = builder
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), COMPLETE_TIMEOUT)
             .build()
-            .map_err(|error| StorageError::Config {
-                bucket: bucket.to_owned(),
-                error,
-            })?;
+            .map_err(config_err)?;
         tracing::debug!(bucket, "s3 client created");
         let client = Arc::new(Bucket {
             name: bucket.to_owned(),
             store,
+            completer,
             known_to_exist: AtomicBool::new(false),
         });
         buckets.insert(bucket.to_owned(), client.clone());
@@ -128,6 +140,8 @@ impl S3Clients {
 pub(super) struct Bucket {
     name: String,
     pub(super) store: AmazonS3,
+    /// The same client with [`COMPLETE_TIMEOUT`], for multipart completions.
+    pub(super) completer: AmazonS3,
     known_to_exist: AtomicBool,
 }
 

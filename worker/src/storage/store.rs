@@ -394,7 +394,7 @@ impl Storage {
                 let path = b.key_path(key)?;
                 let parts = parts.into_iter().map(|content_id| PartId { content_id }).collect();
                 let id = upload_id.to_owned();
-                let done = b.store.complete_multipart(&path, &id, parts).await;
+                let done = b.completer.complete_multipart(&path, &id, parts).await;
                 b.check(key, Missing::Upload(upload_id), done).await.map(|_| ())
             }
         }
