@@ -2,7 +2,6 @@
 //! then merged with AutoMerger's two recipes (SLERP with the `self_attn`/`mlp` gradients and
 //! DARE-TIES with density 0.53, weight 0.6).
 
-use anyhow::Context;
 use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
 use shardmerge_worker::safetensors_io::{Dtype, build_header, encode_from_f32, pt_metadata};
@@ -75,20 +74,52 @@ impl SynthSpec {
     }
 }
 
+/// Why writing synthetic models or running the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Writing a file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The synthetic tensors could not be encoded.
+    #[error("encoding synthetic tensors: {0}")]
+    Encode(String),
+    /// A demo merge failed.
+    #[error(transparent)]
+    Merge(#[from] crate::MergeError),
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
+    move |source| DemoError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Writes one synthetic model: `base_seed` fixes the base weights; `noise_seed` (if any) adds
 /// `0.02 * N(0, 1)` noise to make a fine-tune of that base.
-pub fn write_model(spec: &SynthSpec, dir: &Path, base_seed: u64, noise_seed: Option<u64>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+pub fn write_model(spec: &SynthSpec, dir: &Path, base_seed: u64, noise_seed: Option<u64>) -> Result<(), DemoError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tensors = spec.tensors();
     let entries: Vec<(String, Dtype, Vec<u64>)> = tensors
         .iter()
         .map(|(n, s)| (n.clone(), spec.dtype, s.clone()))
         .collect();
-    let header = build_header(&entries, &pt_metadata())?;
+    let header = build_header(&entries, &pt_metadata()).map_err(|e| DemoError::Encode(e.to_string()))?;
     let path = dir.join("model.safetensors");
-    let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-    file.set_len(header.file_len)?;
-    file.write_all_at(&header.bytes, 0)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.set_len(header.file_len).map_err(io_err(&path))?;
+    file.write_all_at(&header.bytes, 0).map_err(io_err(&path))?;
     for (ti, (name, shape)) in tensors.iter().enumerate() {
         let n: u64 = shape.iter().product();
         let is_norm = name.ends_with("norm.weight");
@@ -109,13 +140,14 @@ pub fn write_model(spec: &SynthSpec, dir: &Path, base_seed: u64, noise_seed: Opt
             .entries
             .iter()
             .find(|(e, _, _)| e == name)
-            .context("header entry")?;
+            .ok_or_else(|| DemoError::Encode(format!("`{name}` is missing from its header")))?;
         let mut bytes = vec![0u8; *len as usize];
-        encode_from_f32(spec.dtype, &values, &mut bytes)?;
-        file.write_all_at(&bytes, *start)?;
+        encode_from_f32(spec.dtype, &values, &mut bytes).map_err(|e| DemoError::Encode(e.to_string()))?;
+        file.write_all_at(&bytes, *start).map_err(io_err(&path))?;
     }
     let cfg = crate::pyjson::to_string(&spec.config_json(), true) + "\n";
-    std::fs::write(dir.join("config.json"), cfg)?;
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, cfg).map_err(io_err(&cfg_path))?;
     Ok(())
 }
 
@@ -127,7 +159,7 @@ fn normal(r: &mut impl Rng) -> f32 {
 }
 
 /// Writes `base`, `finetune-a` and `finetune-b` under `dir`.
-pub fn write_family(spec: &SynthSpec, dir: &Path) -> anyhow::Result<[PathBuf; 3]> {
+pub fn write_family(spec: &SynthSpec, dir: &Path) -> Result<[PathBuf; 3], DemoError> {
     let names = [dir.join("base"), dir.join("finetune-a"), dir.join("finetune-b")];
     write_model(spec, &names[0], 1, None)?;
     write_model(spec, &names[1], 1, Some(2))?;
@@ -154,7 +186,7 @@ pub fn dare_ties_recipe(a: &Path, b: &Path) -> String {
 }
 
 /// The README's demo.
-pub fn run(dir: &Path, workers: usize, progress: bool) -> anyhow::Result<()> {
+pub fn run(dir: &Path, workers: usize, progress: bool) -> Result<(), DemoError> {
     let spec = SynthSpec::DEMO;
     let models = dir.join("models");
     println!(
@@ -171,7 +203,7 @@ pub fn run(dir: &Path, workers: usize, progress: bool) -> anyhow::Result<()> {
     ];
     for (name, yaml) in recipes {
         let cfg_path = dir.join(format!("{name}.yml"));
-        std::fs::write(&cfg_path, &yaml)?;
+        std::fs::write(&cfg_path, &yaml).map_err(io_err(&cfg_path))?;
         let out = dir.join(format!("merged-{name}"));
         let opts = crate::MergeOptions {
             random_seed: Some(42),

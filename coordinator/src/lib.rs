@@ -1,16 +1,15 @@
 //! shardmerge coordinator: reads mergekit YAML configs, plans merges from safetensors headers,
-//! and runs them (embedded in-process workers today, a gRPC cluster next).
+//! and runs them, on in-process workers or on a gRPC cluster of worker processes.
 //!
-//! The entry points are [`merge_file`] (what `shardmerge merge` does) and [`plan::plan`]
-//! (what `shardmerge plan` prints). The command-line interface lives in [`cli`].
+//! The entry points are [`merge_file`] (what `shardmerge merge` does), [`plan::plan`] (what
+//! `shardmerge plan` prints), [`cluster::server::serve`] (a coordinator) and the worker
+//! library's `node` module. The command line is the binary's (`src/bin/shardmerge/`).
 #![warn(missing_docs)]
 
 pub mod arch;
 pub mod card;
 pub mod chunk_book;
-pub mod cli;
 pub mod cluster;
-pub mod cluster_cli;
 pub mod config;
 pub mod demo;
 pub mod embedded;

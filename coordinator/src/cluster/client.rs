@@ -11,15 +11,48 @@ use shardmerge_worker::node::BearerToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// Why a job API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator's address is malformed or its TLS settings are unusable.
+    #[error(transparent)]
+    Address(#[from] shardmerge_worker::node::NodeError),
+    /// No connection could be made.
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Connect {
+        /// Coordinator URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The coordinator refused or failed the call (its message says why).
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// [`wait`] gave up on a coordinator that stayed away.
+    #[error("{why}; gave up waiting for job {job_id} after {secs} s")]
+    GaveUp {
+        /// The last reason it was unreachable.
+        why: String,
+        /// The job followed.
+        job_id: String,
+        /// How long it waited.
+        secs: u64,
+    },
+}
+
 /// A connected job client.
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// Connects to the coordinator at `url`.
-pub async fn connect(url: &str, token: Option<String>, tls_ca: Option<&[u8]>) -> anyhow::Result<Client> {
+pub async fn connect(url: &str, token: Option<String>, tls_ca: Option<&[u8]>) -> Result<Client, ClientError> {
     let channel = shardmerge_worker::node::endpoint(url, tls_ca)?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {url}: {e}"))?;
+        .map_err(|source| ClientError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
     Ok(JobServiceClient::with_interceptor(channel, BearerToken(token)))
 }
 
@@ -30,7 +63,7 @@ pub async fn submit(
     config_name: String,
     output_uri: String,
     options: MergeOptions,
-) -> anyhow::Result<(String, Vec<String>)> {
+) -> Result<(String, Vec<String>), ClientError> {
     let r = client
         .submit_job(SubmitJobRequest {
             config_yaml,
@@ -38,8 +71,7 @@ pub async fn submit(
             output_uri,
             options: Some(options),
         })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .await?
         .into_inner();
     Ok((r.job_id, r.warnings))
 }
@@ -108,7 +140,7 @@ pub const WAIT_RECONNECT: std::time::Duration = std::time::Duration::from_secs(6
 /// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
 /// When the coordinator goes away mid-job (a graceful shutdown ends the stream, a crash breaks
 /// the connection) it watches again once a coordinator answers, for up to [`WAIT_RECONNECT`].
-pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::Result<JobStatus> {
+pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> Result<JobStatus, ClientError> {
     let bar = if progress {
         ProgressBar::new(0)
     } else {
@@ -142,7 +174,7 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::
             }
             Err(s) => {
                 bar.finish_and_clear();
-                anyhow::bail!("{}", s.message());
+                return Err(s.into());
             }
         };
         if received > before {
@@ -151,10 +183,11 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> anyhow::
         let since = *away_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() > WAIT_RECONNECT {
             bar.finish_and_clear();
-            anyhow::bail!(
-                "{why}; gave up waiting for job {job_id} after {} s",
-                WAIT_RECONNECT.as_secs()
-            );
+            return Err(ClientError::GaveUp {
+                why,
+                job_id: job_id.to_string(),
+                secs: WAIT_RECONNECT.as_secs(),
+            });
         }
         bar.suspend(|| tracing::warn!(job_id, "{why}; watching again"));
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -192,34 +225,25 @@ async fn watch_once(
 }
 
 /// Status of one job, or all jobs.
-pub async fn status(client: &mut Client, job: Option<String>) -> anyhow::Result<Vec<JobStatus>> {
+pub async fn status(client: &mut Client, job: Option<String>) -> Result<Vec<JobStatus>, ClientError> {
     Ok(match job {
         Some(job_id) => vec![
             client
                 .get_job(GetJobRequest { job_id })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .await?
                 .into_inner()
                 .status
                 .unwrap_or_default(),
         ],
-        None => {
-            client
-                .list_jobs(ListJobsRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .jobs
-        }
+        None => client.list_jobs(ListJobsRequest {}).await?.into_inner().jobs,
     })
 }
 
 /// Cancels a job.
-pub async fn cancel(client: &mut Client, job_id: String) -> anyhow::Result<JobStatus> {
+pub async fn cancel(client: &mut Client, job_id: String) -> Result<JobStatus, ClientError> {
     Ok(client
         .cancel_job(CancelJobRequest { job_id })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .await?
         .into_inner()
         .status
         .unwrap_or_default())

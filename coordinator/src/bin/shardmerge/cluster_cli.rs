@@ -1,11 +1,11 @@
 //! The cluster subcommands of the CLI: `coordinator`, `worker`, `submit`, `status`, `cancel`.
 
-use crate::cluster::allow::{AllowList, is_loopback_url};
-use crate::cluster::auth::Credentials;
-use crate::cluster::metrics::CoordinatorMetrics;
-use crate::cluster::{client, scheduler::SchedulerConfig, server, service::CoordinatorOptions};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use shardmerge_coordinator::cluster::allow::{AllowList, is_loopback_url};
+use shardmerge_coordinator::cluster::auth::Credentials;
+use shardmerge_coordinator::cluster::metrics::CoordinatorMetrics;
+use shardmerge_coordinator::cluster::{client, scheduler::SchedulerConfig, server, service::CoordinatorOptions};
 use shardmerge_proto::v1::{JobState, MergeOptions};
 use shardmerge_worker::node::metrics::{MetricsSource, WorkerMetrics, serve_metrics};
 use shardmerge_worker::node::{WorkerOptions, run_worker_with_metrics};
@@ -94,17 +94,17 @@ pub struct CoordinatorArgs {
     pub job_retention_secs: f64,
     /// Target bytes of output per work unit of new jobs (k/m/b suffixes). A job keeps the unit
     /// size it was submitted with across restarts, so changing this affects new jobs only.
-    #[arg(long, default_value = "64m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_UNIT_SIZE")]
+    #[arg(long, default_value = "64m", value_parser = shardmerge_coordinator::plan::layout::parse_size, env = "SHARDMERGE_UNIT_SIZE")]
     pub unit_size: u64,
     /// Output bytes above which tensors of new jobs are split into chunk tasks that run on
     /// any worker (k/m/b suffixes; 0 never splits). Journaled with each job.
-    #[arg(long, default_value = "128m", value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
+    #[arg(long, default_value = "128m", value_parser = shardmerge_coordinator::plan::layout::parse_size, env = "SHARDMERGE_CHUNK_SIZE")]
     pub chunk_size: u64,
     /// Memory budget of the workers that new jobs are planned for (k/m/b suffixes): larger
     /// tasks are split into chunks that fit, work units stay within a quarter of it, and a job
     /// that cannot fit is refused at submission naming the tensor. Journaled with each job.
     /// Default: no limit.
-    #[arg(long, value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_WORKER_MEMORY_LIMIT")]
+    #[arg(long, value_parser = shardmerge_coordinator::plan::layout::parse_size, env = "SHARDMERGE_WORKER_MEMORY_LIMIT")]
     pub worker_memory_limit: Option<u64>,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "SHARDMERGE_TLS_CERT", requires = "tls_key")]
@@ -157,7 +157,7 @@ pub struct WorkerArgs {
     /// (output buffer, prefetch window, largest task) fits, and prefetching uses at most a
     /// quarter of it. Default: 80% of the container's cgroup memory limit, else of the
     /// machine's RAM. Plan jobs for it with the coordinator's --memory-limit.
-    #[arg(long, value_parser = crate::plan::layout::parse_size, env = "SHARDMERGE_MEMORY_LIMIT")]
+    #[arg(long, value_parser = shardmerge_coordinator::plan::layout::parse_size, env = "SHARDMERGE_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
     /// On SIGTERM, seconds to keep heartbeating while active units finish (keep it below the
     /// pod's termination grace period).
@@ -198,21 +198,12 @@ pub struct SubmitArgs {
     /// Wait for the job to finish, with a progress bar on a terminal.
     #[arg(long)]
     pub wait: bool,
-    /// Seed for random methods.
-    #[arg(long, env = "SHARDMERGE_RANDOM_SEED")]
-    pub random_seed: Option<u64>,
-    /// Maximum bytes per output shard (k/m/b suffixes).
-    #[arg(long, default_value = "5B", value_parser = crate::plan::layout::parse_size)]
-    pub out_shard_size: u64,
-    /// Do not copy tokenizer files.
-    #[arg(long)]
-    pub no_copy_tokenizer: bool,
-    /// Do not write README.md and mergekit_config.yml.
-    #[arg(long)]
-    pub no_write_model_card: bool,
-    /// Allow merging different architectures.
-    #[arg(long)]
-    pub allow_crimes: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub job: crate::cli::JobFlags,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output_files: crate::cli::OutputFlags,
     /// `json`: print the job id (or with --wait, the final status) as JSON on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
@@ -374,12 +365,13 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
         let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
+        let files = args.output_files.options();
         let options = MergeOptions {
-            random_seed: args.random_seed,
-            out_shard_size: args.out_shard_size,
-            copy_tokenizer: !args.no_copy_tokenizer,
-            write_model_card: !args.no_write_model_card,
-            allow_crimes: args.allow_crimes,
+            random_seed: args.job.random_seed,
+            out_shard_size: args.job.out_shard_size,
+            copy_tokenizer: files.copy_tokenizer,
+            write_model_card: files.write_model_card,
+            allow_crimes: args.job.allow_crimes,
         };
         let name = args.config.display().to_string();
         let (job, warnings) = client::submit(&mut c, yaml, name, args.out_uri.clone(), options).await?;

@@ -1,7 +1,11 @@
-//! The `shardmerge` binary: parse flags, set up logging, hand over to the library.
+//! The `shardmerge` binary: the command line (clap structs and their wiring, [`cli`] and
+//! [`cluster_cli`]) over the library's plain functions and option structs; logging setup.
+
+mod cli;
+mod cluster_cli;
 
 use clap::Parser;
-use shardmerge_coordinator::cli::{Cli, run};
+use cli::{Cli, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {

@@ -1,10 +1,10 @@
 //! The `shardmerge` command line: `merge` (a drop-in for `mergekit-yaml`), `plan` (a dry run
 //! from headers only) and `demo`.
 
-use crate::plan::layout::parse_size;
-use crate::{MergeOptions, OutputOptions, RunOptions};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use shardmerge_coordinator::plan::layout::parse_size;
+use shardmerge_coordinator::{MergeOptions, OutputOptions, RunOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -70,15 +70,26 @@ pub struct SynthArgs {
     pub vocab: u64,
 }
 
-/// Flags shared by `merge` and `plan`.
+/// Flags that shape any merge's output, shared by `merge`, `plan` and `submit`.
 #[derive(Debug, Args, Clone)]
-pub struct CommonArgs {
+pub struct JobFlags {
     /// Seed for random methods (DARE). Wins over `random_seed:` in the YAML.
     #[arg(long, env = "SHARDMERGE_RANDOM_SEED")]
     pub random_seed: Option<u64>,
     /// Maximum bytes per output shard; accepts k/m/b suffixes (powers of 1000), like mergekit.
     #[arg(long, default_value = "5B", value_parser = parse_size, env = "SHARDMERGE_OUT_SHARD_SIZE")]
     pub out_shard_size: u64,
+    /// Allow merging models whose architectures differ.
+    #[arg(long)]
+    pub allow_crimes: bool,
+}
+
+/// Flags shared by `merge` and `plan`.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub job: JobFlags,
     /// Split every tensor with more output bytes than this into chunk tasks that run in
     /// parallel with bounded memory, with exactly the bytes of the whole-tensor merge (k/m/b
     /// suffixes; 0 never splits).
@@ -89,24 +100,14 @@ pub struct CommonArgs {
     /// fit fails at plan time naming the tensor. Default: no limit.
     #[arg(long, value_parser = parse_size, env = "SHARDMERGE_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
-    /// Allow merging models whose architectures differ.
-    #[arg(long)]
-    pub allow_crimes: bool,
     /// Number of in-process workers (concurrent tasks).
     #[arg(long, default_value_t = 2, env = "SHARDMERGE_WORKERS")]
     pub workers: usize,
 }
 
-/// `shardmerge merge`.
-#[derive(Debug, Args)]
-pub struct MergeArgs {
-    /// mergekit YAML configuration.
-    pub config: PathBuf,
-    /// Output directory.
-    pub out_path: PathBuf,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub common: CommonArgs,
+/// What is written beside the shards, shared by `merge` and `submit`.
+#[derive(Debug, Args, Clone)]
+pub struct OutputFlags {
     /// Copy the donor model's tokenizer files (default).
     #[arg(long, overrides_with = "no_copy_tokenizer")]
     pub copy_tokenizer: bool,
@@ -119,6 +120,31 @@ pub struct MergeArgs {
     /// Do not write README.md and mergekit_config.yml.
     #[arg(long)]
     pub no_write_model_card: bool,
+}
+
+impl OutputFlags {
+    /// The library's output switches.
+    pub fn options(&self) -> OutputOptions {
+        OutputOptions {
+            copy_tokenizer: !self.no_copy_tokenizer,
+            write_model_card: !self.no_write_model_card,
+        }
+    }
+}
+
+/// `shardmerge merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// mergekit YAML configuration.
+    pub config: PathBuf,
+    /// Output directory.
+    pub out_path: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputFlags,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -244,23 +270,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Merge(args) => run_merge(args),
         Command::Plan(args) => run_plan(args),
-        Command::Demo(args) => {
-            crate::demo::run(&args.dir, args.workers, !args.quiet && std::io::stderr().is_terminal())
-        }
+        Command::Demo(args) => Ok(shardmerge_coordinator::demo::run(
+            &args.dir,
+            args.workers,
+            !args.quiet && std::io::stderr().is_terminal(),
+        )?),
         Command::Coordinator(args) => crate::cluster_cli::coordinator(args),
         Command::Worker(args) => crate::cluster_cli::worker(args),
         Command::Submit(args) => crate::cluster_cli::submit(args),
         Command::Status(args) => crate::cluster_cli::status(args),
         Command::Cancel(args) => crate::cluster_cli::cancel(args),
         Command::Synth(args) => {
-            let spec = crate::demo::SynthSpec {
+            let spec = shardmerge_coordinator::demo::SynthSpec {
                 vocab: args.vocab,
                 hidden: args.hidden,
                 intermediate: args.intermediate,
                 layers: args.layers,
                 dtype: shardmerge_worker::safetensors_io::Dtype::BF16,
             };
-            for p in crate::demo::write_family(&spec, &args.dir)? {
+            for p in shardmerge_coordinator::demo::write_family(&spec, &args.dir)? {
                 println!("{}", p.display());
             }
             Ok(())
@@ -276,15 +304,12 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--no-safe-serialization is not supported: shardmerge writes safetensors only");
     }
     let opts = MergeOptions {
-        random_seed: args.common.random_seed,
-        out_shard_size: args.common.out_shard_size,
+        random_seed: args.common.job.random_seed,
+        out_shard_size: args.common.job.out_shard_size,
         chunk_size: args.common.chunk_size,
         memory_limit: args.common.memory_limit,
-        output: OutputOptions {
-            copy_tokenizer: !args.no_copy_tokenizer,
-            write_model_card: !args.no_write_model_card,
-        },
-        allow_crimes: args.common.allow_crimes,
+        output: args.output.options(),
+        allow_crimes: args.common.job.allow_crimes,
         run: RunOptions {
             workers: args.common.workers,
             threads: args.num_threads,
@@ -293,11 +318,11 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
         },
         model_root: None,
     };
-    let config = crate::load_config(&args.config)?;
+    let config = shardmerge_coordinator::load_config(&args.config)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
-    let report = crate::merge_config(&config, &args.out_path, &opts)
+    let report = shardmerge_coordinator::merge_config(&config, &args.out_path, &opts)
         .with_context(|| format!("merging {} into {}", args.config.display(), args.out_path.display()))?;
     if !args.quiet {
         let s = &report.stats;
@@ -317,26 +342,26 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
 
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let config = crate::load_config(&args.config)?;
+    let config = shardmerge_coordinator::load_config(&args.config)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
     let opts = MergeOptions {
-        random_seed: args.common.random_seed,
-        out_shard_size: args.common.out_shard_size,
+        random_seed: args.common.job.random_seed,
+        out_shard_size: args.common.job.out_shard_size,
         chunk_size: args.common.chunk_size,
         memory_limit: args.common.memory_limit,
-        allow_crimes: args.common.allow_crimes,
+        allow_crimes: args.common.job.allow_crimes,
         ..MergeOptions::default()
     };
-    let plan = crate::plan_config(&config, &args.out_path, &opts)?;
+    let plan = shardmerge_coordinator::plan_config(&config, &args.out_path, &opts)?;
     print!("{}", describe_plan(&plan, args.common.workers));
     println!("planned in {:.3}s from headers only", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// Human summary of a plan.
-pub fn describe_plan(plan: &crate::Plan, workers: usize) -> String {
+pub fn describe_plan(plan: &shardmerge_coordinator::Plan, workers: usize) -> String {
     let mut s = String::new();
     let p = &plan.proto;
     s.push_str(&format!("method:        {}\n", plan.method.name));
