@@ -9,23 +9,23 @@
 #      chunking (8 MiB GETs, 8 in flight) versus a plain object_store loop of 8 MiB
 #      `get_range` calls, 8 in flight (`buffer_unordered`). Also read_range tensor by tensor
 #      (sequentially; a worker prefetches several at once), and the plain loop ordered and
-#      reassembled into one buffer (to attribute a gap). (tests/src/bin/bench_s3.rs)
+#      reassembled into one buffer (to attribute a gap). (bench/src/bin/bench_s3.rs)
 #   2. The 0.5B-parameter bench family (`shardmerge synth`, as scripts/bench.sh) merged with
 #      AutoMerger's DARE-TIES recipe (base + finetune-a, seed 42): the embedded `shardmerge
 #      merge` on local files, then models on S3 through a real `shardmerge coordinator`
 #      process and 1, then 2, `shardmerge worker` processes (`submit --wait`, output to
 #      s3://out). Wall time and CPU of each process kind; every cluster output must be
 #      byte-identical to the embedded one (cmp). The models are uploaded through the S3 API
-#      first (tests/src/bin/s3_put.rs), not copied into the server's root.
+#      first (bench/src/bin/s3_put.rs), not copied into the server's root.
 #   3. Coordinator overhead [>= 10,000 dispatches/s with no-op units]: the lease -> report
 #      cycle of the pure `Scheduler` in-process (10k and 100k units), and over real gRPC on
 #      loopback against an in-process `Coordinator` served by tonic exactly as `server::serve`
 #      does, 4 worker clients, runs capped at 5 s: journal fsyncs on disk and on tmpfs (to
 #      separate them out), each as served (TCP_NODELAY on accepted sockets) and without it.
-#      (tests/src/bin/bench_dispatch.rs)
+#      (bench/src/bin/bench_dispatch.rs)
 #   4. Planning a Llama-3.1-405B-shaped DARE-TIES merge of 4 models from headers alone [< 2 s]:
 #      sparse safetensors files (header + set_len, 191 shards per model, index.json,
-#      config.json; tests/src/bin/make_405b_headers.rs), `shardmerge plan` wall time and
+#      config.json; bench/src/bin/make_405b_headers.rs), `shardmerge plan` wall time and
 #      peak RSS; then the same models on S3 submitted to a fresh coordinator process (plan
 #      from S3 headers, journal, one multipart upload per shard): submit latency and the
 #      coordinator's peak RSS; the job is then cancelled.
@@ -102,7 +102,7 @@ fi
 
 echo "== building release binaries" >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-coordinator --bin shardmerge
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-tests --bins
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-bench --bins
 rel="$repo/target/release"
 sm="$rel/shardmerge"
 s3fs="$("$here/install-s3s-fs.sh")"

@@ -22,7 +22,7 @@
 #           LIMIT` processes, all fresh for the run: wall of `submit --wait`, CPU and peak RSS of
 #           each worker [<= limit] and of the coordinator;
 #        d. the same with the models on S3 (s3s-fs on loopback, uploaded through the S3 API by
-#           tests/src/bin/s3_put.rs, never copied into its root) and the output to S3; the
+#           bench/src/bin/s3_put.rs, never copied into its root) and the output to S3; the
 #           s3s-fs process's CPU is reported too. Skipped with BENCH_S3=0.
 #      Peak RSS is the kernel's high-water mark of the whole resident set (ru_maxrss), so it
 #      includes file pages of memory-mapped inputs that the process touched, not only its heap;
@@ -209,7 +209,7 @@ s3_on=0
 if want memory && [[ "$use_s3" == 1 ]]; then
     s3_on=1
     if [[ "$build" == 1 || ! -x "$rel/s3_put" ]]; then
-        cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-tests --bin s3_put
+        cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-bench --bin s3_put
     fi
     cp "$rel/s3_put" "$bench/bin/s3_put"
     s3fs="$("$here/install-s3s-fs.sh")"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 405B-scale simulation of the coordinator (issue 9, item 5; tests/src/bin/sim_405b.rs).
+# 405B-scale simulation of the coordinator (issue 9, item 5; bench/src/bin/sim_405b.rs).
 #
 # Plans a 4-model DARE-TIES merge of a Llama-3.1-405B-shaped model (base + 3 fine-tunes, sparse
 # safetensors files: headers only, 3.2 TB apparent, a few MB on disk) with the real planner and
@@ -20,7 +20,7 @@
 # Any arguments are passed on to sim_405b (see `sim_405b --help`), after the defaults above.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-tests --bin sim_405b
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-bench --bin sim_405b
 args=(--workers "${SIM_WORKERS:-1000}" --bandwidth "${SIM_BANDWIDTH:-200m}" --unit-size "${SIM_UNIT_SIZE:-64m}")
 [[ -z "${SIM_DIR:-}" ]] || args+=(--dir "$SIM_DIR")
 exec "$repo/target/release/sim_405b" "${args[@]}" "$@"

@@ -116,7 +116,7 @@ log "writing synthetic models (shardmerge synth, in a container)"
 once -v "$WORK/models:/models" "shardmerge:$TAG" synth /models \
   --hidden 256 --layers 6 --intermediate 688 --vocab 2048 >/dev/null
 log "building s3_put and uploading the models to s3s-fs on port $S3_PORT"
-cargo build --quiet -p shardmerge-tests --bin s3_put --manifest-path "$ROOT/Cargo.toml"
+cargo build --quiet -p shardmerge-bench --bin s3_put --manifest-path "$ROOT/Cargo.toml"
 wait_port "$S3_PORT" s3s-fs
 uploads=()
 for m in base finetune-a finetune-b; do

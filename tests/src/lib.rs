@@ -1,8 +1,6 @@
 //! Test support for shardmerge's end-to-end tests: locating the golden fixtures, running
 //! merges in-process, and comparing safetensors outputs tensor by tensor.
 
-pub mod bench;
-
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 

@@ -15,6 +15,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use shardmerge_bench::{median, result, runs};
 use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::scheduler::{Report, ReportRef, Scheduler, SchedulerConfig, planned_parts};
 use shardmerge_coordinator::cluster::server;
@@ -27,7 +28,6 @@ use shardmerge_proto::v1::{
     ReportUnitRequest, TaskInput, TensorDestination, TensorSource, UnitOutput, UnitSuccess, WorkUnit, param_value,
     report_unit_request,
 };
-use shardmerge_tests::bench::{median, result, runs};
 use shardmerge_worker::storage::Storage;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! Helpers shared by the benchmark binaries in `src/bin` (run by `scripts/bench-cluster.sh`):
+//! shardmerge's benchmark and simulation programs (`src/bin`, run by `scripts/bench-*.sh` and
+//! `scripts/sim-405b.sh`; a workspace member of their own so that `cargo test` never builds
+//! them). The helpers here are shared by the benchmark binaries (`scripts/bench-cluster.sh`):
 //! medians and the `key=value` result lines the script turns into its table.
 
 /// Median of `xs` (mean of the two middle values for an even count); NaN when empty.

@@ -26,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as KeyPath;
-use shardmerge_tests::bench::{median, result, runs};
+use shardmerge_bench::{median, result, runs};
 use shardmerge_worker::storage::{DEFAULT_READ_CHUNK, DEFAULT_READ_CONCURRENCY, Location, Storage, read_header};
 use std::collections::HashMap;
 use std::ops::Range;
