@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod commit;
 mod create;
@@ -160,9 +162,10 @@ struct Inner {
     next_job: AtomicU64,
     opts: CoordinatorOptions,
     metrics: Arc<CoordinatorMetrics>,
-    /// Commit and cleanup tasks still running (graceful shutdown waits for them).
-    background: watch::Sender<usize>,
-    shutting_down: AtomicBool,
+    /// Commit and cleanup tasks (graceful shutdown closes it and waits for them).
+    background: TaskTracker,
+    /// Cancelled when a graceful shutdown begins.
+    shutting_down: CancellationToken,
 }
 
 fn output_key(loc: &Location) -> String {
@@ -195,8 +198,8 @@ impl Coordinator {
                 next_job: AtomicU64::new(1),
                 opts,
                 metrics: metrics.clone(),
-                background: watch::channel(0).0,
-                shutting_down: AtomicBool::new(false),
+                background: TaskTracker::new(),
+                shutting_down: CancellationToken::new(),
             }),
         };
         let weak = Arc::downgrade(&c.inner);

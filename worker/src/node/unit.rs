@@ -16,8 +16,9 @@ use crate::execute::{InputBytes, TaskIo, execute_task};
 use crate::storage::{LocalInputs, Location, Storage, StorageError};
 use bytes::Bytes;
 use shardmerge_proto::v1::{PartResult, TaskStats, TensorSource, WorkUnit};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
 
 /// Why a unit failed, and whether retrying may help.
 #[derive(Debug)]
@@ -221,7 +222,7 @@ fn execute_stats_unit(
     storage: &Storage,
     handle: &Handle,
     local: &LocalInputs,
-    revoked: &AtomicBool,
+    revoked: &CancellationToken,
     window: u64,
 ) -> Result<UnitOutcome, UnitError> {
     let io = UnitIo {
@@ -235,7 +236,7 @@ fn execute_stats_unit(
     check_pinned_inputs(unit, storage, handle)?;
     let mut outcome = UnitOutcome::default();
     for (i, task) in unit.tasks.iter().enumerate() {
-        if revoked.load(Ordering::SeqCst) {
+        if revoked.is_cancelled() {
             return Err(UnitError {
                 message: "lease revoked by the coordinator".into(),
                 retryable: true,
@@ -266,7 +267,7 @@ pub fn execute_unit(
     handle: &Handle,
     local: &LocalInputs,
     allow: &AllowList,
-    revoked: &AtomicBool,
+    revoked: &CancellationToken,
     window: u64,
 ) -> Result<UnitOutcome, UnitError> {
     allow.check_unit(unit).map_err(|e| UnitError {
@@ -300,7 +301,7 @@ pub fn execute_unit(
     let mut outcome = UnitOutcome::default();
     check_pinned_inputs(unit, storage, handle)?;
     let check_lease = || {
-        if revoked.load(Ordering::SeqCst) {
+        if revoked.is_cancelled() {
             Err(UnitError {
                 message: "lease revoked by the coordinator".into(),
                 retryable: true,
