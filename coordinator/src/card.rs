@@ -35,18 +35,19 @@ pub fn model_card(plan: &Plan, config: &MergeConfig, out_dir: &Path) -> String {
     let m = &plan.method;
     if m.name == "slerp" {
         s.push_str(&format!(
-            "This model was merged using the [{}]({}) merge method.\n\n",
-            m.pretty_name, m.reference_url
+            "This model was merged using the {} merge method.\n\n",
+            method_md(m)
         ));
     } else if let Some(b) = plan.base {
         s.push_str(&format!(
-            "This model was merged using the [{}]({}) merge method using {} as a base.\n\n",
-            m.pretty_name, m.reference_url, plan.models[b].display
+            "This model was merged using the {} merge method using {} as a base.\n\n",
+            method_md(m),
+            plan.models[b].display
         ));
     } else {
         s.push_str(&format!(
-            "This model was merged using the [{}]({}) merge method.\n\n",
-            m.pretty_name, m.reference_url
+            "This model was merged using the {} merge method.\n\n",
+            method_md(m)
         ));
     }
     s.push_str("### Models Merged\n\nThe following models were included in the merge:\n");
@@ -74,4 +75,13 @@ pub fn model_card(plan: &Plan, config: &MergeConfig, out_dir: &Path) -> String {
 /// on disk is local; anything else is a Hugging Face id.
 fn is_hub_id(path: &str) -> bool {
     !(path.starts_with('/') || path.starts_with('~') || path.matches('/').count() > 1 || Path::new(path).exists())
+}
+
+/// The method as mergekit's card names it: a link when it has a reference URL, else its name.
+fn method_md(m: &shardmerge_worker::methods::MethodSpec) -> String {
+    if m.reference_url.trim().is_empty() {
+        m.pretty_name.to_string()
+    } else {
+        format!("[{}]({})", m.pretty_name, m.reference_url)
+    }
 }

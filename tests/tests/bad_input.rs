@@ -272,7 +272,7 @@ fn della_epsilon_outside_the_density_band_names_the_line_model_and_tensor() {
     );
     // density 1 draws nothing and never checks epsilon (as mergekit).
     let cfg = f.config(&DELLA.replace("density: 0.5", "density: 1.0"));
-    shardmerge_coordinator::merge_file(&cfg, &f.out(), &MergeOptions::default()).unwrap();
+    shardmerge_coordinator::merge_file(&cfg, &f.root.join("ok"), &MergeOptions::default()).unwrap();
 }
 
 #[test]
@@ -335,4 +335,32 @@ fn nearswap_with_three_models_or_without_t_or_base_is_refused() {
             .replace("base_model: ROOT/base\n", ""),
     );
     assert_contains(&msg, &["cfg.yml:4", "nearswap", "needs a `base_model`"]);
+}
+
+#[test]
+fn nuslerp_with_three_models_names_the_count_and_the_line() {
+    let f = Fixture::new();
+    let yaml = "models:\n  - model: ROOT/base\n    parameters:\n      weight: 0.2\n  - model: ROOT/ft1\n    parameters:\n      weight: 0.3\n  - model: ROOT/ft2\n    parameters:\n      weight: 0.5\nmerge_method: nuslerp\ndtype: bfloat16\n";
+    let msg = f.merge(yaml);
+    assert_contains(
+        &msg,
+        &[
+            "cfg.yml:11",
+            "nuslerp",
+            "takes exactly 2 models besides the base model, got 3",
+        ],
+    );
+    // With the base as base_model, two fine-tunes are right; without weights they are not.
+    let with_base = format!("{yaml}base_model: ROOT/base\n");
+    let cfg = f.config(&with_base);
+    shardmerge_coordinator::merge_file(&cfg, &f.root.join("ok"), &MergeOptions::default()).unwrap();
+    let msg = f.merge(&with_base.replace("    parameters:\n      weight: 0.5\n", ""));
+    assert_contains(&msg, &["missing required parameter `weight`", "ft2"]);
+}
+
+#[test]
+fn multislerp_without_weights_names_the_parameter() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: multislerp\n");
+    assert_contains(&msg, &["missing required parameter `weight`", "ft1"]);
 }

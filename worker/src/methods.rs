@@ -19,6 +19,10 @@ pub enum MethodKind {
     ModelStock,
     /// NearSwap ([`crate::kernels::nearswap`]).
     NearSwap,
+    /// NuSLERP ([`crate::kernels::nuslerp`]).
+    Nuslerp,
+    /// Multi-SLERP ([`crate::kernels::multislerp`]).
+    Multislerp,
 }
 
 /// How a method treats `base_model`.
@@ -28,6 +32,9 @@ pub enum BasePolicy {
     Required,
     /// A configured base is just another input.
     Ignored,
+    /// A configured base is the origin of the task vectors; without one the models are used
+    /// as they are.
+    Optional,
 }
 
 /// Declared type of a parameter.
@@ -105,6 +112,8 @@ pub struct MethodSpec {
     pub min_inputs: usize,
     /// Maximum number of inputs (including the base).
     pub max_inputs: Option<usize>,
+    /// Minimum and maximum number of non-base inputs, when the method constrains them.
+    pub non_base_inputs: Option<(usize, Option<usize>)>,
     /// Parameters.
     pub params: Vec<ParamSpec>,
     /// Optional-weight policy.
@@ -156,6 +165,7 @@ fn gta(name: &'static str, pretty: &'static str, url: &'static str, variant: Gta
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        non_base_inputs: None,
         params: vec![
             p("int8_mask", K::Bool, S::Shared, D::Bool(false)),
             p("normalize", K::Bool, S::Shared, D::Bool(variant.default_normalize)),
@@ -189,6 +199,7 @@ pub fn all() -> Vec<MethodSpec> {
             base: BasePolicy::Ignored,
             min_inputs: 1,
             max_inputs: None,
+            non_base_inputs: None,
             params: vec![
                 p("weight", K::Float, S::Input, D::Required),
                 p("normalize", K::Bool, S::Shared, D::Bool(true)),
@@ -203,6 +214,7 @@ pub fn all() -> Vec<MethodSpec> {
             base: BasePolicy::Required,
             min_inputs: 2,
             max_inputs: Some(2),
+            non_base_inputs: None,
             params: vec![p("t", K::Float, S::Shared, D::Required)],
             optional_policy: OptionalPolicy::PassthroughSingleton,
         },
@@ -214,6 +226,7 @@ pub fn all() -> Vec<MethodSpec> {
             base: BasePolicy::Required,
             min_inputs: 3,
             max_inputs: None,
+            non_base_inputs: None,
             params: vec![p("filter_wise", K::Bool, S::Shared, D::Bool(false))],
             optional_policy: OptionalPolicy::BaseOrSkip,
         },
@@ -225,8 +238,41 @@ pub fn all() -> Vec<MethodSpec> {
             base: BasePolicy::Required,
             min_inputs: 2,
             max_inputs: Some(2),
+            non_base_inputs: None,
             params: vec![p("t", K::Float, S::Shared, D::Required)],
             optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+        },
+        MethodSpec {
+            name: "nuslerp",
+            pretty_name: "NuSLERP",
+            reference_url: "",
+            kind: MethodKind::Nuslerp,
+            base: BasePolicy::Optional,
+            min_inputs: 2,
+            max_inputs: Some(3),
+            non_base_inputs: Some((2, Some(2))),
+            params: vec![
+                p("weight", K::Float, S::NonBase, D::Required),
+                p("nuslerp_row_wise", K::Bool, S::Shared, D::Bool(false)),
+                p("nuslerp_flatten", K::Bool, S::Shared, D::Bool(true)),
+            ],
+            optional_policy: OptionalPolicy::PassthroughSingleton,
+        },
+        MethodSpec {
+            name: "multislerp",
+            pretty_name: "Multi-SLERP",
+            reference_url: "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
+            kind: MethodKind::Multislerp,
+            base: BasePolicy::Optional,
+            min_inputs: 1,
+            max_inputs: None,
+            non_base_inputs: Some((1, None)),
+            params: vec![
+                p("weight", K::Float, S::NonBase, D::Required),
+                p("normalize_weights", K::Bool, S::Shared, D::Bool(true)),
+                p("eps", K::Float, S::Shared, D::Float(1e-8)),
+            ],
+            optional_policy: OptionalPolicy::Error,
         },
         gta(
             "task_arithmetic",

@@ -224,7 +224,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             }
             methods::MethodKind::Slerp => scratch,
             methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
-            methods::MethodKind::ModelStock => t.numel * 4 * (2 + t.inputs.len() as u64),
+            methods::MethodKind::ModelStock | methods::MethodKind::Multislerp => {
+                t.numel * 4 * (3 + 2 * t.inputs.len() as u64)
+            }
             _ => t.numel * 4 * 2,
         };
         task_memory.push(working + max_in);

@@ -292,6 +292,18 @@ impl Ctx<'_> {
                 pos
             }
             BasePolicy::Ignored => None,
+            BasePolicy::Optional => match slice.base {
+                None => None,
+                Some(b) => match found.iter().position(|f| slice.sources[f.0].model == b) {
+                    Some(pos) => Some(pos),
+                    None => {
+                        return Err(PlanError::Invalid(format!(
+                            "tensor `{out_name}`: base model `{}` is not among the inputs",
+                            norm.models[b].display
+                        )));
+                    }
+                },
+            },
         };
         let only_base = found.len() == 1 && base_pos == Some(0);
         let passthrough = match self.method.optional_policy {
@@ -325,7 +337,22 @@ impl Ctx<'_> {
                         .unwrap_or_else(|| "+".into()),
                     match self.method.base {
                         BasePolicy::Required => " including the base model",
-                        BasePolicy::Ignored => "",
+                        BasePolicy::Ignored | BasePolicy::Optional => "",
+                    }
+                )));
+            }
+        }
+        if let (false, Some((lo, hi))) = (passthrough, self.method.non_base_inputs) {
+            let n = found.len() - usize::from(base_pos.is_some());
+            if n < lo || hi.is_some_and(|h| n > h) {
+                return Err(PlanError::Invalid(format!(
+                    "{}: tensor `{out_name}`: merge method `{}` takes {} models besides the base model, got {n}",
+                    super::sources::at_line(self.config, "merge_method"),
+                    self.method.name,
+                    match hi {
+                        Some(h) if h == lo => format!("exactly {lo}"),
+                        Some(h) => format!("{lo} to {h}"),
+                        None => format!("at least {lo}"),
                     }
                 )));
             }

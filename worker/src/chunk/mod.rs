@@ -86,7 +86,7 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Slerp => Pipeline::Slerp,
         MethodKind::Gta(variant) => gta_pipeline(task, variant)?,
         MethodKind::NearSwap => Pipeline::Elementwise,
-        MethodKind::ModelStock => Pipeline::Whole,
+        MethodKind::ModelStock | MethodKind::Nuslerp | MethodKind::Multislerp => Pipeline::Whole,
     })
 }
 

@@ -5,7 +5,8 @@ use super::tensor_io::Loader;
 use super::{boolean, float};
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
-use crate::kernels::{model_stock, nearswap};
+use crate::kernels::nuslerp::{self, Vectors};
+use crate::kernels::{model_stock, multislerp, nearswap};
 use crate::methods::MethodKind;
 use crate::with_precision;
 use shardmerge_proto::v1::MergeTask;
@@ -27,6 +28,10 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
         source,
     };
     let work = loader.work;
+    match kind {
+        MethodKind::Nuslerp | MethodKind::Multislerp => return run_base_optional(task, kind, loader),
+        _ => {}
+    }
     let (b, others) = split_base(task).map_err(kernel_err)?;
     match kind {
         MethodKind::ModelStock => {
@@ -59,5 +64,53 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             "merge method `{}` has no whole-tensor kernel here",
             task.method
         )))),
+    }
+}
+
+/// nuslerp and multislerp: the base is optional; the non-base inputs keep config order.
+fn run_base_optional(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Buffer, TaskError> {
+    let kernel_err = |source: KernelError| TaskError::Kernel {
+        tensor: task.tensor.clone(),
+        source,
+    };
+    let work = loader.work;
+    let b = task.inputs.iter().position(|i| i.is_base);
+    let others: Vec<usize> = (0..task.inputs.len()).filter(|&i| Some(i) != b).collect();
+    let weights = others
+        .iter()
+        .map(|&i| float(&task.inputs[i].params, "weight"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(kernel_err)?;
+    let base = b.map(|b| loader.load(b)).transpose()?;
+    match kind {
+        MethodKind::Nuslerp => {
+            let [i0, i1] = others[..] else {
+                return Err(kernel_err(KernelError::Contract(
+                    "nuslerp takes exactly 2 models besides the base".into(),
+                )));
+            };
+            let flatten = boolean(&task.shared_params, "nuslerp_flatten").map_err(kernel_err)?;
+            let row_wise = boolean(&task.shared_params, "nuslerp_row_wise").map_err(kernel_err)?;
+            let shape = task.output.as_ref().map_or(&[][..], |o| &o.shape[..]);
+            let vectors = Vectors::of(shape, flatten, row_wise);
+            let t = nuslerp::interpolation_t(weights[0], weights[1]);
+            let mut x0 = loader.load(i0)?;
+            let mut x1 = loader.load(i1)?;
+            with_precision!(work, P => nuslerp::merge::<P>(&mut x0, &mut x1, base.as_deref(), t, vectors));
+            Ok(x0)
+        }
+        _ => {
+            let normalize = boolean(&task.shared_params, "normalize_weights").map_err(kernel_err)?;
+            let eps = float(&task.shared_params, "eps").map_err(kernel_err)?;
+            let mut loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            if loaded.len() == 1 {
+                // mergekit returns the single input unchanged (the base is not added back).
+                return Ok(loaded.remove(0));
+            }
+            let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
+            with_precision!(work, P => multislerp::merge::<P>(&mut refs, &weights, base.as_deref(), normalize, eps))
+                .map_err(|e| kernel_err(KernelError::Contract(e.to_string())))?;
+            Ok(loaded.remove(0))
+        }
     }
 }
