@@ -5,11 +5,11 @@
 //! Prometheus scrapes natively; every other path is a 404. It carries no secrets (counts, bytes
 //! and durations only), so it needs no token, like the gRPC health service.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -126,63 +126,23 @@ impl MetricsSource for WorkerMetrics {
     }
 }
 
-fn respond(source: &dyn MetricsSource, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, ctype: &str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = ctype.parse() {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
-    };
-    let text = "text/plain; charset=utf-8";
-    if req.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            text,
-            "not found: metrics are at /metrics\n".into(),
-        );
-    }
-    match *req.method() {
-        Method::GET => reply(StatusCode::OK, CONTENT_TYPE, source.render()),
-        Method::HEAD => reply(StatusCode::OK, CONTENT_TYPE, String::new()),
-        _ => reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n".into()),
-    }
+async fn metrics(State(source): State<Arc<dyn MetricsSource>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], source.render())
 }
 
-/// Serves `GET /metrics` from `source` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` (and `HEAD`) from `source` on `listener` until `shutdown` resolves;
+/// other paths answer 404, other methods 405.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     source: Arc<dyn MetricsSource>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => return,
-            a = listener.accept() => a,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let resp = respond(source.as_ref(), &req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            if let Err(e) = ConnBuilder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
-            }
-        });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n") })
+        .with_state(source);
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
     }
 }
 
