@@ -364,3 +364,10 @@ fn multislerp_without_weights_names_the_parameter() {
     let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: multislerp\n");
     assert_contains(&msg, &["missing required parameter `weight`", "ft1"]);
 }
+
+#[test]
+fn passthrough_with_two_models_names_the_count_and_the_line() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: passthrough\n");
+    assert_contains(&msg, &["cfg.yml:4", "passthrough", "takes 1 inputs, got 2"]);
+}

@@ -368,9 +368,11 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         }
         // Streamed by `run_slerp_streamed`; never reaches here.
         MethodKind::Slerp => Err(kernel_err(KernelError::Contract("slerp runs streamed".into()))),
-        MethodKind::ModelStock | MethodKind::NearSwap | MethodKind::Nuslerp | MethodKind::Multislerp => {
-            whole::run(task, kind, loader)
-        }
+        MethodKind::ModelStock
+        | MethodKind::NearSwap
+        | MethodKind::Nuslerp
+        | MethodKind::Multislerp
+        | MethodKind::Passthrough => whole::run(task, kind, loader),
         MethodKind::Gta(variant) => {
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;

@@ -23,6 +23,8 @@ pub enum MethodKind {
     Nuslerp,
     /// Multi-SLERP ([`crate::kernels::multislerp`]).
     Multislerp,
+    /// Passthrough with an optional scale ([`crate::kernels::passthrough`]).
+    Passthrough,
 }
 
 /// How a method treats `base_model`.
@@ -66,6 +68,8 @@ pub enum ParamDefault {
     Float(f64),
     /// A boolean default.
     Bool(bool),
+    /// Optional without a default: absent unless configured.
+    Absent,
 }
 
 /// One parameter of a method.
@@ -272,6 +276,18 @@ pub fn all() -> Vec<MethodSpec> {
                 p("normalize_weights", K::Bool, S::Shared, D::Bool(true)),
                 p("eps", K::Float, S::Shared, D::Float(1e-8)),
             ],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "passthrough",
+            pretty_name: "Passthrough",
+            reference_url: "",
+            kind: MethodKind::Passthrough,
+            base: BasePolicy::Ignored,
+            min_inputs: 1,
+            max_inputs: Some(1),
+            non_base_inputs: None,
+            params: vec![p("scale", K::Float, S::Input, D::Absent)],
             optional_policy: OptionalPolicy::Error,
         },
         gta(

@@ -23,6 +23,7 @@ fn default_of(d: ParamDefault) -> (Option<Scalar>, bool) {
         ParamDefault::Required => (None, true),
         ParamDefault::Float(f) => (Some(Scalar::Float(f)), false),
         ParamDefault::Bool(b) => (Some(Scalar::Bool(b)), false),
+        ParamDefault::Absent => (None, false),
     }
 }
 

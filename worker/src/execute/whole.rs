@@ -6,7 +6,7 @@ use super::{boolean, float};
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::nuslerp::{self, Vectors};
-use crate::kernels::{model_stock, multislerp, nearswap};
+use crate::kernels::{model_stock, multislerp, nearswap, passthrough};
 use crate::methods::MethodKind;
 use crate::with_precision;
 use shardmerge_proto::v1::MergeTask;
@@ -30,6 +30,19 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
     let work = loader.work;
     match kind {
         MethodKind::Nuslerp | MethodKind::Multislerp => return run_base_optional(task, kind, loader),
+        MethodKind::Passthrough => {
+            let input = task
+                .inputs
+                .first()
+                .ok_or_else(|| kernel_err(KernelError::Contract("passthrough needs one input".into())))?;
+            let scale = match input.params.contains_key("scale") {
+                true => Some(float(&input.params, "scale").map_err(kernel_err)?),
+                false => None,
+            };
+            let mut x = loader.load(0)?;
+            with_precision!(work, P => passthrough::apply::<P>(&mut x, scale));
+            return Ok(x);
+        }
         _ => {}
     }
     let (b, others) = split_base(task).map_err(kernel_err)?;

@@ -16,6 +16,7 @@ pub mod model_stock;
 pub mod multislerp;
 pub mod nearswap;
 pub mod nuslerp;
+pub mod passthrough;
 pub mod precision;
 pub(crate) mod simd;
 pub mod slerp;
