@@ -371,3 +371,10 @@ fn passthrough_with_two_models_names_the_count_and_the_line() {
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: passthrough\n");
     assert_contains(&msg, &["cfg.yml:4", "passthrough", "takes 1 inputs, got 2"]);
 }
+
+#[test]
+fn ram_without_a_base_model_names_the_method_and_line() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: ram\n");
+    assert_contains(&msg, &["cfg.yml:4", "ram", "needs a `base_model`"]);
+}

@@ -372,7 +372,8 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         | MethodKind::NearSwap
         | MethodKind::Nuslerp
         | MethodKind::Multislerp
-        | MethodKind::Passthrough => whole::run(task, kind, loader),
+        | MethodKind::Passthrough
+        | MethodKind::Ram => whole::run(task, kind, loader),
         MethodKind::Gta(variant) => {
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;

@@ -25,6 +25,8 @@ pub enum MethodKind {
     Multislerp,
     /// Passthrough with an optional scale ([`crate::kernels::passthrough`]).
     Passthrough,
+    /// Reinforced Agent Merging ([`crate::kernels::ram`]).
+    Ram,
 }
 
 /// How a method treats `base_model`.
@@ -288,6 +290,18 @@ pub fn all() -> Vec<MethodSpec> {
             max_inputs: Some(1),
             non_base_inputs: None,
             params: vec![p("scale", K::Float, S::Input, D::Absent)],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "ram",
+            pretty_name: "Reinforced Agent Merging",
+            reference_url: "https://arxiv.org/abs/2601.13572",
+            kind: MethodKind::Ram,
+            base: BasePolicy::Required,
+            min_inputs: 1,
+            max_inputs: None,
+            non_base_inputs: None,
+            params: vec![p("epsilon", K::Float, S::Shared, D::Float(1e-5))],
             optional_policy: OptionalPolicy::Error,
         },
         gta(

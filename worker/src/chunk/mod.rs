@@ -85,7 +85,7 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Linear => Pipeline::Elementwise,
         MethodKind::Slerp => Pipeline::Slerp,
         MethodKind::Gta(variant) => gta_pipeline(task, variant)?,
-        MethodKind::NearSwap | MethodKind::Passthrough => Pipeline::Elementwise,
+        MethodKind::NearSwap | MethodKind::Passthrough | MethodKind::Ram => Pipeline::Elementwise,
         MethodKind::ModelStock | MethodKind::Nuslerp | MethodKind::Multislerp => Pipeline::Whole,
     })
 }

@@ -6,7 +6,7 @@ use super::{boolean, float};
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::nuslerp::{self, Vectors};
-use crate::kernels::{model_stock, multislerp, nearswap, passthrough};
+use crate::kernels::{model_stock, multislerp, nearswap, passthrough, ram};
 use crate::methods::MethodKind;
 use crate::with_precision;
 use shardmerge_proto::v1::MergeTask;
@@ -59,6 +59,18 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
             with_precision!(work, P => model_stock::merge::<P>(&mut base, &mut refs, row, filter_wise))
                 .map_err(|e| kernel_err(KernelError::Contract(e.to_string())))?;
+            Ok(base)
+        }
+        MethodKind::Ram => {
+            let epsilon = float(&task.shared_params, "epsilon").map_err(kernel_err)?;
+            let (start, numel) = task
+                .chunk
+                .as_ref()
+                .map_or((0, task.numel), |c| (c.start, c.tensor_numel));
+            let mut base = loader.load(b)?;
+            let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
+            with_precision!(work, P => ram::merge::<P>(&mut base, &refs, epsilon, start as usize, numel as usize));
             Ok(base)
         }
         MethodKind::NearSwap => {

@@ -18,6 +18,7 @@ pub mod nearswap;
 pub mod nuslerp;
 pub mod passthrough;
 pub mod precision;
+pub mod ram;
 pub(crate) mod simd;
 pub mod slerp;
 pub mod slerp_stream;

@@ -62,7 +62,7 @@ pub fn interpolation_t(w1: f64, w2: f64) -> f64 {
 }
 
 /// ATen's cascade over a reduced outer dim (`multi_row_sum` for one output), in f32.
-fn outer_cascade(xs: &[f32]) -> f32 {
+pub(crate) fn outer_cascade(xs: &[f32]) -> f32 {
     const LEVELS: usize = 4;
     let power = 4.max(super::torch_sum::ceil_log2(xs.len()) as usize / LEVELS);
     let step = 1usize << power;
@@ -93,7 +93,7 @@ fn outer_cascade(xs: &[f32]) -> f32 {
 
 /// ATen's `row_sum` over a strided run: 4 interleaved accumulators (elements `4m + k`), each
 /// a cascade, the leftover elements added to the first, then the 4 added in order.
-fn interleaved_cascade(xs: &[f32]) -> f32 {
+pub(crate) fn interleaved_cascade(xs: &[f32]) -> f32 {
     let m = xs.len() / 4;
     let lane = |k: usize| -> Vec<f32> { (0..m).map(|i| xs[4 * i + k]).collect() };
     let mut acc = outer_cascade(&lane(0));
@@ -108,7 +108,7 @@ fn interleaved_cascade(xs: &[f32]) -> f32 {
 
 /// Outputs of a strided (outer) sum handled together in ATen's vectorized path: 4 vectors of
 /// 8 f32 lanes; the outputs after the last full group are summed by `row_sum`.
-const OUTER_GROUP: usize = 32;
+pub(crate) const OUTER_GROUP: usize = 32;
 
 struct Reduce {
     strided: bool,
