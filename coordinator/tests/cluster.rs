@@ -189,7 +189,7 @@ async fn killed_worker_and_killed_coordinator_still_give_identical_bytes() {
     // kill -9 one worker once work has started.
     tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
-            units_done(s) >= 1 || s.contains("succeeded")
+            s.units_done >= 1 || s.is("succeeded")
         })
     });
     workers[0].kill().unwrap();
@@ -197,23 +197,23 @@ async fn killed_worker_and_killed_coordinator_still_give_identical_bytes() {
     // kill -9 the coordinator mid-merge, then restart it on the same state dir.
     let before = tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
-            units_done(s) >= 2 || s.contains("succeeded")
+            s.units_done >= 2 || s.is("succeeded")
         })
     });
     coord.child.kill().unwrap();
     let _ = coord.child.wait();
-    let done_before = units_done(&before);
+    let done_before = before.units_done;
     coord = coordinator(&s3, &state, &[], None);
     let mut more: Vec<_> = (0..2).map(|_| worker(&s3, &coord.url, None)).collect();
     let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
-    assert!(fin.contains("succeeded"), "{fin}");
+    assert!(fin.is("succeeded"), "{fin}");
     eprintln!("before the coordinator kill: {before}\nafter the restart: {fin}");
     assert!(
-        !before.contains("succeeded"),
+        !before.is("succeeded"),
         "the coordinator must be killed mid-merge: {before}"
     );
     assert!(
-        done_before >= 2 && resumed(&fin) >= done_before,
+        done_before >= 2 && fin.resumed >= done_before,
         "finished units must not be redone: before {before}, after {fin}"
     );
     let got = model_files(&s3.create_bucket("out").join("killed"));
@@ -236,16 +236,21 @@ async fn all_workers_gone_fails_the_job_and_cancel_leaves_no_output() {
     let coord = coordinator(&s3, &tmp.path().join("state"), &[], None);
     // No worker at all: the job fails after the grace period (4 s), never hangs.
     let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/orphan");
-    let st = tokio::task::block_in_place(|| {
-        wait_status(&s3, &coord.url, &job, Duration::from_secs(30), |s| s.contains("failed"))
-    });
-    assert!(st.contains("no live worker"), "{st}");
+    let st =
+        tokio::task::block_in_place(|| wait_status(&s3, &coord.url, &job, Duration::from_secs(30), |s| s.is("failed")));
+    assert!(st.error.contains("no live worker"), "{st}");
     // Cancel a running job: no visible output.
     let mut w = worker(&s3, &coord.url, None);
     let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/cancelled");
-    let (ok, out, err) =
-        tokio::task::block_in_place(|| client(&s3, &["cancel", &job, "--coordinator", &coord.url], None));
-    assert!(ok && out.contains("cancelled"), "{out}{err}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        client(
+            &s3,
+            &["cancel", &job, "--coordinator", &coord.url, "--output", "json"],
+            None,
+        )
+    });
+    let cancelled = Status::parse(&out).is_some_and(|s| s.is("cancelled"));
+    assert!(ok && cancelled, "{out}{err}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dir = s3.create_bucket("out").join("cancelled");
     assert!(
@@ -272,7 +277,7 @@ async fn sigterm_drains_a_worker_and_the_job_still_completes_identically() {
     let job = submit_synth(&s3, &coord.url, tmp.path(), "s3://out/drained");
     tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
-            units_done(s) >= 1 || s.contains("succeeded")
+            s.units_done >= 1 || s.is("succeeded")
         })
     });
     let mut second = worker(&s3, &coord.url, None);
@@ -299,7 +304,7 @@ async fn sigterm_drains_a_worker_and_the_job_still_completes_identically() {
         "SIGTERM'd worker must drain and exit 0: {exited:?}"
     );
     let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
-    assert!(fin.contains("succeeded"), "{fin}");
+    assert!(fin.is("succeeded"), "{fin}");
     let got = model_files(&s3.create_bucket("out").join("drained"));
     assert_same_files(&got, &reference, "differs from the embedded merge");
     let _ = second.kill();

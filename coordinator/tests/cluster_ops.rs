@@ -70,16 +70,10 @@ async fn metrics_endpoints_report_the_units_and_bytes_of_a_real_merge() {
     assert!(ok, "{err}");
     let status = tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, job.trim(), Duration::from_secs(30), |s| {
-            s.contains("succeeded")
+            s.is("succeeded")
         })
     });
-    let units_total: f64 = status
-        .split("units ")
-        .nth(1)
-        .and_then(|s| s.split('/').nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("units D/T in the status");
+    let units_total = status.units_total as f64;
     let files = model_files(&out_bucket.join("metrics"));
     let written: usize = files
         .iter()
@@ -209,11 +203,11 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     assert!(job.starts_with("job-"), "{job:?}");
     let before = tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
-            units_done(s) >= 2 || s.contains("succeeded")
+            s.units_done >= 2 || s.is("succeeded")
         })
     });
     assert!(
-        !before.contains("succeeded"),
+        !before.is("succeeded"),
         "the coordinator must be stopped mid-merge: {before}"
     );
     let (exited, took) = tokio::task::block_in_place(|| sigterm(&mut coord.child));
@@ -224,7 +218,7 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     eprintln!("coordinator exited {took:?} after SIGTERM");
     let journaled = assert_journal_intact(&state);
     assert!(journaled >= 3, "the job record and at least two units are journaled");
-    let done_before = units_done(&before);
+    let done_before = before.units_done;
 
     coord = coordinator_at(&s3, &state, &listen, &["--metrics-listen", "127.0.0.1:0"], None);
     let fin = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(240)));
@@ -236,14 +230,14 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
         "submit --wait must follow the job across the restart: {waiter_log}"
     );
     assert!(waiter_log.contains("watching again"), "{waiter_log}");
-    assert!(fin.contains("succeeded"), "{fin}");
+    assert!(fin.is("succeeded"), "{fin}");
     assert!(
-        resumed(&fin) >= done_before,
+        fin.resumed >= done_before,
         "finished units must not be redone: before {before}, after {fin}"
     );
     // The restarted coordinator's gauges count the resumed units as done.
     let c = scrape(coord.metrics.as_ref().unwrap());
-    assert_eq!(metric(&c, "shardmerge_units{state=\"done\"}"), units_done(&fin) as f64);
+    assert_eq!(metric(&c, "shardmerge_units{state=\"done\"}"), fin.units_done as f64);
     let got = model_files(&s3.create_bucket("out").join("sigterm"));
     assert_same_files(&got, &reference, "differs from the embedded merge");
     assert_journal_intact(&state);
@@ -261,7 +255,7 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     std::fs::write(&file, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
     coord = coordinator_at(&s3, &state, &listen, &[], None);
     let again = tokio::task::block_in_place(|| wait_finished(&s3, &coord.url, &job, Duration::from_secs(60)));
-    assert!(again.contains("succeeded"), "a repeated commit must succeed: {again}");
+    assert!(again.is("succeeded"), "a repeated commit must succeed: {again}");
     let got = model_files(&s3.create_bucket("out").join("sigterm"));
     assert_same_files(&got, &reference, "changed after the repeated commit");
 }

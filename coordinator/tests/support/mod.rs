@@ -201,23 +201,69 @@ pub fn client(s3: &TestS3, args: &[&str], token: Option<&str>) -> (bool, String,
     )
 }
 
-/// Polls `shardmerge status JOB` until `pred` holds on its output, up to `timeout`.
-pub fn wait_status(s3: &TestS3, url: &str, job: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+/// A job's status as `shardmerge status JOB --output json` prints it.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// `running`, `committing`, `succeeded`, `failed`, `cancelled`, ...
+    pub state: String,
+    /// Units settled.
+    pub units_done: u64,
+    /// Units planned.
+    pub units_total: u64,
+    /// Units taken over from the journal by a resumed coordinator.
+    pub resumed: u64,
+    /// Why the job failed, if it did.
+    pub error: String,
+    /// The JSON object, for failure messages.
+    pub json: String,
+}
+
+impl Status {
+    /// Parses one JSON status object; `None` if `text` is not one.
+    pub fn parse(text: &str) -> Option<Status> {
+        let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+        Some(Status {
+            state: v["state"].as_str()?.to_string(),
+            units_done: v["units_done"].as_u64()?,
+            units_total: v["units_total"].as_u64()?,
+            resumed: v["resumed_units"].as_u64()?,
+            error: v["error"].as_str()?.to_string(),
+            json: text.trim().to_string(),
+        })
+    }
+
+    /// Whether the job is in `state`.
+    pub fn is(&self, state: &str) -> bool {
+        self.state == state
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+/// Polls `shardmerge status JOB --output json` until `pred` holds on the status, up to
+/// `timeout` (an unreachable coordinator is polled again).
+pub fn wait_status(s3: &TestS3, url: &str, job: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
     let start = Instant::now();
     loop {
-        let (_, out, _) = client(s3, &["status", job, "--coordinator", url], None);
-        if pred(&out) {
-            return out;
+        let (_, out, err) = client(s3, &["status", job, "--coordinator", url, "--output", "json"], None);
+        if let Some(status) = Status::parse(&out) {
+            if pred(&status) {
+                return status;
+            }
         }
-        assert!(start.elapsed() < timeout, "timed out waiting; last status: {out}");
+        assert!(start.elapsed() < timeout, "timed out waiting; last status: {out}{err}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Waits until `job` has finished (succeeded or failed), returning its last status text.
-pub fn wait_finished(s3: &TestS3, url: &str, job: &str, timeout: Duration) -> String {
+/// Waits until `job` has finished (succeeded, failed or cancelled), returning its last status.
+pub fn wait_finished(s3: &TestS3, url: &str, job: &str, timeout: Duration) -> Status {
     wait_status(s3, url, job, timeout, |s| {
-        s.contains("succeeded") || s.contains("failed")
+        s.is("succeeded") || s.is("failed") || s.is("cancelled")
     })
 }
 
@@ -229,26 +275,6 @@ pub fn assert_same_files(got: &[(String, Vec<u8>)], reference: &[(String, Vec<u8
         assert_eq!(g.0, r.0);
         assert!(g.1 == r.1, "{} {what}", g.0);
     }
-}
-
-/// Parses `units D/T` out of a status line.
-pub fn units_done(status: &str) -> u64 {
-    status
-        .split("units ")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Parses `resumed N`.
-pub fn resumed(status: &str) -> u64 {
-    status
-        .split("resumed ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Writes a config that reads models from `s3://models/` instead of `./models/`.
