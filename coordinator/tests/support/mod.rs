@@ -250,10 +250,10 @@ pub fn wait_status(s3: &TestS3, url: &str, job: &str, timeout: Duration, pred: i
     let start = Instant::now();
     loop {
         let (_, out, err) = client(s3, &["status", job, "--coordinator", url, "--output", "json"], None);
-        if let Some(status) = Status::parse(&out) {
-            if pred(&status) {
-                return status;
-            }
+        if let Some(status) = Status::parse(&out)
+            && pred(&status)
+        {
+            return status;
         }
         assert!(start.elapsed() < timeout, "timed out waiting; last status: {out}{err}");
         std::thread::sleep(Duration::from_millis(100));
