@@ -378,3 +378,10 @@ fn ram_without_a_base_model_names_the_method_and_line() {
     let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: ram\n");
     assert_contains(&msg, &["cfg.yml:4", "ram", "needs a `base_model`"]);
 }
+
+#[test]
+fn ramplus_tl_with_a_non_numeric_r_names_the_parameter() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: ramplus_tl\nbase_model: ROOT/base\nparameters:\n  r: fast\n");
+    assert_contains(&msg, &["`r`", "fast", "cfg.yml:"]);
+}

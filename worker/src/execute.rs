@@ -373,7 +373,8 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         | MethodKind::Nuslerp
         | MethodKind::Multislerp
         | MethodKind::Passthrough
-        | MethodKind::Ram => whole::run(task, kind, loader),
+        | MethodKind::Ram
+        | MethodKind::RamPlusTl => whole::run(task, kind, loader),
         MethodKind::Gta(variant) => {
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;

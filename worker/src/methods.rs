@@ -27,6 +27,8 @@ pub enum MethodKind {
     Passthrough,
     /// Reinforced Agent Merging ([`crate::kernels::ram`]).
     Ram,
+    /// RAM+, tensor-local ([`crate::kernels::ram::merge_plus`]); its result is f32.
+    RamPlusTl,
 }
 
 /// How a method treats `base_model`.
@@ -302,6 +304,22 @@ pub fn all() -> Vec<MethodSpec> {
             max_inputs: None,
             non_base_inputs: None,
             params: vec![p("epsilon", K::Float, S::Shared, D::Float(1e-5))],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "ramplus_tl",
+            pretty_name: "Reinforced Agent Merging Plus (Tensor-Local)",
+            reference_url: "https://arxiv.org/abs/2601.13572",
+            kind: MethodKind::RamPlusTl,
+            base: BasePolicy::Required,
+            min_inputs: 1,
+            max_inputs: None,
+            non_base_inputs: None,
+            params: vec![
+                p("r", K::Float, S::Shared, D::Float(0.1)),
+                p("alpha", K::Float, S::Shared, D::Float(0.2)),
+                p("epsilon", K::Float, S::Shared, D::Float(1e-5)),
+            ],
             optional_policy: OptionalPolicy::Error,
         },
         gta(

@@ -224,7 +224,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             }
             methods::MethodKind::Slerp => scratch,
             methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
-            methods::MethodKind::ModelStock | methods::MethodKind::Multislerp => {
+            methods::MethodKind::ModelStock | methods::MethodKind::Multislerp | methods::MethodKind::RamPlusTl => {
                 t.numel * 4 * (3 + 2 * t.inputs.len() as u64)
             }
             _ => t.numel * 4 * 2,

@@ -396,7 +396,14 @@ impl Ctx<'_> {
             shape,
             load: self.load,
             work,
-            out_dtype: storage_of_work(self.out_dtype.unwrap_or(work)),
+            // ramplus_tl's f32 factor promotes its result to f32 (semantics §3.3).
+            out_dtype: storage_of_work(self.out_dtype.unwrap_or(
+                if self.method.kind == shardmerge_worker::methods::MethodKind::RamPlusTl && !passthrough {
+                    WorkDType::F32
+                } else {
+                    work
+                },
+            )),
             passthrough,
         }))
     }

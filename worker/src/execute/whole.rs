@@ -73,6 +73,15 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             with_precision!(work, P => ram::merge::<P>(&mut base, &refs, epsilon, start as usize, numel as usize));
             Ok(base)
         }
+        MethodKind::RamPlusTl => {
+            let get = |name| float(&task.shared_params, name).map_err(kernel_err);
+            let (epsilon, r, alpha) = (get("epsilon")?, get("r")?, get("alpha")?);
+            let mut base = loader.load(b)?;
+            let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
+            with_precision!(work, P => ram::merge_plus::<P>(&mut base, &refs, epsilon, r, alpha));
+            Ok(base)
+        }
         MethodKind::NearSwap => {
             let t = float(&task.shared_params, "t").map_err(kernel_err)?;
             let [o] = others[..] else {

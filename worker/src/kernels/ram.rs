@@ -50,6 +50,61 @@ pub fn merge<P: Precision>(base: &mut [f32], xs: &[&[f32]], epsilon: f64, start:
     });
 }
 
+/// `ramplus_tl` (RAM+, tensor-local): like [`merge`], but each model's unique contributions are
+/// scaled by `lambda_i = 1 + r * clamp(shared_i / max(unique_i, epsilon), 0, alpha)` (f32), where
+/// `shared_i` and `unique_i` count the model's active elements that are shared or unique over
+/// the whole tensor. The f32 `lambda` promotes the result: the output is f32 for every working
+/// dtype (`rnd_W` only on the shared half), `f32(b) + sum`.
+pub fn merge_plus<P: Precision>(base: &mut [f32], xs: &[&[f32]], epsilon: f64, r: f64, alpha: f64) {
+    if xs.is_empty() {
+        return;
+    }
+    let eps = P::rnd(epsilon as f32);
+    let n = base.len();
+    let k = xs.len();
+    let tv = |i: usize, e: usize| P::rnd(xs[i][e] - base[e]);
+    let counts: Vec<u32> = (0..n)
+        .into_par_iter()
+        .map(|e| (0..k).map(|i| u32::from(tv(i, e).abs() > eps)).sum())
+        .collect();
+    let (mut shared, mut unique) = (vec![0u64; k], vec![0u64; k]);
+    for i in 0..k {
+        for (e, &c) in counts.iter().enumerate() {
+            if tv(i, e).abs() > eps {
+                shared[i] += u64::from(c > 1);
+                unique[i] += u64::from(c == 1);
+            }
+        }
+    }
+    let lambda: Vec<f32> = (0..k)
+        .map(|i| {
+            let rho = shared[i] as f32 / (unique[i] as f32).max(epsilon as f32);
+            1.0 + r as f32 * rho.clamp(0.0, alpha as f32)
+        })
+        .collect();
+    let grouped = n / OUTER_GROUP * OUTER_GROUP;
+    let merged: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|e| {
+            let c = counts[e];
+            let (u, o) = (if c == 1 { 1.0 } else { 0.0 }, if c > 1 { 1.0 } else { 0.0 });
+            let terms: Vec<f32> = (0..k)
+                .map(|i| {
+                    let t = tv(i, e);
+                    let z = P::rnd(t * if t.abs() > eps { 1.0 } else { 0.0 });
+                    P::rnd(z * u) * lambda[i] + P::rnd(P::rnd(z * o) / c.max(1) as f32)
+                })
+                .collect();
+            if e < grouped {
+                outer_cascade(&terms)
+            } else {
+                interleaved_cascade(&terms)
+            }
+        })
+        .collect();
+    base.par_iter_mut().zip(merged.par_iter()).for_each(|(b, &m)| *b += m);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
