@@ -218,8 +218,8 @@ fn staging(path: &Path, id: &str) -> Result<PathBuf> {
     sibling(path, UPLOAD_MARK, id)
 }
 
-/// A part's id: where its bytes lie in the object.
-fn part_name(offset: u64, len: u64) -> String {
+/// A part's id: where its bytes lie in the object (also of bytes written with [`write_at`]).
+pub(super) fn part_name(offset: u64, len: u64) -> String {
     format!("at-{offset:x}-{len:x}")
 }
 
@@ -253,8 +253,10 @@ pub(super) async fn create_multipart(path: PathBuf, size: u64) -> Result<String>
 
 pub(super) async fn put_part(path: PathBuf, id: String, offset: u64, data: Bytes) -> Result<String> {
     blocking(&path.clone(), move || {
-        write_at(&path, &id, offset, &data)?;
-        sync(&path, &id)?;
+        let file = open_upload(&path, &id)?;
+        let io = |e| StorageError::io("write", uri(&path), e);
+        file.write_all_at(&data, offset).map_err(io)?;
+        file.sync_data().map_err(io)?;
         Ok(part_name(offset, data.len() as u64))
     })
     .await
@@ -288,11 +290,6 @@ pub(super) fn sync(path: &Path, id: &str) -> Result<()> {
     open_upload(path, id)?
         .sync_data()
         .map_err(|e| StorageError::io("write", uri(path), e))
-}
-
-/// The part id of the `len` bytes at `offset` of an upload written with [`write_at`].
-pub(super) fn part_id(offset: u64, len: u64) -> String {
-    part_name(offset, len)
 }
 
 pub(super) async fn complete_multipart(path: PathBuf, id: String, parts: Vec<String>) -> Result<()> {

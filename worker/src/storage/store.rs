@@ -381,7 +381,7 @@ impl Storage {
 
     /// The part id of the `len` bytes at `offset` of a local upload written in place.
     pub fn local_part_id(offset: u64, len: u64) -> String {
-        local_fs::part_id(offset, len)
+        local_fs::part_name(offset, len)
     }
 
     /// Completes an upload: the object becomes the concatenation of `parts` (the ids returned
