@@ -130,7 +130,7 @@ impl ChunkBook {
         let partials: Vec<chunk::combine::Partial<'_>> = all.iter().flatten().map(|(r, st)| (r.clone(), st)).collect();
         let next = g.counts.get(s as usize).copied().unwrap_or(0);
         let received = if s > 1 {
-            g.received.get(&s).and_then(|v| v.first())
+            g.received.get(&s).map(Vec::as_slice)
         } else {
             None
         };

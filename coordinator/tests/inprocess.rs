@@ -122,7 +122,7 @@ async fn in_process_cluster_merges_local_models_identically() {
 }
 
 /// Chunk tasks on the cluster: statistics units (SLERP norms and dots, DARE's L1 partials,
-/// TIES' histograms) leased, reported, journaled and combined, then apply units that receive
+/// TIES' histograms and, with rescale, its L1 partials) leased, reported, journaled and combined, then apply units that receive
 /// the combined statistics; the output equals the embedded, unchunked merge byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunked_jobs_on_the_cluster_equal_the_embedded_merge() {
@@ -134,6 +134,7 @@ async fn chunked_jobs_on_the_cluster_equal_the_embedded_merge() {
     for case in [
         "dare_ties_f32",
         "ties_bf16",
+        "ties_rescale_bf16",
         "slerp_bf16",
         "linear_bf16",
         "dare_linear_bf16",

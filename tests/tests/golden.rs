@@ -252,7 +252,7 @@ fn output_is_identical_for_any_worker_count_and_task_order() {
 #[test]
 fn chunked_merges_equal_whole_merges_and_mergekit() {
     let tmp = tempfile::tempdir().unwrap();
-    let one_element = ["slerp_f32", "ties_bf16", "dare_ties_f32"];
+    let one_element = ["slerp_f32", "ties_bf16", "ties_rescale_f32", "dare_ties_f32"];
     let mut failures = Vec::new();
     for case in cases() {
         let whole = tmp.path().join(format!("{}-whole", case.name));

@@ -26,12 +26,13 @@ fn bad(reason: impl Into<String>) -> KernelError {
 
 /// Folds the statistics of every chunk of `pass` of the tensor of `task` (any chunk task of
 /// it), given in chunk order, into the statistics each of the `next` chunks of the following
-/// pass receives. `received` is what the chunks of `pass` received (none for pass 1).
+/// pass receives. `received` is what each chunk of `pass` received, in chunk order (none for
+/// pass 1).
 pub fn combine(
     task: &MergeTask,
     pass: u32,
     partials: &[Partial<'_>],
-    received: Option<&CombinedStats>,
+    received: Option<&[CombinedStats]>,
     next: usize,
 ) -> Result<Vec<CombinedStats>, KernelError> {
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
@@ -82,8 +83,25 @@ pub fn combine(
                 inputs: Vec::new(),
             }))
         }
-        (Pipeline::RandomRescale, 1) => Ok(same(rescale_factors(task, n, partials)?)),
-        (Pipeline::Magnitude, 1) => {
+        (Pipeline::RandomRescale, 1) => {
+            let dare = |i: usize| -> Result<bool, KernelError> {
+                let input = &task.inputs[i];
+                Ok(!input.is_base && float(&input.params, "density")? < 1.0)
+            };
+            let factors = rescale_factors(task, n, partials, dare)?;
+            let inputs = factors
+                .into_iter()
+                .map(|rescale| InputCombined {
+                    rescale,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(same(CombinedStats {
+                slerp: Vec::new(),
+                inputs,
+            }))
+        }
+        (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 1) => {
             let mut inputs = Vec::new();
             for (i, input) in task.inputs.iter().enumerate() {
                 let mut c = InputCombined::default();
@@ -102,8 +120,10 @@ pub fn combine(
                 inputs,
             }))
         }
-        (Pipeline::Magnitude, 2) => {
-            let received = received.ok_or_else(|| bad("pass 2 without pass 1's selection"))?;
+        (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 2) => {
+            let received = received
+                .and_then(<[CombinedStats]>::first)
+                .ok_or_else(|| bad("pass 2 without pass 1's selection"))?;
             if next != partials.len() {
                 return Err(bad(
                     "the apply partition of a magnitude selection is its statistics partition",
@@ -131,6 +151,26 @@ pub fn combine(
                 for (c, keep_here) in out.iter_mut().zip(magnitude_select::ties_per_chunk(keep, &ties)) {
                     c.inputs[i].threshold = threshold;
                     c.inputs[i].keep_ties = keep_here;
+                }
+            }
+            Ok(out)
+        }
+        (Pipeline::MagnitudeRescale, 3) => {
+            let received = received.ok_or_else(|| bad("pass 3 without the selection"))?;
+            if received.len() != partials.len() || next != partials.len() {
+                return Err(bad(
+                    "the apply partition of a magnitude selection is its statistics partition",
+                ));
+            }
+            let selects = |i: usize| Ok(selection_k(task, i, n)?.is_some());
+            let factors = rescale_factors(task, n, partials, selects)?;
+            let mut out = received.to_vec();
+            for c in &mut out {
+                if c.inputs.len() != factors.len() {
+                    return Err(bad("missing input"));
+                }
+                for (input, f) in c.inputs.iter_mut().zip(&factors) {
+                    input.rescale = *f;
                 }
             }
             Ok(out)
@@ -195,43 +235,42 @@ fn merged(partials: &[Partial<'_>], i: usize) -> Result<Histogram, KernelError> 
     magnitude_select::merge(&hists).map_err(bad)
 }
 
-/// DARE's per-input rescale factors from the L1 cascade partials of every chunk.
-fn rescale_factors(task: &MergeTask, n: u64, partials: &[Partial<'_>]) -> Result<CombinedStats, KernelError> {
+/// The L1 rescale factor of every input that `rescales` (by index), from the cascade
+/// partials of `|delta|` and of the masked `|delta|` of every chunk: DARE's after pass 1,
+/// TIES' after pass 3. The chunks lie inside torch's summation parts.
+fn rescale_factors(
+    task: &MergeTask,
+    n: u64,
+    partials: &[Partial<'_>],
+    rescales: impl Fn(usize) -> Result<bool, KernelError>,
+) -> Result<Vec<Option<f32>>, KernelError> {
     let kind = sum_kind(task.working_dtype());
     let work = WorkDType::try_from(task.working_dtype())?;
     let parts = torch_parts(n as usize, DEFAULT_THREADS);
-    let mut inputs = Vec::new();
-    for (i, input) in task.inputs.iter().enumerate() {
-        let mut c = InputCombined::default();
-        let density = if input.is_base {
-            1.0
-        } else {
-            float(&input.params, "density")?
-        };
-        if density < 1.0 {
-            let mut before = Vec::new();
-            let mut after = Vec::new();
-            for part in &parts {
-                let of_part = |pick: fn(&shardmerge_proto::v1::InputStats) -> &Vec<f32>| {
-                    partials
-                        .iter()
-                        .filter(|(r, _)| r.start >= part.start as u64 && r.end <= part.end as u64)
-                        .map(|(_, s)| {
-                            let input = s.inputs.get(i).ok_or_else(|| bad("missing input"))?;
-                            SumPartial::from_floats(pick(input)).map_err(bad)
-                        })
-                        .collect::<Result<Vec<_>, KernelError>>()
-                };
-                let sum = |ps: Vec<SumPartial>| torch_sum_partial::combine(kind, part.len(), &ps).map_err(bad);
-                before.push(sum(of_part(|s| &s.sums)?)?);
-                after.push(sum(of_part(|s| &s.masked_sums)?)?);
-            }
-            c.rescale = with_precision!(work, P => rescale_factor::<P>(n as usize, &before, &after));
+    let mut factors = Vec::new();
+    for i in 0..task.inputs.len() {
+        if !rescales(i)? {
+            factors.push(None);
+            continue;
         }
-        inputs.push(c);
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for part in &parts {
+            let of_part = |pick: fn(&shardmerge_proto::v1::InputStats) -> &Vec<f32>| {
+                partials
+                    .iter()
+                    .filter(|(r, _)| r.start >= part.start as u64 && r.end <= part.end as u64)
+                    .map(|(_, s)| {
+                        let input = s.inputs.get(i).ok_or_else(|| bad("missing input"))?;
+                        SumPartial::from_floats(pick(input)).map_err(bad)
+                    })
+                    .collect::<Result<Vec<_>, KernelError>>()
+            };
+            let sum = |ps: Vec<SumPartial>| torch_sum_partial::combine(kind, part.len(), &ps).map_err(bad);
+            before.push(sum(of_part(|s| &s.sums)?)?);
+            after.push(sum(of_part(|s| &s.masked_sums)?)?);
+        }
+        factors.push(with_precision!(work, P => rescale_factor::<P>(n as usize, &before, &after)));
     }
-    Ok(CombinedStats {
-        slerp: Vec::new(),
-        inputs,
-    })
+    Ok(factors)
 }

@@ -13,13 +13,14 @@
 //! | SLERP | 2: block norms, block dots | multiples of torch's 2^20-element blocks | any ranges |
 //! | DARE with rescale | 1: L1 cascade partials of delta and masked delta | inside one of torch's thread parts, at its cascade granule ([`torch_sum_partial::granule`]) | any ranges |
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
+//! | TIES with `rescale: true` (bf16 or f32 working dtype) | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
 //!
-//! TIES with `rescale: true` would need a third pass over the sum-aligned partition; it is not
-//! split (it runs as one whole-tensor task). Neither are the other methods whose result needs
-//! whole-tensor (or whole-row) statistics that no statistics pass computes yet: breadcrumbs
+//! Not split (they run as one whole-tensor task, so the bytes are exact but `--memory-limit`
+//! cannot shrink them): TIES with `rescale: true` in f16 (torch sums f16 magnitudes with the
+//! reduced-precision cascade, which no statistics pass models yet), and the methods whose
+//! result needs whole-tensor (or whole-row) statistics that no statistics pass computes yet: breadcrumbs
 //! and DELLA when they sparsify (sorts of `|delta|`), model_stock, nuslerp, multislerp, karcher,
-//! sce, ramplus_tl and arcee_fusion. Their tensors stay single tasks, so the bytes are exact;
-//! `--memory-limit` cannot shrink them.
+//! sce, ramplus_tl and arcee_fusion.
 
 pub mod combine;
 
@@ -49,6 +50,9 @@ pub enum Pipeline {
     RandomRescale,
     /// TIES: pass 1 high histogram, pass 2 low histogram, then the masked merge.
     Magnitude,
+    /// TIES with rescale: the two histograms, pass 3 L1 cascade partials of `|delta|` before
+    /// and after the mask, then the masked, rescaled merge.
+    MagnitudeRescale,
     /// Not split: the tensor runs as one task.
     Whole,
 }
@@ -60,7 +64,14 @@ impl Pipeline {
             Pipeline::Elementwise | Pipeline::Whole => 0,
             Pipeline::RandomRescale => 1,
             Pipeline::Slerp | Pipeline::Magnitude => 2,
+            Pipeline::MagnitudeRescale => 3,
         }
+    }
+
+    /// Whether the apply pass runs over the statistics partition (magnitude selections count
+    /// their threshold ties per statistics chunk).
+    pub fn applies_per_statistics_chunk(self) -> bool {
+        matches!(self, Pipeline::Magnitude | Pipeline::MagnitudeRescale)
     }
 }
 
@@ -106,7 +117,10 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
         Some(_) if !sparsified => Pipeline::Elementwise,
         Some(Sparsifier::Random) if rescale => Pipeline::RandomRescale,
         Some(Sparsifier::Random) => Pipeline::Elementwise,
-        Some(Sparsifier::Magnitude) if rescale => Pipeline::Whole,
+        Some(Sparsifier::Magnitude) if rescale => match task.working_dtype() {
+            DType::Bf16 | DType::F32 => Pipeline::MagnitudeRescale,
+            _ => Pipeline::Whole,
+        },
         Some(Sparsifier::Magnitude) => Pipeline::Magnitude,
         // Whole-tensor sorts (row ranks, outlier cut): not split (no statistics pass yet).
         Some(Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune) => Pipeline::Whole,
@@ -139,20 +153,28 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
             let block = TORCH_CHUNK as u64;
             (split(0..n, chunk.div_ceil(block) * block), even)
         }
-        Pipeline::RandomRescale => {
-            let kind = sum_kind(task.working_dtype());
-            let mut stats = Vec::new();
-            for part in torch_parts(n as usize, DEFAULT_THREADS) {
-                let start = part.start as u64;
-                for r in torch_sum_partial::ranges(kind, part.len(), chunk as usize) {
-                    stats.push(start + r.start as u64..start + r.end as u64);
-                }
-            }
-            (stats, even)
-        }
+        Pipeline::RandomRescale => (sum_aligned(task, chunk), even),
         Pipeline::Magnitude => (even.clone(), even),
+        Pipeline::MagnitudeRescale => {
+            let stats = sum_aligned(task, chunk);
+            (stats.clone(), stats)
+        }
     };
     Ok(Some(ChunkPlan { pipeline, stats, apply }))
+}
+
+/// Ranges of about `chunk` elements that each lie inside one of torch's summation parts of
+/// the tensor, at its cascade granule, so L1 partials combine bit-exactly.
+fn sum_aligned(task: &MergeTask, chunk: u64) -> Vec<Range<u64>> {
+    let kind = sum_kind(task.working_dtype());
+    let mut stats = Vec::new();
+    for part in torch_parts(task.numel as usize, DEFAULT_THREADS) {
+        let start = part.start as u64;
+        for r in torch_sum_partial::ranges(kind, part.len(), chunk as usize) {
+            stats.push(start + r.start as u64..start + r.end as u64);
+        }
+    }
+    stats
 }
 
 /// The bytes `task` reads of its input `src`: the whole tensor, or a chunk task's elements.

@@ -71,6 +71,11 @@ fn encode(dtype: DType, v: &[f32]) -> Vec<u8> {
 
 /// A whole-tensor task of `method` over a base and two fine-tunes of `n` elements.
 fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
+    // `ties_rescale`: TIES with `rescale: true`.
+    let (method, rescale) = match method {
+        "ties_rescale" => ("ties", true),
+        m => (m, m == "dare_ties"),
+    };
     let size = if dtype == DType::Bf16 { 2 } else { 4 };
     let base = values(n, 1, &[]);
     let mut io = MemIo::default();
@@ -107,7 +112,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("t".to_string(), num(0.3));
     shared.insert("lambda".to_string(), num(1.0));
     shared.insert("normalize".to_string(), flag(method == "ties"));
-    shared.insert("rescale".to_string(), flag(method == "dare_ties"));
+    shared.insert("rescale".to_string(), flag(rescale));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
     let task = MergeTask {
         tensor: "t".into(),
@@ -169,7 +174,7 @@ fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
         let results: Vec<ChunkStats> = results.into_iter().map(Option::unwrap).collect();
         let partials: Vec<combine::Partial<'_>> = plan.stats.iter().cloned().zip(&results).collect();
         let template = mk(&plan.stats[0], pass, 0, plan.stats.len(), None);
-        let prev = received.as_ref().map(|r| &r[0]);
+        let prev = received.as_deref();
         let next = if pass == passes {
             plan.apply.len()
         } else {
@@ -194,6 +199,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("slerp", Pipeline::Slerp),
         ("dare_ties", Pipeline::RandomRescale),
         ("ties", Pipeline::Magnitude),
+        ("ties_rescale", Pipeline::MagnitudeRescale),
         ("linear", Pipeline::Elementwise),
     ] {
         for dtype in [DType::Bf16, DType::F32] {
@@ -227,8 +233,13 @@ fn small_tensors_and_unsplittable_methods_stay_whole() {
     let (task, _) = setup("ties", DType::F32, 1000);
     assert_eq!(plan(&task, 1000).unwrap(), None);
     assert!(plan(&task, 999).unwrap().is_some());
-    let (mut task, _) = setup("ties", DType::F32, 1000);
-    task.shared_params.insert("rescale".into(), flag(true));
+    // TIES with rescale splits in bf16 and f32; in f16 it stays whole.
+    let (mut task, _) = setup("ties_rescale", DType::F32, 1000);
+    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::MagnitudeRescale);
+    task.working_dtype = DType::F16 as i32;
+    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
+    assert_eq!(plan(&task, 10).unwrap(), None);
+    let (task, _) = setup("model_stock", DType::F32, 1000);
     assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
     assert_eq!(plan(&task, 10).unwrap(), None);
 }
@@ -240,6 +251,7 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
         ("slerp", DType::Bf16),
         ("dare_ties", DType::Bf16),
         ("dare_ties", DType::F32),
+        ("ties_rescale", DType::Bf16),
     ] {
         let (task, _) = setup(method, dtype, n);
         let p = plan(&task, 100_000).unwrap().unwrap();
@@ -247,6 +259,9 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
             assert_eq!(ranges.first().unwrap().start, 0);
             assert_eq!(ranges.last().unwrap().end, n as u64);
             assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        if method == "ties_rescale" {
+            assert_eq!(p.stats, p.apply, "ties quotas are per statistics chunk");
         }
         if method == "slerp" {
             assert!(p.stats.iter().all(|r| r.start % TORCH_CHUNK as u64 == 0));

@@ -7,6 +7,7 @@ use super::tensor_io::{Loader, Writer};
 use crate::chunk::{self, Pipeline};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::gta_masked::{self, Mask, MaskedInput};
+use crate::kernels::magnitude_select::ChunkMask;
 use crate::kernels::slerp_stream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::methods::{self, MethodKind};
@@ -93,9 +94,23 @@ pub(super) fn run(
                 }
             }
         }
-        Pipeline::RandomRescale | Pipeline::Magnitude => gta(task, info, pipeline, loader, out),
+        Pipeline::RandomRescale | Pipeline::Magnitude | Pipeline::MagnitudeRescale => {
+            gta(task, info, pipeline, loader, out)
+        }
         Pipeline::Elementwise | Pipeline::Whole => Err(contract(task, format!("{pipeline:?} has no chunk passes"))),
     }
+}
+
+/// The length of the torch summation part a statistics chunk lies in, and the chunk's offset
+/// in it.
+fn sum_part(task: &MergeTask, info: &ChunkInfo, n: usize) -> Result<(usize, usize), TaskError> {
+    let parts = torch_parts(info.tensor_numel as usize, DEFAULT_THREADS);
+    let start = info.start as usize;
+    let part = parts
+        .iter()
+        .find(|p| p.contains(&start) && start + n <= p.end)
+        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
+    Ok((part.len(), start - part.start))
 }
 
 /// The task-arithmetic family's statistics and apply passes.
@@ -128,21 +143,35 @@ fn gta(
             match pipeline {
                 Pipeline::RandomRescale if density < 1.0 => {
                     let rng = rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?;
-                    let parts = torch_parts(total as usize, DEFAULT_THREADS);
-                    let start = info.start as usize;
-                    let part = parts
-                        .iter()
-                        .find(|p| p.contains(&start) && start + n <= p.end)
-                        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
+                    let (part_len, offset) = sum_part(task, info, n)?;
                     let kind = chunk::sum_kind(task.working_dtype());
                     let (before, after) = with_precision!(work, P => gta_masked::random_sums::<P, TaskError>(
-                        kind, part.len(), start - part.start, n, &base, x, density, rng
+                        kind, part_len, offset, n, &base, x, density, rng
                     ))?
                     .map_err(|e| contract(task, e))?;
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
                 }
-                Pipeline::Magnitude if chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() => {
+                Pipeline::MagnitudeRescale
+                    if info.pass == 3 && chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() =>
+                {
+                    let r = received(task, info)?
+                        .inputs
+                        .get(i)
+                        .ok_or_else(|| contract(task, "missing input"))?;
+                    let mask = ChunkMask::new(r.threshold, r.keep_ties);
+                    let (part_len, offset) = sum_part(task, info, n)?;
+                    let kind = chunk::sum_kind(task.working_dtype());
+                    let (before, after) = with_precision!(work, P => gta_masked::magnitude_sums::<P, TaskError>(
+                        kind, part_len, offset, n, &base, x, mask
+                    ))?
+                    .map_err(|e| contract(task, e))?;
+                    stats.sums = before.to_floats();
+                    stats.masked_sums = after.to_floats();
+                }
+                Pipeline::Magnitude | Pipeline::MagnitudeRescale
+                    if chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() =>
+                {
                     let high = match info.pass {
                         1 => None,
                         _ => {
@@ -177,8 +206,8 @@ fn gta(
                 rng: Box::new(rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?),
                 density,
             },
-            Pipeline::Magnitude if r.keep_none => Mask::Drop,
-            Pipeline::Magnitude if !r.keep_all => Mask::Magnitude {
+            Pipeline::Magnitude | Pipeline::MagnitudeRescale if r.keep_none => Mask::Drop,
+            Pipeline::Magnitude | Pipeline::MagnitudeRescale if !r.keep_all => Mask::Magnitude {
                 threshold: r.threshold,
                 keep_ties: r.keep_ties,
             },

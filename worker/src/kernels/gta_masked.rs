@@ -1,5 +1,6 @@
 //! The task-arithmetic family over one chunk of a tensor whose statistics are already known:
-//! the statistics passes (DARE's L1 partials, TIES' magnitude histograms) and the apply pass,
+//! the statistics passes (DARE's L1 partials, TIES' magnitude histograms and, with rescale, its
+//! L1 partials) and the apply pass,
 //! which merges with given masks and rescale factors.
 //!
 //! Together with [`crate::chunk::combine`] these give exactly the bytes of [`super::gta::merge`]
@@ -178,6 +179,38 @@ pub fn random_sums<P: Precision, E>(
             .zip(words.iter())
             .map(|(&v, &w)| q_rnd::<P>(v * if bernoulli_keep(w, p) { 1.0 } else { 0.0 }).abs())
             .collect();
+        after.feed(&masked);
+    })?;
+    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+}
+
+/// TIES' rescale statistics over one chunk (pass 3): the L1 cascade partials of `|delta|` and
+/// of `|delta|` masked by `mask` (the chunk's threshold and tie quota), placed in a torch part
+/// as for [`random_sums`].
+pub fn magnitude_sums<P: Precision, E>(
+    kind: SumKind,
+    part_len: usize,
+    range_start: usize,
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    x: &dyn ChunkSource<E>,
+    mut mask: ChunkMask,
+) -> Result<Result<(SumPartial, SumPartial), String>, E> {
+    let (mut before, mut after) = match (
+        PartialStream::new(kind, part_len, range_start, n),
+        PartialStream::new(kind, part_len, range_start, n),
+    ) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    let (mut d, mut m) = (Vec::new(), Vec::new());
+    pieces(n, base, x, |_, b, xv| {
+        deltas::<P>(b, xv, &mut d);
+        m.resize(d.len(), 0.0);
+        mask.mask(&d, &mut m);
+        let abs: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+        before.feed(&abs);
+        let masked: Vec<f32> = d.iter().zip(&m).map(|(&v, &k)| q_rnd::<P>(v * k).abs()).collect();
         after.feed(&masked);
     })?;
     Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
