@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod embedded;
+pub mod multi;
 pub mod output;
 pub mod plan;
 pub mod publish;

@@ -2,7 +2,8 @@
 # Regenerate the golden fixtures with the real mergekit 0.1.5.
 #
 #   tests/golden/regen.sh            # models + every case
-#   tests/golden/regen.sh CASE...    # models + only the named cases
+#   tests/golden/regen.sh CASE...    # models + only the named cases (multi/NAME for a
+#                                    # multi-stage case under multi/)
 #
 # Env: MERGEKIT_VENV (default <repo>/target/mergekit-venv), created on demand
 #      with `python3 -m venv` + `pip install mergekit==0.1.5`.
@@ -77,9 +78,46 @@ run_case() {
     fi
 }
 
+# A multi-stage case (multi/<case>/config.yml): mergekit-multi with `-I ./intermediate`
+# (the stage paths written into the configs) and `--out-path ./final`, run from this
+# directory, then moved to multi/<case>/expected/{intermediate,final}.
+run_multi() {
+    local name="$1" dir="multi/$1" extra=() log
+    if [[ -s "$dir/args" ]]; then read -r -a extra < "$dir/args" || true; fi
+    rm -rf "$dir/expected" ./intermediate ./final
+    log="$(mktemp)"
+    if "${noaslr[@]}" "$venv/bin/mergekit-multi" "$dir/config.yml" -I ./intermediate \
+        --out-path ./final --quiet "${extra[@]}" >"$log" 2>&1; then
+        mkdir -p "$dir/expected"
+        mv ./intermediate ./final "$dir/expected/"
+        echo "ok   multi/$name"
+        rm -f "$log"
+    else
+        echo "FAIL multi/$name (log below)" >&2
+        cat "$log" >&2
+        rm -rf "$log" ./intermediate ./final
+        return 1
+    fi
+}
+
+multi_cases=()
+if [[ $# -gt 0 ]]; then
+    rest=()
+    for c in "${cases[@]}"; do
+        if [[ "$c" == multi/* ]]; then multi_cases+=("${c#multi/}"); else rest+=("$c"); fi
+    done
+    cases=("${rest[@]+"${rest[@]}"}")
+else
+    for d in multi/*/; do multi_cases+=("$(basename "$d")"); done
+fi
+
 pids=()
 status=0
-for name in "${cases[@]}"; do
+# One at a time: they share ./intermediate and ./final.
+for name in "${multi_cases[@]+"${multi_cases[@]}"}"; do
+    run_multi "$name" || status=1
+done
+for name in "${cases[@]+"${cases[@]}"}"; do
     run_case "$name" &
     pids+=($!)
     if (( ${#pids[@]} >= jobs )); then

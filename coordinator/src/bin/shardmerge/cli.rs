@@ -35,6 +35,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Dry run: read only headers and print tasks, bytes, shard layout and peak memory.
     Plan(PlanArgs),
+    /// Run a multi-document YAML of merges that feed each other (drop-in for `mergekit-multi`).
+    Multi(crate::multi_cli::MultiArgs),
     /// Generate small synthetic Llama-shaped models and merge them with AutoMerger's recipes.
     Demo(DemoArgs),
     /// Write a synthetic Llama-shaped model family (base, finetune-a, finetune-b) for benchmarks.
@@ -210,7 +212,8 @@ pub struct IgnoredMergekitFlags {
 }
 
 impl IgnoredMergekitFlags {
-    fn notes(&self) -> Vec<String> {
+    /// One note per given flag that has no effect here.
+    pub fn notes(&self) -> Vec<String> {
         let mut v = Vec::new();
         let flags = [
             ("--cuda", self.cuda),
@@ -270,6 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Merge(args) => run_merge(args),
         Command::Plan(args) => run_plan(args),
+        Command::Multi(args) => crate::multi_cli::run(args),
         Command::Demo(args) => Ok(shardmerge_coordinator::demo::run(
             &args.dir,
             args.workers,
@@ -303,21 +307,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
     if args.ignored.no_safe_serialization {
         anyhow::bail!("--no-safe-serialization is not supported: shardmerge writes safetensors only");
     }
-    let opts = MergeOptions {
-        random_seed: args.common.job.random_seed,
-        out_shard_size: args.common.job.out_shard_size,
-        chunk_size: args.common.chunk_size,
-        memory_limit: args.common.memory_limit,
-        output: args.output.options(),
-        allow_crimes: args.common.job.allow_crimes,
-        run: RunOptions {
-            workers: args.common.workers,
-            threads: args.num_threads,
-            progress: !args.quiet && std::io::stderr().is_terminal(),
-            shuffle: None,
-        },
-        model_root: None,
-    };
+    let opts = merge_options(&args.common, &args.output, args.quiet, args.num_threads);
     let config = shardmerge_coordinator::load_config(&args.config)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
@@ -338,6 +328,25 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The library's options for an embedded merge from the shared flags.
+pub fn merge_options(common: &CommonArgs, output: &OutputFlags, quiet: bool, threads: Option<usize>) -> MergeOptions {
+    MergeOptions {
+        random_seed: common.job.random_seed,
+        out_shard_size: common.job.out_shard_size,
+        chunk_size: common.chunk_size,
+        memory_limit: common.memory_limit,
+        output: output.options(),
+        allow_crimes: common.job.allow_crimes,
+        run: RunOptions {
+            workers: common.workers,
+            threads,
+            progress: !quiet && std::io::stderr().is_terminal(),
+            shuffle: None,
+        },
+        model_root: None,
+    }
 }
 
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {

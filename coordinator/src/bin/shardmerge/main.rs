@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster_cli;
+mod multi_cli;
 
 use clap::Parser;
 use cli::{Cli, run};
