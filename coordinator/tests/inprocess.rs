@@ -318,3 +318,50 @@ async fn grpc_health_answers_without_a_token() {
             .contains("missing cluster token")
     );
 }
+
+/// A client that goes away while its submit is in flight (its RPC future dropped at every
+/// point from the first microsecond on) never leaves the output claimed by a job that does not
+/// exist: a later submit to the same output succeeds, at the latest once the abandoned job
+/// (created whole or not at all) has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submit_abandoned_mid_flight_never_strands_its_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = start(&tmp.path().join("state")).await;
+    spawn_worker(&url, "a");
+    let yaml = std::fs::read_to_string(golden().join("cases/ties_f32/config.yml")).unwrap();
+    let options = MergeOptions {
+        random_seed: Some(1),
+        out_shard_size: 5_000_000_000,
+        copy_tokenizer: true,
+        write_model_card: true,
+        allow_crimes: false,
+    };
+    for (i, micros) in [1u64, 50, 200, 500, 1000, 2000, 4000, 8000].into_iter().enumerate() {
+        let out = tmp.path().join(format!("out-{i}")).display().to_string();
+        let mut c = client::connect(&url, None, None).await.unwrap();
+        let abandoned = client::submit(&mut c, yaml.clone(), "c.yml".into(), out.clone(), options);
+        let _ = tokio::time::timeout(Duration::from_micros(micros), abandoned).await;
+        drop(c);
+        let mut c = client::connect(&url, None, None).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client::submit(&mut c, yaml.clone(), "c.yml".into(), out.clone(), options).await {
+                Ok((job, _)) => {
+                    let s = client::wait(&mut c, &job, false).await.unwrap();
+                    assert_eq!(s.state, JobState::Succeeded as i32, "{s:?}");
+                    break;
+                }
+                Err(client::ClientError::Rpc(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                    // The abandoned job is being created or runs: it must show up and finish.
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "after {micros} µs: the output stayed held for 30 s: {}",
+                        s.message()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("after {micros} µs: {e}"),
+            }
+        }
+    }
+}

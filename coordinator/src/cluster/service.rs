@@ -232,8 +232,21 @@ impl Coordinator {
         self.inner.changes.send_modify(|v| *v += 1);
     }
 
-    /// Plans, journals and schedules a new job.
+    /// Plans, journals and schedules a new job. The work runs as a tracked task of its own, so
+    /// a caller that goes away mid-call (a client killed while its submit RPC is in flight,
+    /// which drops the RPC's future) cannot leave a half-created job holding its output: the
+    /// job is created or refused whole, and a rerun finds it.
     pub async fn submit(&self, s: Submission) -> Result<(String, Vec<String>), ServiceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let c = self.clone();
+        self.spawn_tracked(async move {
+            let _ = tx.send(c.submit_now(s).await);
+        });
+        rx.await
+            .map_err(|_| ServiceError::Unavailable("the coordinator is shutting down".into()))?
+    }
+
+    async fn submit_now(&self, s: Submission) -> Result<(String, Vec<String>), ServiceError> {
         super::allow::check_submission(&self.inner.opts, &s)?;
         if self.is_shutting_down() {
             return Err(ServiceError::Unavailable("the coordinator is shutting down".into()));
@@ -393,8 +406,20 @@ impl Coordinator {
     }
 
     /// Cancels a running job: journaled before it is acknowledged, then its uploads are
-    /// aborted. Refused once the job is committing or finished.
+    /// aborted. Refused once the job is committing or finished. Like [`Coordinator::submit`],
+    /// it runs as a tracked task of its own, so a caller that goes away cannot leave the job
+    /// cancelled in memory but neither journaled nor cleaned up.
     pub async fn cancel(&self, job: &str) -> Result<JobStatus, ServiceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (c, job) = (self.clone(), job.to_string());
+        self.spawn_tracked(async move {
+            let _ = tx.send(c.cancel_now(&job).await);
+        });
+        rx.await
+            .map_err(|_| ServiceError::Unavailable("the coordinator is shutting down".into()))?
+    }
+
+    async fn cancel_now(&self, job: &str) -> Result<JobStatus, ServiceError> {
         self.with_sched(|s| s.cancel(job, Instant::now()))
             .map_err(|e| match e {
                 CancelRefused::NotFound(j) => ServiceError::NotFound(j),
