@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod campaign;
 pub mod card;
 pub mod chunk_book;
 pub mod cluster;

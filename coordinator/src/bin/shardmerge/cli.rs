@@ -37,6 +37,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run a multi-document YAML of merges that feed each other (drop-in for `mergekit-multi`).
     Multi(crate::multi_cli::MultiArgs),
+    /// AutoMerger's loop as a reproducible campaign of merges, recorded in PREFIX/campaign.jsonl.
+    Automerge(crate::campaign_cli::AutomergeArgs),
+    /// Work with a campaign's dataset (`report`).
+    Campaign(crate::campaign_cli::CampaignArgs),
     /// Generate small synthetic Llama-shaped models and merge them with AutoMerger's recipes.
     Demo(DemoArgs),
     /// Write a synthetic Llama-shaped model family (base, finetune-a, finetune-b) for benchmarks.
@@ -274,6 +278,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(args) => run_merge(args),
         Command::Plan(args) => run_plan(args),
         Command::Multi(args) => crate::multi_cli::run(args),
+        Command::Automerge(args) => crate::campaign_cli::automerge(args),
+        Command::Campaign(args) => crate::campaign_cli::campaign(args),
         Command::Demo(args) => Ok(shardmerge_coordinator::demo::run(
             &args.dir,
             args.workers,

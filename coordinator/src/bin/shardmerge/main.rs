@@ -1,6 +1,7 @@
 //! The `shardmerge` binary: the command line (clap structs and their wiring, [`cli`] and
 //! [`cluster_cli`]) over the library's plain functions and option structs; logging setup.
 
+mod campaign_cli;
 mod cli;
 mod cluster_cli;
 mod multi_cli;
