@@ -224,6 +224,7 @@ mod tests {
                     ("succeeded", 2),
                     ("failed", 0),
                     ("cancelled", 0),
+                    ("queued", 0),
                 ],
                 live_workers: 2,
                 lease_expiries: 5,

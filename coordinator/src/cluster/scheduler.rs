@@ -47,6 +47,8 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     /// Units handed out by one lease request at most.
     pub max_units_per_lease: usize,
+    /// Jobs running at once; more wait in a FIFO queue (`None`: no limit).
+    pub max_running_jobs: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -58,6 +60,7 @@ impl Default for SchedulerConfig {
             no_worker_grace: Duration::from_secs(30),
             max_attempts: 4,
             max_units_per_lease: 64,
+            max_running_jobs: None,
         }
     }
 }
@@ -178,6 +181,8 @@ pub struct Scheduler {
     next_id: u64,
     lease_expiries: u64,
     rejected: BTreeMap<Rejection, u64>,
+    /// The job served first by the last lease (fair turns start after it).
+    last_served: Option<String>,
 }
 
 impl Scheduler {
@@ -193,6 +198,7 @@ impl Scheduler {
             next_id: 1,
             lease_expiries: 0,
             rejected: BTreeMap::new(),
+            last_served: None,
         }
     }
 
@@ -252,7 +258,8 @@ impl Scheduler {
             .filter(|(s, _)| **s != UnitState::Pending)
             .map(|(_, b)| b)
             .sum();
-        status.state = JobState::Running as i32;
+        // Queued until admitted (at once unless `max_running_jobs` jobs already run).
+        status.state = JobState::Queued as i32;
         let n = units.len();
         let by_id = units.iter().enumerate().map(|(i, u)| (u.unit_id, i)).collect();
         self.jobs.insert(
@@ -271,6 +278,7 @@ impl Scheduler {
                 finished_at: None,
             },
         );
+        self.admit();
         Ok(())
     }
 
@@ -358,6 +366,7 @@ impl Scheduler {
             j.queue.clear();
             j.finished_at = Some(now);
             self.leases.retain(|_, l| l.job != job);
+            self.admit();
         }
         true
     }
@@ -368,15 +377,21 @@ impl Scheduler {
         self.workers.get_mut(worker)?.last_seen = now;
         let mut grants = Vec::new();
         let mut granted_tasks = 0usize;
-        for (job_id, j) in self.jobs.iter_mut() {
-            if j.status.state != JobState::Running as i32 {
-                continue;
-            }
-            while grants.len() < max && granted_tasks < MAX_LEASE_TASKS {
-                let Some(unit) = j.queue.pop_front() else { break };
+        // Running jobs take turns, one unit each per round (see `fair.rs`).
+        let order = self.turn_order();
+        let mut progress = true;
+        while progress && grants.len() < max && granted_tasks < MAX_LEASE_TASKS {
+            progress = false;
+            for job_id in &order {
+                if grants.len() >= max || granted_tasks >= MAX_LEASE_TASKS {
+                    break;
+                }
+                let j = self.jobs.get_mut(job_id).expect("listed by turn_order");
+                let Some(unit) = j.queue.pop_front() else { continue };
                 granted_tasks += j.units[unit].tasks.len();
                 j.attempts[unit] += 1;
                 grants.push((job_id.clone(), unit, j.attempts[unit]));
+                progress = true;
             }
         }
         let mut out = Vec::with_capacity(grants.len());
@@ -531,6 +546,7 @@ pub fn state_name(s: JobState) -> &'static str {
     match s {
         JobState::Unspecified => "unknown",
         JobState::Planning => "planning",
+        JobState::Queued => "queued",
         JobState::Running => "running",
         JobState::Committing => "committing",
         JobState::Succeeded => "succeeded",
@@ -539,6 +555,8 @@ pub fn state_name(s: JobState) -> &'static str {
     }
 }
 
+mod fair;
+pub use fair::submission_key;
 mod snapshot;
 pub use snapshot::SchedulerSnapshot;
 

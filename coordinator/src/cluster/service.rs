@@ -212,6 +212,9 @@ impl Coordinator {
             .journal
             .replay()
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // In submission order, so queued jobs start again in the order they were submitted.
+        let mut replayed = replayed;
+        replayed.sort_by_key(|r| crate::cluster::scheduler::submission_key(&r.record.job_id));
         for r in replayed {
             c.restore(r).await;
         }

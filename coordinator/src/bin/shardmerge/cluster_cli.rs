@@ -88,6 +88,10 @@ pub struct CoordinatorArgs {
     /// worker in turn).
     #[arg(long, default_value_t = 4, env = "SHARDMERGE_MAX_ATTEMPTS")]
     pub max_attempts: u32,
+    /// Jobs running at once; more wait as `queued` and start in submission order (also after
+    /// a restart). Running jobs share the workers in turns. Default: no limit.
+    #[arg(long, env = "SHARDMERGE_MAX_RUNNING_JOBS")]
+    pub max_running_jobs: Option<usize>,
     /// How long a finished job stays queryable with `status`; then it is forgotten and its
     /// journal file removed.
     #[arg(long, default_value_t = 86400.0, env = "SHARDMERGE_JOB_RETENTION_SECS")]
@@ -294,6 +298,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 worker_timeout: secs(args.worker_timeout_secs),
                 no_worker_grace: secs(args.no_worker_grace_secs),
                 max_attempts: args.max_attempts,
+                max_running_jobs: args.max_running_jobs.filter(|&n| n > 0),
                 ..SchedulerConfig::default()
             },
             unit_target: args.unit_size,

@@ -19,8 +19,8 @@ pub struct SchedulerSnapshot {
     pub units_failed: u64,
     /// Queued units of running jobs (what the next leases hand out).
     pub queue_depth: u64,
-    /// Jobs by state: running, committing, succeeded, failed, cancelled.
-    pub jobs: [(&'static str, u64); 5],
+    /// Jobs by state: running, committing, succeeded, failed, cancelled, queued.
+    pub jobs: [(&'static str, u64); 6],
     /// Live workers.
     pub live_workers: u64,
     /// Units requeued after a lease expiry or a retryable failure.
@@ -41,6 +41,7 @@ impl Scheduler {
                 ("succeeded", 0),
                 ("failed", 0),
                 ("cancelled", 0),
+                ("queued", 0),
             ],
             live_workers: self.workers.len() as u64,
             lease_expiries: self.lease_expiries,
@@ -58,6 +59,7 @@ impl Scheduler {
                 JobState::Succeeded => "succeeded",
                 JobState::Failed => "failed",
                 JobState::Cancelled => "cancelled",
+                JobState::Queued => "queued",
                 _ => "running",
             };
             if let Some(slot) = s.jobs.iter_mut().find(|(n, _)| *n == name) {
