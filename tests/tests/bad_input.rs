@@ -385,3 +385,44 @@ fn ramplus_tl_with_a_non_numeric_r_names_the_parameter() {
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: ramplus_tl\nbase_model: ROOT/base\nparameters:\n  r: fast\n");
     assert_contains(&msg, &["`r`", "fast", "cfg.yml:"]);
 }
+
+#[test]
+fn sce_without_a_base_model_or_with_a_bad_select_topk_is_refused() {
+    let f = Fixture::new();
+    let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: sce\n");
+    assert_contains(&msg, &["cfg.yml:4", "sce", "needs a `base_model`"]);
+    let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: sce\nbase_model: ROOT/base\nparameters:\n  select_topk: most\n");
+    assert_contains(&msg, &["`select_topk`", "most", "cfg.yml:7"]);
+}
+
+#[test]
+fn karcher_with_a_fractional_max_iter_or_a_text_tol_names_the_parameter_and_line() {
+    let f = Fixture::new();
+    let yaml =
+        "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: karcher\nparameters:\n  max_iter: 2.5\n";
+    let msg = f.merge(yaml);
+    assert_contains(&msg, &["`max_iter`", "fractional part", "cfg.yml:6"]);
+    let msg = f.merge(&yaml.replace("max_iter: 2.5", "tol: small"));
+    assert_contains(&msg, &["`tol`", "small", "cfg.yml:6"]);
+}
+
+#[test]
+fn arcee_fusion_with_three_models_or_without_a_base_names_the_count_and_the_line() {
+    let f = Fixture::new();
+    let three = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: arcee_fusion\nbase_model: ROOT/base\n";
+    let msg = f.merge(three);
+    assert_contains(
+        &msg,
+        &[
+            "cfg.yml:5",
+            "arcee_fusion",
+            "takes 2 inputs including the base model, got 3",
+        ],
+    );
+    let msg = f.merge(
+        &three
+            .replace("  - model: ROOT/ft2\n", "")
+            .replace("base_model: ROOT/base\n", ""),
+    );
+    assert_contains(&msg, &["cfg.yml:4", "arcee_fusion", "needs a `base_model`"]);
+}

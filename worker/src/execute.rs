@@ -374,7 +374,10 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
         | MethodKind::Multislerp
         | MethodKind::Passthrough
         | MethodKind::Ram
-        | MethodKind::RamPlusTl => whole::run(task, kind, loader),
+        | MethodKind::RamPlusTl
+        | MethodKind::Sce
+        | MethodKind::Karcher
+        | MethodKind::ArceeFusion => whole::run(task, kind, loader),
         MethodKind::Gta(variant) => {
             let (opts, b, params) = gta_params(task).map_err(kernel_err)?;
             let mut base = loader.load(b)?;

@@ -29,6 +29,20 @@ pub enum MethodKind {
     Ram,
     /// RAM+, tensor-local ([`crate::kernels::ram::merge_plus`]); its result is f32.
     RamPlusTl,
+    /// SCE ([`crate::kernels::sce`]).
+    Sce,
+    /// Karcher mean on the hypersphere ([`crate::kernels::karcher`]).
+    Karcher,
+    /// Arcee Fusion ([`crate::kernels::arcee_fusion`]); its result is f32.
+    ArceeFusion,
+}
+
+impl MethodKind {
+    /// True when the method's result is f32 whatever the working dtype (an f32 factor promotes
+    /// it, semantics §3.3), so its tensors are written as f32 unless `out_dtype` is set.
+    pub fn promotes_to_f32(self) -> bool {
+        matches!(self, MethodKind::RamPlusTl | MethodKind::ArceeFusion)
+    }
 }
 
 /// How a method treats `base_model`.
@@ -50,6 +64,8 @@ pub enum ParamKind {
     Float,
     /// Boolean.
     Bool,
+    /// Integer.
+    Int,
 }
 
 /// Where a parameter is resolved.
@@ -72,6 +88,8 @@ pub enum ParamDefault {
     Float(f64),
     /// A boolean default.
     Bool(bool),
+    /// An integer default.
+    Int(i64),
     /// Optional without a default: absent unless configured.
     Absent,
 }
@@ -138,6 +156,17 @@ impl MethodSpec {
                 ..
             }) if s.is_random()
         )
+    }
+
+    /// Random words a tensor of `numel` elements consumes regardless of its parameters
+    /// (arcee_fusion samples 10^6 importances of larger tensors), else 0.
+    pub fn sample_draws(&self, numel: u64) -> u64 {
+        match self.kind {
+            MethodKind::ArceeFusion if crate::kernels::arcee_fusion::draws(numel) => {
+                crate::kernels::arcee_fusion::SAMPLE_SIZE as u64
+            }
+            _ => 0,
+        }
     }
 
     /// True when a non-base input with this `density` consumes `numel` words of the random
@@ -322,6 +351,48 @@ pub fn all() -> Vec<MethodSpec> {
             ],
             optional_policy: OptionalPolicy::Error,
         },
+        MethodSpec {
+            name: "sce",
+            pretty_name: "SCE",
+            reference_url: "https://arxiv.org/abs/2408.07990",
+            kind: MethodKind::Sce,
+            base: BasePolicy::Required,
+            min_inputs: 1,
+            max_inputs: None,
+            non_base_inputs: None,
+            params: vec![
+                p("int8_mask", K::Bool, S::Shared, D::Bool(false)),
+                p("select_topk", K::Float, S::Shared, D::Float(1.0)),
+            ],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "karcher",
+            pretty_name: "Karcher Mean",
+            reference_url: "https://arxiv.org/abs/2603.04972",
+            kind: MethodKind::Karcher,
+            base: BasePolicy::Ignored,
+            min_inputs: 1,
+            max_inputs: None,
+            non_base_inputs: None,
+            params: vec![
+                p("max_iter", K::Int, S::Shared, D::Int(10)),
+                p("tol", K::Float, S::Shared, D::Float(1e-5)),
+            ],
+            optional_policy: OptionalPolicy::Error,
+        },
+        MethodSpec {
+            name: "arcee_fusion",
+            pretty_name: "Arcee Fusion",
+            reference_url: "https://arcee.ai",
+            kind: MethodKind::ArceeFusion,
+            base: BasePolicy::Required,
+            min_inputs: 2,
+            max_inputs: Some(2),
+            non_base_inputs: None,
+            params: vec![],
+            optional_policy: OptionalPolicy::PassthroughSingleton,
+        },
         gta(
             "task_arithmetic",
             "Task Arithmetic",
@@ -424,38 +495,5 @@ pub fn names() -> Vec<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_names_are_unique_and_defaults_match_mergekit() {
-        let names = names();
-        let mut sorted = names.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), names.len());
-        let dare = lookup("dare_ties").unwrap();
-        assert!(dare.is_random());
-        let normalize = dare.params.iter().find(|p| p.name == "normalize").unwrap();
-        assert_eq!(normalize.default, ParamDefault::Bool(false));
-        let ties = lookup("ties").unwrap();
-        let normalize = ties.params.iter().find(|p| p.name == "normalize").unwrap();
-        assert_eq!(normalize.default, ParamDefault::Bool(true));
-        assert!(!ties.is_random());
-        assert!(lookup("nonsense").is_none());
-        let della = lookup("della").unwrap();
-        assert!(della.is_random());
-        assert!(della.draws(0.5) && !della.draws(0.0) && !della.draws(1.0));
-        assert!(dare.draws(0.0) && !dare.draws(1.0));
-        let epsilon = della.params.iter().find(|p| p.name == "epsilon").unwrap();
-        assert_eq!(epsilon.default, ParamDefault::Float(0.15));
-        assert_eq!(epsilon.scope, ParamScope::NonBase);
-        let bc = lookup("breadcrumbs_ties").unwrap();
-        assert!(!bc.is_random() && !bc.draws(0.5));
-        let gamma = bc.params.iter().find(|p| p.name == "gamma").unwrap();
-        assert_eq!(gamma.default, ParamDefault::Float(0.01));
-        let linear = lookup("della_linear").unwrap();
-        let normalize = linear.params.iter().find(|p| p.name == "normalize").unwrap();
-        assert_eq!(normalize.default, ParamDefault::Bool(false));
-    }
-}
+#[path = "methods_tests.rs"]
+mod tests;

@@ -133,7 +133,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
     // mergekit executes (and saves) tensors in code-point order of their label.
     out.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.name.cmp(&b.name)));
 
-    let seed = if method.is_random() {
+    let seed = if method.is_random() || out.iter().any(|t| !t.passthrough && method.sample_draws(t.numel) > 0) {
         Some(match (opts.random_seed, config.random_seed) {
             (Some(s), _) => (s, SeedSource::CommandLine),
             (None, Some(s)) => (s, SeedSource::Config),
@@ -185,9 +185,14 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         let mut inputs = Vec::with_capacity(t.inputs.len());
         let mut max_in = 0u64;
         for inp in &t.inputs {
+            let sampled = if t.passthrough { 0 } else { method.sample_draws(t.numel) };
             let rng_offset = if !inp.is_base && inp.density.is_some_and(|d| method.draws(d)) {
                 let o = cursor;
                 cursor += t.numel;
+                Some(o)
+            } else if !inp.is_base && sampled > 0 {
+                let o = cursor;
+                cursor += sampled;
                 Some(o)
             } else {
                 None
@@ -224,9 +229,12 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             }
             methods::MethodKind::Slerp => scratch,
             methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
-            methods::MethodKind::ModelStock | methods::MethodKind::Multislerp | methods::MethodKind::RamPlusTl => {
-                t.numel * 4 * (3 + 2 * t.inputs.len() as u64)
-            }
+            methods::MethodKind::ModelStock
+            | methods::MethodKind::Multislerp
+            | methods::MethodKind::RamPlusTl
+            | methods::MethodKind::Sce
+            | methods::MethodKind::Karcher
+            | methods::MethodKind::ArceeFusion => t.numel * 4 * (3 + 2 * t.inputs.len() as u64),
             _ => t.numel * 4 * 2,
         };
         task_memory.push(working + max_in);

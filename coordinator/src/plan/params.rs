@@ -15,6 +15,7 @@ fn kind_of(k: ParamKind) -> config::ParamType {
     match k {
         ParamKind::Float => config::ParamType::Float,
         ParamKind::Bool => config::ParamType::Bool,
+        ParamKind::Int => config::ParamType::Int,
     }
 }
 
@@ -23,6 +24,7 @@ fn default_of(d: ParamDefault) -> (Option<Scalar>, bool) {
         ParamDefault::Required => (None, true),
         ParamDefault::Float(f) => (Some(Scalar::Float(f)), false),
         ParamDefault::Bool(b) => (Some(Scalar::Bool(b)), false),
+        ParamDefault::Int(i) => (Some(Scalar::Int(i)), false),
         ParamDefault::Absent => (None, false),
     }
 }
@@ -37,8 +39,33 @@ fn to_wire(s: Scalar) -> ParamValue {
     ParamValue { kind: Some(kind) }
 }
 
-fn err(config: &MergeConfig, e: impl std::fmt::Display) -> PlanError {
-    PlanError::Invalid(format!("{}: {e}", config.file.display()))
+/// `FILE:LINE` of an invalid value: the first line at or after the first `param:` key that
+/// shows the value as written (else that key's line); just `FILE` when the key is not written.
+fn value_line(config: &MergeConfig, param: &str, value: &str) -> String {
+    let file = config.file.display();
+    let lines: Vec<&str> = config.source_text.lines().collect();
+    let key = format!("{param}:");
+    let Some(start) = lines.iter().position(|l| l.contains(&key)) else {
+        return format!("{file}");
+    };
+    let v = value.trim_matches('"');
+    let at = lines[start..]
+        .iter()
+        .position(|l| l.contains(v))
+        .map_or(start, |i| start + i);
+    format!("{file}:{}", at + 1)
+}
+
+fn err(config: &MergeConfig, e: config::ParamError) -> PlanError {
+    let place = match &e {
+        config::ParamError::InvalidValue {
+            param: Some(param),
+            value,
+            ..
+        } => value_line(config, param, value),
+        _ => config.file.display().to_string(),
+    };
+    PlanError::Invalid(format!("{place}: {e}"))
 }
 
 /// Resolves the shared parameters of `method` for output tensor `out_name`.

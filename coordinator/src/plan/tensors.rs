@@ -396,9 +396,9 @@ impl Ctx<'_> {
             shape,
             load: self.load,
             work,
-            // ramplus_tl's f32 factor promotes its result to f32 (semantics §3.3).
+            // ramplus_tl's and arcee_fusion's f32 factors promote their results (semantics §3.3).
             out_dtype: storage_of_work(self.out_dtype.unwrap_or(
-                if self.method.kind == shardmerge_worker::methods::MethodKind::RamPlusTl && !passthrough {
+                if self.method.kind.promotes_to_f32() && !passthrough {
                     WorkDType::F32
                 } else {
                     work

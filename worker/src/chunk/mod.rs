@@ -97,9 +97,13 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Slerp => Pipeline::Slerp,
         MethodKind::Gta(variant) => gta_pipeline(task, variant)?,
         MethodKind::NearSwap | MethodKind::Passthrough | MethodKind::Ram => Pipeline::Elementwise,
-        MethodKind::ModelStock | MethodKind::Nuslerp | MethodKind::Multislerp | MethodKind::RamPlusTl => {
-            Pipeline::Whole
-        }
+        MethodKind::ModelStock
+        | MethodKind::Nuslerp
+        | MethodKind::Multislerp
+        | MethodKind::RamPlusTl
+        | MethodKind::Sce
+        | MethodKind::Karcher
+        | MethodKind::ArceeFusion => Pipeline::Whole,
     })
 }
 

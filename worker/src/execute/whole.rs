@@ -6,8 +6,9 @@ use super::{boolean, float};
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::nuslerp::{self, Vectors};
-use crate::kernels::{model_stock, multislerp, nearswap, passthrough, ram};
+use crate::kernels::{arcee_fusion, karcher, model_stock, multislerp, nearswap, passthrough, ram, sce};
 use crate::methods::MethodKind;
+use crate::rng::Mt19937;
 use crate::with_precision;
 use shardmerge_proto::v1::MergeTask;
 
@@ -42,6 +43,21 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             let mut x = loader.load(0)?;
             with_precision!(work, P => passthrough::apply::<P>(&mut x, scale));
             return Ok(x);
+        }
+        MethodKind::Karcher => {
+            let max_iter = float(&task.shared_params, "max_iter").map_err(kernel_err)? as i64;
+            let tol = float(&task.shared_params, "tol").map_err(kernel_err)?;
+            let mut loaded = (0..task.inputs.len())
+                .map(|i| loader.load(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            if loaded.len() > 1 {
+                let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
+                with_precision!(work, P => karcher::merge::<P>(&mut refs, max_iter, tol));
+            }
+            return loaded
+                .into_iter()
+                .next()
+                .ok_or_else(|| kernel_err(KernelError::Contract("karcher needs an input".into())));
         }
         _ => {}
     }
@@ -80,6 +96,35 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
             with_precision!(work, P => ram::merge_plus::<P>(&mut base, &refs, epsilon, r, alpha));
+            Ok(base)
+        }
+        MethodKind::Sce => {
+            let select_topk = float(&task.shared_params, "select_topk").map_err(kernel_err)?;
+            let mut base = loader.load(b)?;
+            let mut loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
+            with_precision!(work, P => sce::merge::<P>(&mut base, &mut refs, select_topk));
+            Ok(base)
+        }
+        MethodKind::ArceeFusion => {
+            let [o] = others[..] else {
+                return Err(kernel_err(KernelError::Contract(
+                    "arcee_fusion takes exactly 2 inputs".into(),
+                )));
+            };
+            let row = task
+                .output
+                .as_ref()
+                .and_then(|o| o.shape.last().copied())
+                .unwrap_or(task.numel) as usize;
+            let rng = match (task.random_seed, task.inputs[o].rng_offset) {
+                (Some(seed), Some(off)) => Some(Mt19937::at_offset(seed as u32, off)),
+                _ => None,
+            };
+            let mut base = loader.load(b)?;
+            let other = loader.load(o)?;
+            with_precision!(work, P => arcee_fusion::merge::<P>(&mut base, &other, row, rng))
+                .map_err(|e| kernel_err(KernelError::Contract(e.to_string())))?;
             Ok(base)
         }
         MethodKind::NearSwap => {

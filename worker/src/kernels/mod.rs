@@ -4,12 +4,14 @@
 //! tensors already converted to f32 values that are exactly representable in the working dtype
 //! and write values rounded to it.
 
+pub mod arcee_fusion;
 pub mod breadcrumbs;
 pub mod della;
 pub mod gta;
 mod gta_chunk;
 pub mod gta_masked;
 pub mod gta_stream;
+pub mod karcher;
 pub mod linear;
 pub mod magnitude_select;
 pub mod model_stock;
@@ -19,6 +21,7 @@ pub mod nuslerp;
 pub mod passthrough;
 pub mod precision;
 pub mod ram;
+pub mod sce;
 pub(crate) mod simd;
 pub mod slerp;
 pub mod slerp_stream;

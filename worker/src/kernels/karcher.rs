@@ -1,0 +1,213 @@
+//! `karcher` (semantics §4.5): the Karcher (Riemannian) mean of all inputs on the unit
+//! hypersphere, with equal weights `alpha = 1/N`, scaled back by the mean norm.
+//!
+//! torch's operations, replayed in the working dtype `W` (norms in f32): with `n_i` torch's f32
+//! norm of input `i` and `u_i = rnd(x_i / n_i)` (zero when `n_i = 0`), the inputs with
+//! `n_i > tol` are valid, with `a_i = alpha / sum(valid alpha)` (f64).
+//! * Start: `m = rnd(sum_i rnd(u_i * f32(a_i)))` accumulated in order; if its f32 norm is below
+//!   `tol`, `m` is the first valid unit vector, else `m = rnd(m / |m|)`.
+//! * Up to `max_iter` times: for every valid `i`, `d = clamp(rnd(dot(m, u_i)), -1, 1)`,
+//!   `theta = rnd(acos d)`, skipped when `theta < tol`, else
+//!   `T = rnd(T + rnd(c * rnd(u_i - rnd(d m))))` with `c = rnd(f32(a_i) * rnd(theta / rnd(sin theta)))`;
+//!   stop when `|T| < tol`; else `m = rnd(rnd(rnd(cos|T|) m) + rnd(rnd(sin|T|) rnd(T / |T|)))`
+//!   and `m = rnd(m / |m|)` when `|m| > tol`.
+//! * Result `rnd(rnd(s) * m)` with `s = sum_i f32(alpha) n_i` (f32, over all inputs).
+//!
+//! In bf16 torch takes an f32 0-dim operand at full precision when it is the second operand
+//! of `*` or `/` and rounds it to bf16 when it is the first (hence `rnd(cos|T|)`, `rnd(s)`).
+//! f32 `acos`/`sin` are torch's ([`torch_acos_f32`], [`torch_sin_f32`]), `cos` f64's rounded
+//! (within 1 ulp of MKL's). The f32 `dot` is MKL's `sdot` as far as it was measured ([`sdot`]);
+//! the bf16 one is an f64 dot rounded to bf16. See `tests/golden/README.md` for what is exact.
+
+use super::WorkDType;
+use super::precision::Precision;
+use super::torch_norm::torch_vector_norm_f32;
+use super::torch_trig::{torch_acos_f32, torch_sin_f32};
+use rayon::prelude::*;
+
+/// MKL's single-precision dot product as torch 2.15 calls it on this host (measured against
+/// `torch.dot`): products rounded to f32 and added into 4 accumulators of 4 lanes, one per
+/// vector of each block of 16 elements; leftover whole vectors and then the last `n mod 4`
+/// elements go into the first accumulator's lanes; the accumulators are added in order and the
+/// lanes as `(l0 + l2) + (l1 + l3)`. Fewer than 4 elements are added serially. Exact for every
+/// length that is a multiple of 4 (checked at 32 to 4096); for other lengths >= 4 the
+/// remainder's order is not pinned down (most results agree).
+pub fn sdot(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() < 4 {
+        return a.iter().zip(b).fold(0.0f32, |s, (&x, &y)| s + x * y);
+    }
+    let mut acc = [[0.0f32; 4]; 4];
+    let blocks = a.len() / 16 * 16;
+    for (x, y) in a[..blocks].chunks_exact(16).zip(b[..blocks].chunks_exact(16)) {
+        for (j, lanes) in acc.iter_mut().enumerate() {
+            for (l, v) in lanes.iter_mut().enumerate() {
+                *v += x[4 * j + l] * y[4 * j + l];
+            }
+        }
+    }
+    for (x, y) in a[blocks..].chunks(4).zip(b[blocks..].chunks(4)) {
+        for (l, v) in acc[0].iter_mut().enumerate().take(x.len()) {
+            *v += x[l] * y[l];
+        }
+    }
+    let mut v = acc[0];
+    for lanes in &acc[1..] {
+        for (v, &x) in v.iter_mut().zip(lanes) {
+            *v += x;
+        }
+    }
+    (v[0] + v[2]) + (v[1] + v[3])
+}
+
+fn dot<P: Precision>(a: &[f32], b: &[f32]) -> f32 {
+    if P::DTYPE == WorkDType::F32 {
+        sdot(a, b)
+    } else {
+        let s: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        P::rnd(s as f32)
+    }
+}
+
+fn acos<P: Precision>(x: f32) -> f32 {
+    if P::DTYPE == WorkDType::F32 {
+        torch_acos_f32(x)
+    } else {
+        P::rnd(f64::from(x).acos() as f32)
+    }
+}
+
+fn sin<P: Precision>(x: f32) -> f32 {
+    if P::DTYPE == WorkDType::F32 {
+        torch_sin_f32(x)
+    } else {
+        P::rnd(f64::from(x).sin() as f32)
+    }
+}
+
+/// `rnd(x / s)` for every element (an f32 0-dim divisor is used at full precision).
+fn divide<P: Precision>(x: &mut [f32], s: f32) {
+    x.par_iter_mut().for_each(|v| *v = P::rnd(*v / s));
+}
+
+/// The Karcher mean of `xs` (at least two inputs, in mergekit's order; the first is
+/// overwritten with the result, the others with scratch).
+pub fn merge<P: Precision>(xs: &mut [&mut [f32]], max_iter: i64, tol: f64) {
+    let count = xs.len();
+    let n = xs[0].len();
+    let alpha = 1.0 / count as f64;
+    let norms: Vec<f32> = xs.iter().map(|x| torch_vector_norm_f32(x)).collect();
+    let valid: Vec<usize> = (0..count).filter(|&i| f64::from(norms[i]) > tol).collect();
+    let scale = norms.iter().fold(0.0f32, |s, &nrm| s + alpha as f32 * nrm);
+    if valid.is_empty() {
+        xs[0].fill(0.0);
+        return;
+    }
+    // Unit vectors, in place (invalid ones are never read again).
+    for &i in &valid {
+        divide::<P>(xs[i], norms[i]);
+    }
+    let alpha_sum = valid.iter().fold(0.0f64, |s, _| s + alpha);
+    let weight = (alpha / alpha_sum) as f32;
+    let units: Vec<&[f32]> = valid.iter().map(|&i| &xs[i][..]).collect();
+    let mut mean = vec![0.0f32; n];
+    for u in &units {
+        mean.par_iter_mut()
+            .zip(u.par_iter())
+            .for_each(|(m, &u)| *m = P::rnd(*m + P::rnd(u * weight)));
+    }
+    let mean_norm = torch_vector_norm_f32(&mean);
+    if f64::from(mean_norm) < tol {
+        mean.copy_from_slice(units[0]);
+    } else {
+        divide::<P>(&mut mean, mean_norm);
+    }
+    let mut tangent = vec![0.0f32; n];
+    for _ in 0..max_iter.max(0) {
+        tangent.fill(0.0);
+        for u in &units {
+            let d = dot::<P>(&mean, u).clamp(-1.0, 1.0);
+            let theta = acos::<P>(d);
+            if f64::from(theta) < tol {
+                continue;
+            }
+            let c = P::rnd(P::rnd(theta / sin::<P>(theta)) * weight);
+            tangent
+                .par_iter_mut()
+                .zip(u.par_iter().zip(mean.par_iter()))
+                .for_each(|(t, (&u, &m))| *t = P::rnd(*t + P::rnd(c * P::rnd(u - P::rnd(d * m)))));
+        }
+        let tn = torch_vector_norm_f32(&tangent);
+        if f64::from(tn) < tol {
+            break;
+        }
+        let (c, s) = (P::rnd(f64::from(tn).cos() as f32), P::rnd(torch_sin_f32(tn)));
+        mean.par_iter_mut().zip(tangent.par_iter()).for_each(|(m, &t)| {
+            *m = P::rnd(P::rnd(c * *m) + P::rnd(s * P::rnd(t / tn)));
+        });
+        let un = torch_vector_norm_f32(&mean);
+        if f64::from(un) > tol {
+            divide::<P>(&mut mean, un);
+        }
+    }
+    let s = P::rnd(scale);
+    xs[0]
+        .par_iter_mut()
+        .zip(mean.par_iter())
+        .for_each(|(x, &m)| *x = P::rnd(s * m));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::precision::{Bf16, F32};
+
+    #[test]
+    fn orthogonal_vectors_meet_on_the_sphere_at_their_mean_norm() {
+        let mut a = vec![2.0f32, 0.0];
+        let mut b = vec![0.0f32, 4.0];
+        let mut xs: Vec<&mut [f32]> = vec![&mut a, &mut b];
+        merge::<F32>(&mut xs, 10, 1e-5);
+        let h = 3.0 * std::f32::consts::FRAC_1_SQRT_2;
+        assert!((a[0] - h).abs() < 1e-5 && (a[1] - h).abs() < 1e-5, "{a:?}");
+    }
+
+    #[test]
+    fn zero_iterations_give_the_normalized_euclidean_mean() {
+        let mut a = vec![1.0f32, 0.0, 0.0];
+        let mut b = vec![0.0f32, 3.0, 0.0];
+        let mut c = vec![0.0f32; 3];
+        let mut xs: Vec<&mut [f32]> = vec![&mut a, &mut b, &mut c];
+        merge::<F32>(&mut xs, 0, 1e-5);
+        // Valid: a and b (unit vectors e0, e1, weights 1/2); c's zero norm still counts in the
+        // scale (4/3).
+        let s = 1.0f32 / 3.0 + 1.0 / 3.0 * 3.0;
+        let m = 0.5f32 / (0.5f32 * 0.5 + 0.5 * 0.5).sqrt();
+        assert_eq!(a, [s * m, s * m, 0.0]);
+    }
+
+    #[test]
+    fn all_zero_inputs_give_zeros() {
+        let mut a = vec![0.0f32, -0.0];
+        let mut b = vec![0.0f32, 0.0];
+        let mut xs: Vec<&mut [f32]> = vec![&mut a, &mut b];
+        merge::<Bf16>(&mut xs, 10, 1e-5);
+        assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), [0, 0]);
+    }
+
+    #[test]
+    fn sdot_adds_four_lanes_pairwise() {
+        let a = [1.0f32, 1e8, 1.0, -1e8, 0.5];
+        let b = [1.0f32; 5];
+        // lanes: 1 + 0.5, 1e8, 1, -1e8 -> (1.5 + 1) + (1e8 - 1e8)
+        assert_eq!(sdot(&a, &b), 2.5);
+        // Two vectors of a 16-element block go to different accumulators, added before the
+        // lanes: (1e8 + 1 - 1e8) in lane 0 loses the 1, lane sums 0 + 0 + 0 + 0.
+        let mut a = [0.0f32; 16];
+        a[0] = 1e8;
+        a[4] = 1.0;
+        a[8] = -1e8;
+        assert_eq!(sdot(&a, &[1.0; 16]), 0.0);
+        // Serial below 4 elements: (1e8 + 1) - 1e8 = 0 (lanes would give 1).
+        assert_eq!(sdot(&[1e8, 1.0, -1e8], &[1.0; 3]), 0.0);
+    }
+}
