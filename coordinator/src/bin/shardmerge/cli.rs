@@ -103,6 +103,12 @@ pub struct CommonArgs {
     /// Number of in-process workers (concurrent tasks).
     #[arg(long, default_value_t = 2, env = "SHARDMERGE_WORKERS")]
     pub workers: usize,
+    /// Without `tokenizer_source`/`tokenizer`, merge embeddings and lm_head of models with
+    /// different vocabulary sizes by keeping the first rows common to all (mergekit 0.1.5's
+    /// flag; config.json and the tokenizer stay the donor's, so rows past the smallest
+    /// vocabulary are dropped and ids may no longer match their tokens).
+    #[arg(long)]
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// What is written beside the shards, shared by `merge` and `submit`.
@@ -310,6 +316,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
         memory_limit: args.common.memory_limit,
         output: args.output.options(),
         allow_crimes: args.common.job.allow_crimes,
+        unsafe_truncate_embeddings: args.common.unsafe_truncate_embeddings,
         run: RunOptions {
             workers: args.common.workers,
             threads: args.num_threads,
@@ -352,6 +359,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         chunk_size: args.common.chunk_size,
         memory_limit: args.common.memory_limit,
         allow_crimes: args.common.job.allow_crimes,
+        unsafe_truncate_embeddings: args.common.unsafe_truncate_embeddings,
         ..MergeOptions::default()
     };
     let plan = shardmerge_coordinator::plan_config(&config, &args.out_path, &opts)?;
