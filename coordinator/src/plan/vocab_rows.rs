@@ -211,3 +211,72 @@ fn push(runs: &mut Vec<RowRun>, src: RowSource) {
         },
     });
 }
+
+/// Tokens listed per model in [`describe`] before the rest is counted.
+const LISTED: usize = 5;
+
+/// What `shardmerge plan` shows of the alignment: the output vocabulary, and for each model
+/// the tokens it lacks (or that are forced) and where their rows come from, with every model
+/// as an input and `base` the base model's index (the tensors of a merge see the same).
+pub fn describe(vocab: &Vocabulary, names: &[String], refs: &[ModelRef], base: Option<usize>) -> Vec<String> {
+    let inputs: Vec<AlignedInput> = (0..names.len())
+        .map(|m| AlignedInput {
+            model: m,
+            stored_rows: vocab.models[m].vocab_size,
+        })
+        .collect();
+    let mut lines = vec![format!(
+        "vocabulary:    {} tokens (tokenizer source: {}){}",
+        vocab.tokens.len(),
+        vocab.config.source,
+        if vocab.rows > vocab.tokens.len() as u64 {
+            format!(", {} rows (pad_to_multiple_of)", vocab.rows)
+        } else {
+            String::new()
+        }
+    )];
+    let defaults = match defaults(vocab, &inputs, base, "the vocabulary tensors", refs) {
+        Ok(d) => d,
+        Err(e) => {
+            lines.push(format!("  {e}"));
+            return lines;
+        }
+    };
+    let from = |src: &Option<RowSource>| match src {
+        Some(RowSource::Stored { input, row }) => format!("{} row {row}", names[*input]),
+        Some(RowSource::Mean(terms)) => format!("mean of {} models", terms.len()),
+        Some(RowSource::Zero) | None => "zeros".to_string(),
+    };
+    for (m, name) in names.iter().enumerate() {
+        let forced = |t: &str| vocab.config.tokens.iter().any(|(n, c)| n == t && c.force);
+        let replaced: Vec<usize> = (0..vocab.tokens.len())
+            .filter(|&id| vocab.perms[m][id] < 0 || forced(&vocab.tokens[id]))
+            .collect();
+        let mut line = format!("  {name}: lacks {}", vocab.missing(m));
+        let listed: Vec<String> = replaced
+            .iter()
+            .take(LISTED)
+            .map(|&id| {
+                let t = &vocab.tokens[id];
+                let how = if forced(t) { " (forced)" } else { "" };
+                format!("`{t}`{how} <- {}", from(&defaults.0[id]))
+            })
+            .collect();
+        if !listed.is_empty() {
+            line.push_str(&format!(" (rows filled: {}", listed.join(", ")));
+            if replaced.len() > LISTED {
+                line.push_str(&format!(", and {} more", replaced.len() - LISTED));
+            }
+            line.push(')');
+        }
+        lines.push(line);
+    }
+    if vocab.rows > vocab.tokens.len() as u64 {
+        lines.push(format!(
+            "  rows {}..{}: the mean of each model's aligned rows",
+            vocab.tokens.len(),
+            vocab.rows
+        ));
+    }
+    lines
+}

@@ -395,6 +395,14 @@ pub fn describe_plan(plan: &shardmerge_coordinator::Plan, workers: usize) -> Str
         p.total_size,
         p.total_size as f64 / 1e9
     ));
+    if let Some(v) = &plan.vocab {
+        let names: Vec<String> = plan.models.iter().map(|m| m.display.clone()).collect();
+        let refs: Vec<_> = plan.models.iter().map(|m| m.reference.clone()).collect();
+        for line in shardmerge_coordinator::plan::vocab_rows::describe(v, &names, &refs, plan.base) {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
     s.push_str(&format!("output shards: {}\n", p.shards.len()));
     for sh in &p.shards {
         s.push_str(&format!(
