@@ -123,15 +123,22 @@ fn compare(case: &Case, ours: &Path) -> Result<(), String> {
             return Err(format!("config.json differs: {}", differing.join("; ")));
         }
     }
-    // Tokenizer files are copied byte for byte; a merged tokenizer (`vocab_*` cases) is equal
-    // in content (see `tokenizer_content_equal`).
-    for tok in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    // Tokenizer files are copied byte for byte; a merged tokenizer (`vocab_*` cases) or one
+    // re-saved with a chat template (`chat_template_*`) is equal in content (see
+    // `tokenizer_content_equal`), its chat_template.jinja byte for byte.
+    let rebuilt = case.name.starts_with("vocab_") || case.name.starts_with("chat_template");
+    for tok in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
         match (
             std::fs::read(expected.join(tok)).ok(),
             std::fs::read(ours.join(tok)).ok(),
         ) {
             (a, b) if a == b => {}
-            (Some(a), Some(b)) if case.name.starts_with("vocab_") => tokenizer_content_equal(tok, &a, &b)?,
+            (Some(a), Some(b)) if rebuilt && tok.ends_with(".json") => tokenizer_content_equal(tok, &a, &b)?,
             (a, b) => {
                 return Err(format!(
                     "{tok}: mergekit {}, shardmerge {}",

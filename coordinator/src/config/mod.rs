@@ -9,8 +9,8 @@
 //!   silently), never as errors;
 //! * a top-level `random_seed` is honoured (mergekit ignores it; only its CLI flag counts);
 //! * features that are not implemented yet are errors rather than silently ignored, because
-//!   ignoring them would produce a different model: `modules`, `chat_template`, LoRA
-//!   references and `override_architecture`;
+//!   ignoring them would produce a different model: `modules`, LoRA references,
+//!   `override_architecture`, and `chat_template` names of mergekit's built-in templates;
 //! * `dtype`/`out_dtype: int64` is rejected at parse time (mergekit rejects it when used);
 //! * a parameter set to `null` is an error; a duplicated key inside one mapping of the config
 //!   schema is an error (PyYAML keeps the last; inside `parameters:` the last one wins too);
@@ -67,6 +67,8 @@ pub struct MergeConfig {
     /// The output tokenizer (`tokenizer_source:` or `tokenizer:`); `None`: the donor's is
     /// copied and vocabularies must agree.
     pub tokenizer: Option<TokenizerConfig>,
+    /// `chat_template:`: `auto` or a Jinja template (checked by [`tokenizer`]'s rules).
+    pub chat_template: Option<String>,
     /// One message per unknown (ignored) key, naming the file, line and path, e.g.
     /// ``cfg.yml:6:9: unknown key `slices[0].sources[1].weigth` (ignored; ...)``.
     pub warnings: Vec<String>,

@@ -27,7 +27,7 @@ struct RawConfig {
     out_dtype: Option<DTypeName>,
     tokenizer_source: Option<TokenizerSource>,
     tokenizer: Option<RawTokenizer>,
-    chat_template: Option<serde_norway::Value>,
+    chat_template: Option<String>,
     random_seed: Option<u64>,
 }
 
@@ -216,19 +216,11 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
     let fail = |path: Vec<Seg>, kind| ConfigError::new(file, locate(text, &path), kind);
     let invalid = |message: String| ConfigErrorKind::Invalid(message);
 
-    let unsupported = [
-        (
-            "modules",
-            raw.modules.is_some(),
-            "multi-module configs are not supported yet; use `models:` or `slices:`",
-        ),
-        (
-            "chat_template",
-            raw.chat_template.is_some(),
-            "shardmerge does not write tokenizer files or chat templates yet; remove it and set \
-             the template on the merged model afterwards",
-        ),
-    ];
+    let unsupported = [(
+        "modules",
+        raw.modules.is_some(),
+        "multi-module configs are not supported yet; use `models:` or `slices:`",
+    )];
     for (key, present, reason) in unsupported {
         if present {
             return Err(fail(
@@ -344,6 +336,10 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
         }
     }
 
+    if let Some(t) = &raw.chat_template {
+        super::tokenizer::check_chat_template(t).map_err(|m| fail(yaml_path!["chat_template"], invalid(m)))?;
+    }
+
     Ok(MergeConfig {
         merge_method,
         models: models
@@ -375,6 +371,7 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
         out_dtype: raw.out_dtype,
         random_seed: raw.random_seed,
         tokenizer,
+        chat_template: raw.chat_template,
         warnings: Vec::new(),
         source_text: text.to_string(),
         file: file.to_path_buf(),

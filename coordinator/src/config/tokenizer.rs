@@ -231,3 +231,28 @@ impl<'de> Visitor<'de> for TokenMapVisitor {
         Ok(TokenMap(out))
     }
 }
+
+/// mergekit 0.1.5's built-in chat template names.
+const BUILTIN_TEMPLATES: &[&str] = &["alpaca", "chatml", "exaone", "llama3", "mistral"];
+
+/// `chat_template:` as mergekit 0.1.5 accepts it: `auto`, a built-in name (not bundled by
+/// shardmerge: an error saying so), or a Jinja template of at least 20 characters with a `{`.
+pub(crate) fn check_chat_template(t: &str) -> Result<(), String> {
+    if t == "auto" {
+        return Ok(());
+    }
+    if t.len() < 256 && !t.contains('\n') && !t.contains('{') && BUILTIN_TEMPLATES.contains(&t) {
+        return Err(format!(
+            "`chat_template: {t}` names one of mergekit's built-in templates, which shardmerge does not \
+             bundle: give the template text itself, or `auto` to take the input models' most common one"
+        ));
+    }
+    if t.len() < 20 || !t.contains('{') {
+        return Err(format!(
+            "invalid chat template {t:?}: expected `auto`, a built-in name ({}) or a Jinja template \
+             (mergekit 0.1.5 refuses it too: \"Invalid chat template\")",
+            BUILTIN_TEMPLATES.join(", ")
+        ));
+    }
+    Ok(())
+}

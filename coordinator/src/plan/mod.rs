@@ -107,6 +107,9 @@ pub struct Plan {
     pub memory_limit: Option<u64>,
     /// The output vocabulary, when the config sets `tokenizer_source` or `tokenizer`.
     pub vocab: Option<vocab::Vocabulary>,
+    /// The output tokenizer's files `(name, text)`, written instead of the donor's when a
+    /// tokenizer is built or a chat template is set.
+    pub tokenizer_files: Option<Vec<(String, String)>>,
 }
 
 impl Plan {
@@ -139,6 +142,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         None => None,
     };
 
+    let tokenizer_files = tokenizer_files(config, &norm, vocab.as_ref(), &mut warnings)?;
     let mut out = tensors::output_tensors(config, &method, &norm, vocab.as_ref(), opts.unsafe_truncate_embeddings)?;
     for t in &out {
         validate::check_tensor(config, &method, &norm, t)?;
@@ -288,5 +292,36 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         warnings,
         memory_limit: opts.memory_limit,
         vocab,
+        tokenizer_files,
     })
+}
+
+/// The merged tokenizer's files, or the donor's tokenizer re-serialized with the configured
+/// chat template (mergekit's path when `chat_template` is set without a tokenizer setting).
+fn tokenizer_files(
+    config: &MergeConfig,
+    norm: &sources::Normalized,
+    vocab: Option<&vocab::Vocabulary>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<(String, String)>>, PlanError> {
+    let template = match config.chat_template.as_deref() {
+        Some("auto") => vocab_files::auto_template(&norm.models)?,
+        other => other.map(str::to_string),
+    };
+    if let Some(v) = vocab {
+        return vocab_files::files(&v.tokenizer, &norm.models[v.source], template).map(Some);
+    }
+    if config.chat_template.is_none() {
+        return Ok(None);
+    }
+    let donor = &norm.models[norm.donor];
+    let tok = match vocab::tokenizer_text(donor).and_then(|t| vocab::parse_tokenizer(donor, &t)) {
+        Ok(t) => t,
+        Err(e) => {
+            // mergekit logs the failure and writes no tokenizer.
+            warnings.push(format!("chat_template is set but no tokenizer can be written: {e}"));
+            return Ok(Some(Vec::new()));
+        }
+    };
+    vocab_files::files(&tok, donor, template).map(Some)
 }

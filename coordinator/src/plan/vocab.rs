@@ -43,8 +43,8 @@ pub struct Vocabulary {
     pub tokenizer: Tokenizer,
     /// The config it was built from.
     pub config: TokenizerConfig,
-    /// The output tokenizer's files: `(name, text)`.
-    pub files: Vec<(String, String)>,
+    /// The model whose tokenizer (config, template) the output's is based on.
+    pub source: usize,
 }
 
 impl Vocabulary {
@@ -59,7 +59,7 @@ fn model_err(m: &PlannedModel, what: String) -> PlanError {
 }
 
 /// Reads a model's `tokenizer.json` as JSON text.
-fn tokenizer_text(m: &PlannedModel) -> Result<String, PlanError> {
+pub(super) fn tokenizer_text(m: &PlannedModel) -> Result<String, PlanError> {
     let path = m.path.join("tokenizer.json");
     if !path.is_file() {
         let why = if m.path.join("tokenizer.model").is_file() {
@@ -82,7 +82,7 @@ fn tokenizer_text(m: &PlannedModel) -> Result<String, PlanError> {
     std::fs::read_to_string(&path).map_err(|e| model_err(m, format!("cannot read {}: {e}", path.display())))
 }
 
-fn parse_tokenizer(m: &PlannedModel, text: &str) -> Result<Tokenizer, PlanError> {
+pub(super) fn parse_tokenizer(m: &PlannedModel, text: &str) -> Result<Tokenizer, PlanError> {
     Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
         model_err(
             m,
@@ -231,7 +231,6 @@ pub fn build(config: &TokenizerConfig, norm: &Normalized) -> Result<Vocabulary, 
         }
         perms.push(p);
     }
-    let files = super::vocab_files::files(&out, &norm.models[source])?;
     Ok(Vocabulary {
         tokens,
         rows,
@@ -239,7 +238,7 @@ pub fn build(config: &TokenizerConfig, norm: &Normalized) -> Result<Vocabulary, 
         perms,
         tokenizer: out,
         config: config.clone(),
-        files,
+        source,
     })
 }
 

@@ -152,7 +152,12 @@ fn rule_violations_point_at_the_key() {
         (
             "merge_method: m\nmodels: [{model: A}]\nchat_template: chatml\n",
             3,
-            "`chat_template` is not supported yet",
+            "names one of mergekit's built-in templates",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\nchat_template: \"{{ x }}\"\n",
+            3,
+            "invalid chat template",
         ),
         (
             "merge_method: m\nmodels: [{model: A}]\nrandom_seed: -1\n",
