@@ -400,6 +400,13 @@ def vocab_models(out_dir, arrays):
     tok = vocab_tokenizer({t: i for i, t in enumerate(order[:VOCAB])}, [], list(specials))
     write_vocab_model(out_dir, "rev_bf16", rev, VOCAB, tok)
 
+    # short: ft2 without the last token ("7", id 63): 63 tokens and rows.
+    short = dict(arrays["ft2"])
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        short[n] = short[n][: VOCAB - 1]
+    tok = vocab_tokenizer({t: i for t, i in base_vocab.items() if i < VOCAB - 1}, [], list(specials))
+    write_vocab_model(out_dir, "short_bf16", short, VOCAB - 1, tok)
+
 
 if __name__ == "__main__":
     main()

@@ -453,7 +453,9 @@ impl Ctx<'_> {
                     })
                     .collect();
                 let refs: Vec<_> = norm.models.iter().map(|m| m.reference.clone()).collect();
-                let defaults = vocab_rows::defaults(v, &aligned, base_pos, out_name, &refs)?;
+                // mergekit passes the slice's base model whatever the method does with it.
+                let base = slice.base.and_then(|b| inputs.iter().position(|i| i.model == b));
+                let defaults = vocab_rows::defaults(v, &aligned, base, out_name, &refs)?;
                 for (k, inp) in inputs.iter_mut().enumerate() {
                     inp.rows = vocab_rows::runs(v, &aligned, k, &defaults);
                 }
