@@ -50,6 +50,20 @@ pub fn is_pre_weight(name: &str) -> bool {
     n.contains("embed") || n.contains(".wte.") || n.contains(".wpe.") || n.starts_with("wte.") || n.starts_with("wpe.")
 }
 
+/// Weights indexed by token along dim 0 (mergekit's `vocabulary_axis: 0`): input embeddings
+/// and the output projection.
+pub const VOCABULARY_WEIGHTS: &[&str] = &[
+    "model.embed_tokens.weight",
+    "lm_head.weight",
+    "transformer.wte.weight",
+    "model.embed.weight",
+];
+
+/// True for a weight whose dim 0 is the vocabulary.
+pub fn has_vocabulary_axis(name: &str) -> bool {
+    VOCABULARY_WEIGHTS.contains(&name)
+}
+
 /// Tied alternatives of an optional weight, if it is one.
 pub fn tied_names(name: &str) -> Option<&'static [&'static str]> {
     TIED_WEIGHTS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)

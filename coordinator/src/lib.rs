@@ -42,6 +42,8 @@ pub struct MergeOptions {
     pub output: OutputOptions,
     /// Allow different architectures.
     pub allow_crimes: bool,
+    /// `--unsafe-truncate-embeddings` (see [`plan::PlanOptions`]).
+    pub unsafe_truncate_embeddings: bool,
     /// Runtime settings.
     pub run: RunOptions,
     /// Directory relative model paths resolve against (default: the working directory).
@@ -63,6 +65,7 @@ impl Default for MergeOptions {
                 write_model_card: true,
             },
             allow_crimes: false,
+            unsafe_truncate_embeddings: false,
             run: RunOptions::default(),
             model_root: None,
         }
@@ -130,6 +133,7 @@ pub fn plan_config(config: &config::MergeConfig, out_dir: &Path, opts: &MergeOpt
         opener: None,
         chunk_size: opts.chunk_size,
         memory_limit: opts.memory_limit,
+        unsafe_truncate_embeddings: opts.unsafe_truncate_embeddings,
     };
     Ok(plan::plan(config, &popts)?)
 }

@@ -44,6 +44,10 @@ pub fn output_config(plan: &Plan, config: &MergeConfig) -> Option<Value> {
             obj.insert("dtype".into(), Value::String(d.as_str().to_string()));
         }
     }
+    // A built tokenizer sets the vocabulary size (|V| rounded up to pad_to_multiple_of).
+    if let (Some(v), Some(obj)) = (&plan.vocab, cfg.as_object_mut()) {
+        obj.insert("vocab_size".into(), Value::from(v.rows));
+    }
     if let Some(n) = plan.num_layers {
         let key = crate::arch::num_layers(&cfg)
             .map(|(k, _)| k)

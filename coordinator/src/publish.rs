@@ -113,7 +113,11 @@ pub async fn metadata(
         let yaml = Bytes::from(config.source_text.clone());
         files.push(("mergekit_config.yml".to_string(), yaml));
     }
-    if opts.copy_tokenizer {
+    // A built tokenizer, or the donor's with a chat template, is written (whatever
+    // `copy_tokenizer` says, as mergekit) instead of the donor's files.
+    if let Some(tf) = &plan.tokenizer_files {
+        files.extend(tf.iter().map(|(n, t)| (n.clone(), Bytes::from(t.clone()))));
+    } else if opts.copy_tokenizer {
         let donor = model_location(&plan.models[plan.donor].path)?;
         let has = st.exists(&donor.join("tokenizer_config.json")).await?
             && (st.exists(&donor.join("tokenizer.json")).await? || st.exists(&donor.join("tokenizer.model")).await?);

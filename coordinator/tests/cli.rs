@@ -121,6 +121,32 @@ fn plan_reads_headers_and_prints_layout() {
 }
 
 #[test]
+fn plan_shows_the_vocabulary_what_each_model_lacks_and_where_rows_come_from() {
+    let plan = |case: &str| {
+        let output = shardmerge()
+            .current_dir(golden())
+            .args(["plan", &format!("cases/{case}/config.yml"), "/tmp/unused-out"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let stdout = plan("vocab_pad_ta_bf16");
+    for needle in [
+        "vocabulary:    66 tokens (tokenizer source: union), 96 rows (pad_to_multiple_of)",
+        "./models/base_bf16: lacks 2 (rows filled: `<|im_start|>` <- ./models/chatml_bf16 row 64, `<|im_end|>` <- ./models/chatml_bf16 row 65)",
+        "./models/chatml_bf16: lacks 0\n",
+        "rows 66..96: the mean of each model's aligned rows",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    let stdout = plan("vocab_tokens_linear_bf16");
+    let needle = "./models/rev_bf16: lacks 2 (rows filled: `a` (forced) <- ./models/chatml_bf16 row 4, \
+                  `<|im_start|>` <- zeros, `<|im_end|>` <- ./models/base_bf16 row 2)";
+    assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+}
+
+#[test]
 fn errors_exit_nonzero_with_a_message_and_help_teaches() {
     let output = shardmerge()
         .args(["merge", "/nonexistent/cfg.yml", "/tmp/never"])

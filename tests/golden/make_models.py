@@ -298,6 +298,115 @@ def main():
     write_json(os.path.join(base_dir, "tokenizer_config.json"), tok_cfg)
     write_json(os.path.join(base_dir, "generation_config.json"), gen_cfg)
 
+    vocab_models(out_dir, arrays)
+
+
+# --- Models with different vocabularies (issue 11) --------------------------------------
+# Written after every model above, from their own seeds, so the models above are unchanged.
+VOCAB_SEEDS = {"chatml": 3001, "padded": 3002, "ext": 3003}
+# mergekit 0.1.5 appends a union's new ordinary (non-added) tokens in the iteration order of
+# a Rust hash map (`get_vocab()`), which changes from run to run, and the tokens of several
+# models in set order: union cases therefore use models whose new tokens are added tokens of
+# one model (chatml); ext's ordinary extra tokens appear only with `tokenizer_source: base`.
+CHATML = ["<|im_start|>", "<|im_end|>"]
+EXT_TOKENS = ["ab", "cd", "ef", "gh"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def added_entry(i, tok, special=True, normalized=False):
+    return {"id": i, "content": tok, "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": normalized, "special": special}
+
+
+def vocab_tokenizer(vocab, merges, added, extra_cfg=None):
+    """tokenizer.json and tokenizer_config.json for a BPE vocabulary and added tokens."""
+    tok_json, tok_cfg, _gen = tokenizer_files()
+    tok_json["added_tokens"] = added
+    tok_json["model"]["vocab"] = vocab
+    tok_json["model"]["merges"] = merges
+    tok_cfg["added_tokens_decoder"] = {
+        str(e["id"]): {k: e[k] for k in ("content", "lstrip", "normalized", "rstrip",
+                                         "single_word", "special")}
+        for e in added
+    }
+    tok_cfg.update(extra_cfg or {})
+    import tokenizers  # the files must load with Hugging Face's own library
+    tokenizers.Tokenizer.from_str(json.dumps(tok_json))
+    return tok_json, tok_cfg
+
+
+def grow_rows(t, rows, rng):
+    """t (f32 array, vocab first) with extra rows drawn like the embedding."""
+    extra = np.float32(0.5) * rng.standard_normal((rows - t.shape[0], t.shape[1])).astype(np.float32)
+    return np.concatenate([t, extra], axis=0).astype(np.float32)
+
+
+def write_vocab_model(out_dir, name, arrays, vocab_size, tok, tied=False):
+    tensors = dict(arrays)
+    cfg = config_v4("bfloat16")
+    cfg["vocab_size"] = vocab_size
+    if tied:
+        del tensors["lm_head.weight"]
+        cfg["tie_word_embeddings"] = True
+    path = write_model(out_dir, name, to_torch(tensors, torch.bfloat16), cfg)
+    write_json(os.path.join(path, "tokenizer.json"), tok[0])
+    write_json(os.path.join(path, "tokenizer_config.json"), tok[1])
+
+
+def vocab_models(out_dir, arrays):
+    base_tok, _cfg, _gen = tokenizer_files()
+    base_vocab = base_tok["model"]["vocab"]
+    specials = [added_entry(i, t) for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>"])]
+
+    # chatml: ft1 plus two special tokens <|im_start|> (64), <|im_end|> (65), rows appended.
+    rng = np.random.default_rng(VOCAB_SEEDS["chatml"])
+    chatml = dict(arrays["ft1"])
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        chatml[n] = grow_rows(chatml[n], VOCAB + 2, rng)
+    vocab = dict(base_vocab)
+    vocab.update({t: VOCAB + i for i, t in enumerate(CHATML)})
+    added = specials + [added_entry(VOCAB + i, t) for i, t in enumerate(CHATML)]
+    tok = vocab_tokenizer(vocab, [], added, {"eos_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE})
+    write_vocab_model(out_dir, "chatml_bf16", chatml, VOCAB + 2, tok)
+    write_vocab_model(out_dir, "chatml_tied_bf16", chatml, VOCAB + 2, tok, tied=True)
+
+    # padded: ft2 with the base tokenizer, embedding and lm_head padded to 128 rows.
+    rng = np.random.default_rng(VOCAB_SEEDS["padded"])
+    padded = dict(arrays["ft2"])
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        padded[n] = grow_rows(padded[n], 128, rng)
+    tok = vocab_tokenizer(dict(base_vocab), [], list(specials))
+    write_vocab_model(out_dir, "padded_bf16", padded, 128, tok)
+
+    # ext: ft2 with the letters in reverse order (a non-identity permutation) and four
+    # ordinary two-letter tokens with their merges at ids 64..67.
+    rng = np.random.default_rng(VOCAB_SEEDS["ext"])
+    ext = dict(arrays["ft2"])
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        ext[n] = grow_rows(ext[n], VOCAB + len(EXT_TOKENS), rng)
+    order = sorted(base_vocab, key=lambda t: base_vocab[t])
+    order = order[:4] + order[4:][::-1] + EXT_TOKENS
+    vocab = {t: i for i, t in enumerate(order)}
+    merges = [[t[0], t[1]] for t in EXT_TOKENS]
+    tok = vocab_tokenizer(vocab, merges, list(specials))
+    write_vocab_model(out_dir, "ext_bf16", ext, VOCAB + len(EXT_TOKENS), tok)
+
+    # rev: ft2 with ext's reversed letters only (same 64 tokens, another order).
+    rev = dict(arrays["ft2"])
+    tok = vocab_tokenizer({t: i for i, t in enumerate(order[:VOCAB])}, [], list(specials))
+    write_vocab_model(out_dir, "rev_bf16", rev, VOCAB, tok)
+
+    # short: ft2 without the last token ("7", id 63): 63 tokens and rows.
+    short = dict(arrays["ft2"])
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        short[n] = short[n][: VOCAB - 1]
+    tok = vocab_tokenizer({t: i for t, i in base_vocab.items() if i < VOCAB - 1}, [], list(specials))
+    write_vocab_model(out_dir, "short_bf16", short, VOCAB - 1, tok)
+
 
 if __name__ == "__main__":
     main()

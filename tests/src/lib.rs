@@ -22,6 +22,8 @@ pub struct Case {
     pub out_shard_size: Option<u64>,
     /// `--no-copy-tokenizer` was given.
     pub no_copy_tokenizer: bool,
+    /// `--unsafe-truncate-embeddings` was given.
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// All golden cases with an `expected/` directory, sorted by name.
@@ -49,12 +51,14 @@ pub fn cases() -> Vec<Case> {
             }
         }
         let no_copy_tokenizer = words.contains(&"--no-copy-tokenizer");
+        let unsafe_truncate_embeddings = words.contains(&"--unsafe-truncate-embeddings");
         out.push(Case {
             name: e.file_name().to_string_lossy().into_owned(),
             dir: path,
             random_seed,
             out_shard_size,
             no_copy_tokenizer,
+            unsafe_truncate_embeddings,
         });
     }
     out
@@ -82,6 +86,7 @@ pub fn run_case_chunked(
     opts.run.workers = workers;
     opts.run.shuffle = shuffle;
     opts.output.copy_tokenizer = !case.no_copy_tokenizer;
+    opts.unsafe_truncate_embeddings = case.unsafe_truncate_embeddings;
     if let Some(s) = case.out_shard_size {
         opts.out_shard_size = s;
     }

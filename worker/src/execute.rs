@@ -4,6 +4,7 @@
 //! Everything a task needs is in the task message (plus the storage it names), so tasks run in
 //! any order, on any worker, any number of times, and always write the same bytes.
 
+mod aligned;
 mod chunked;
 mod tensor_io;
 mod whole;

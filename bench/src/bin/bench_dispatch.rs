@@ -111,6 +111,7 @@ fn unit(id: u64) -> WorkUnit {
             ),
         ]),
         rng_offset: (m > 0).then_some(id << 20),
+        rows: Vec::new(),
     };
     let shard_uri = "s3://out/merged/model-00001-of-00001.safetensors".to_string();
     WorkUnit {

@@ -9,8 +9,8 @@
 //!   silently), never as errors;
 //! * a top-level `random_seed` is honoured (mergekit ignores it; only its CLI flag counts);
 //! * features that are not implemented yet are errors rather than silently ignored, because
-//!   ignoring them would produce a different model: `modules`, `tokenizer`,
-//!   `tokenizer_source`, `chat_template`, LoRA references and `override_architecture`;
+//!   ignoring them would produce a different model: `modules`, LoRA references,
+//!   `override_architecture`, and `chat_template` names of mergekit's built-in templates;
 //! * `dtype`/`out_dtype: int64` is rejected at parse time (mergekit rejects it when used);
 //! * a parameter set to `null` is an error; a duplicated key inside one mapping of the config
 //!   schema is an error (PyYAML keeps the last; inside `parameters:` the last one wins too);
@@ -29,6 +29,7 @@ mod setting;
 mod setting_de;
 #[cfg(test)]
 mod tests;
+mod tokenizer;
 mod warnings;
 
 use std::fmt;
@@ -39,6 +40,7 @@ pub use error::{ConfigError, ConfigErrorKind, ParamError};
 pub use model_ref::{ModelRef, ModelRefError};
 pub use resolve::{layer_t, resolve_parameter};
 pub use setting::{Condition, ParamMap, ParamScope, ParamType, Scalar, Setting};
+pub use tokenizer::{TokenEmbedding, TokenEmbeddingSource, TokenizerConfig, TokenizerSource};
 
 /// Largest config file accepted, in bytes (configs are untrusted input).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
@@ -62,6 +64,11 @@ pub struct MergeConfig {
     pub out_dtype: Option<DTypeName>,
     /// Seed for random sparsification. Unlike mergekit, honoured (shardmerge extension).
     pub random_seed: Option<u64>,
+    /// The output tokenizer (`tokenizer_source:` or `tokenizer:`); `None`: the donor's is
+    /// copied and vocabularies must agree.
+    pub tokenizer: Option<TokenizerConfig>,
+    /// `chat_template:`: `auto` or a Jinja template (checked by [`tokenizer`]'s rules).
+    pub chat_template: Option<String>,
     /// One message per unknown (ignored) key, naming the file, line and path, e.g.
     /// ``cfg.yml:6:9: unknown key `slices[0].sources[1].weigth` (ignored; ...)``.
     pub warnings: Vec<String>,

@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::error::{ConfigError, ConfigErrorKind};
 use super::locate::{Seg, locate, segments, yaml_path};
+use super::tokenizer::{RawTokenizer, TokenEmbeddingSource, TokenizerConfig, TokenizerSource};
 use super::warnings;
 use super::{DTypeName, InputModel, MAX_CONFIG_BYTES, MergeConfig, ModelRef, OutputSlice, ParamMap, SliceSource};
 
@@ -24,9 +25,9 @@ struct RawConfig {
     parameters: ParamMap,
     dtype: Option<DTypeName>,
     out_dtype: Option<DTypeName>,
-    tokenizer_source: Option<serde_norway::Value>,
-    tokenizer: Option<serde_norway::Value>,
-    chat_template: Option<serde_norway::Value>,
+    tokenizer_source: Option<TokenizerSource>,
+    tokenizer: Option<RawTokenizer>,
+    chat_template: Option<String>,
     random_seed: Option<u64>,
 }
 
@@ -135,10 +136,6 @@ impl Visitor<'_> for DTypeVisitor {
     }
 }
 
-const TOKENIZER_REASON: &str = "shardmerge does not build merged tokenizers or align \
-     vocabularies yet, and ignoring it would change the embedding and lm_head tensors; remove \
-     it only if every model shares the same tokenizer";
-
 /// Parses, validates and collects warnings (see [`super::parse_config`]).
 pub(crate) fn parse(text: &str, file: &Path) -> Result<MergeConfig, ConfigError> {
     let size = u64::try_from(text.len()).unwrap_or(u64::MAX);
@@ -219,21 +216,11 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
     let fail = |path: Vec<Seg>, kind| ConfigError::new(file, locate(text, &path), kind);
     let invalid = |message: String| ConfigErrorKind::Invalid(message);
 
-    let unsupported = [
-        (
-            "modules",
-            raw.modules.is_some(),
-            "multi-module configs are not supported yet; use `models:` or `slices:`",
-        ),
-        ("tokenizer", raw.tokenizer.is_some(), TOKENIZER_REASON),
-        ("tokenizer_source", raw.tokenizer_source.is_some(), TOKENIZER_REASON),
-        (
-            "chat_template",
-            raw.chat_template.is_some(),
-            "shardmerge does not write tokenizer files or chat templates yet; remove it and set \
-             the template on the merged model afterwards",
-        ),
-    ];
+    let unsupported = [(
+        "modules",
+        raw.modules.is_some(),
+        "multi-module configs are not supported yet; use `models:` or `slices:`",
+    )];
     for (key, present, reason) in unsupported {
         if present {
             return Err(fail(
@@ -295,6 +282,64 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
         }
     }
 
+    let tokenizer = match (raw.tokenizer_source, raw.tokenizer) {
+        (Some(_), Some(_)) => {
+            let message = "`tokenizer_source` and `tokenizer` are both given; mergekit 0.1.5 refuses \
+                           this too (\"Cannot specify both tokenizer_source and tokenizer\"): keep one";
+            return Err(fail(yaml_path!["tokenizer"], invalid(message.into())));
+        }
+        (Some(source), None) => Some(TokenizerConfig {
+            source,
+            tokens: Vec::new(),
+            pad_to_multiple_of: None,
+            key: "tokenizer_source",
+        }),
+        (None, Some(t)) => Some(t.into_config()),
+        (None, None) => None,
+    };
+    if let Some(t) = &tokenizer {
+        let in_merge = |m: &ModelRef| {
+            raw.base_model.as_ref() == Some(m)
+                || models.iter().any(|x| &x.model == m)
+                || slices.iter().any(|s| s.sources.iter().any(|x| &x.model == m))
+        };
+        if let TokenizerSource::Model(m) = &t.source
+            && !in_merge(m)
+        {
+            let message = format!(
+                "the tokenizer source `{m}` is not one of the merged models; shardmerge takes the \
+                 output tokenizer from a merged model only (mergekit 0.1.5 would load any model's)"
+            );
+            let path = if t.key == "tokenizer" {
+                yaml_path!["tokenizer", "source"]
+            } else {
+                yaml_path!["tokenizer_source"]
+            };
+            return Err(fail(path, invalid(message)));
+        }
+        for (token, setting) in &t.tokens {
+            let model = match &setting.source {
+                Some(TokenEmbeddingSource::Model(m)) | Some(TokenEmbeddingSource::ModelToken { model: m, .. }) => m,
+                _ => continue,
+            };
+            if !in_merge(model) {
+                let message = format!(
+                    "token `{token}` takes its embedding from model `{model}`, which is not one of \
+                     the merged models (mergekit 0.1.5 fails mid-merge: the vocabulary weight of \
+                     that model is missing); use one of the models listed under `models`/`slices`"
+                );
+                return Err(fail(
+                    yaml_path!["tokenizer", "tokens", token.as_str(), "source"],
+                    invalid(message),
+                ));
+            }
+        }
+    }
+
+    if let Some(t) = &raw.chat_template {
+        super::tokenizer::check_chat_template(t).map_err(|m| fail(yaml_path!["chat_template"], invalid(m)))?;
+    }
+
     Ok(MergeConfig {
         merge_method,
         models: models
@@ -325,6 +370,8 @@ fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, Conf
         dtype: raw.dtype,
         out_dtype: raw.out_dtype,
         random_seed: raw.random_seed,
+        tokenizer,
+        chat_template: raw.chat_template,
         warnings: Vec::new(),
         source_text: text.to_string(),
         file: file.to_path_buf(),

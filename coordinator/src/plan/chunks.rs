@@ -70,8 +70,13 @@ pub(super) fn split(
             }
             chunk_elems = chunk_elems.min(fit.max(1));
         }
-        let plan = chunk::plan(&task, chunk_elems)
-            .map_err(|e| PlanError::Invalid(format!("tensor `{}`: {e}", task.tensor)))?;
+        // Vocabulary-aligned inputs are built whole: such tensors stay whole tasks.
+        let aligned = task.inputs.iter().any(|i| !i.rows.is_empty());
+        let plan = if aligned {
+            None
+        } else {
+            chunk::plan(&task, chunk_elems).map_err(|e| PlanError::Invalid(format!("tensor `{}`: {e}", task.tensor)))?
+        };
         let Some(plan) = plan else {
             too_big(mem, "the whole-tensor task".into())?;
             out.push(task);

@@ -12,6 +12,9 @@ pub mod params;
 pub mod sources;
 pub mod tensors;
 mod validate;
+pub mod vocab;
+mod vocab_files;
+pub mod vocab_rows;
 
 use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
@@ -63,6 +66,9 @@ pub struct PlanOptions {
     /// Memory budget of one worker (`--memory-limit`): larger tasks are split into chunks, and
     /// a task that cannot fit is a planning error. `None`: no limit.
     pub memory_limit: Option<u64>,
+    /// `--unsafe-truncate-embeddings`: without a tokenizer setting, vocabulary tensors keep the
+    /// first rows common to every model (config.json untouched).
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// Where the random seed came from.
@@ -99,6 +105,11 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// The memory limit the plan fits (every task's planned memory is at most this).
     pub memory_limit: Option<u64>,
+    /// The output vocabulary, when the config sets `tokenizer_source` or `tokenizer`.
+    pub vocab: Option<vocab::Vocabulary>,
+    /// The output tokenizer's files `(name, text)`, written instead of the donor's when a
+    /// tokenizer is built or a chat template is set.
+    pub tokenizer_files: Option<Vec<(String, String)>>,
 }
 
 impl Plan {
@@ -126,7 +137,13 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
     let mut warnings = norm.warnings.clone();
     let known: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     warnings.extend(config.unknown_parameter_warnings(&known));
-    let mut out = tensors::output_tensors(config, &method, &norm)?;
+    let vocab = match &config.tokenizer {
+        Some(t) => Some(vocab::build(t, &norm)?),
+        None => None,
+    };
+
+    let tokenizer_files = tokenizer_files(config, &norm, vocab.as_ref(), &mut warnings)?;
+    let mut out = tensors::output_tensors(config, &method, &norm, vocab.as_ref(), opts.unsafe_truncate_embeddings)?;
     for t in &out {
         validate::check_tensor(config, &method, &norm, t)?;
     }
@@ -216,6 +233,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
                 }),
                 params: inp.params.clone(),
                 rng_offset,
+                rows: inp.rows.clone(),
             });
         }
         // Streamed kernels keep 1 keep bit per element of each sparsified input plus chunk
@@ -237,7 +255,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             | methods::MethodKind::ArceeFusion => t.numel * 4 * (3 + 2 * t.inputs.len() as u64),
             _ => t.numel * 4 * 2,
         };
-        task_memory.push(working + max_in);
+        // Aligned inputs are built whole in f32, one per input.
+        let aligned = t.inputs.iter().filter(|i| !i.rows.is_empty()).count() as u64;
+        task_memory.push(working + max_in + aligned * t.numel * 4);
         tasks.push(MergeTask {
             task_id: ti as u64,
             tensor: t.name.clone(),
@@ -279,5 +299,37 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         task_memory,
         warnings,
         memory_limit: opts.memory_limit,
+        vocab,
+        tokenizer_files,
     })
+}
+
+/// The merged tokenizer's files, or the donor's tokenizer re-serialized with the configured
+/// chat template (mergekit's path when `chat_template` is set without a tokenizer setting).
+fn tokenizer_files(
+    config: &MergeConfig,
+    norm: &sources::Normalized,
+    vocab: Option<&vocab::Vocabulary>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<(String, String)>>, PlanError> {
+    let template = match config.chat_template.as_deref() {
+        Some("auto") => vocab_files::auto_template(&norm.models)?,
+        other => other.map(str::to_string),
+    };
+    if let Some(v) = vocab {
+        return vocab_files::files(&v.tokenizer, &norm.models[v.source], template).map(Some);
+    }
+    if config.chat_template.is_none() {
+        return Ok(None);
+    }
+    let donor = &norm.models[norm.donor];
+    let tok = match vocab::tokenizer_text(donor).and_then(|t| vocab::parse_tokenizer(donor, &t)) {
+        Ok(t) => t,
+        Err(e) => {
+            // mergekit logs the failure and writes no tokenizer.
+            warnings.push(format!("chat_template is set but no tokenizer can be written: {e}"));
+            return Ok(Some(Vec::new()));
+        }
+    };
+    vocab_files::files(&tok, donor, template).map(Some)
 }

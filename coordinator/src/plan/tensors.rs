@@ -8,9 +8,11 @@
 use super::PlanError;
 use super::params::{resolve_input_params, resolve_shared_params};
 use super::sources::{NSlice, Normalized};
+use super::vocab::Vocabulary;
+use super::vocab_rows::{self, AlignedInput};
 use crate::arch;
 use crate::config::MergeConfig;
-use shardmerge_proto::v1::ParamValue;
+use shardmerge_proto::v1::{ParamValue, RowRun};
 use shardmerge_worker::kernels::WorkDType;
 use shardmerge_worker::methods::{BasePolicy, MethodSpec, OptionalPolicy};
 use shardmerge_worker::safetensors_io::{Dtype, TensorInfo};
@@ -32,6 +34,8 @@ pub struct PlannedInput {
     pub params: HashMap<String, ParamValue>,
     /// Resolved density (for random-stream accounting).
     pub density: Option<f64>,
+    /// Vocabulary alignment or truncation of this input's rows (empty: read as stored).
+    pub rows: Vec<RowRun>,
 }
 
 /// One output tensor.
@@ -98,6 +102,8 @@ pub fn output_tensors(
     config: &MergeConfig,
     method: &MethodSpec,
     norm: &Normalized,
+    vocab: Option<&Vocabulary>,
+    truncate_vocab: bool,
 ) -> Result<Vec<PlannedTensor>, PlanError> {
     let load = match &config.dtype {
         Some(d) => Some(dtype_setting(config, "dtype", d.as_str())?),
@@ -113,6 +119,8 @@ pub fn output_tensors(
         norm,
         load,
         out_dtype,
+        vocab,
+        truncate_vocab,
     };
     let mut out = Vec::new();
     let first = &norm.slices[0];
@@ -189,6 +197,18 @@ struct Ctx<'a> {
     norm: &'a Normalized,
     load: Option<WorkDType>,
     out_dtype: Option<WorkDType>,
+    vocab: Option<&'a Vocabulary>,
+    truncate_vocab: bool,
+}
+
+/// How a vocabulary tensor's inputs are brought to one row count.
+enum VocabMode {
+    /// Shapes must agree.
+    None,
+    /// Aligned to the output vocabulary.
+    Align,
+    /// The first `min` rows (`--unsafe-truncate-embeddings`).
+    Truncate(u64),
 }
 
 impl Ctx<'_> {
@@ -232,10 +252,46 @@ impl Ctx<'_> {
                 }
             }
         }
-        // Shapes must agree.
-        let shape = found[0].3.shape.clone();
+        // Shapes must agree (for vocabulary tensors being aligned or truncated: past dim 0).
+        let mut shape = found[0].3.shape.clone();
+        let vocab_tensor = arch::has_vocabulary_axis(out_name) && !shape.is_empty();
+        let mode = match (vocab_tensor, self.vocab) {
+            (true, Some(v)) => {
+                shape[0] = v.rows;
+                VocabMode::Align
+            }
+            (true, None) if self.truncate_vocab => {
+                let min = found
+                    .iter()
+                    .map(|f| f.3.shape.first().copied().unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
+                shape[0] = min;
+                VocabMode::Truncate(min)
+            }
+            _ => VocabMode::None,
+        };
+        let rows_differ =
+            |a: &[u64], b: &[u64]| a.len() == b.len() && !a.is_empty() && a[1..] == b[1..] && a[0] != b[0];
         for f in &found[1..] {
-            if f.3.shape != shape {
+            let same = match mode {
+                VocabMode::None => f.3.shape == shape,
+                _ => f.3.shape.len() == shape.len() && f.3.shape[1..] == shape[1..],
+            };
+            if !same && vocab_tensor && rows_differ(&f.3.shape, &found[0].3.shape) {
+                return Err(PlanError::Invalid(format!(
+                    "tensor `{out_name}`: vocabulary sizes differ: model `{}` has {} rows, model `{}` has {}; \
+                     mergekit 0.1.5 refuses this too (\"Tensor size mismatch\"): set `tokenizer_source: union` \
+                     (or `base`, or a `tokenizer:` section) to align the vocabularies, or pass \
+                     --unsafe-truncate-embeddings to keep the first {} rows of every model",
+                    norm.models[slice.sources[found[0].0].model].display,
+                    found[0].3.shape[0],
+                    norm.models[slice.sources[f.0].model].display,
+                    f.3.shape[0],
+                    found[0].3.shape[0].min(f.3.shape[0])
+                )));
+            }
+            if !same {
                 return Err(PlanError::Invalid(format!(
                     "tensor `{out_name}`: shape mismatch: model `{}` has `{}` with shape {:?}, model `{}` has `{}` with shape {:?}",
                     norm.models[slice.sources[found[0].0].model].display,
@@ -384,7 +440,32 @@ impl Ctx<'_> {
                 is_base,
                 params,
                 density,
+                rows: Vec::new(),
             });
+        }
+        match (mode, self.vocab) {
+            (VocabMode::Align, Some(v)) => {
+                let aligned: Vec<AlignedInput> = inputs
+                    .iter()
+                    .map(|i| AlignedInput {
+                        model: i.model,
+                        stored_rows: i.info.shape[0],
+                    })
+                    .collect();
+                let refs: Vec<_> = norm.models.iter().map(|m| m.reference.clone()).collect();
+                // mergekit passes the slice's base model whatever the method does with it.
+                let base = slice.base.and_then(|b| inputs.iter().position(|i| i.model == b));
+                let defaults = vocab_rows::defaults(v, &aligned, base, out_name, &refs)?;
+                for (k, inp) in inputs.iter_mut().enumerate() {
+                    inp.rows = vocab_rows::runs(v, &aligned, k, &defaults);
+                }
+            }
+            (VocabMode::Truncate(min), _) => {
+                for (k, inp) in inputs.iter_mut().enumerate() {
+                    inp.rows = vocab_rows::truncated(k, min);
+                }
+            }
+            _ => {}
         }
         let numel = shape.iter().product::<u64>();
         Ok(Some(PlannedTensor {

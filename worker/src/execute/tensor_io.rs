@@ -59,8 +59,23 @@ pub(super) struct Opened<'a> {
     rounding: [Option<WorkDType>; 2],
 }
 
+impl Opened<'_> {
+    /// An input whose working-dtype values were built in memory (kept as f32 bytes, exact).
+    fn from_values(src: TensorSource, values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Opened {
+            src,
+            _task: std::marker::PhantomData,
+            data: InputBytes::Owned(data),
+            dtype: Dtype::F32,
+            size: 4,
+            rounding: [None, None],
+        }
+    }
+}
+
 /// A problem with the input `src` itself.
-fn bad_input(src: &TensorSource, reason: String) -> TaskError {
+pub(super) fn bad_input(src: &TensorSource, reason: String) -> TaskError {
     TaskError::BadInput {
         uri: src.uri.clone(),
         tensor: src.tensor_name.clone(),
@@ -111,12 +126,18 @@ impl<'a> Loader<'a> {
             })
     }
 
-    /// Checks input `index` against the plan and maps its bytes.
+    /// Checks input `index` against the plan and maps its bytes (or builds its rows, for a
+    /// vocabulary-aligned input).
     pub(super) fn open(&mut self, index: usize) -> Result<Opened<'a>, TaskError> {
         let input = self.task.inputs.get(index).ok_or_else(|| TaskError::InvalidTask {
             tensor: self.task.tensor.clone(),
             reason: format!("input {index} missing"),
         })?;
+        if !input.rows.is_empty() {
+            let src = input.source.clone().unwrap_or_default();
+            let values = self.aligned(index)?;
+            return Ok(Opened::from_values(src, &values));
+        }
         let src = input.source.as_ref().ok_or_else(|| TaskError::InvalidTask {
             tensor: self.task.tensor.clone(),
             reason: "input without source".into(),
@@ -149,8 +170,21 @@ impl<'a> Loader<'a> {
             )));
         }
         self.bytes_read += src.length;
-        // Cast on load (the config's `dtype`), then to the working dtype; both are no-ops when
-        // the stored dtype already is the target, and the working dtype is never narrower.
+        let rounding = self.rounding(dtype);
+        Ok(Opened {
+            src,
+            _task: std::marker::PhantomData,
+            data,
+            dtype,
+            size: size.unwrap_or(1),
+            rounding,
+        })
+    }
+
+    /// The roundings that turn stored `dtype` values into working-dtype values: the cast on
+    /// load (the config's `dtype`), then to the working dtype; both are no-ops when the stored
+    /// dtype already is the target, and the working dtype is never narrower.
+    pub(super) fn rounding(&self, dtype: Dtype) -> [Option<WorkDType>; 2] {
         let stored = work_of(dtype);
         let mut current = stored;
         let mut rounding = [None; 2];
@@ -163,15 +197,7 @@ impl<'a> Loader<'a> {
         if current != Some(self.work) && current.is_none_or(|c| c.promote(self.work) != self.work) {
             rounding[1] = Some(self.work);
         }
-        rounding = rounding.map(|r| r.filter(|&r| r != WorkDType::F32));
-        Ok(Opened {
-            src,
-            _task: std::marker::PhantomData,
-            data,
-            dtype,
-            size: size.unwrap_or(1),
-            rounding,
-        })
+        rounding.map(|r| r.filter(|&r| r != WorkDType::F32))
     }
 
     /// Input `index` as a whole tensor of working-dtype values.

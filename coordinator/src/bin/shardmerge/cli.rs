@@ -109,6 +109,12 @@ pub struct CommonArgs {
     /// Number of in-process workers (concurrent tasks).
     #[arg(long, default_value_t = 2, env = "SHARDMERGE_WORKERS")]
     pub workers: usize,
+    /// Without `tokenizer_source`/`tokenizer`, merge embeddings and lm_head of models with
+    /// different vocabulary sizes by keeping the first rows common to all (mergekit 0.1.5's
+    /// flag; config.json and the tokenizer stay the donor's, so rows past the smallest
+    /// vocabulary are dropped and ids may no longer match their tokens).
+    #[arg(long)]
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// What is written beside the shards, shared by `merge` and `submit`.
@@ -345,6 +351,7 @@ pub fn merge_options(common: &CommonArgs, output: &OutputFlags, quiet: bool, thr
         memory_limit: common.memory_limit,
         output: output.options(),
         allow_crimes: common.job.allow_crimes,
+        unsafe_truncate_embeddings: common.unsafe_truncate_embeddings,
         run: RunOptions {
             workers: common.workers,
             threads,
@@ -367,6 +374,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         chunk_size: args.common.chunk_size,
         memory_limit: args.common.memory_limit,
         allow_crimes: args.common.job.allow_crimes,
+        unsafe_truncate_embeddings: args.common.unsafe_truncate_embeddings,
         ..MergeOptions::default()
     };
     let plan = shardmerge_coordinator::plan_config(&config, &args.out_path, &opts)?;
@@ -402,6 +410,14 @@ pub fn describe_plan(plan: &shardmerge_coordinator::Plan, workers: usize) -> Str
         p.total_size,
         p.total_size as f64 / 1e9
     ));
+    if let Some(v) = &plan.vocab {
+        let names: Vec<String> = plan.models.iter().map(|m| m.display.clone()).collect();
+        let refs: Vec<_> = plan.models.iter().map(|m| m.reference.clone()).collect();
+        for line in shardmerge_coordinator::plan::vocab_rows::describe(v, &names, &refs, plan.base) {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
     s.push_str(&format!("output shards: {}\n", p.shards.len()));
     for sh in &p.shards {
         s.push_str(&format!(

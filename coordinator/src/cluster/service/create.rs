@@ -192,6 +192,8 @@ impl Coordinator {
             // Tasks get half the workers' budget; the rest covers the prefetch window ahead of
             // them and the process itself.
             memory_limit: record.memory_limit.map(|l| l / 2),
+            // Not a cluster job option (yet).
+            unsafe_truncate_embeddings: false,
         };
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))

@@ -120,19 +120,44 @@ fn rule_violations_point_at_the_key() {
             "`modules` is not supported yet",
         ),
         (
-            "merge_method: m\nmodels: [{model: A}]\ntokenizer_source: union\n",
-            3,
-            "`tokenizer_source` is not supported yet",
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer_source: union\ntokenizer: {source: base}\n",
+            4,
+            "`tokenizer_source` and `tokenizer` are both given",
         ),
         (
-            "merge_method: m\nmodels: [{model: A}]\ntokenizer: {source: base}\n",
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer:\n  tokens:\n    \"<x>\": {source: B}\n",
+            5,
+            "token `<x>` takes its embedding from model `B`, which is not one of the merged models",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer_source: C\n",
             3,
-            "`tokenizer` is not supported yet",
+            "the tokenizer source `C` is not one of the merged models",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: A}}\n",
+            5,
+            "needs `token_id` or `token`",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer:\n  tokens:\n    x: {source: {kind: one}}\n",
+            5,
+            "unknown token source kind `one`",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\ntokenizer: {pad_to_multiple_of: -8}\n",
+            3,
+            "pad_to_multiple_of",
         ),
         (
             "merge_method: m\nmodels: [{model: A}]\nchat_template: chatml\n",
             3,
-            "`chat_template` is not supported yet",
+            "names one of mergekit's built-in templates",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\nchat_template: \"{{ x }}\"\n",
+            3,
+            "invalid chat template",
         ),
         (
             "merge_method: m\nmodels: [{model: A}]\nrandom_seed: -1\n",
@@ -239,4 +264,52 @@ fn deep_flow_nesting_is_rejected_before_the_scanner() {
     assert_eq!((line, column), (Some(3), Some(70)), "{message}");
     assert!(message.contains("nested more than 64 levels"), "{message}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn tokenizer_settings_parse() {
+    let c = parse("merge_method: m\nmodels: [{model: A}, {model: B@main}]\ntokenizer_source: B@main\n");
+    let t = c.tokenizer.unwrap();
+    assert_eq!(
+        t.source,
+        TokenizerSource::Model(ModelRef::new("B").with_revision("main"))
+    );
+    assert_eq!(
+        (t.key, t.tokens.len(), t.pad_to_multiple_of),
+        ("tokenizer_source", 0, None)
+    );
+    let c = parse("merge_method: m\nmodels: [{model: A}]\ntokenizer_source: base\n");
+    assert_eq!(c.tokenizer.unwrap().source, TokenizerSource::Base);
+    let c = parse(
+        "merge_method: m\nmodels: [{model: A}, {model: B}]\ntokenizer:\n  pad_to_multiple_of: 64\n  tokens:\n    \
+         \"<|im_end|>\": {source: {kind: model_token, model: A, token: \"</s>\"}}\n    z: {source: B, force: true}\n    \
+         y: {source: {kind: zero}}\n    w: {}\n",
+    );
+    let t = c.tokenizer.unwrap();
+    assert_eq!(
+        (t.source.clone(), t.key, t.pad_to_multiple_of),
+        (TokenizerSource::Union, "tokenizer", Some(64))
+    );
+    let names: Vec<&str> = t.tokens.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["<|im_end|>", "z", "y", "w"]);
+    assert_eq!(
+        t.tokens[0].1.source,
+        Some(TokenEmbeddingSource::ModelToken {
+            model: ModelRef::new("A"),
+            token_id: None,
+            token: Some("</s>".into())
+        })
+    );
+    assert_eq!(
+        t.tokens[1].1,
+        TokenEmbedding {
+            source: Some(TokenEmbeddingSource::Model(ModelRef::new("B"))),
+            force: true
+        }
+    );
+    assert_eq!(t.tokens[2].1.source, Some(TokenEmbeddingSource::Zero));
+    assert_eq!(t.tokens[3].1, TokenEmbedding::default());
+    // pad_to_multiple_of: 0 means no padding, as mergekit's falsy check.
+    let c = parse("merge_method: m\nmodels: [{model: A}]\ntokenizer: {pad_to_multiple_of: 0}\n");
+    assert_eq!(c.tokenizer.unwrap().pad_to_multiple_of, None);
 }
