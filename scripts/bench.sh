@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Benchmark shardmerge against mergekit 0.1.5 on AutoMerger's two recipes.
+# Benchmark shardmerge against mergekit 0.1.5 on AutoMerger's two recipes and on
+# model_stock, della and nuslerp.
 #
 # What it measures, in one run (the machine is noisy: compare the ratios, not the
 # absolute numbers across runs):
 #   - a synthetic bf16 Llama-shaped family (`shardmerge synth`: hidden 2048, 8 layers,
 #     ~0.54B params, ~1.08 GB per model), generated once under $BENCH_DIR/models;
 #   - AutoMerger's SLERP (base + finetune-a, t gradients) and DARE-TIES (density 0.53,
-#     weight 0.6, int8_mask) recipes, both `--random-seed 42`, dtype bfloat16;
+#     weight 0.6, int8_mask) recipes, and model_stock (base + finetune-a + finetune-b),
+#     della (base + both fine-tunes, densities 0.5/0.6, epsilon 0.1) and nuslerp (the two
+#     fine-tunes, weights 0.4/0.6), all `--random-seed 42`, dtype bfloat16;
 #   - for each tool and recipe, under GNU `/usr/bin/time -v`: wall time, CPU time
 #     (user + sys) and peak RSS, with warm page cache for both tools (the inputs are
 #     read once first) and `sync` before every run;
 #   - the I/O floor: reading both inputs once from the warm cache (dd to /dev/null),
 #     and writing a file of the output's size (dd from /dev/zero, no fsync, like the tools);
-#   - output parity: DARE-TIES .safetensors must be byte-identical (cmp), SLERP
-#     within 1 bf16 ulp (scripts/compare_outputs.py, run with the venv's python).
+#   - output parity: DARE-TIES, model_stock and nuslerp .safetensors must be
+#     byte-identical (cmp), SLERP within 1 bf16 ulp (scripts/compare_outputs.py, run with
+#     the venv's python); for della (bf16 magnitudes tie within rows, and torch's unstable
+#     sort orders them: tests/golden/README.md) the differing elements are reported.
 # Prints a Markdown table (medians over the repeats) and writes it to $BENCH_DIR/results.md.
 # Exit status 1 if an output comparison fails (the table is still written).
 #
@@ -21,6 +26,7 @@
 # Env:
 #   BENCH_DIR        work dir (default <repo>/target/bench): models/, *.yml, logs/, results.md
 #   BENCH_REPEAT     runs per tool and recipe (default 1)
+#   BENCH_RECIPES    which recipes (default "dare-ties slerp model-stock della nuslerp")
 #   SKIP_MERGEKIT=1  time shardmerge only (no ratios, no output comparison)
 #   BENCH_KEEP=1     keep the last outputs in $BENCH_DIR/out/TOOL/merged-RECIPE
 #   MERGEKIT_VENV    mergekit 0.1.5 venv (default <repo>/target/mergekit-venv; created on
@@ -33,6 +39,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 bench="${BENCH_DIR:-$repo/target/bench}"
 repeat="${BENCH_REPEAT:-1}"
+read -r -a recipes <<<"${BENCH_RECIPES:-dare-ties slerp model-stock della nuslerp}"
 skip_mk="${SKIP_MERGEKIT:-0}"
 mkdir -p "$bench/logs"
 bench="$(cd "$bench" && pwd)"
@@ -69,6 +76,7 @@ if [[ ! -f "$models/.complete" ]]; then
 fi
 base="$models/base"
 ft="$models/finetune-a"
+ft2="$models/finetune-b"
 
 # The recipes, exactly as coordinator/src/demo.rs writes them.
 cat >"$bench/slerp.yml" <<EOF
@@ -104,10 +112,48 @@ parameters:
 dtype: bfloat16
 EOF
 
+cat >"$bench/model-stock.yml" <<EOF
+models:
+  - model: $base
+  - model: $ft
+  - model: $ft2
+merge_method: model_stock
+base_model: $base
+dtype: bfloat16
+EOF
+cat >"$bench/della.yml" <<EOF
+models:
+  - model: $base
+  - model: $ft
+    parameters:
+      density: 0.5
+      weight: 0.6
+  - model: $ft2
+    parameters:
+      density: 0.6
+      weight: 0.4
+merge_method: della
+base_model: $base
+parameters:
+  epsilon: 0.1
+dtype: bfloat16
+EOF
+cat >"$bench/nuslerp.yml" <<EOF
+models:
+  - model: $ft
+    parameters:
+      weight: 0.4
+  - model: $ft2
+    parameters:
+      weight: 0.6
+merge_method: nuslerp
+dtype: bfloat16
+EOF
+
 secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
 echo "== warming the page cache, measuring the I/O floor" >&2
-inputs=("$base"/*.safetensors "$ft"/*.safetensors)
+inputs=("$base"/*.safetensors "$ft"/*.safetensors "$ft2"/*.safetensors)
 cat "${inputs[@]}" >/dev/null
 in_bytes="$(stat -c %s "${inputs[@]}" | awk '{ s += $1 } END { print s }')"
 out_bytes="$(stat -c %s "$base"/*.safetensors | awk '{ s += $1 } END { print s }')"
@@ -146,7 +192,10 @@ run() {
 # compare RECIPE: mergekit's output against shardmerge's; 0 if they match.
 compare() {
     local recipe="$1" mk="$bench/out/mergekit/merged-$1" sm_out="$bench/out/shardmerge/merged-$1" ok=0 f d
-    if [[ "$recipe" == dare-ties ]]; then
+    if [[ "$recipe" == della ]]; then
+        echo "compare_outputs.py (tied bf16 magnitudes are ordered differently; reported, not required):"
+        "$MERGEKIT_VENV/bin/python" "$here/compare_outputs.py" "$mk" "$sm_out" --top 5 || true
+    elif [[ "$recipe" != slerp ]]; then
         echo "cmp of .safetensors files (must be byte-identical):"
         for f in "$mk"/*.safetensors; do
             if cmp -s "$f" "$sm_out/${f##*/}"; then echo "  identical ${f##*/}"; else echo "  DIFFER ${f##*/}"; ok=1; fi
@@ -167,7 +216,7 @@ rm -f "$bench/runs.tsv" "$bench"/compare-*.txt
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 for ((rep = 1; rep <= repeat; rep++)); do
-    for recipe in dare-ties slerp; do
+    for recipe in "${recipes[@]}"; do
         for tool in "${tools[@]}"; do run "$tool" "$recipe" "$rep"; done
         if [[ "$rep" == 1 && "$skip_mk" != 1 ]]; then
             compare "$recipe" >"$bench/compare-$recipe.txt" 2>&1 || status=1
@@ -187,11 +236,11 @@ median() {
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet || echo '+dirty'),"
     echo "$(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB RAM, $("$sm" --version), medians of $repeat run(s),"
     echo "load average (1/5/15 min) $load_before before the timed runs, $(cut -d' ' -f1-3 /proc/loadavg) after."
-    echo "Inputs: 2 models, $(awk -v b="$in_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB; output $(awk -v b="$out_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB (bf16)."
+    echo "Inputs: 3 models (SLERP and DARE-TIES read 2), $(awk -v b="$in_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB; output $(awk -v b="$out_bytes" 'BEGIN { printf "%.2f", b / 1e9 }') GB (bf16)."
     echo
     echo "| tool | recipe | wall s | CPU s | peak RSS GB | wall ratio mergekit/shardmerge | RSS ratio mergekit/shardmerge |"
     echo "|---|---|---:|---:|---:|---:|---:|"
-    for recipe in dare-ties slerp; do
+    for recipe in "${recipes[@]}"; do
         for tool in "${tools[@]}"; do
             wall="$(median 4 "$recipe" "$tool")" cpu="$(median 5 "$recipe" "$tool")" rss="$(median 6 "$recipe" "$tool")"
             mk_wall="" mk_rss=""
@@ -205,7 +254,7 @@ median() {
     done
     echo
     echo "I/O floor (warm cache, no fsync): read both inputs ${read_s} s, write an output-sized file ${write_s} s."
-    for recipe in dare-ties slerp; do
+    for recipe in "${recipes[@]}"; do
         [[ -f "$bench/compare-$recipe.txt" ]] || continue
         # shellcheck disable=SC2016 # literal Markdown backticks
         printf '\n### Output comparison: %s\n\n```\n%s\n```\n' "$recipe" "$(cat "$bench/compare-$recipe.txt")"
