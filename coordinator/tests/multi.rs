@@ -1,16 +1,18 @@
 //! `shardmerge multi` as users run it, against `mergekit-multi` 0.1.5's output for the same
 //! multi-stage config (`tests/golden/multi/`, made by `tests/golden/regen.sh`): every stage's
 //! tensors and `mergekit_config.yml` byte-identical, `config.json` equal, the model card equal
-//! up to the order of its model list; then `--lazy` skips finished stages.
+//! up to the order of its model list; then `--lazy` skips finished stages. On a cluster
+//! (`shardmerge submit` of the same kind of file, S3 everywhere) every stage is a job and gives
+//! the embedded bytes.
 
+mod support;
+
+use shardmerge_worker::storage::test_server::TestS3;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden")
-        .canonicalize()
-        .unwrap()
+    support::golden().canonicalize().unwrap()
 }
 
 /// A model card with its bullet list sorted (mergekit lists models in set order) and
@@ -104,4 +106,125 @@ fn multi_refuses_an_unnamed_merge_without_out_path() {
         !tmp.path().join("intermediate/mid").exists(),
         "nothing runs before the check"
     );
+}
+
+/// Three stages, each reading the one before, and a final merge reading two of them.
+const THREE: &str = "\
+name: a
+models:
+  - model: MODELS/base_bf16
+    parameters: {weight: 0.2}
+  - model: MODELS/ft1_bf16
+    parameters: {weight: 0.5}
+  - model: MODELS/ft2_bf16
+    parameters: {weight: 0.5}
+merge_method: linear
+dtype: bfloat16
+---
+name: b
+models:
+  - model: MODELS/base_bf16
+  - model: a
+merge_method: slerp
+base_model: MODELS/base_bf16
+parameters:
+  t:
+    - filter: mlp
+      value: [0, 0.5, 1]
+    - value: 0.3
+dtype: bfloat16
+---
+models:
+  - model: MODELS/base_bf16
+  - model: a
+    parameters: {density: 0.5, weight: 0.6}
+  - model: b
+    parameters: {density: 0.4, weight: 0.4}
+merge_method: dare_ties
+base_model: MODELS/base_bf16
+dtype: bfloat16
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_stage_pipeline_on_the_cluster_equals_the_embedded_multi() {
+    let s3 = TestS3::start().await;
+    for m in ["base_bf16", "ft1_bf16", "ft2_bf16"] {
+        s3.upload_dir(&golden().join("models").join(m), "models", m);
+    }
+    let inter = s3.create_bucket("inter");
+    let out = s3.create_bucket("out");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("three.yml");
+    std::fs::write(&cfg, THREE.replace("MODELS", "s3://models")).unwrap();
+    let coord = support::coordinator(&s3, &tmp.path().join("state"), &[], None);
+    let _w = support::KillOnDrop((0..2).map(|_| support::worker(&s3, &coord.url, None)).collect());
+    let submit = |extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            cfg.to_str().unwrap(),
+            "s3://out/final",
+            "--coordinator",
+            &coord.url,
+        ];
+        args.extend(["-I", "s3://inter/run", "--random-seed", "9"]);
+        args.extend(extra);
+        tokio::task::block_in_place(|| support::client(&s3, &args, None))
+    };
+    let (ok, _, log) = submit(&[]);
+    assert!(ok, "{log}");
+    for stage in ["stage `a`", "stage `b`", "the final merge"] {
+        assert!(log.contains(&format!("{stage}: job ")), "{stage} ran as a job: {log}");
+    }
+
+    // The embedded run of the same stages, on local copies of the models.
+    let local = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(golden().join("models"), local.path().join("models")).unwrap();
+    let local_cfg = local.path().join("three.yml");
+    std::fs::write(&local_cfg, THREE.replace("MODELS", "./models")).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_shardmerge"))
+        .current_dir(local.path())
+        .args([
+            "multi",
+            local_cfg.to_str().unwrap(),
+            "-I",
+            "./inter",
+            "--out-path",
+            "./final",
+        ])
+        .args(["--random-seed", "9", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let same_text = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .replace("s3://models/", "./models/")
+            .replace("s3://inter/run/", "./inter/")
+    };
+    for (cluster, embedded) in [
+        (inter.join("run/a"), local.path().join("inter/a")),
+        (inter.join("run/b"), local.path().join("inter/b")),
+        (out.join("final"), local.path().join("final")),
+    ] {
+        let files = support::model_files(&embedded);
+        assert!(!files.is_empty());
+        assert!(
+            support::model_files(&cluster) == files,
+            "{}: tensors differ",
+            cluster.display()
+        );
+        assert_eq!(
+            same_text(&cluster.join("mergekit_config.yml")),
+            std::fs::read_to_string(embedded.join("mergekit_config.yml")).unwrap(),
+            "{}: mergekit_config.yml",
+            cluster.display()
+        );
+    }
+
+    // Lazy by default: a rerun submits nothing; --no-lazy runs every stage again.
+    let (ok, _, log) = submit(&[]);
+    assert!(ok && !log.contains(": job "), "{log}");
+    assert_eq!(log.matches("exists, skipped").count(), 3, "{log}");
+    let (ok, _, log) = submit(&["--no-lazy"]);
+    assert!(ok && log.matches(": job ").count() >= 3, "{log}");
 }

@@ -19,7 +19,7 @@ struct RawConfig {
     merge_method: Option<String>,
     models: Option<Vec<RawModel>>,
     slices: Option<Vec<RawSlice>>,
-    modules: Option<serde_norway::Value>,
+    modules: Option<indexmap::IndexMap<String, RawModule>>,
     base_model: Option<ModelRef>,
     #[serde(default, deserialize_with = "null_as_default")]
     parameters: ParamMap,
@@ -29,6 +29,15 @@ struct RawConfig {
     tokenizer: Option<RawTokenizer>,
     chat_template: Option<String>,
     random_seed: Option<u64>,
+}
+
+/// One entry of `modules:` (mergekit's normalized form writes a single `default` module).
+#[derive(Deserialize)]
+#[serde(expecting = "a module {slices or models}")]
+struct RawModule {
+    slices: Option<Vec<RawSlice>>,
+    models: Option<Vec<RawModel>>,
+    parameters: Option<serde_norway::Value>,
 }
 
 #[derive(Deserialize)]
@@ -212,25 +221,39 @@ fn parser_error(file: &Path, error: &serde_norway::Error) -> ConfigError {
     ConfigError::new(file, location, ConfigErrorKind::Parse(message))
 }
 
-fn validate(raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, ConfigError> {
+fn validate(mut raw: RawConfig, text: &str, file: &Path) -> Result<MergeConfig, ConfigError> {
     let fail = |path: Vec<Seg>, kind| ConfigError::new(file, locate(text, &path), kind);
     let invalid = |message: String| ConfigErrorKind::Invalid(message);
 
-    let unsupported = [(
-        "modules",
-        raw.modules.is_some(),
-        "multi-module configs are not supported yet; use `models:` or `slices:`",
-    )];
-    for (key, present, reason) in unsupported {
-        if present {
-            return Err(fail(
-                yaml_path![key],
+    if let Some(modules) = raw.modules.take() {
+        let unsupported = |reason: &'static str| {
+            fail(
+                yaml_path!["modules"],
                 ConfigErrorKind::Unsupported {
-                    key: key.to_string(),
+                    key: "modules".to_string(),
                     reason,
                 },
+            )
+        };
+        if raw.models.is_some() || raw.slices.is_some() {
+            let message = "`modules` and `models`/`slices` are both given; use exactly one of them";
+            return Err(fail(yaml_path!["modules"], invalid(message.into())));
+        }
+        if modules.len() != 1 {
+            return Err(unsupported(
+                "multi-module configs (more than one module) are not supported yet; use one module, \
+                 `models:` or `slices:`",
             ));
         }
+        let (_, module) = modules.into_iter().next().expect("one module");
+        if module.parameters.is_some() {
+            return Err(unsupported(
+                "module-level `parameters` are not supported yet; put them at the top level",
+            ));
+        }
+        // One module is a whole-model config: its `models`/`slices` are the config's.
+        raw.models = module.models;
+        raw.slices = module.slices;
     }
 
     let merge_method = match raw.merge_method {

@@ -10,6 +10,7 @@
 //! `mergekit_config.yml` and model card carry the normalized config mergekit re-serializes
 //! ([`yaml::mergekit_yaml`]).
 
+pub mod cluster;
 pub mod yaml;
 
 use crate::config::{self, ConfigError, MergeConfig, ModelRef};
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Files whose presence (with `config.json`) marks a stage's output as done for `--lazy`.
-const MODEL_FILES: [&str; 4] = [
+pub(crate) const MODEL_FILES: [&str; 4] = [
     "model.safetensors",
     "pytorch_model.bin",
     "model.safetensors.index.json",
@@ -76,6 +77,14 @@ pub enum MultiError {
     /// `--out-path` is needed for an unnamed document.
     #[error("{0}: --out-path is required when the configuration contains an unnamed final merge")]
     OutPathRequired(String),
+    /// A stage's cluster job did not succeed.
+    #[error("{stage}: {message}")]
+    Job {
+        /// Which stage.
+        stage: String,
+        /// What happened.
+        message: String,
+    },
     /// A stage failed.
     #[error("{stage}: {source}")]
     Stage {
@@ -181,6 +190,18 @@ pub fn parse(text: &str, file: &Path, intermediate_dir: &str) -> Result<Vec<Stag
         }
         let mut config = config::parse_config(&doc, file)?;
         config.warnings.retain(|w| !w.contains("unknown key `name`"));
+        if config.tokenizer.as_ref().is_some_and(|t| t.key == "tokenizer") {
+            let line = doc
+                .lines()
+                .position(|l| l.starts_with("tokenizer:"))
+                .map_or(start + 1, |i| i + 1);
+            return Err(invalid(
+                line,
+                "a `tokenizer:` mapping is not supported in multi-stage configs yet (its re-serialized \
+                 form is not written as mergekit-multi writes it); use `tokenizer_source:`"
+                    .into(),
+            ));
+        }
         stages.push(Stage {
             name,
             config,
@@ -294,6 +315,11 @@ pub struct MultiOptions {
     pub out_path: Option<PathBuf>,
     /// Skip stages whose output already exists.
     pub lazy: bool,
+}
+
+/// Whether `text` is a multi-stage config: more than one document, or a top-level `name:`.
+pub fn is_multi(text: &str) -> bool {
+    documents(text).len() > 1 || text.lines().any(|l| l.starts_with("name:"))
 }
 
 /// Runs every stage of the multi-stage config at `path` on in-process workers, calling

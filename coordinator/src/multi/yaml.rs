@@ -3,11 +3,13 @@
 //! `slices:` turned into `modules: {default: {slices: ...}}` and every model's full layer range,
 //! dumped by PyYAML with sorted keys, block style, and lists of numbers in flow style.
 //!
-//! Covered: the keys shardmerge's configs carry (`base_model`, `dtype`, `merge_method`,
-//! `modules`, `out_dtype`, `parameters`), model references, scalar, gradient and conditional
-//! parameters. Strings are written plain when PyYAML would, else single-quoted.
+//! Covered: `base_model`, `chat_template`, `dtype`, `merge_method`, `modules`, `out_dtype`,
+//! `parameters`, `tokenizer_source`; model references, scalar, gradient and conditional
+//! parameters. Strings are written plain when PyYAML would, else single-quoted (multi-line
+//! strings such as a Jinja chat template are not written as PyYAML would). The `tokenizer:`
+//! mapping is not covered: [`super::parse`] refuses it in multi-stage configs.
 
-use crate::config::{MergeConfig, ModelRef, ParamMap, Scalar, Setting};
+use crate::config::{MergeConfig, ModelRef, ParamMap, Scalar, Setting, TokenizerSource};
 use crate::plan::Plan;
 use crate::pyjson::float_repr;
 
@@ -21,12 +23,17 @@ enum Node {
 
 /// The YAML mergekit 0.1.5 writes for `config` once planned as `plan` (for the layer counts).
 pub fn mergekit_yaml(config: &MergeConfig, plan: &Plan) -> String {
-    let layers = |m: &ModelRef| {
+    normalized_yaml(config, |m: &ModelRef| {
         plan.models
             .iter()
             .find(|p| &p.reference == m)
             .map_or(0, |p| p.num_layers)
-    };
+    })
+}
+
+/// [`mergekit_yaml`] with each model's layer count from `layers`. shardmerge reads the result
+/// back as the same merge (one `modules` entry reads as its slices).
+pub fn normalized_yaml(config: &MergeConfig, layers: impl Fn(&ModelRef) -> u64) -> String {
     let mut slices = Vec::new();
     if config.slices.is_empty() {
         let sources = config
@@ -68,6 +75,17 @@ pub fn mergekit_yaml(config: &MergeConfig, plan: &Plan) -> String {
     }
     if !config.parameters.is_empty() {
         top.push(("parameters".into(), params(&config.parameters)));
+    }
+    if let Some(t) = config.chat_template.as_deref() {
+        top.push(("chat_template".into(), Node::Scalar(string(t))));
+    }
+    if let Some(t) = config.tokenizer.as_ref().filter(|t| t.key == "tokenizer_source") {
+        let source = match &t.source {
+            TokenizerSource::Union => "union".to_string(),
+            TokenizerSource::Base => "base".to_string(),
+            TokenizerSource::Model(m) => m.to_string(),
+        };
+        top.push(("tokenizer_source".into(), Node::Scalar(string(&source))));
     }
     let mut out = String::new();
     emit_map(&mut out, Node::Map(top), 0);

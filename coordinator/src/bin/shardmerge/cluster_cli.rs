@@ -214,6 +214,16 @@ pub struct SubmitArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub token: TokenArgs,
+    /// For a multi-stage config (several `---` documents, stages named with `name:`, as
+    /// `mergekit-multi` takes): where the named stages are written (a directory or an s3://
+    /// prefix). Each stage runs as a job once the stages it reads are committed; OUT_URI
+    /// receives the unnamed final merge.
+    #[arg(short = 'I', long)]
+    pub intermediate_dir: Option<String>,
+    /// With a multi-stage config: rerun stages whose output is already committed (by default
+    /// they are skipped, as `mergekit-multi --lazy`).
+    #[arg(long)]
+    pub no_lazy: bool,
 }
 
 /// `shardmerge status` / `shardmerge cancel`.
@@ -379,6 +389,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             write_model_card: files.write_model_card,
             allow_crimes: args.job.allow_crimes,
         };
+        if shardmerge_coordinator::multi::is_multi(&yaml) {
+            return submit_pipeline(&args, &yaml, &mut c, options).await;
+        }
         let name = args.config.display().to_string();
         let (job, warnings) = client::submit(&mut c, yaml, name, args.out_uri.clone(), options).await?;
         for w in warnings {
@@ -402,6 +415,52 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `shardmerge submit` of a multi-stage config: its stages as jobs, in dependency order.
+async fn submit_pipeline(
+    args: &SubmitArgs,
+    yaml: &str,
+    c: &mut client::Client,
+    options: MergeOptions,
+) -> anyhow::Result<()> {
+    use shardmerge_coordinator::multi;
+    let Some(inter) = args.intermediate_dir.as_deref() else {
+        anyhow::bail!(
+            "{} is a multi-stage config: give --intermediate-dir (-I) for its named stages",
+            args.config.display()
+        );
+    };
+    let stages = multi::parse(yaml, &args.config, inter)?;
+    let order = multi::order(&stages, &args.config)?;
+    let st = shardmerge_worker::storage::Storage::from_env();
+    let done = multi::cluster::run(
+        &st,
+        c,
+        &stages,
+        &order,
+        inter,
+        &args.out_uri,
+        !args.no_lazy,
+        options,
+        |s, what| eprintln!("{}: {what}", s.label()),
+    )
+    .await?;
+    if args.output == OutputFormat::Json {
+        let stages: Vec<serde_json::Value> = done
+            .iter()
+            .map(|(label, run)| match run {
+                multi::cluster::StageRun::Committed { job, output } => {
+                    serde_json::json!({ "stage": label, "state": "succeeded", "job_id": job, "output_uri": output })
+                }
+                multi::cluster::StageRun::Skipped(output) => {
+                    serde_json::json!({ "stage": label, "state": "skipped", "output_uri": output })
+                }
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(stages));
+    }
+    Ok(())
 }
 
 /// Runs `shardmerge status`.

@@ -115,9 +115,14 @@ fn rule_violations_point_at_the_key() {
             "not a floating-point dtype",
         ),
         (
-            "merge_method: m\nmodules:\n  text: {models: [{model: A}]}\n",
+            "merge_method: m\nmodules:\n  text: {models: [{model: A}]}\n  vision: {models: [{model: B}]}\n",
             2,
-            "`modules` is not supported yet",
+            "`modules` is not supported yet: multi-module configs",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\nmodules:\n  default: {models: [{model: A}]}\n",
+            3,
+            "`modules` and `models`/`slices` are both given",
         ),
         (
             "merge_method: m\nmodels: [{model: A}]\ntokenizer_source: union\ntokenizer: {source: base}\n",

@@ -173,3 +173,25 @@ parameters: {weight: 0.4}
     let top_only = weight.resolve(&[], None, &c.parameters, "A", "x", 0.0).unwrap();
     assert_eq!(top_only, Some(Scalar::Float(0.4)));
 }
+
+/// mergekit's normalized form (what it writes to `mergekit_config.yml` when it re-serializes a
+/// config, as `mergekit-multi` does): one `default` module of slices reads as those slices.
+#[test]
+fn one_module_reads_as_its_slices_or_models() {
+    let normalized = "base_model: ./b\ndtype: bfloat16\nmerge_method: slerp\nmodules:\n  default:\n    slices:\n    - sources:\n      - layer_range: [0, 6]\n        model: ./b\n      - layer_range: [0, 6]\n        model: ./x\nparameters:\n  t: 0.5";
+    let flat = "base_model: ./b\ndtype: bfloat16\nmerge_method: slerp\nslices:\n- sources:\n  - layer_range: [0, 6]\n    model: ./b\n  - layer_range: [0, 6]\n    model: ./x\nparameters:\n  t: 0.5";
+    let a = parse_config(normalized, Path::new("n.yml")).unwrap();
+    let b = parse_config(flat, Path::new("f.yml")).unwrap();
+    assert_eq!(a.slices, b.slices);
+    assert_eq!(
+        (a.base_model, a.parameters, a.dtype),
+        (b.base_model, b.parameters, b.dtype)
+    );
+    assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+    let models = parse_config(
+        "merge_method: linear\nmodules:\n  text:\n    models: [{model: ./a}]\n",
+        Path::new("m.yml"),
+    )
+    .unwrap();
+    assert_eq!(models.models.len(), 1);
+}

@@ -1,0 +1,132 @@
+//! A multi-stage config as one pipeline on a cluster (`shardmerge submit` of a multi-document
+//! file): every stage is a job, submitted once the stages it reads are committed. Intermediate
+//! outputs may live on S3. Each job's config is the stage's normalized YAML (what
+//! `mergekit-multi` writes to `mergekit_config.yml`), which shardmerge reads back as the same
+//! merge, so every stage's output equals the embedded `shardmerge multi`'s.
+
+use super::{MODEL_FILES, MultiError, Stage, output_of, yaml};
+use crate::cluster::client::{self, Client};
+use crate::config::ModelRef;
+use shardmerge_proto::v1::{JobState, MergeOptions};
+use shardmerge_worker::storage::{Location, Storage, open_model_dir};
+use std::collections::HashMap;
+
+/// What happened to one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageRun {
+    /// Committed by this job.
+    Committed {
+        /// The job.
+        job: String,
+        /// Where.
+        output: String,
+    },
+    /// Skipped by `--lazy`: its output was already committed.
+    Skipped(String),
+}
+
+fn failed(stage: &Stage, message: String) -> MultiError {
+    MultiError::Job {
+        stage: stage.label(),
+        message,
+    }
+}
+
+/// Whether a committed model is at `out` (its `config.json` and a model file).
+async fn committed(st: &Storage, out: &Location) -> bool {
+    if !st.exists(&out.join("config.json")).await.unwrap_or(false) {
+        return false;
+    }
+    for f in MODEL_FILES {
+        if st.exists(&out.join(f)).await.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Layer counts of every model `stage` reads, from their `config.json`.
+async fn layer_counts(st: &Storage, stage: &Stage) -> Result<HashMap<String, u64>, MultiError> {
+    let c = &stage.config;
+    let refs: Vec<&ModelRef> = c
+        .models
+        .iter()
+        .map(|m| &m.model)
+        .chain(c.slices.iter().flat_map(|s| s.sources.iter().map(|x| &x.model)))
+        .collect();
+    let mut out = HashMap::new();
+    for r in refs {
+        if out.contains_key(&r.path) {
+            continue;
+        }
+        let loc = Location::parse(&r.path).map_err(|e| failed(stage, e.to_string()))?;
+        let dir = open_model_dir(st, &loc)
+            .await
+            .map_err(|e| failed(stage, format!("reading model {}: {e}", r.path)))?;
+        let n = dir
+            .config
+            .as_ref()
+            .and_then(crate::arch::num_layers)
+            .map(|(_, n)| n)
+            .ok_or_else(|| failed(stage, format!("{}: config.json has no layer count", r.path)))?;
+        out.insert(r.path.clone(), n);
+    }
+    Ok(out)
+}
+
+/// Runs `stages` in `order` as jobs on the coordinator behind `c`: each is submitted after the
+/// stages before it in `order` (which it may read) committed. Stops at the first stage that
+/// does not succeed. `on_stage(stage, what)` reports progress.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    st: &Storage,
+    c: &mut Client,
+    stages: &[Stage],
+    order: &[usize],
+    intermediate_dir: &str,
+    out: &str,
+    lazy: bool,
+    options: MergeOptions,
+    mut on_stage: impl FnMut(&Stage, &str),
+) -> Result<Vec<(String, StageRun)>, MultiError> {
+    let mut done = Vec::new();
+    for &i in order {
+        let stage = &stages[i];
+        let target = output_of(stage, intermediate_dir, Some(std::path::Path::new(out)))
+            .expect("the final output is given")
+            .display()
+            .to_string();
+        let loc = Location::parse(&target).map_err(|e| failed(stage, e.to_string()))?;
+        if lazy && committed(st, &loc).await {
+            on_stage(stage, &format!("{target} exists, skipped (--no-lazy reruns it)"));
+            done.push((stage.label(), StageRun::Skipped(target)));
+            continue;
+        }
+        let layers = layer_counts(st, stage).await?;
+        let text = yaml::normalized_yaml(&stage.config, |m| layers.get(&m.path).copied().unwrap_or(0));
+        let name = format!(
+            "{}#{}",
+            stage.config.file.display(),
+            stage.name.as_deref().unwrap_or("final")
+        );
+        let (job, warnings) = client::submit(c, text, name, target.clone(), options)
+            .await
+            .map_err(|e| failed(stage, e.to_string()))?;
+        for w in warnings {
+            on_stage(stage, &format!("warning: {w}"));
+        }
+        on_stage(stage, &format!("job {job} merging into {target}"));
+        let s = client::wait(c, &job, false)
+            .await
+            .map_err(|e| failed(stage, e.to_string()))?;
+        if s.state != JobState::Succeeded as i32 {
+            return Err(failed(
+                stage,
+                format!("job {job} {}: {}", client::state_name(s.state), s.error),
+            ));
+        }
+        on_stage(stage, &format!("job {job} committed {target}"));
+        done.push((stage.label(), StageRun::Committed { job, output: target }));
+    }
+    Ok(done)
+}
