@@ -98,6 +98,20 @@ pub fn architecture(config: &Value) -> Option<String> {
     }
 }
 
+/// The layer count in the `config.json` of the model at `model` (a path or an `s3://` URI),
+/// read through `st`; the message says which model and why when there is none.
+pub async fn model_num_layers(st: &shardmerge_worker::storage::Storage, model: &str) -> Result<u64, String> {
+    let loc = shardmerge_worker::storage::Location::parse(model).map_err(|e| e.to_string())?;
+    let dir = shardmerge_worker::storage::open_model_dir(st, &loc)
+        .await
+        .map_err(|e| format!("cannot open {model}: {e}"))?;
+    dir.config
+        .as_ref()
+        .and_then(num_layers)
+        .map(|(_, n)| n)
+        .ok_or_else(|| format!("{model}: config.json has no layer count"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,6 +214,28 @@ pub async fn publish(
     p.finish(index).await
 }
 
+/// Files whose presence, with `config.json`, marks a directory as a committed model (the
+/// rule `mergekit-multi --lazy` uses; the index or the single shard is written last).
+pub const MODEL_FILES: [&str; 4] = [
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+];
+
+/// Whether a committed model is at `out`: its `config.json` and a model file.
+pub async fn is_committed(st: &Storage, out: &Location) -> Result<bool, StorageError> {
+    if !st.exists(&out.join("config.json")).await? {
+        return Ok(false);
+    }
+    for f in MODEL_FILES {
+        if st.exists(&out.join(f)).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Deletes everything a publish of shards `shard_names` may have written at `output`, and
 /// what interrupted writes left beside those files. Deleting what is absent is not an error.
 pub async fn unpublish(st: &Storage, output: &Location, shard_names: &[String]) -> Result<(), StorageError> {

@@ -7,7 +7,7 @@ use super::{Draw, draws, hook, recipe};
 use crate::cluster::client::{self, ClientError};
 use crate::{MergeError, MergeOptions};
 use shardmerge_proto::v1::{JobState, MergeOptions as WireOptions};
-use shardmerge_worker::storage::{Location, Storage, StorageError, open_model_dir};
+use shardmerge_worker::storage::{Location, Storage, StorageError};
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
@@ -97,7 +97,8 @@ async fn pending(st: &Storage, prefix: &Location, d: &Draw) -> Record {
         scores: None,
         hook_error: None,
     };
-    match layers_of(st, &d.models[0]).await {
+    // SLERP's recipe covers the first model's whole layer range.
+    match crate::arch::model_num_layers(st, &d.models[0]).await {
         Ok(layers) => r.yaml = recipe(d, layers),
         Err(e) => {
             r.state = State::Skipped;
@@ -107,25 +108,9 @@ async fn pending(st: &Storage, prefix: &Location, d: &Draw) -> Record {
     r
 }
 
-/// The first model's layer count (SLERP's recipe covers its whole range).
-async fn layers_of(st: &Storage, model: &str) -> Result<u64, String> {
-    let loc = Location::parse(model).map_err(|e| e.to_string())?;
-    let dir = open_model_dir(st, &loc)
-        .await
-        .map_err(|e| format!("cannot open {model}: {e}"))?;
-    dir.config
-        .as_ref()
-        .and_then(crate::arch::num_layers)
-        .map(|(_, n)| n)
-        .ok_or_else(|| format!("{model}: config.json has no layer count"))
-}
-
-/// Whether the committed output of `r` is there (its config and a model file).
+/// Whether the committed output of `r` is there.
 async fn committed(st: &Storage, r: &Record) -> Result<bool, StorageError> {
-    let out = Location::parse(&r.output)?;
-    Ok(st.exists(&out.join("config.json")).await?
-        && (st.exists(&out.join("model.safetensors")).await?
-            || st.exists(&out.join("model.safetensors.index.json")).await?))
+    crate::publish::is_committed(st, &Location::parse(&r.output)?).await
 }
 
 /// Runs the campaign; `on_done` sees every record as it finishes. Returns every record.

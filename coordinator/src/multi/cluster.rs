@@ -4,11 +4,11 @@
 //! `mergekit-multi` writes to `mergekit_config.yml`), which shardmerge reads back as the same
 //! merge, so every stage's output equals the embedded `shardmerge multi`'s.
 
-use super::{MODEL_FILES, MultiError, Stage, output_of, yaml};
+use super::{MultiError, Stage, output_of, yaml};
 use crate::cluster::client::{self, Client};
 use crate::config::ModelRef;
 use shardmerge_proto::v1::{JobState, MergeOptions};
-use shardmerge_worker::storage::{Location, Storage, open_model_dir};
+use shardmerge_worker::storage::{Location, Storage};
 use std::collections::HashMap;
 
 /// What happened to one stage.
@@ -32,19 +32,6 @@ fn failed(stage: &Stage, message: String) -> MultiError {
     }
 }
 
-/// Whether a committed model is at `out` (its `config.json` and a model file).
-async fn committed(st: &Storage, out: &Location) -> bool {
-    if !st.exists(&out.join("config.json")).await.unwrap_or(false) {
-        return false;
-    }
-    for f in MODEL_FILES {
-        if st.exists(&out.join(f)).await.unwrap_or(false) {
-            return true;
-        }
-    }
-    false
-}
-
 /// Layer counts of every model `stage` reads, from their `config.json`.
 async fn layer_counts(st: &Storage, stage: &Stage) -> Result<HashMap<String, u64>, MultiError> {
     let c = &stage.config;
@@ -59,16 +46,9 @@ async fn layer_counts(st: &Storage, stage: &Stage) -> Result<HashMap<String, u64
         if out.contains_key(&r.path) {
             continue;
         }
-        let loc = Location::parse(&r.path).map_err(|e| failed(stage, e.to_string()))?;
-        let dir = open_model_dir(st, &loc)
+        let n = crate::arch::model_num_layers(st, &r.path)
             .await
-            .map_err(|e| failed(stage, format!("reading model {}: {e}", r.path)))?;
-        let n = dir
-            .config
-            .as_ref()
-            .and_then(crate::arch::num_layers)
-            .map(|(_, n)| n)
-            .ok_or_else(|| failed(stage, format!("{}: config.json has no layer count", r.path)))?;
+            .map_err(|e| failed(stage, e))?;
         out.insert(r.path.clone(), n);
     }
     Ok(out)
@@ -97,7 +77,7 @@ pub async fn run(
             .display()
             .to_string();
         let loc = Location::parse(&target).map_err(|e| failed(stage, e.to_string()))?;
-        if lazy && committed(st, &loc).await {
+        if lazy && crate::publish::is_committed(st, &loc).await.unwrap_or(false) {
             on_stage(stage, &format!("{target} exists, skipped (--no-lazy reruns it)"));
             done.push((stage.label(), StageRun::Skipped(target)));
             continue;

@@ -18,14 +18,6 @@ use crate::{MergeError, MergeOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Files whose presence (with `config.json`) marks a stage's output as done for `--lazy`.
-pub(crate) const MODEL_FILES: [&str; 4] = [
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-];
-
 /// One document of a multi-stage config.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -356,7 +348,10 @@ pub fn run(
             Some(root) if out.is_relative() => root.join(out),
             _ => out,
         };
-        if multi.lazy && out.join("config.json").exists() && MODEL_FILES.iter().any(|f| out.join(f).exists()) {
+        if multi.lazy
+            && out.join("config.json").exists()
+            && crate::publish::MODEL_FILES.iter().any(|f| out.join(f).exists())
+        {
             done.push((stage.clone(), Outcome::Skipped(out)));
             continue;
         }

@@ -144,6 +144,41 @@ fn mask_bits<P: Precision, E>(
     }))
 }
 
+/// The L1 cascade partials of `|delta|` and of `|rnd_P(delta * keep)|` over one chunk, which
+/// is elements `range_start .. range_start + n` of a torch part of `part_len` elements.
+/// `keep(delta, mask)` writes the 1.0/0.0 keep factor of every element of a piece, in order.
+#[allow(clippy::too_many_arguments)]
+fn l1_sums<P: Precision, E>(
+    kind: SumKind,
+    part_len: usize,
+    range_start: usize,
+    n: usize,
+    base: &dyn ChunkSource<E>,
+    x: &dyn ChunkSource<E>,
+    mut keep: impl FnMut(&[f32], &mut [f32]),
+) -> Result<Result<(SumPartial, SumPartial), String>, E> {
+    let (mut before, mut after) = match (
+        PartialStream::new(kind, part_len, range_start, n),
+        PartialStream::new(kind, part_len, range_start, n),
+    ) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    let (mut d, mut m, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    pieces(n, base, x, |_, b, xv| {
+        deltas::<P>(b, xv, &mut d);
+        m.resize(d.len(), 0.0);
+        keep(&d, &mut m);
+        vals.clear();
+        vals.extend(d.iter().map(|v| v.abs()));
+        before.feed(&vals);
+        vals.clear();
+        vals.extend(d.iter().zip(&m).map(|(&v, &k)| q_rnd::<P>(v * k).abs()));
+        after.feed(&vals);
+    })?;
+    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+}
+
 /// DARE's statistics pass over one chunk: the L1 cascade partials of `delta` and of the masked
 /// delta. The chunk is elements `range_start .. range_start + n` of a torch part of `part_len`
 /// elements; `rng` is positioned at the chunk's first draw.
@@ -158,30 +193,15 @@ pub fn random_sums<P: Precision, E>(
     density: f64,
     mut rng: Mt19937,
 ) -> Result<Result<(SumPartial, SumPartial), String>, E> {
-    let (mut before, mut after) = match (
-        PartialStream::new(kind, part_len, range_start, n),
-        PartialStream::new(kind, part_len, range_start, n),
-    ) {
-        (Ok(b), Ok(a)) => (b, a),
-        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
-    };
     let p = keep_probability::<P>(density);
-    let mut d = Vec::new();
     let mut words = vec![0u32; DRAW_CHUNK.min(n)];
-    pieces(n, base, x, |_, b, xv| {
-        deltas::<P>(b, xv, &mut d);
+    l1_sums::<P, E>(kind, part_len, range_start, n, base, x, |d, m| {
         let words = &mut words[..d.len()];
         rng.fill_u32(words);
-        let abs: Vec<f32> = d.iter().map(|v| v.abs()).collect();
-        before.feed(&abs);
-        let masked: Vec<f32> = d
-            .iter()
-            .zip(words.iter())
-            .map(|(&v, &w)| q_rnd::<P>(v * if bernoulli_keep(w, p) { 1.0 } else { 0.0 }).abs())
-            .collect();
-        after.feed(&masked);
-    })?;
-    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+        for (k, &w) in m.iter_mut().zip(words.iter()) {
+            *k = if bernoulli_keep(w, p) { 1.0 } else { 0.0 };
+        }
+    })
 }
 
 /// TIES' rescale statistics over one chunk (pass 3): the L1 cascade partials of `|delta|` and
@@ -196,24 +216,7 @@ pub fn magnitude_sums<P: Precision, E>(
     x: &dyn ChunkSource<E>,
     mut mask: ChunkMask,
 ) -> Result<Result<(SumPartial, SumPartial), String>, E> {
-    let (mut before, mut after) = match (
-        PartialStream::new(kind, part_len, range_start, n),
-        PartialStream::new(kind, part_len, range_start, n),
-    ) {
-        (Ok(b), Ok(a)) => (b, a),
-        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
-    };
-    let (mut d, mut m) = (Vec::new(), Vec::new());
-    pieces(n, base, x, |_, b, xv| {
-        deltas::<P>(b, xv, &mut d);
-        m.resize(d.len(), 0.0);
-        mask.mask(&d, &mut m);
-        let abs: Vec<f32> = d.iter().map(|v| v.abs()).collect();
-        before.feed(&abs);
-        let masked: Vec<f32> = d.iter().zip(&m).map(|(&v, &k)| q_rnd::<P>(v * k).abs()).collect();
-        after.feed(&masked);
-    })?;
-    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+    l1_sums::<P, E>(kind, part_len, range_start, n, base, x, |d, m| mask.mask(d, m))
 }
 
 /// TIES' statistics over one chunk: the histogram of the high 16 bits of the `|delta|` keys
