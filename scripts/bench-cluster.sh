@@ -59,27 +59,12 @@ kvfile="$bench/kv.txt"
 : >"$kvfile"
 status=0
 
-want() { [[ " $only " == *" $1 "* ]]; }
-kv() { echo "$1=$2" >>"$kvfile"; }
-get() { awk -F= -v k="$1" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$kvfile"; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
-clk_tck="$(getconf CLK_TCK)"
-# CPU seconds (user + system) used so far by process PID.
-cpu_of() { awk -v t="$clk_tck" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+ensure_gnu_time
 # Field of /usr/bin/time -v output: wall seconds or peak RSS in MB.
 time_wall() { awk -F': ' '/Elapsed \(wall clock\)/ { k = split($NF, p, ":"); w = 0; for (i = 1; i <= k; i++) w = w * 60 + p[i]; printf "%.3f", w }' "$1"; }
 time_rss_mb() { awk -F': ' '/Maximum resident/ { printf "%.0f", $NF / 1024 }' "$1"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "error: nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 pids=()
 s3root=""
@@ -92,13 +77,6 @@ cleanup() {
     if [[ "${BENCH_KEEP:-0}" != 1 ]]; then rm -rf "$bench/405b" "$bench/out" "$bench/state-merge"; fi
 }
 trap cleanup EXIT
-
-if [[ ! -x /usr/bin/time ]]; then
-    echo "installing GNU time (apt-get install time)" >&2
-    sudo=()
-    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" apt-get install -y -qq time
-fi
 
 echo "== building release binaries" >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p shardmerge-coordinator --bin shardmerge

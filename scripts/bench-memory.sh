@@ -98,15 +98,9 @@ unset SHARDMERGE_MEMORY_LIMIT SHARDMERGE_WORKER_MEMORY_LIMIT SHARDMERGE_CHUNK_SI
     SHARDMERGE_TOKEN SHARDMERGE_TOKEN_FILE SHARDMERGE_WORKER_TOKEN SHARDMERGE_WORKER_TOKEN_FILE \
     SHARDMERGE_LOG_FORMAT SHARDMERGE_TLS_CA
 
-want() { [[ " $only " == *" $1 "* ]]; }
-kv() { echo "$1=$2" >>"$kvfile"; }
-get() { awk -F= -v k="$1" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$kvfile"; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-clk_tck="$(getconf CLK_TCK)"
-# CPU seconds (user + system) used so far by process PID.
-cpu_of() { awk -v t="$clk_tck" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # Bytes of a size with an optional k/m/b suffix (powers of 1000, as shardmerge parses it).
 size_bytes() {
     awk -v s="$1" 'BEGIN { m = 1; c = tolower(substr(s, length(s)))
@@ -152,16 +146,6 @@ sample_rss() {
 samplers=()
 # "anon A / file F" from a sample_rss file.
 split_rss() { [[ -s "$1" ]] && awk '{ printf "anon %s / file %s", $1, $2 }' "$1" || echo "n/a"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "error: nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 # Background processes run as `/usr/bin/time -o FILE CMD &`: `pids` holds the time processes;
 # they are stopped by signalling their child (the measured process), so that time still writes
@@ -186,13 +170,7 @@ cleanup() {
     if [[ "$keep" != 1 ]]; then rm -rf "$out" "$bench"/state-*; fi
 }
 trap cleanup EXIT
-
-if [[ ! -x /usr/bin/time ]]; then
-    echo "installing GNU time (apt-get install time)" >&2
-    sudo=()
-    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" apt-get install -y -qq time
-fi
+ensure_gnu_time
 
 build="${BENCH_BUILD:-1}"
 if [[ "$build" == 1 ]]; then
@@ -387,7 +365,7 @@ submit() {
         kv "${label}_ok" "FAILED (exit $rc, see $log)"
         status=1
     fi
-    kv "${label}_wall" "$(secs_since "$t0")"
+    kv "${label}_wall" "$(secs_since "$t0" 2)"
     kv "${label}_units" "$(sed -n 's/.*units [0-9]*\/\([0-9]*\).*/\1/p' "$log" | tail -n 1)"
     echo "   $(get "${label}_wall") s wall" >&2
 }
@@ -432,7 +410,7 @@ if [[ "$s3_on" == 1 ]]; then
     # upload; without one it hashes the whole file on every HEAD and GET (see s3_put.rs).
     "$bench/bin/s3_put" "$models/base" s3://models/base "$models/finetune-a" s3://models/finetune-a \
         "$models/finetune-b" s3://models/finetune-b 2>&1 | tee "$logs/s3_put.log" >&2
-    kv s3_upload_s "$(secs_since "$t0")"
+    kv s3_upload_s "$(secs_since "$t0" 2)"
 fi
 
 # ---------------------------------------------------------------- 1. memory

@@ -44,12 +44,9 @@ skip_mk="${SKIP_MERGEKIT:-0}"
 mkdir -p "$bench/logs"
 bench="$(cd "$bench" && pwd)"
 
-if [[ ! -x /usr/bin/time ]]; then
-    echo "installing GNU time (apt-get install time)" >&2
-    sudo=()
-    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" apt-get install -y -qq time
-fi
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+ensure_gnu_time
 
 echo "== building shardmerge (release)" >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin shardmerge
@@ -150,8 +147,6 @@ merge_method: nuslerp
 dtype: bfloat16
 EOF
 
-secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
-
 echo "== warming the page cache, measuring the I/O floor" >&2
 inputs=("$base"/*.safetensors "$ft"/*.safetensors "$ft2"/*.safetensors)
 cat "${inputs[@]}" >/dev/null
@@ -159,11 +154,11 @@ in_bytes="$(stat -c %s "${inputs[@]}" | awk '{ s += $1 } END { print s }')"
 out_bytes="$(stat -c %s "$base"/*.safetensors | awk '{ s += $1 } END { print s }')"
 t0="$EPOCHREALTIME"
 for f in "${inputs[@]}"; do dd if="$f" of=/dev/null bs=16M status=none; done
-read_s="$(secs_since "$t0")"
+read_s="$(secs_since "$t0" 2)"
 sync
 t0="$EPOCHREALTIME"
 dd if=/dev/zero of="$bench/floor.bin" bs=16M count="$out_bytes" iflag=count_bytes status=none
-write_s="$(secs_since "$t0")"
+write_s="$(secs_since "$t0" 2)"
 rm -f "$bench/floor.bin"
 sync
 
@@ -225,11 +220,8 @@ for ((rep = 1; rep <= repeat; rep++)); do
     done
 done
 
-# median COLUMN RECIPE TOOL over runs.tsv
-median() {
-    awk -v c="$1" -v r="$2" -v t="$3" '$1 == r && $2 == t { print $c }' "$bench/runs.tsv" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
-}
+# median_of COLUMN RECIPE TOOL: the median of that column over the recipe's runs by the tool.
+median_of() { awk -v c="$1" -v r="$2" -v t="$3" '$1 == r && $2 == t { print $c }' "$bench/runs.tsv" | median; }
 {
     echo "# shardmerge vs mergekit 0.1.5"
     echo
@@ -242,10 +234,10 @@ median() {
     echo "|---|---|---:|---:|---:|---:|---:|"
     for recipe in "${recipes[@]}"; do
         for tool in "${tools[@]}"; do
-            wall="$(median 4 "$recipe" "$tool")" cpu="$(median 5 "$recipe" "$tool")" rss="$(median 6 "$recipe" "$tool")"
+            wall="$(median_of 4 "$recipe" "$tool")" cpu="$(median_of 5 "$recipe" "$tool")" rss="$(median_of 6 "$recipe" "$tool")"
             mk_wall="" mk_rss=""
             if [[ "$tool" == shardmerge && "$skip_mk" != 1 ]]; then
-                mk_wall="$(median 4 "$recipe" mergekit)" mk_rss="$(median 6 "$recipe" mergekit)"
+                mk_wall="$(median_of 4 "$recipe" mergekit)" mk_rss="$(median_of 6 "$recipe" mergekit)"
             fi
             awk -v t="$tool" -v r="$recipe" -v w="$wall" -v c="$cpu" -v m="$rss" -v mw="$mk_wall" -v mm="$mk_rss" 'BEGIN {
                 printf "| %s | %s | %.2f | %.2f | %.2f |", t, r, w, c, m * 1024 / 1e9

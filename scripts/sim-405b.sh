@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 405B-scale simulation of the coordinator (issue 9, item 5; bench/src/bin/sim_405b.rs).
+# 405B-scale simulation of the coordinator (issue 9, item 5; bench/src/bin/sim_405b/main.rs).
 #
 # Plans a 4-model DARE-TIES merge of a Llama-3.1-405B-shaped model (base + 3 fine-tunes, sparse
 # safetensors files: headers only, 3.2 TB apparent, a few MB on disk) with the real planner and

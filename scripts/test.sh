@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README, second command; .ci/run runs it after fmt and clippy):
+# The project's test command (README, second command; .ci/run runs it after fmt, clippy, doc
+# and the codemap check):
 #   1. cargo test --workspace          every Rust test (unit, golden parity, process-level cluster)
 #   2. scripts/check-deploy.sh         helm lint, kubernetes-validate, ServiceMonitor lint, yamllint, hadolint
 #   3. scripts/smoke-image.sh          builds the images and runs a merge from containers against

@@ -1,7 +1,10 @@
 //! shardmerge's benchmark and simulation programs (`src/bin`, run by `scripts/bench-*.sh` and
 //! `scripts/sim-405b.sh`; a workspace member of their own so that `cargo test` never builds
 //! them). The helpers here are shared by the benchmark binaries (`scripts/bench-cluster.sh`):
-//! medians and the `key=value` result lines the script turns into its table.
+//! medians and the `key=value` result lines the script turns into its table; and the sparse
+//! Llama-shaped model writer ([`llama_headers`]) of `make_405b_headers` and `sim_405b`.
+
+pub mod llama_headers;
 
 /// Median of `xs` (mean of the two middle values for an even count); NaN when empty.
 pub fn median(xs: &[f64]) -> f64 {

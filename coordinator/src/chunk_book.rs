@@ -1,5 +1,5 @@
 //! The runtime side of chunk pipelines: which chunk tasks may run, the statistics they
-//! receive, and the folding of each pass's results ([`shardmerge_worker::chunk::combine`]).
+//! receive, and the folding of each pass's results ([`shardmerge_worker::chunk::combine()`]).
 //!
 //! Pure bookkeeping shared by the embedded runtime and the cluster scheduler. A task of step
 //! `s` (statistics pass `s`, or apply as step `passes + 1`) is ready once every chunk of step

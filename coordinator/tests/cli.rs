@@ -104,20 +104,44 @@ fn yaml_random_seed_is_honoured_and_the_flag_wins() {
 fn plan_reads_headers_and_prints_layout() {
     let output = shardmerge()
         .current_dir(golden())
+        .args([
+            "plan",
+            "cases/multishard_bf16/config.yml",
+            "--out-shard-size",
+            "20k",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shards = plan["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 6, "{plan}");
+    assert_eq!(shards[5]["file_name"], "model-00006-of-00006.safetensors");
+    // The shards hold every tensor byte the plan writes after their headers, and each tensor once.
+    let field = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
+    let bytes: u64 = shards
+        .iter()
+        .map(|s| field(s, "bytes") - field(s, "header_bytes"))
+        .sum();
+    assert_eq!(bytes, plan["bytes_to_write"].as_u64().unwrap());
+    let tensors: u64 = shards.iter().map(|s| s["tensors"].as_u64().unwrap()).sum();
+    assert_eq!(
+        tensors,
+        plan["tasks"].as_u64().unwrap(),
+        "one task per tensor without chunks"
+    );
+    assert!(plan["bytes_to_read"].as_u64().unwrap() > 0);
+    assert!(plan["peak_memory_bytes"].as_u64().unwrap() >= plan["largest_task_bytes"].as_u64().unwrap());
+    // The summary for people says the same.
+    let text = shardmerge()
+        .current_dir(golden())
         .args(["plan", "cases/multishard_bf16/config.yml", "--out-shard-size", "20k"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for needle in [
-        "tasks:",
-        "bytes to read:",
-        "output shards: 6",
-        "model-00006-of-00006.safetensors",
-        "peak memory:",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
-    }
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("output shards: 6"), "{text}");
 }
 
 #[test]
@@ -165,5 +189,79 @@ fn errors_exit_nonzero_with_a_message_and_help_teaches() {
         "--num-threads",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
+    }
+}
+
+/// `merge` and `multi` take the same run flags (one `MergeRunArgs`), both refuse
+/// `--no-safe-serialization` before reading anything, and `submit` takes `--lazy` as well as
+/// `--no-lazy` for multi-stage files.
+#[test]
+fn merge_and_multi_share_their_run_flags_and_submit_takes_lazy() {
+    for command in ["merge", "multi"] {
+        let help = shardmerge().args([command, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        for flag in [
+            "--random-seed",
+            "--out-shard-size",
+            "--allow-crimes",
+            "--chunk-size",
+            "--memory-limit",
+            "--workers",
+            "--unsafe-truncate-embeddings",
+            "--no-copy-tokenizer",
+            "--no-write-model-card",
+            "--quiet",
+            "--num-threads",
+        ] {
+            assert!(text.contains(flag), "`{command} --help` lacks {flag}:\n{text}");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = golden().join("cases/linear_bf16/config.yml");
+    for args in [
+        vec![
+            "merge".into(),
+            config.display().to_string(),
+            tmp.path().join("a").display().to_string(),
+        ],
+        vec![
+            "multi".into(),
+            config.display().to_string(),
+            "-I".into(),
+            tmp.path().join("i").display().to_string(),
+            "--out-path".into(),
+            tmp.path().join("b").display().to_string(),
+        ],
+    ] {
+        let output = shardmerge()
+            .args(&args)
+            .arg("--no-safe-serialization")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} --no-safe-serialization succeeded");
+        assert!(stderr.contains("--no-safe-serialization is not supported"), "{stderr}");
+        assert!(!tmp.path().join("a").exists() && !tmp.path().join("b").exists());
+    }
+    let help = shardmerge().args(["submit", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--lazy",
+        "--no-lazy",
+        "--intermediate-dir",
+        "--copy-tokenizer",
+        "--random-seed",
+    ] {
+        assert!(text.contains(flag), "`submit --help` lacks {flag}:\n{text}");
+    }
+}
+
+/// `multi --help` teaches `--output json` and what a stage line holds.
+#[test]
+fn multi_help_teaches_its_json_output() {
+    let help = shardmerge().args(["multi", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in ["--output", "json", "\"outcome\":\"merged\"", "skipped"] {
+        assert!(text.contains(needle), "`multi --help` lacks {needle}:\n{text}");
     }
 }

@@ -8,21 +8,26 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Runs `shardmerge plan` on a golden case and returns its "bytes to read".
+/// Runs `shardmerge plan --output json` on a golden case and returns its bytes to read.
 fn planned_bytes_read(case: &str, shard: &str) -> f64 {
     let cfg = golden().join("cases").join(case).join("config.yml");
     let out = Command::new(bin())
-        .args(["plan", cfg.to_str().unwrap(), "--out-shard-size", shard])
+        .args([
+            "plan",
+            cfg.to_str().unwrap(),
+            "--out-shard-size",
+            shard,
+            "--output",
+            "json",
+        ])
         .current_dir(golden())
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    text.lines()
-        .find_map(|l| l.strip_prefix("bytes to read:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no `bytes to read` in {text}"))
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    plan["bytes_to_read"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no bytes_to_read in {plan}")) as f64
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,11 +185,12 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     let listen = coord.url.trim_start_matches("http://").to_string();
     // The workers outlive the coordinator and find the restarted one on the same address.
     let _workers = KillOnDrop((0..2).map(|_| worker(&s3, &coord.url, None)).collect());
-    // A `submit --wait` client rides out the restart: it watches again and exits 0 at the end.
+    // A `submit --wait` client rides out the restart: it watches again and exits 0 at the end,
+    // printing the final status (and how often it watched again) as JSON.
     let cfg = synth_config(tmp.path(), "s3://synth");
     let mut cmd = Command::new(bin());
     s3_env(&mut cmd, &s3);
-    let mut waiter = cmd
+    let waiter = cmd
         .args([
             "submit",
             cfg.to_str().unwrap(),
@@ -192,14 +198,22 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
             "--coordinator",
             &coord.url,
         ])
-        .args(["--random-seed", "5", "--wait"])
+        .args(["--random-seed", "5", "--wait", "--output", "json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut job = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(waiter.stdout.take().unwrap()), &mut job).unwrap();
-    let job = job.trim().to_string();
+    // The only job on this coordinator is the waiter's.
+    let job = tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        loop {
+            if let Some([only]) = all_statuses(&s3, &coord.url).as_deref() {
+                break only.job_id.clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "the job was never submitted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     assert!(job.starts_with("job-"), "{job:?}");
     let before = tokio::task::block_in_place(|| {
         wait_status(&s3, &coord.url, &job, Duration::from_secs(120), |s| {
@@ -225,11 +239,17 @@ async fn sigterm_stops_the_coordinator_cleanly_and_a_restart_finishes_identicall
     eprintln!("before SIGTERM: {before}\nafter the restart: {fin}");
     let waited = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
     let waiter_log = String::from_utf8_lossy(&waited.stderr);
+    let waiter_out = String::from_utf8_lossy(&waited.stdout);
+    let seen: serde_json::Value = serde_json::from_str(waiter_out.trim())
+        .unwrap_or_else(|e| panic!("{e}: stdout {waiter_out:?}, stderr {waiter_log}"));
     assert!(
-        waited.status.success() && waiter_log.contains("succeeded"),
-        "submit --wait must follow the job across the restart: {waiter_log}"
+        waited.status.success() && seen["job_id"] == job.as_str() && seen["state"] == "succeeded",
+        "submit --wait must follow the job across the restart: {seen}\n{waiter_log}"
     );
-    assert!(waiter_log.contains("watching again"), "{waiter_log}");
+    assert!(
+        seen["rewatched"].as_u64().is_some_and(|n| n >= 1),
+        "it watched again after the restart: {seen}\n{waiter_log}"
+    );
     assert!(fin.is("succeeded"), "{fin}");
     assert!(
         fin.resumed >= done_before,

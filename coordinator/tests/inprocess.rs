@@ -5,12 +5,11 @@ use shardmerge_coordinator::cluster::allow::AllowList;
 use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::client;
 use shardmerge_coordinator::cluster::scheduler::SchedulerConfig;
-use shardmerge_coordinator::cluster::server;
+use shardmerge_coordinator::cluster::server::{self, ServeOptions, TlsIdentity};
 use shardmerge_coordinator::cluster::service::CoordinatorOptions;
 use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
 use shardmerge_proto::v1::{JobState, LeaseUnitsRequest, MergeOptions, RegisterWorkerRequest};
 use shardmerge_worker::node::{WorkerOptions, run_worker};
-use shardmerge_worker::storage::Storage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,14 +52,7 @@ async fn start_chunked(state: &Path, chunk_size: u64) -> String {
         chunk_size,
         ..options(state)
     };
-    tokio::spawn(server::serve(
-        opts,
-        Storage::from_env(),
-        Credentials::default(),
-        None,
-        listener,
-        std::future::pending(),
-    ));
+    tokio::spawn(server::serve(ServeOptions::new(opts), listener, std::future::pending()));
     format!("http://{addr}")
 }
 
@@ -95,6 +87,7 @@ async fn in_process_cluster_merges_local_models_identically() {
             copy_tokenizer: true,
             write_model_card: true,
             allow_crimes: false,
+            unsafe_truncate_embeddings: false,
         };
         let (job, _) = client::submit(&mut c, yaml, format!("{case}.yml"), out.display().to_string(), options)
             .await
@@ -148,6 +141,7 @@ async fn chunked_jobs_on_the_cluster_equal_the_embedded_merge() {
             copy_tokenizer: true,
             write_model_card: true,
             allow_crimes: false,
+            unsafe_truncate_embeddings: false,
         };
         let (job, _) = client::submit(&mut c, yaml, format!("{case}.yml"), out.display().to_string(), options)
             .await
@@ -227,14 +221,15 @@ async fn tls_cluster_works_and_plaintext_clients_are_refused() {
     let (cert, key) = (ck.cert.pem().into_bytes(), ck.signing_key.serialize_pem().into_bytes());
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
     let opts = options(&tmp.path().join("state"));
-    tokio::spawn(server::serve(
-        opts,
-        Storage::from_env(),
-        Credentials::default(),
-        Some((cert.clone(), key)),
-        listener,
-        std::future::pending(),
-    ));
+    let tls = TlsIdentity {
+        cert_chain: cert.clone(),
+        key,
+    };
+    let options = ServeOptions {
+        tls: Some(tls),
+        ..ServeOptions::new(opts)
+    };
+    tokio::spawn(server::serve(options, listener, std::future::pending()));
     let url = format!("https://localhost:{}", addr.port());
     let wopts = WorkerOptions {
         coordinator: url.clone(),
@@ -281,17 +276,14 @@ async fn grpc_health_answers_without_a_token() {
     let tmp = tempfile::tempdir().unwrap();
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
     let opts = options(&tmp.path().join("state"));
-    tokio::spawn(server::serve(
-        opts,
-        Storage::from_env(),
-        Credentials {
+    let options = ServeOptions {
+        credentials: Credentials {
             client: Some("secret".into()),
             ..Default::default()
         },
-        None,
-        listener,
-        std::future::pending(),
-    ));
+        ..ServeOptions::new(opts)
+    };
+    tokio::spawn(server::serve(options, listener, std::future::pending()));
     let url = format!("http://{addr}");
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -335,6 +327,7 @@ async fn a_submit_abandoned_mid_flight_never_strands_its_output() {
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,
+        unsafe_truncate_embeddings: false,
     };
     for (i, micros) in [1u64, 50, 200, 500, 1000, 2000, 4000, 8000].into_iter().enumerate() {
         let out = tmp.path().join(format!("out-{i}")).display().to_string();

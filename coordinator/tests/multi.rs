@@ -48,6 +48,47 @@ fn compare_stage(want: &Path, got: &Path) {
     );
 }
 
+/// The stage lines of `--output json` (`shardmerge multi`, or `shardmerge submit` of a
+/// multi-stage config), in order: (name, `"final"` for the unnamed merge; outcome; output;
+/// job id, if it ran as a job).
+fn stage_lines(stdout: &str) -> Vec<(String, String, String, Option<String>)> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+            let text = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no `{k}` in {v}")).to_string();
+            let name = if v["stage"].is_null() {
+                "final".into()
+            } else {
+                text("stage")
+            };
+            (
+                name,
+                text("outcome"),
+                text("output"),
+                v.get("job_id").map(|_| text("job_id")),
+            )
+        })
+        .collect()
+}
+
+/// (name, outcome, output) of each line of [`stage_lines`], for runs without jobs.
+fn outcomes(stdout: &str) -> Vec<(String, String, String)> {
+    stage_lines(stdout)
+        .into_iter()
+        .map(|(name, outcome, output, job)| {
+            assert_eq!(job, None, "{name} ran embedded: {stdout}");
+            (name, outcome, output)
+        })
+        .collect()
+}
+
+fn owned(v: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    v.iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
+}
+
 #[test]
 fn multi_matches_mergekit_multi_and_skips_finished_stages() {
     let case = golden().join("multi/two_stage");
@@ -60,29 +101,29 @@ fn multi_matches_mergekit_multi_and_skips_finished_stages() {
             .arg("multi")
             .arg(case.join("config.yml"))
             .args(["-I", "./intermediate", "--out-path", "./final", "--random-seed", "7"])
+            .args(["--output", "json"])
             .args(extra)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "shardmerge multi failed: {stderr}");
-        stderr
+        outcomes(&String::from_utf8_lossy(&out.stdout))
     };
-    let log = run(&[]);
-    assert!(log.contains("stage `mid`: merged into"), "{log}");
-    assert!(log.contains("the final merge: merged into"), "{log}");
+    let merged = [("mid", "merged", "./intermediate/mid"), ("final", "merged", "./final")];
+    assert_eq!(run(&[]), owned(&merged));
     for stage in ["intermediate/mid", "final"] {
         compare_stage(&case.join("expected").join(stage), &tmp.path().join(stage));
     }
 
     // --lazy (the default) skips both; --no-lazy merges again, to the same bytes.
-    let log = run(&[]);
-    assert!(log.contains("stage `mid`: ./intermediate/mid exists, skipped"), "{log}");
-    assert!(log.contains("the final merge: ./final exists, skipped"), "{log}");
+    let skipped = [
+        ("mid", "skipped", "./intermediate/mid"),
+        ("final", "skipped", "./final"),
+    ];
+    assert_eq!(run(&[]), owned(&skipped));
     std::fs::remove_file(tmp.path().join("final/model.safetensors")).unwrap();
-    let log = run(&[]);
-    assert!(log.contains("stage `mid`: ./intermediate/mid exists, skipped"), "{log}");
-    assert!(log.contains("the final merge: merged into"), "{log}");
-    run(&["--no-lazy"]);
+    assert_eq!(run(&[]), owned(&[skipped[0], merged[1]]));
+    assert_eq!(run(&["--no-lazy"]), owned(&merged));
     for stage in ["intermediate/mid", "final"] {
         compare_stage(&case.join("expected").join(stage), &tmp.path().join(stage));
     }
@@ -166,15 +207,32 @@ async fn a_three_stage_pipeline_on_the_cluster_equals_the_embedded_multi() {
             "--coordinator",
             &coord.url,
         ];
-        args.extend(["-I", "s3://inter/run", "--random-seed", "9"]);
+        args.extend(["-I", "s3://inter/run", "--random-seed", "9", "--output", "json"]);
         args.extend(extra);
-        tokio::task::block_in_place(|| support::client(&s3, &args, None))
+        let (ok, out, log) = tokio::task::block_in_place(|| support::client(&s3, &args, None));
+        assert!(ok, "{log}");
+        stage_lines(&out)
     };
-    let (ok, _, log) = submit(&[]);
-    assert!(ok, "{log}");
-    for stage in ["stage `a`", "stage `b`", "the final merge"] {
-        assert!(log.contains(&format!("{stage}: job ")), "{stage} ran as a job: {log}");
-    }
+    // Every stage ran as a job (in dependency order), merging into its output.
+    let all_jobs = |lines: &[(String, String, String, Option<String>)]| {
+        let want = [
+            ("a", "s3://inter/run/a"),
+            ("b", "s3://inter/run/b"),
+            ("final", "s3://out/final"),
+        ];
+        assert_eq!(lines.len(), want.len(), "{lines:?}");
+        for ((name, outcome, output, job), (stage, target)) in lines.iter().zip(want) {
+            assert_eq!(
+                (name.as_str(), outcome.as_str(), output.as_str()),
+                (stage, "merged", target)
+            );
+            assert!(
+                job.as_ref().is_some_and(|j| j.starts_with("job-")),
+                "{stage} ran as a job: {lines:?}"
+            );
+        }
+    };
+    all_jobs(&submit(&[]));
 
     // The embedded run of the same stages, on local copies of the models.
     let local = tempfile::tempdir().unwrap();
@@ -222,9 +280,10 @@ async fn a_three_stage_pipeline_on_the_cluster_equals_the_embedded_multi() {
     }
 
     // Lazy by default: a rerun submits nothing; --no-lazy runs every stage again.
-    let (ok, _, log) = submit(&[]);
-    assert!(ok && !log.contains(": job "), "{log}");
-    assert_eq!(log.matches("exists, skipped").count(), 3, "{log}");
-    let (ok, _, log) = submit(&["--no-lazy"]);
-    assert!(ok && log.matches(": job ").count() >= 3, "{log}");
+    let lines = submit(&[]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (name, outcome, _, job) in &lines {
+        assert!(outcome == "skipped" && job.is_none(), "{name} was skipped: {lines:?}");
+    }
+    all_jobs(&submit(&["--no-lazy"]));
 }

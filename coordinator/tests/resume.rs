@@ -1,19 +1,18 @@
 //! Resuming from the journal: a job keeps the plan it was journaled with (its unit size), and a
 //! journal that does not match what this coordinator plans is refused with a clear error, never
-//! applied and never a panic. In-process coordinators and workers over loopback gRPC, local
+//! applied and never a panic (nor is a job whose pinned inputs, tokenizer files included,
+//! changed). In-process coordinators and workers over loopback gRPC, local
 //! storage.
 
 use shardmerge_coordinator::cluster::allow::AllowList;
-use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::client;
 use shardmerge_coordinator::cluster::scheduler::SchedulerConfig;
-use shardmerge_coordinator::cluster::server;
+use shardmerge_coordinator::cluster::server::{self, ServeOptions};
 use shardmerge_coordinator::cluster::service::CoordinatorOptions;
 use shardmerge_coordinator::demo::{SynthSpec, dare_ties_recipe, write_family};
 use shardmerge_proto::v1::{JobState, JobStatus, MergeOptions};
 use shardmerge_worker::node::{WorkerOptions, run_worker};
 use shardmerge_worker::safetensors_io::Dtype;
-use shardmerge_worker::storage::Storage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -63,16 +62,9 @@ async fn coordinator(state: &Path, unit_target: u64) -> Running {
         let shutdown = async move {
             let _ = rx.await;
         };
-        server::serve(
-            opts,
-            Storage::from_env(),
-            Credentials::default(),
-            None,
-            listener,
-            shutdown,
-        )
-        .await
-        .unwrap();
+        server::serve(ServeOptions::new(opts), listener, shutdown)
+            .await
+            .unwrap();
     });
     Running {
         url: format!("http://{addr}"),
@@ -121,6 +113,7 @@ fn options() -> MergeOptions {
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,
+        unsafe_truncate_embeddings: false,
     }
 }
 
@@ -331,6 +324,60 @@ async fn an_input_rewritten_after_planning_fails_the_job_and_nothing_is_publishe
         w.abort();
     }
     c.stop().await;
+}
+
+/// A tokenizer file the plan read (here for a vocabulary union) is pinned like the weights:
+/// rewritten between a stop and a restart, with a vocabulary and so a plan that stay the same,
+/// the job is not resumed (a worker is ready to run it) and the error names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tokenizer_rewritten_before_a_restart_fails_the_job_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/models");
+    let models = tmp.path().join("models");
+    for m in ["base_bf16", "chatml_bf16"] {
+        std::fs::create_dir_all(models.join(m)).unwrap();
+        for e in std::fs::read_dir(golden.join(m)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), models.join(m).join(e.file_name())).unwrap();
+        }
+    }
+    let (base, chatml) = (models.join("base_bf16"), models.join("chatml_bf16"));
+    let yaml = format!(
+        "models:\n  - model: {b}\n    parameters: {{weight: 0.5}}\n  - model: {c}\n    parameters: {{weight: 0.5}}\n\
+         merge_method: linear\nbase_model: {b}\ndtype: bfloat16\ntokenizer_source: union\n",
+        b = base.display(),
+        c = chatml.display()
+    );
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out");
+    let a = coordinator(&state, 5 << 20).await;
+    let (job, before) = submit(&a.url, &yaml, &out).await;
+    assert_eq!(before.state, JobState::Running as i32, "{before:?}");
+    a.stop().await;
+    // The base's tokenizer (the output's) gets a lowercasing normalizer: the same vocabulary
+    // and rows, another tokenizer.
+    let file = base.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    tokenizer["normalizer"] = serde_json::json!({"type": "Lowercase"});
+    std::thread::sleep(Duration::from_millis(20)); // a new modification time
+    std::fs::write(&file, serde_json::to_vec_pretty(&tokenizer).unwrap()).unwrap();
+    let b = coordinator(&state, 5 << 20).await;
+    let workers = [spawn_worker(&b.url)];
+    let st = wait_final(&b.url, &job).await;
+    assert_eq!(st.state, JobState::Failed as i32, "{st:?}");
+    for needle in [
+        file.display().to_string().as_str(),
+        "changed",
+        "vocabulary and tokenizer",
+    ] {
+        assert!(st.error.contains(needle), "`{needle}` not in {:?}", st.error);
+    }
+    let left = cleaned_up(&out, 0).await;
+    assert!(left.is_empty(), "left at the output: {left:?}");
+    for w in workers {
+        w.abort();
+    }
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

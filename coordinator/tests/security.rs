@@ -7,13 +7,12 @@ use shardmerge_coordinator::cluster::allow::AllowList;
 use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::client;
 use shardmerge_coordinator::cluster::scheduler::SchedulerConfig;
-use shardmerge_coordinator::cluster::server;
+use shardmerge_coordinator::cluster::server::{self, ServeOptions};
 use shardmerge_coordinator::cluster::service::CoordinatorOptions;
 use shardmerge_proto::PROTOCOL_VERSION;
 use shardmerge_proto::v1::worker_service_client::WorkerServiceClient;
 use shardmerge_proto::v1::{JobState, LeaseUnitsRequest, MergeOptions, RegisterWorkerRequest};
 use shardmerge_worker::node::{BearerToken, WorkerOptions, run_worker};
-use shardmerge_worker::storage::Storage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -47,14 +46,11 @@ fn loopback_default() -> AllowList {
 /// Starts a coordinator on loopback; returns its URL.
 async fn start(opts: CoordinatorOptions, credentials: Credentials) -> String {
     let (listener, addr) = server::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(server::serve(
-        opts,
-        Storage::from_env(),
+    let options = ServeOptions {
         credentials,
-        None,
-        listener,
-        std::future::pending(),
-    ));
+        ..ServeOptions::new(opts)
+    };
+    tokio::spawn(server::serve(options, listener, std::future::pending()));
     format!("http://{addr}")
 }
 
@@ -167,17 +163,14 @@ async fn an_api_without_its_token_is_not_served_beyond_loopback() {
     ] {
         let state = tmp.path().join("state");
         let (listener, _) = server::bind("0.0.0.0:0").await.unwrap();
-        let err = server::serve(
-            options(&state, loopback_default()),
-            Storage::from_env(),
-            creds,
-            None,
-            listener,
-            std::future::pending(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let serve_options = ServeOptions {
+            credentials: creds,
+            ..ServeOptions::new(options(&state, loopback_default()))
+        };
+        let err = server::serve(serve_options, listener, std::future::pending())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(var) && err.contains("not a loopback address"), "{err}");
         assert!(!state.exists(), "refused before the journal was opened");
     }
@@ -187,17 +180,14 @@ async fn an_api_without_its_token_is_not_served_beyond_loopback() {
         worker: Some("t".into()),
         allow_unauthenticated: false,
     };
-    let err = server::serve(
-        options(&tmp.path().join("state"), loopback_default()),
-        Storage::from_env(),
-        same,
-        None,
-        listener,
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let serve_options = ServeOptions {
+        credentials: same,
+        ..ServeOptions::new(options(&tmp.path().join("state"), loopback_default()))
+    };
+    let err = server::serve(serve_options, listener, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("are the same"), "{err}");
 }
 

@@ -13,9 +13,13 @@ splitmix64 hash of the element index, so the Rust tests regenerate them without 
             its small value). The large values cancel exactly, so the result exposes the rounding
             of the large partial sums. Every gen_b value is exact in bfloat16.
 
-Usage: python torch_sum_vectors.py [--large]   (the torch version and thread count are printed;
-the committed values come from torch 2.15.0, CPU capability AVX512, 2 threads).
+    gen_c = (-1)^(z & 1) * (z >> 53) * 2^(((z >> 8) & 7) - 24)    (seed 3; exact in float16)
+
+Usage: python torch_sum_vectors.py [--large | --f16]   (the torch version and thread count are
+printed; the committed values come from torch 2.15.0, CPU capability AVX512, 2 threads).
 --large adds the sizes that reach cascade level power 5 (~0.5 GB f32 + ~1 GB bf16 inputs).
+--f16 prints the `F16` table instead: (n, threads, [f16 bits of c.sum(), c.abs().sum()]) for
+float16 gen_c inputs.
 """
 
 import sys
@@ -63,6 +67,25 @@ def gen_b(n):
     return np.where(big, np.where(odd, np.float32(2.0**30), np.float32(-(2.0**30))), x).astype(np.float32)
 
 
+def gen_c(n):
+    z = mix(n, 3)
+    e = ((z >> np.uint64(8)) & np.uint64(7)).astype(np.int32) - 24
+    return (sign(z) * (z >> np.uint64(53)).astype(np.float32) * np.ldexp(np.float32(1), e)).astype(np.float32)
+
+
+def f16_table():
+    f16_sizes = [1, 7, 16, 17, 129, 1000, 4096 + 3, 32767, 32768, 32769, 65536, 65536 + 5, 100003,
+                 (1 << 20) + 17]
+    default_threads = torch.get_num_threads()
+    for n, threads in [(n, default_threads) for n in f16_sizes] + THREADED:
+        torch.set_num_threads(threads)
+        c = torch.from_numpy(gen_c(n))
+        cc = c.to(torch.float16)
+        assert torch.equal(cc.float(), c), "gen_c must be exact in float16"
+        print(f"({n}, {threads}, [0x{bf16_bits(cc.sum()):04x}, 0x{bf16_bits(cc.abs().sum()):04x}]),")
+    torch.set_num_threads(default_threads)
+
+
 def f32_bits(t):
     return int(t.reshape(1).view(torch.int32).item()) & 0xFFFFFFFF
 
@@ -82,6 +105,9 @@ def row(n):
 
 
 def main():
+    if "--f16" in sys.argv[1:]:
+        f16_table()
+        return
     default_threads = torch.get_num_threads()
     print(f"// torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{default_threads} threads")

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Reference values for worker/src/kernels/torch_trig.rs (torch's CPU float32 `acos` and `sin`).
 
-Default: prints worker/src/kernels/torch_trig_vectors.rs, the Rust test tables `ACOS` and `SIN` of
+Default: prints worker/src/kernels/torch_trig/vectors.rs, the Rust test tables `ACOS` and `SIN` of
 (input bits, torch output bits) for a few hundred deterministic inputs: special values, edges of
 the kernels' branches, dense points near +-1, 0, pi/2 and pi, and `splitmix64` samples
 (z_i = mix64(seed + (i + 1) * 0x9E3779B97F4A7C15), u_i = (z_i >> 40) / 2^24, x = lo + (hi - lo) u_i,
 rounded to f32). Each output is checked to be the same for a 0-dim tensor (what mergekit's SLERP
 passes), a 1-element tensor and a batch.
 
-`--acos-fixups`: prints worker/src/kernels/torch_trig_acos_fixups.rs, the f32 inputs in
+`--acos-fixups`: prints worker/src/kernels/torch_trig/acos_fixups.rs, the f32 inputs in
 1/2 < |x| < 1 where torch's acos differs by one ulp from the f32 formula of torch_trig.rs
 (re-implemented below in numpy, bit-for-bit the Rust one), found by evaluating every f32 there.
 

@@ -1,6 +1,10 @@
 //! Test support for shardmerge's end-to-end tests: locating the golden fixtures, running
 //! merges in-process, and comparing safetensors outputs tensor by tensor.
 
+pub mod compare;
+pub mod fixture;
+pub mod tie_order;
+
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
@@ -185,4 +189,26 @@ pub fn rewrite_model(dir: &Path, f: impl Fn(&str, &[usize], &[u8]) -> Option<(Ve
         .collect();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), &path).expect("write model");
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::compare::tokenizer_content_equal;
+
+    #[test]
+    fn content_comparison_ignores_rewritten_keys_and_sees_vocabulary_changes() {
+        let a = br#"{"model": {"vocab": {"a": 0, "b": 1}}, "post_processor": null}"#;
+        let same = br#"{"post_processor": {"type": "TemplateProcessing", "special_tokens": {},
+            "single": [{"Sequence": {"id": "A"}}], "pair": [{"Sequence": {"id": "A"}}]},
+            "model": {"vocab": {"b": 1, "a": 0}}}"#;
+        assert_eq!(tokenizer_content_equal("tokenizer.json", a, same), Ok(()));
+        let swapped = br#"{"model": {"vocab": {"a": 1, "b": 0}}, "post_processor": null}"#;
+        let err = tokenizer_content_equal("tokenizer.json", a, swapped).unwrap_err();
+        assert!(err.contains("model"), "{err}");
+        let cfg = br#"{"bos_token": "<s>", "tokenizer_class": "X"}"#;
+        let cfg5 = br#"{"bos_token": "<s>", "tokenizer_class": "TokenizersBackend", "is_local": true}"#;
+        assert_eq!(tokenizer_content_equal("tokenizer_config.json", cfg, cfg5), Ok(()));
+        let other = br#"{"bos_token": "<bos>"}"#;
+        assert!(tokenizer_content_equal("tokenizer_config.json", cfg, other).is_err());
+    }
 }

@@ -2,72 +2,34 @@
 //! looks like a complete model.
 
 use shardmerge_coordinator::{MergeError, MergeOptions, execute_plan, load_config, merge_config, plan_config};
+use shardmerge_tests::fixture::{Fixture, assert_absent, assert_contains};
 use shardmerge_tests::{copy_model, golden_dir, rewrite_model};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+/// Copies of the golden base, ft1 and ft2 bf16 models as `ROOT/base`, `ROOT/ft1`, `ROOT/ft2`.
+fn fixture() -> Fixture {
+    Fixture::new(
+        &[("base_bf16", "base"), ("ft1_bf16", "ft1"), ("ft2_bf16", "ft2")],
+        NOT_AFTER_FAILURE,
+    )
 }
 
-impl Fixture {
-    /// A temp dir with copies of the golden base, ft1 and ft2 bf16 models.
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        copy_model(&golden_dir().join("models/base_bf16"), &root.join("base"));
-        copy_model(&golden_dir().join("models/ft1_bf16"), &root.join("ft1"));
-        copy_model(&golden_dir().join("models/ft2_bf16"), &root.join("ft2"));
-        Fixture { _tmp: tmp, root }
-    }
-
-    fn config(&self, yaml: &str) -> PathBuf {
-        let p = self.root.join("cfg.yml");
-        std::fs::write(&p, yaml.replace("ROOT", &self.root.display().to_string())).unwrap();
-        p
-    }
-
-    fn out(&self) -> PathBuf {
-        self.root.join("out")
-    }
-
-    fn merge(&self, yaml: &str) -> String {
-        let cfg = self.config(yaml);
-        let out = self.out();
-        let err =
-            shardmerge_coordinator::merge_file(&cfg, &out, &MergeOptions::default()).expect_err("the merge must fail");
-        assert_nothing_complete(&out);
-        let msg = format!("{err:#}");
-        println!("{msg}");
-        msg
-    }
-}
+/// What a failed merge must not leave behind.
+const NOT_AFTER_FAILURE: &[&str] = &[
+    "model.safetensors",
+    "model.safetensors.index.json",
+    ".shardmerge-staging",
+];
 
 const TA: &str = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n    parameters:\n      weight: 0.5\nmerge_method: task_arithmetic\nbase_model: ROOT/base\ndtype: bfloat16\n";
 
 fn assert_nothing_complete(out: &Path) {
-    for f in [
-        "model.safetensors",
-        "model.safetensors.index.json",
-        ".shardmerge-staging",
-    ] {
-        assert!(
-            !out.join(f).exists(),
-            "{f} exists in {} after a failed merge",
-            out.display()
-        );
-    }
-}
-
-fn assert_contains(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "error message {msg:?} does not mention {p:?}");
-    }
+    assert_absent(out, NOT_AFTER_FAILURE);
 }
 
 #[test]
 fn the_valid_fixture_merges() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = f.config(TA);
     shardmerge_coordinator::merge_file(&cfg, &f.out(), &MergeOptions::default()).unwrap();
     assert!(f.out().join("model.safetensors").exists());
@@ -85,14 +47,14 @@ fn the_valid_fixture_merges() {
 
 #[test]
 fn missing_model_path_names_the_model_and_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&TA.replace("ROOT/ft1", "ROOT/does-not-exist"));
     assert_contains(&msg, &["does-not-exist", "not found", "cfg.yml:3"]);
 }
 
 #[test]
 fn tensor_missing_in_one_model_is_named() {
-    let f = Fixture::new();
+    let f = fixture();
     rewrite_model(&f.root.join("ft1"), |name, shape, data| {
         (name != "model.layers.3.mlp.up_proj.weight").then(|| (shape.to_vec(), data.to_vec()))
     });
@@ -102,7 +64,7 @@ fn tensor_missing_in_one_model_is_named() {
 
 #[test]
 fn shape_mismatch_names_model_tensor_and_both_shapes() {
-    let f = Fixture::new();
+    let f = fixture();
     rewrite_model(&f.root.join("ft1"), |name, shape, data| {
         if name == "model.layers.2.self_attn.q_proj.weight" {
             Some((vec![shape[0] / 2, shape[1]], data[..data.len() / 2].to_vec()))
@@ -126,21 +88,21 @@ fn shape_mismatch_names_model_tensor_and_both_shapes() {
 
 #[test]
 fn unknown_method_lists_the_available_ones() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&TA.replace("task_arithmetic", "frobnicate"));
     assert_contains(&msg, &["frobnicate", "unknown merge method", "cfg.yml:6", "dare_ties"]);
 }
 
 #[test]
 fn missing_required_parameter_names_parameter_model_and_tensor() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&TA.replace("    parameters:\n      weight: 0.5\n", ""));
     assert_contains(&msg, &["weight", "missing required parameter", "ft1"]);
 }
 
 #[test]
 fn malformed_yaml_reports_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: [unclosed\nmerge_method: linear\n");
     assert_contains(&msg, &["cfg.yml:"]);
     let line: String = msg
@@ -156,7 +118,7 @@ fn malformed_yaml_reports_the_line() {
 
 #[test]
 fn truncated_safetensors_header_is_an_error_not_a_panic() {
-    let f = Fixture::new();
+    let f = fixture();
     let path = f.root.join("ft1/model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..100]).unwrap();
@@ -166,7 +128,7 @@ fn truncated_safetensors_header_is_an_error_not_a_panic() {
 
 #[test]
 fn corrupt_safetensors_header_is_an_error_not_a_panic() {
-    let f = Fixture::new();
+    let f = fixture();
     let path = f.root.join("ft1/model.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
     for b in bytes[8..40].iter_mut() {
@@ -184,7 +146,7 @@ fn corrupt_safetensors_header_is_an_error_not_a_panic() {
 
 #[test]
 fn unwritable_output_directory_is_reported() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = f.config(TA);
     let blocker = f.root.join("a-file");
     std::fs::write(&blocker, b"not a directory").unwrap();
@@ -197,7 +159,7 @@ fn unwritable_output_directory_is_reported() {
 
 #[test]
 fn a_failure_while_merging_leaves_no_complete_looking_output() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = load_config(&f.config(TA)).unwrap();
     let out = f.out();
     // Leave a previous complete model in the output directory, as a rerun would.
@@ -218,7 +180,7 @@ fn a_failure_while_merging_leaves_no_complete_looking_output() {
 
 #[test]
 fn a_memory_limit_below_the_smallest_task_fails_at_plan_time_naming_tensor_and_limit() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = f.config(TA);
     let opts = MergeOptions {
         memory_limit: Some(20),
@@ -235,7 +197,7 @@ fn a_memory_limit_below_the_smallest_task_fails_at_plan_time_naming_tensor_and_l
 
 #[test]
 fn a_memory_limit_splits_large_tasks_into_chunks_with_the_same_bytes() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = f.config(TA);
     let whole = f.root.join("whole");
     shardmerge_coordinator::merge_file(&cfg, &whole, &MergeOptions::default()).unwrap();
@@ -264,7 +226,7 @@ const DELLA: &str = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n    par
 
 #[test]
 fn della_epsilon_outside_the_density_band_names_the_line_model_and_tensor() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(DELLA);
     assert_contains(
         &msg,
@@ -277,7 +239,7 @@ fn della_epsilon_outside_the_density_band_names_the_line_model_and_tensor() {
 
 #[test]
 fn della_without_a_base_model_names_the_method() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(
         &DELLA
             .replace("base_model: ROOT/base\n", "")
@@ -288,7 +250,7 @@ fn della_without_a_base_model_names_the_method() {
 
 #[test]
 fn breadcrumbs_gamma_of_the_wrong_type_names_the_parameter_and_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let yaml = TA
         .replace("task_arithmetic", "breadcrumbs")
         .replace("weight: 0.5\n", "weight: 0.5\n      gamma: lots\n");
@@ -298,7 +260,7 @@ fn breadcrumbs_gamma_of_the_wrong_type_names_the_parameter_and_line() {
 
 #[test]
 fn model_stock_with_one_fine_tune_names_the_count_and_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&TA.replace("task_arithmetic", "model_stock"));
     assert_contains(
         &msg,
@@ -312,7 +274,7 @@ fn model_stock_with_one_fine_tune_names_the_count_and_the_line() {
 
 #[test]
 fn nearswap_with_three_models_or_without_t_or_base_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let three = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: nearswap\nbase_model: ROOT/base\nparameters:\n  t: 0.01\n";
     let msg = f.merge(three);
     assert_contains(
@@ -339,7 +301,7 @@ fn nearswap_with_three_models_or_without_t_or_base_is_refused() {
 
 #[test]
 fn nuslerp_with_three_models_names_the_count_and_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let yaml = "models:\n  - model: ROOT/base\n    parameters:\n      weight: 0.2\n  - model: ROOT/ft1\n    parameters:\n      weight: 0.3\n  - model: ROOT/ft2\n    parameters:\n      weight: 0.5\nmerge_method: nuslerp\ndtype: bfloat16\n";
     let msg = f.merge(yaml);
     assert_contains(
@@ -360,35 +322,35 @@ fn nuslerp_with_three_models_names_the_count_and_the_line() {
 
 #[test]
 fn multislerp_without_weights_names_the_parameter() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: multislerp\n");
     assert_contains(&msg, &["missing required parameter `weight`", "ft1"]);
 }
 
 #[test]
 fn passthrough_with_two_models_names_the_count_and_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: passthrough\n");
     assert_contains(&msg, &["cfg.yml:4", "passthrough", "takes 1 inputs, got 2"]);
 }
 
 #[test]
 fn ram_without_a_base_model_names_the_method_and_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: ram\n");
     assert_contains(&msg, &["cfg.yml:4", "ram", "needs a `base_model`"]);
 }
 
 #[test]
 fn ramplus_tl_with_a_non_numeric_r_names_the_parameter() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: ramplus_tl\nbase_model: ROOT/base\nparameters:\n  r: fast\n");
     assert_contains(&msg, &["`r`", "fast", "cfg.yml:"]);
 }
 
 #[test]
 fn sce_without_a_base_model_or_with_a_bad_select_topk_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge("models:\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: sce\n");
     assert_contains(&msg, &["cfg.yml:4", "sce", "needs a `base_model`"]);
     let msg = f.merge("models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: sce\nbase_model: ROOT/base\nparameters:\n  select_topk: most\n");
@@ -397,7 +359,7 @@ fn sce_without_a_base_model_or_with_a_bad_select_topk_is_refused() {
 
 #[test]
 fn karcher_with_a_fractional_max_iter_or_a_text_tol_names_the_parameter_and_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let yaml =
         "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\nmerge_method: karcher\nparameters:\n  max_iter: 2.5\n";
     let msg = f.merge(yaml);
@@ -408,7 +370,7 @@ fn karcher_with_a_fractional_max_iter_or_a_text_tol_names_the_parameter_and_line
 
 #[test]
 fn arcee_fusion_with_three_models_or_without_a_base_names_the_count_and_the_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let three = "models:\n  - model: ROOT/base\n  - model: ROOT/ft1\n  - model: ROOT/ft2\nmerge_method: arcee_fusion\nbase_model: ROOT/base\n";
     let msg = f.merge(three);
     assert_contains(

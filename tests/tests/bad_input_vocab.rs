@@ -2,42 +2,19 @@
 //! never a panic, and no output that looks complete.
 
 use shardmerge_coordinator::MergeOptions;
-use shardmerge_tests::{copy_model, golden_dir};
-use std::path::PathBuf;
+use shardmerge_tests::fixture::{Fixture, assert_contains};
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Fixture {
-    /// A temp dir with copies of the golden base_bf16 and chatml_bf16 models.
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        copy_model(&golden_dir().join("models/base_bf16"), &root.join("base"));
-        copy_model(&golden_dir().join("models/chatml_bf16"), &root.join("chatml"));
-        Fixture { _tmp: tmp, root }
-    }
-
-    fn merge(&self, yaml: &str) -> String {
-        let cfg = self.root.join("cfg.yml");
-        std::fs::write(&cfg, yaml.replace("ROOT", &self.root.display().to_string())).unwrap();
-        let out = self.root.join("out");
-        let err =
-            shardmerge_coordinator::merge_file(&cfg, &out, &MergeOptions::default()).expect_err("the merge must fail");
-        for f in [
+/// Copies of the golden base_bf16 and chatml_bf16 models as `ROOT/base` and `ROOT/chatml`.
+fn fixture() -> Fixture {
+    Fixture::new(
+        &[("base_bf16", "base"), ("chatml_bf16", "chatml")],
+        &[
             "model.safetensors",
             "config.json",
             "tokenizer.json",
             ".shardmerge-staging",
-        ] {
-            assert!(!out.join(f).exists(), "{f} exists after a failed merge");
-        }
-        let msg = format!("{err:#}");
-        println!("{msg}");
-        msg
-    }
+        ],
+    )
 }
 
 fn linear(extra: &str) -> String {
@@ -47,15 +24,9 @@ fn linear(extra: &str) -> String {
     )
 }
 
-fn assert_contains(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "error message {msg:?} does not mention {p:?}");
-    }
-}
-
 #[test]
 fn a_vocabulary_mismatch_without_a_tokenizer_setting_is_refused_with_the_fixes() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&linear(""));
     assert_contains(
         &msg,
@@ -72,7 +43,7 @@ fn a_vocabulary_mismatch_without_a_tokenizer_setting_is_refused_with_the_fixes()
 
 #[test]
 fn a_token_source_outside_the_merge_names_the_token_file_and_line() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&linear(
         "tokenizer:\n  source: union\n  tokens:\n    \"<|im_end|>\":\n      source: ROOT/elsewhere\n",
     ));
@@ -89,7 +60,7 @@ fn a_token_source_outside_the_merge_names_the_token_file_and_line() {
 
 #[test]
 fn a_missing_tokenizer_json_names_the_model_and_file() {
-    let f = Fixture::new();
+    let f = fixture();
     std::fs::remove_file(f.root.join("chatml/tokenizer.json")).unwrap();
     let msg = f.merge(&linear("tokenizer_source: union\n"));
     assert_contains(&msg, &["chatml", "tokenizer.json", "has no `tokenizer.json`"]);
@@ -97,7 +68,7 @@ fn a_missing_tokenizer_json_names_the_model_and_file() {
 
 #[test]
 fn a_sentencepiece_only_model_is_refused_clearly() {
-    let f = Fixture::new();
+    let f = fixture();
     std::fs::remove_file(f.root.join("chatml/tokenizer.json")).unwrap();
     std::fs::write(f.root.join("chatml/tokenizer.model"), b"\x0a\x05hello").unwrap();
     let msg = f.merge(&linear("tokenizer_source: union\n"));
@@ -106,7 +77,7 @@ fn a_sentencepiece_only_model_is_refused_clearly() {
 
 #[test]
 fn a_corrupt_tokenizer_json_names_the_model_and_file() {
-    let f = Fixture::new();
+    let f = fixture();
     for text in [
         "{\"model\": ",
         "{\"version\": \"1.0\", \"model\": {\"type\": \"NoSuchModel\"}}",
@@ -120,14 +91,14 @@ fn a_corrupt_tokenizer_json_names_the_model_and_file() {
 
 #[test]
 fn a_forced_token_without_a_source_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&linear("tokenizer:\n  tokens:\n    a: {force: true}\n"));
     assert_contains(&msg, &["token `a`", "without a `source`"]);
 }
 
 #[test]
 fn a_model_token_id_past_the_rows_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let msg = f.merge(&linear(
         "tokenizer:\n  tokens:\n    \"<|im_end|>\":\n      source: {kind: model_token, model: ROOT/base, token_id: 64}\n",
     ));
@@ -136,7 +107,7 @@ fn a_model_token_id_past_the_rows_is_refused() {
 
 #[test]
 fn truncated_embeddings_keep_the_common_rows() {
-    let f = Fixture::new();
+    let f = fixture();
     let cfg = f.root.join("cfg.yml");
     std::fs::write(&cfg, linear("").replace("ROOT", &f.root.display().to_string())).unwrap();
     let out = f.root.join("out");

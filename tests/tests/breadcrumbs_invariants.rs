@@ -7,15 +7,8 @@
 //!   dropped, so (both cases run without rescale) an element unambiguous in every model
 //!   equals mergekit's output bit for bit.
 
-use shardmerge_tests::{cases, golden_dir, run_case, tensors_of};
+use shardmerge_tests::tie_order::{MergedCase, OffTies, bf16_delta, compare_off_ties, merge_beside_mergekit};
 use shardmerge_worker::kernels::breadcrumbs::{kept_positions, outliers_mask};
-use shardmerge_worker::kernels::precision::round_bf16;
-
-type Tensors = Vec<(String, String, Vec<usize>, Vec<f32>)>;
-
-fn load(path: &std::path::Path) -> Tensors {
-    tensors_of(&std::fs::read(path).unwrap())
-}
 
 /// Checks the multiset invariant and returns, per element, whether its keep decision depends on
 /// the tie order (its magnitude equals a boundary value of the kept range).
@@ -43,42 +36,29 @@ fn check_mask(name: &str, delta: &[f32], density: f64, gamma: f64) -> Vec<bool> 
 }
 
 fn check_case(case_name: &str, params: [(f64, f64); 2]) {
-    let case = cases().into_iter().find(|c| c.name == case_name).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    run_case(&case, tmp.path(), 2, None).unwrap();
-    let ours = load(&tmp.path().join("model.safetensors"));
-    let theirs = load(&case.dir.join("expected/model.safetensors"));
-    let models = golden_dir().join("models");
-    let base = load(&models.join("base_bf16/model.safetensors"));
-    let fts = [
-        load(&models.join("ft1_bf16/model.safetensors")),
-        load(&models.join("ft2_bf16/model.safetensors")),
-    ];
-    let (mut fixed, mut ambiguous, mut differing) = (0usize, 0usize, 0usize);
+    let MergedCase {
+        ours,
+        theirs,
+        base,
+        fts,
+    } = merge_beside_mergekit(case_name);
+    let mut counts = OffTies::default();
     for (ti, (b, (o, t))) in base.iter().zip(ours.iter().zip(&theirs)).enumerate() {
         assert_eq!((&b.0, &b.0), (&o.0, &t.0));
         let mut tie = vec![false; b.3.len()];
         for (ft, (density, gamma)) in fts.iter().zip(params) {
-            let delta: Vec<f32> = ft[ti].3.iter().zip(&b.3).map(|(x, y)| round_bf16(x - y)).collect();
+            let delta = bf16_delta(&ft[ti].3, &b.3);
             for (a, t) in tie.iter_mut().zip(check_mask(&b.0, &delta, density, gamma)) {
                 *a |= t;
             }
         }
-        for (e, &tied) in tie.iter().enumerate() {
-            let same = o.3[e].to_bits() == t.3[e].to_bits();
-            if tied {
-                ambiguous += 1;
-                differing += usize::from(!same);
-            } else {
-                fixed += 1;
-                assert!(
-                    same,
-                    "{case_name}: {} element {e}: {} vs mergekit {}",
-                    b.0, o.3[e], t.3[e]
-                );
-            }
-        }
+        compare_off_ties(case_name, &b.0, &tie, &o.3, &t.3, &mut counts);
     }
+    let OffTies {
+        fixed,
+        ambiguous,
+        differing,
+    } = counts;
     assert!(fixed > 40_000, "{fixed} unambiguous elements");
     assert!(
         differing > 0 && differing < ambiguous,

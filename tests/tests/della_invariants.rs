@@ -8,14 +8,7 @@
 //! rescale), every element untied in all models must equal mergekit's output bit for bit, and
 //! the rows must really contain ties (that is why the whole file cannot match).
 
-use shardmerge_tests::{cases, golden_dir, run_case, tensors_of};
-use shardmerge_worker::kernels::precision::round_bf16;
-
-type Tensors = Vec<(String, String, Vec<usize>, Vec<f32>)>;
-
-fn load(path: &std::path::Path) -> Tensors {
-    tensors_of(&std::fs::read(path).unwrap())
-}
+use shardmerge_tests::tie_order::{MergedCase, OffTies, bf16_delta, compare_off_ties, merge_beside_mergekit};
 
 /// For each element, whether its `|delta|` equals another one of its dim-1 row.
 fn tied(delta: &[f32], shape: &[usize]) -> Vec<bool> {
@@ -42,43 +35,30 @@ fn tied(delta: &[f32], shape: &[usize]) -> Vec<bool> {
 
 #[test]
 fn della_bf16_untied_elements_equal_mergekit() {
-    let case = cases().into_iter().find(|c| c.name == "della_linear_bf16").unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    run_case(&case, tmp.path(), 2, None).unwrap();
-    let ours = load(&tmp.path().join("model.safetensors"));
-    let theirs = load(&case.dir.join("expected/model.safetensors"));
-    let models = golden_dir().join("models");
-    let base = load(&models.join("base_bf16/model.safetensors"));
-    let fts = [
-        load(&models.join("ft1_bf16/model.safetensors")),
-        load(&models.join("ft2_bf16/model.safetensors")),
-    ];
-    let (mut untied, mut tied_total, mut differing) = (0usize, 0usize, 0usize);
+    let MergedCase {
+        ours,
+        theirs,
+        base,
+        fts,
+    } = merge_beside_mergekit("della_linear_bf16");
+    let mut counts = OffTies::default();
     for (ti, (b, (o, t))) in base.iter().zip(ours.iter().zip(&theirs)).enumerate() {
         assert_eq!((&b.0, &b.0), (&o.0, &t.0));
         let mut any_tie = vec![false; b.3.len()];
         for ft in &fts {
             assert_eq!(ft[ti].0, b.0);
-            let delta: Vec<f32> = ft[ti].3.iter().zip(&b.3).map(|(x, y)| round_bf16(x - y)).collect();
+            let delta = bf16_delta(&ft[ti].3, &b.3);
             for (a, t) in any_tie.iter_mut().zip(tied(&delta, &b.2)) {
                 *a |= t;
             }
         }
-        for (e, &tie) in any_tie.iter().enumerate() {
-            let same = o.3[e].to_bits() == t.3[e].to_bits();
-            if tie {
-                tied_total += 1;
-                differing += usize::from(!same);
-            } else {
-                untied += 1;
-                assert!(
-                    same,
-                    "{} element {e}: untied in every model, shardmerge {} vs mergekit {}",
-                    b.0, o.3[e], t.3[e]
-                );
-            }
-        }
+        compare_off_ties("della_linear_bf16", &b.0, &any_tie, &o.3, &t.3, &mut counts);
     }
+    let OffTies {
+        fixed: untied,
+        ambiguous: tied_total,
+        differing,
+    } = counts;
     assert!(untied > 10_000, "{untied} untied elements");
     assert!(
         differing > 0 && differing < tied_total,

@@ -11,38 +11,24 @@
 //! * given torch's choice among the tied positions (read off mergekit's output: a kept tied
 //!   position changes the base), shardmerge's kernel reproduces mergekit's tensor bit for bit.
 
-use shardmerge_tests::{cases, golden_dir, run_case, tensors_of};
-use shardmerge_worker::kernels::precision::{Bf16, round_bf16};
+use shardmerge_tests::tie_order::{MergedCase, bf16_delta, merge_beside_mergekit};
+use shardmerge_worker::kernels::precision::Bf16;
 use shardmerge_worker::kernels::sce;
-
-type Tensors = Vec<(String, String, Vec<usize>, Vec<f32>)>;
-
-fn load(path: &std::path::Path) -> Tensors {
-    tensors_of(&std::fs::read(path).unwrap())
-}
 
 #[test]
 fn sce_bf16_matches_mergekit_given_torchs_choice_among_tied_variances() {
     const TOPK: f64 = 0.5;
-    let case = cases().into_iter().find(|c| c.name == "sce_bf16").unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    run_case(&case, tmp.path(), 2, None).unwrap();
-    let ours = load(&tmp.path().join("model.safetensors"));
-    let theirs = load(&case.dir.join("expected/model.safetensors"));
-    let models = golden_dir().join("models");
-    let base = load(&models.join("base_bf16/model.safetensors"));
-    let fts = [
-        load(&models.join("ft1_bf16/model.safetensors")),
-        load(&models.join("ft2_bf16/model.safetensors")),
-    ];
+    let MergedCase {
+        ours,
+        theirs,
+        base,
+        fts,
+    } = merge_beside_mergekit("sce_bf16");
     let (mut tensors_with_ties, mut differing_tensors) = (0, 0);
     for (ti, b) in base.iter().enumerate() {
         let (o, t) = (&ours[ti], &theirs[ti]);
         assert_eq!((&b.0, &b.0), (&o.0, &t.0));
-        let tvs: Vec<Vec<f32>> = fts
-            .iter()
-            .map(|ft| ft[ti].3.iter().zip(&b.3).map(|(x, y)| round_bf16(x - y)).collect())
-            .collect();
+        let tvs: Vec<Vec<f32>> = fts.iter().map(|ft| bf16_delta(&ft[ti].3, &b.3)).collect();
         let refs: Vec<&[f32]> = tvs.iter().map(|v| &v[..]).collect();
         let var = sce::variances::<Bf16>(&refs);
         let k = sce::selected_count(var.iter().filter(|&&v| v != 0.0).count(), TOPK);

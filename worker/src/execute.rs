@@ -5,24 +5,28 @@
 //! any order, on any worker, any number of times, and always write the same bytes.
 
 mod aligned;
+mod aligned_mean;
+mod chained;
 mod chunked;
+mod streamed;
 mod tensor_io;
 mod whole;
 
 use crate::buffers::Buffer;
+use crate::dtypes::storage_dtype;
 use crate::error::{KernelError, TaskError};
-use crate::kernels::della::RankRows;
 use crate::kernels::gta::{self, GtaInput, GtaOptions, GtaVariant};
 use crate::kernels::gta_stream::{self, StreamError, StreamInput};
+use crate::kernels::nuslerp::Vectors;
 use crate::kernels::slerp_stream;
 use crate::kernels::{WorkDType, linear};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
-use crate::safetensors_io::{self, Dtype};
+use crate::safetensors_io;
 use crate::storage::{LocalInputs, LocalOutputs};
 use crate::with_precision;
 use rayon::prelude::*;
-use shardmerge_proto::v1::{ChunkStats, DType, MergeTask, ParamValue, TensorSource, param_value};
+use shardmerge_proto::v1::{ChunkInfo, ChunkStats, DType, MergeTask, ParamValue, TensorSource, param_value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
@@ -103,36 +107,6 @@ impl TaskIo for LocalIo {
     }
 }
 
-/// Maps a wire dtype to the safetensors dtype.
-pub fn storage_dtype(d: DType) -> Option<Dtype> {
-    Some(match d {
-        DType::Bf16 => Dtype::BF16,
-        DType::F16 => Dtype::F16,
-        DType::F32 => Dtype::F32,
-        DType::F64 => Dtype::F64,
-        DType::I64 => Dtype::I64,
-        DType::I32 => Dtype::I32,
-        DType::Bool => Dtype::BOOL,
-        DType::U8 => Dtype::U8,
-        DType::Unspecified => return None,
-    })
-}
-
-/// Maps a safetensors dtype to the wire dtype.
-pub fn wire_dtype(d: Dtype) -> DType {
-    match d {
-        Dtype::BF16 => DType::Bf16,
-        Dtype::F16 => DType::F16,
-        Dtype::F32 => DType::F32,
-        Dtype::F64 => DType::F64,
-        Dtype::I64 => DType::I64,
-        Dtype::I32 => DType::I32,
-        Dtype::BOOL => DType::Bool,
-        Dtype::U8 => DType::U8,
-        _ => DType::Unspecified,
-    }
-}
-
 /// Runs `task` against `io`.
 pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, TaskError> {
     let started = Instant::now();
@@ -196,7 +170,8 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
         size,
         tensor: &task.tensor,
     };
-    if let Some(c) = task.chunk.as_ref().filter(|c| c.passes >= 1) {
+    let chunk_apply = |c: &&ChunkInfo| c.passes >= 1 || crate::chunk::pipeline(task).is_ok_and(|p| p.chunk_apply());
+    if let Some(c) = task.chunk.as_ref().filter(chunk_apply) {
         chunked::run(task, c, &mut loader, Some(&writer))?;
         return Ok(TaskOutcome {
             bytes_read: loader.bytes_read,
@@ -217,6 +192,10 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
             run_streamed(task, variant, &mut loader, &writer)?;
         }
         Some(MethodKind::Slerp) => run_slerp_streamed(task, &mut loader, &writer)?,
+        Some(MethodKind::ModelStock) => streamed::model_stock(task, &mut loader, &writer)?,
+        Some(MethodKind::Nuslerp) if !matches!(streamed::nuslerp_vectors(task)?, Vectors::Columns { .. }) => {
+            streamed::nuslerp(task, &mut loader, &writer)?;
+        }
         _ => {
             let out = match kind {
                 None => loader.load(0)?,
@@ -257,7 +236,7 @@ pub(super) fn gta_params(task: &MergeTask) -> Result<(GtaOptions, usize, Vec<Gta
         normalize: boolean(&task.shared_params, "normalize")?,
         rescale: boolean(&task.shared_params, "rescale")?,
         lambda: float(&task.shared_params, "lambda")?,
-        rows: RankRows::of_shape(task.output.as_ref().map_or(&[][..], |o| &o.shape[..])),
+        rows: crate::chunk::ranking_rows(task),
     };
     let b = task
         .inputs
@@ -367,10 +346,12 @@ fn run_kernel(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Re
             with_precision!(work, P => linear::finish::<P>(&mut acc, &weights, normalize));
             Ok(acc)
         }
-        // Streamed by `run_slerp_streamed`; never reaches here.
-        MethodKind::Slerp => Err(kernel_err(KernelError::Contract("slerp runs streamed".into()))),
-        MethodKind::ModelStock
-        | MethodKind::NearSwap
+        // Streamed by `run_slerp_streamed` and `streamed::model_stock`; never reach here.
+        MethodKind::Slerp | MethodKind::ModelStock => Err(kernel_err(KernelError::Contract(format!(
+            "{} runs streamed",
+            task.method
+        )))),
+        MethodKind::NearSwap
         | MethodKind::Nuslerp
         | MethodKind::Multislerp
         | MethodKind::Passthrough

@@ -8,6 +8,7 @@
 
 pub mod buffers;
 pub mod chunk;
+pub mod dtypes;
 pub mod error;
 pub mod execute;
 pub mod kernels;

@@ -99,9 +99,9 @@ pub enum ParamDefault {
 pub struct ParamSpec {
     /// Name as written in YAML.
     pub name: &'static str,
-    /// Declared type.
+    /// What values it takes (float, bool, int), as mergekit declares it.
     pub kind: ParamKind,
-    /// Resolution scope.
+    /// Whether it has one value per tensor, per input, or per non-base input.
     pub scope: ParamScope,
     /// Default, or required.
     pub default: ParamDefault,
@@ -130,9 +130,9 @@ pub struct MethodSpec {
     pub pretty_name: &'static str,
     /// Reference for the model card.
     pub reference_url: &'static str,
-    /// Kernel.
+    /// Which kernel runs it ([`MethodKind`]: one variant a kernel).
     pub kind: MethodKind,
-    /// Base policy.
+    /// How it treats `base_model`: required, just another input, or optional.
     pub base: BasePolicy,
     /// Minimum number of inputs (including the base).
     pub min_inputs: usize,
@@ -140,7 +140,7 @@ pub struct MethodSpec {
     pub max_inputs: Option<usize>,
     /// Minimum and maximum number of non-base inputs, when the method constrains them.
     pub non_base_inputs: Option<(usize, Option<usize>)>,
-    /// Parameters.
+    /// The parameters it reads, with their types, scopes and defaults.
     pub params: Vec<ParamSpec>,
     /// Optional-weight policy.
     pub optional_policy: OptionalPolicy,
@@ -495,5 +495,4 @@ pub fn names() -> Vec<&'static str> {
 }
 
 #[cfg(test)]
-#[path = "methods_tests.rs"]
 mod tests;

@@ -273,6 +273,7 @@ async fn on_cluster(st: &Storage, r: &Record, c: &mut client::Client) -> Ended {
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,
+        unsafe_truncate_embeddings: false,
     };
     let mut last = String::new();
     for _ in 0..CLAIM_ATTEMPTS {

@@ -137,10 +137,25 @@ pub fn status_json(s: &JobStatus) -> serde_json::Value {
 /// How long [`wait`] keeps trying to reach a coordinator that went away (restart, rollout).
 pub const WAIT_RECONNECT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// A job followed to its end by [`follow`].
+#[derive(Debug, Clone)]
+pub struct Followed {
+    /// The job's final status.
+    pub status: JobStatus,
+    /// How many times the coordinator went away mid-job (restart, rollout) and the job was
+    /// watched again: 0 when one status stream saw it through.
+    pub rewatched: u32,
+}
+
 /// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
 /// When the coordinator goes away mid-job (a graceful shutdown ends the stream, a crash breaks
 /// the connection) it watches again once a coordinator answers, for up to [`WAIT_RECONNECT`].
 pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> Result<JobStatus, ClientError> {
+    Ok(follow(client, job_id, progress).await?.status)
+}
+
+/// [`wait`], also counting how many times the job had to be watched again.
+pub async fn follow(client: &mut Client, job_id: &str, progress: bool) -> Result<Followed, ClientError> {
     let bar = if progress {
         ProgressBar::new(0)
     } else {
@@ -154,13 +169,17 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> Result<J
     let mut last: Option<JobStatus> = None;
     let mut received = 0u64;
     let mut away_since: Option<std::time::Instant> = None;
+    let mut rewatched = 0u32;
     loop {
         let before = received;
         let why = match watch_once(client, job_id, &bar, &mut last, &mut received).await {
             Ok(()) => match &last {
                 Some(s) if is_final(JobState::try_from(s.state).unwrap_or(JobState::Unspecified)) => {
                     bar.finish_and_clear();
-                    return Ok(s.clone());
+                    return Ok(Followed {
+                        status: s.clone(),
+                        rewatched,
+                    });
                 }
                 _ => "the coordinator ended the status stream (shutting down?)".to_string(),
             },
@@ -190,6 +209,7 @@ pub async fn wait(client: &mut Client, job_id: &str, progress: bool) -> Result<J
             });
         }
         bar.suspend(|| tracing::warn!(job_id, "{why}; watching again"));
+        rewatched += 1;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -155,6 +155,7 @@ impl JobService for Coordinator {
             copy_tokenizer: o.copy_tokenizer,
             write_model_card: o.write_model_card,
             allow_crimes: o.allow_crimes,
+            unsafe_truncate_embeddings: o.unsafe_truncate_embeddings,
         };
         let (job_id, warnings) = self.submit(sub).await?;
         tracing::info!(job_id = %job_id, "job submitted");

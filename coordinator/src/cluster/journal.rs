@@ -8,7 +8,7 @@
 //! removed. A restarted coordinator replays the files and resumes unfinished jobs without
 //! redoing finished units.
 //!
-//! Appends are group-committed by a writer thread ([`writer`]): a ticket ([`Durable`])
+//! Appends are group-committed by a writer thread (`journal/writer.rs`): a ticket ([`Durable`])
 //! resolves only once its line, and every line submitted before it, is on disk.
 //!
 //! Damage: only a torn last line (a crash mid-append: no final newline) is ignored, and it is
@@ -24,7 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
+mod replay;
+mod stats;
 mod writer;
+pub use stats::{decode_stats, encode_stats};
 use writer::{Queued, Writer};
 
 /// Version of the job record's format; a record of another version is not resumed.
@@ -75,6 +78,9 @@ pub struct JobRecord {
     pub write_model_card: bool,
     /// Allow mixed architectures.
     pub allow_crimes: bool,
+    /// `--unsafe-truncate-embeddings` (false in older journals, which could not set it).
+    #[serde(default)]
+    pub unsafe_truncate_embeddings: bool,
     /// Hash of the planned units, parts and options; a resume that plans differently is refused.
     #[serde(default)]
     pub fingerprint: String,
@@ -107,7 +113,7 @@ pub enum Entry {
     UnitDone {
         /// Unit id.
         unit: u64,
-        /// Uploaded parts.
+        /// The multipart parts the unit uploaded, as the completion will name them.
         parts: Vec<(u32, String)>,
         /// Statistics chunk tasks: `(task id, hex of the protobuf ChunkStats)` in task order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -410,7 +416,7 @@ impl Journal {
         let mut out = Vec::new();
         for path in files {
             let text = fs::read_to_string(&path).map_err(|e| jerr(&path, e))?;
-            if let Some(r) = replay_file(&path, &text) {
+            if let Some(r) = replay::replay_file(&path, &text) {
                 out.push(r);
             }
         }
@@ -418,153 +424,5 @@ impl Journal {
     }
 }
 
-/// Replays one job file; `None` when it holds no job record at all (a crash before the
-/// first line was complete: nothing was acknowledged).
-fn replay_file(path: &Path, text: &str) -> Option<Replayed> {
-    // Only newline-terminated lines are complete; a final piece without one is torn.
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    };
-    let mut r = Replayed {
-        record: JobRecord::default_for(path),
-        uploads_created: false,
-        done: HashMap::new(),
-        stats: HashMap::new(),
-        commit_started: false,
-        committed: Vec::new(),
-        finished: None,
-        cleaned: false,
-        damaged: None,
-    };
-    let mut have_record = false;
-    for (n, line) in complete.lines().enumerate() {
-        let entry = match serde_json::from_str::<Entry>(line) {
-            Ok(e) => e,
-            Err(e) => {
-                r.damaged = Some(format!(
-                    "journal {} line {}: unreadable ({e}); the job cannot be resumed",
-                    path.display(),
-                    n + 1
-                ));
-                break;
-            }
-        };
-        match entry {
-            Entry::Job(rec) => {
-                have_record = true;
-                r.record = rec;
-            }
-            Entry::Uploads { ids, files } => {
-                r.uploads_created = true;
-                r.record.uploads = ids;
-                r.record.shard_files = files;
-            }
-            Entry::UnitDone { unit, parts, stats } => {
-                r.done.insert(unit, parts);
-                if !stats.is_empty() {
-                    r.stats.insert(unit, stats);
-                }
-            }
-            Entry::CommitStarted => r.commit_started = true,
-            Entry::ShardCommitted { shard } => r.committed.push(shard),
-            Entry::Finished { state, error, at } => r.finished = Some((state, error, at)),
-            Entry::Cleaned => r.cleaned = true,
-        }
-    }
-    if !have_record && r.damaged.is_none() {
-        return None;
-    }
-    if !have_record {
-        // Damaged before any record: name the job by its file.
-        r.record.job_id = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-    }
-    // Jobs journaled before upload ids had their own entry carried them in the record.
-    if !r.record.uploads.is_empty() {
-        r.uploads_created = true;
-    }
-    Some(r)
-}
-
-impl JobRecord {
-    fn default_for(path: &Path) -> JobRecord {
-        JobRecord {
-            format: 0,
-            job_id: path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            config_yaml: String::new(),
-            config_name: String::new(),
-            output_uri: String::new(),
-            seed: None,
-            out_shard_size: 0,
-            unit_target: 0,
-            chunk_size: 0,
-            memory_limit: None,
-            copy_tokenizer: false,
-            write_model_card: false,
-            allow_crimes: false,
-            fingerprint: String::new(),
-            inputs: Vec::new(),
-            uploads: Vec::new(),
-            shard_files: Vec::new(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
-
-/// The journal form of a statistics report: `(task id, hex of the protobuf ChunkStats)`.
-pub fn encode_stats(stats: &[shardmerge_proto::v1::TaskStats]) -> Vec<(u64, String)> {
-    use prost::Message;
-    stats
-        .iter()
-        .map(|s| {
-            let bytes = s.stats.as_ref().map(Message::encode_to_vec).unwrap_or_default();
-            (s.task_id, hex(&bytes))
-        })
-        .collect()
-}
-
-/// Lowercase hex of `bytes` (statistics can be hundreds of MB over a 405B merge: no per-byte
-/// formatting).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
-    }
-    String::from_utf8(out).expect("hex digits are ASCII")
-}
-
-/// Decodes [`encode_stats`]; `Err` names what is malformed.
-pub fn decode_stats(stats: &[(u64, String)]) -> Result<Vec<shardmerge_proto::v1::TaskStats>, String> {
-    use prost::Message;
-    stats
-        .iter()
-        .map(|(task_id, hex)| {
-            let digits = hex.as_bytes();
-            if digits.len() % 2 != 0 {
-                return Err(format!("statistics of task {task_id}: odd hex length"));
-            }
-            let nibble = |d: u8| (d as char).to_digit(16).map(|v| v as u8);
-            let bytes = digits
-                .chunks_exact(2)
-                .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-                .collect::<Option<Vec<u8>>>()
-                .ok_or_else(|| format!("statistics of task {task_id}: not hex"))?;
-            let stats = shardmerge_proto::v1::ChunkStats::decode(bytes.as_slice())
-                .map_err(|e| format!("statistics of task {task_id}: {e}"))?;
-            Ok(shardmerge_proto::v1::TaskStats {
-                task_id: *task_id,
-                stats: Some(stats),
-            })
-        })
-        .collect()
-}

@@ -12,19 +12,62 @@ use std::time::Duration;
 /// How long a graceful shutdown waits for running commits and cleanups.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Serves the coordinator on `listener` until `shutdown` resolves; `credentials` guard the job
-/// and worker APIs (refused before anything starts when an API would be open beyond loopback);
-/// `tls` is a PEM `(certificate chain, private key)` pair to serve gRPC over TLS. Shutdown is
-/// graceful: stop accepting, end status streams, let in-flight RPCs finish, wait up to
-/// [`SHUTDOWN_GRACE`] for commits and cleanups, sync the journal.
+/// Everything [`serve`] runs a coordinator with, besides its listener and shutdown signal.
+pub struct ServeOptions {
+    /// The control plane: state directory, scheduler, planning of new jobs, allowlist.
+    pub coordinator: CoordinatorOptions,
+    /// The storage the coordinator plans, pins and commits through.
+    pub storage: Storage,
+    /// The tokens that guard the job and worker APIs.
+    pub credentials: Credentials,
+    /// Serve gRPC over TLS with this identity; plaintext when `None`.
+    pub tls: Option<TlsIdentity>,
+}
+
+impl ServeOptions {
+    /// `coordinator` over [`Storage::from_env`], without tokens (loopback listeners only)
+    /// and without TLS.
+    pub fn new(coordinator: CoordinatorOptions) -> ServeOptions {
+        ServeOptions {
+            coordinator,
+            storage: Storage::from_env(),
+            credentials: Credentials::default(),
+            tls: None,
+        }
+    }
+}
+
+/// The coordinator's TLS identity, as PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_chain: Vec<u8>,
+    /// The private key of the leaf certificate.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
+}
+
+/// Serves the coordinator on `listener` until `shutdown` resolves (mini-redis's
+/// `server::run(listener, shutdown)` shape). The credentials of `options` guard the job and
+/// worker APIs (refused before anything starts when an API would be open beyond loopback).
+/// Shutdown is graceful: stop accepting, end status streams, let in-flight RPCs finish, wait
+/// up to [`SHUTDOWN_GRACE`] for commits and cleanups, sync the journal.
 pub async fn serve(
-    opts: CoordinatorOptions,
-    storage: Storage,
-    credentials: Credentials,
-    tls: Option<(Vec<u8>, Vec<u8>)>,
+    options: ServeOptions,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
+    let ServeOptions {
+        coordinator: opts,
+        storage,
+        credentials,
+        tls,
+    } = options;
     let addr = listener
         .local_addr()
         .map_err(|e| ServiceError::Internal(format!("listener address: {e}")))?;
@@ -53,9 +96,9 @@ pub async fn serve(
     health.set_serving::<JobServiceServer<Coordinator>>().await;
     health.set_serving::<WorkerServiceServer<Coordinator>>().await;
     let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = tls {
+    if let Some(TlsIdentity { cert_chain, key }) = tls {
         shardmerge_worker::node::ensure_crypto_provider();
-        let identity = tonic::transport::Identity::from_pem(cert, key);
+        let identity = tonic::transport::Identity::from_pem(cert_chain, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServiceError::Invalid(format!("TLS certificate or key: {e}")))?;

@@ -4,7 +4,7 @@
 //!
 //! Output shards are multipart uploads (S3, or the local emulation for paths), created only
 //! after the job record is journaled, filled by workers' parts, and completed at commit
-//! ([`commit`]); metadata is written first and the index last.
+//! (`service/commit.rs`); metadata is written first and the index last.
 
 use super::journal::{Entry, FORMAT_VERSION, JobRecord, Journal};
 use super::metrics::CoordinatorMetrics;
@@ -54,25 +54,28 @@ pub struct CoordinatorOptions {
     pub retention: Duration,
 }
 
-/// A submission.
+/// A job as a client submits it: the config and the options that shape its output.
 #[derive(Debug, Clone)]
 pub struct Submission {
-    /// YAML text.
+    /// The mergekit YAML, as text (the coordinator never reads the client's file).
     pub config_yaml: String,
-    /// Config name for messages.
+    /// What errors and the model card call the config (usually its file name).
     pub config_name: String,
-    /// Output URI.
+    /// Output directory: a path, `file://` or `s3://bucket/prefix`.
     pub output_uri: String,
-    /// Seed.
+    /// `--random-seed`: wins over `random_seed:` in the YAML; with neither, a random method
+    /// gets a generated seed, journaled so that a resumed job keeps it.
     pub random_seed: Option<u64>,
-    /// Shard size.
+    /// `--out-shard-size`: maximum bytes per output shard.
     pub out_shard_size: u64,
-    /// Copy tokenizer.
+    /// Copy the donor's tokenizer files (`--copy-tokenizer`, the default).
     pub copy_tokenizer: bool,
-    /// Model card.
+    /// Write README.md and mergekit_config.yml (`--write-model-card`, the default).
     pub write_model_card: bool,
-    /// Mixed architectures.
+    /// `--allow-crimes`: merge models whose architectures differ.
     pub allow_crimes: bool,
+    /// `--unsafe-truncate-embeddings`.
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// Errors returned to clients, each with a gRPC code ([`ServiceError::code`]).
@@ -273,6 +276,7 @@ impl Coordinator {
             copy_tokenizer: s.copy_tokenizer,
             write_model_card: s.write_model_card,
             allow_crimes: s.allow_crimes,
+            unsafe_truncate_embeddings: s.unsafe_truncate_embeddings,
             fingerprint: String::new(),
             inputs: Vec::new(),
             uploads: Vec::new(),

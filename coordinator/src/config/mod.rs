@@ -10,7 +10,9 @@
 //! * a top-level `random_seed` is honoured (mergekit ignores it; only its CLI flag counts);
 //! * features that are not implemented yet are errors rather than silently ignored, because
 //!   ignoring them would produce a different model: `modules`, LoRA references,
-//!   `override_architecture`, and `chat_template` names of mergekit's built-in templates;
+//!   `override_architecture`;
+//! * a `chat_template` that names a built-in template (`chatml`, ...) gets shardmerge's own
+//!   text of that template, which renders as mergekit's does (`plan::chat_templates`);
 //! * `dtype`/`out_dtype: int64` is rejected at parse time (mergekit rejects it when used);
 //! * a parameter set to `null` is an error; a duplicated key inside one mapping of the config
 //!   schema is an error (PyYAML keeps the last; inside `parameters:` the last one wins too);
@@ -67,7 +69,8 @@ pub struct MergeConfig {
     /// The output tokenizer (`tokenizer_source:` or `tokenizer:`); `None`: the donor's is
     /// copied and vocabularies must agree.
     pub tokenizer: Option<TokenizerConfig>,
-    /// `chat_template:`: `auto` or a Jinja template (checked by [`tokenizer`]'s rules).
+    /// `chat_template:`: `auto`, a built-in template's name or a Jinja template (checked by the
+    /// rules of `config/tokenizer.rs`; names are resolved by the planner).
     pub chat_template: Option<String>,
     /// One message per unknown (ignored) key, naming the file, line and path, e.g.
     /// ``cfg.yml:6:9: unknown key `slices[0].sources[1].weigth` (ignored; ...)``.

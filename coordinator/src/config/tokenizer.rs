@@ -232,26 +232,26 @@ impl<'de> Visitor<'de> for TokenMapVisitor {
     }
 }
 
-/// mergekit 0.1.5's built-in chat template names.
-const BUILTIN_TEMPLATES: &[&str] = &["alpaca", "chatml", "exaone", "llama3", "mistral"];
-
-/// `chat_template:` as mergekit 0.1.5 accepts it: `auto`, a built-in name (not bundled by
-/// shardmerge: an error saying so), or a Jinja template of at least 20 characters with a `{`.
+/// `chat_template:` as mergekit 0.1.5 accepts it: `auto`, a built-in name (see
+/// [`crate::plan::chat_templates`]), or a Jinja template of at least 20 characters with a `{`.
 pub(crate) fn check_chat_template(t: &str) -> Result<(), String> {
-    if t == "auto" {
+    use crate::plan::chat_templates::{BUILTIN_NAMES, builtin};
+    if t == "auto" || builtin(t).is_some() {
         return Ok(());
     }
-    if t.len() < 256 && !t.contains('\n') && !t.contains('{') && BUILTIN_TEMPLATES.contains(&t) {
+    let names = BUILTIN_NAMES.join(", ");
+    if !t.contains('{') && !t.contains('\n') && t.len() < 256 {
+        // Meant as a name, not as a template.
         return Err(format!(
-            "`chat_template: {t}` names one of mergekit's built-in templates, which shardmerge does not \
-             bundle: give the template text itself, or `auto` to take the input models' most common one"
+            "unknown chat template name {t:?}: the built-in names are {names} (case-sensitive), or `auto` for \
+             the input models' most common template; a template given as text must be Jinja (mergekit 0.1.5 \
+             refuses this value too: \"Invalid chat template\")"
         ));
     }
     if t.len() < 20 || !t.contains('{') {
         return Err(format!(
-            "invalid chat template {t:?}: expected `auto`, a built-in name ({}) or a Jinja template \
-             (mergekit 0.1.5 refuses it too: \"Invalid chat template\")",
-            BUILTIN_TEMPLATES.join(", ")
+            "invalid chat template {t:?}: expected `auto`, a built-in name ({names}) or a Jinja template of at \
+             least 20 characters (mergekit 0.1.5 refuses it too: \"Invalid chat template\")"
         ));
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! `mergekit-multi` writes to `mergekit_config.yml`), which shardmerge reads back as the same
 //! merge, so every stage's output equals the embedded `shardmerge multi`'s.
 
-use super::{MultiError, Stage, output_of, yaml};
+use super::{MultiError, Stage, output_of, stage_json, yaml};
 use crate::cluster::client::{self, Client};
 use crate::config::ModelRef;
 use shardmerge_proto::v1::{JobState, MergeOptions};
@@ -23,6 +23,16 @@ pub enum StageRun {
     },
     /// Skipped by `--lazy`: its output was already committed.
     Skipped(String),
+}
+
+impl StageRun {
+    /// This stage's line of `shardmerge submit --output json` (see [`stage_json`]).
+    pub fn json(&self, stage: &Stage) -> serde_json::Value {
+        match self {
+            StageRun::Committed { job, output } => stage_json(stage, "merged", output, Some(job)),
+            StageRun::Skipped(output) => stage_json(stage, "skipped", output, None),
+        }
+    }
 }
 
 fn failed(stage: &Stage, message: String) -> MultiError {
@@ -56,7 +66,8 @@ async fn layer_counts(st: &Storage, stage: &Stage) -> Result<HashMap<String, u64
 
 /// Runs `stages` in `order` as jobs on the coordinator behind `c`: each is submitted after the
 /// stages before it in `order` (which it may read) committed. Stops at the first stage that
-/// does not succeed. `on_stage(stage, what)` reports progress.
+/// does not succeed. `on_stage(stage, what)` reports progress; the result is every stage with
+/// what happened to it, in `order`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     st: &Storage,
@@ -68,7 +79,7 @@ pub async fn run(
     lazy: bool,
     options: MergeOptions,
     mut on_stage: impl FnMut(&Stage, &str),
-) -> Result<Vec<(String, StageRun)>, MultiError> {
+) -> Result<Vec<(Stage, StageRun)>, MultiError> {
     let mut done = Vec::new();
     for &i in order {
         let stage = &stages[i];
@@ -79,7 +90,7 @@ pub async fn run(
         let loc = Location::parse(&target).map_err(|e| failed(stage, e.to_string()))?;
         if lazy && crate::publish::is_committed(st, &loc).await.unwrap_or(false) {
             on_stage(stage, &format!("{target} exists, skipped (--no-lazy reruns it)"));
-            done.push((stage.label(), StageRun::Skipped(target)));
+            done.push((stage.clone(), StageRun::Skipped(target)));
             continue;
         }
         let layers = layer_counts(st, stage).await?;
@@ -106,7 +117,7 @@ pub async fn run(
             ));
         }
         on_stage(stage, &format!("job {job} committed {target}"));
-        done.push((stage.label(), StageRun::Committed { job, output: target }));
+        done.push((stage.clone(), StageRun::Committed { job, output: target }));
     }
     Ok(done)
 }

@@ -97,6 +97,29 @@ pub enum Outcome {
     Skipped(PathBuf),
 }
 
+impl Outcome {
+    /// This stage's line of `shardmerge multi --output json` (see [`stage_json`]).
+    pub fn json(&self, stage: &Stage) -> serde_json::Value {
+        match self {
+            Outcome::Merged(p) => stage_json(stage, "merged", &p.display().to_string(), None),
+            Outcome::Skipped(p) => stage_json(stage, "skipped", &p.display().to_string(), None),
+        }
+    }
+}
+
+/// One stage as `--output json` prints it (`shardmerge multi`, and `shardmerge submit` of a
+/// multi-stage config; one JSON object a line): `stage` is the document's `name:` (`null` for
+/// the final merge), `outcome` `merged` or `skipped` (`--lazy` kept an output that already
+/// existed), `output` where the stage's model is, and `job_id` the cluster job that merged it
+/// (only for a stage that ran as a job).
+pub fn stage_json(stage: &Stage, outcome: &str, output: &str, job_id: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "stage": stage.name, "outcome": outcome, "output": output });
+    if let Some(job) = job_id {
+        v["job_id"] = job.into();
+    }
+    v
+}
+
 /// Where a stage writes: `INTERMEDIATE_DIR/NAME` for named stages, `out_path` for the final one.
 pub fn output_of(stage: &Stage, intermediate_dir: &str, out_path: Option<&Path>) -> Option<PathBuf> {
     match &stage.name {

@@ -3,7 +3,7 @@
 //! contiguous byte range of the tensor's place in its shard.
 
 use super::PlanError;
-use shardmerge_proto::v1::{ChunkInfo, MergeTask, TensorDestination};
+use shardmerge_proto::v1::{ChunkInfo, MergeTask, RowKind, TensorDestination};
 use shardmerge_worker::chunk;
 
 /// Scratch of one streamed task (chunk buffers of the pool's threads), an upper bound.
@@ -29,18 +29,32 @@ pub(super) fn split(
     for (group, (task, mem)) in tasks.into_iter().zip(memory).enumerate() {
         let dest = task.output.clone().unwrap_or_default();
         let elem = dest.length.checked_div(task.numel).unwrap_or(1).max(1);
+        // Stored inputs read their chunk's bytes; vocabulary-aligned ones build f32 rows
+        // (`chunk::aligned_memory`: 12 bytes per element, and a bounded batch for padding means).
         let in_bytes_per_elem: u64 = task
             .inputs
             .iter()
-            .filter_map(|i| i.source.as_ref())
-            .map(|s| s.length.checked_div(task.numel).unwrap_or(0))
+            .map(|i| match &i.source {
+                _ if !i.rows.is_empty() => chunk::aligned_memory(1, false),
+                Some(s) => s.length.checked_div(task.numel).unwrap_or(0),
+                None => 0,
+            })
             .sum();
+        let pads = task
+            .inputs
+            .iter()
+            .filter(|i| i.rows.iter().any(|r| r.kind() == RowKind::PadMean))
+            .count() as u64;
         let k = task.inputs.len() as u64;
         // Input and output bytes of the chunk, one keep bit per input element, and f32 scratch
         // for a piece of every input plus two (bounded by the streamed kernels' scratch).
         let memory_of = |len: u64, output: bool| {
             let scratch = (len * 4 * (k + 2)).min(STREAM_SCRATCH);
-            len * in_bytes_per_elem + if output { len * elem } else { 0 } + len.div_ceil(8) * k + scratch
+            len * in_bytes_per_elem
+                + if output { len * elem } else { 0 }
+                + len.div_ceil(8) * k
+                + scratch
+                + pads * chunk::ALIGNED_MEAN_SCRATCH
         };
         let too_big = |need: u64, what: String| match memory_limit {
             Some(limit) if need > limit => Err(PlanError::Invalid(format!(
@@ -64,26 +78,22 @@ pub(super) fn split(
         {
             // The longest chunk whose planned memory fits the limit.
             let per_elem = in_bytes_per_elem + elem + k.div_ceil(8) + 4 * (k + 2);
-            let fit = limit / per_elem.max(1);
+            let fit = limit.saturating_sub(pads * chunk::ALIGNED_MEAN_SCRATCH) / per_elem.max(1);
             if fit == 0 {
                 too_big(memory_of(1, true), "a one-element chunk".into())?;
             }
             chunk_elems = chunk_elems.min(fit.max(1));
         }
-        // Vocabulary-aligned inputs are built whole: such tensors stay whole tasks.
-        let aligned = task.inputs.iter().any(|i| !i.rows.is_empty());
-        let plan = if aligned {
-            None
-        } else {
-            chunk::plan(&task, chunk_elems).map_err(|e| PlanError::Invalid(format!("tensor `{}`: {e}", task.tensor)))?
-        };
+        // Vocabulary-aligned inputs split too: a chunk builds only the rows it touches.
+        let plan = chunk::plan(&task, chunk_elems)
+            .map_err(|e| PlanError::Invalid(format!("tensor `{}`: {e}", task.tensor)))?;
         let Some(plan) = plan else {
             too_big(mem, "the whole-tensor task".into())?;
             out.push(task);
             out_mem.push(mem);
             continue;
         };
-        let passes = plan.pipeline.passes();
+        let passes = plan.passes;
         let mk = |range: &std::ops::Range<u64>, pass: u32, index: usize, count: usize| {
             let len = range.end - range.start;
             MergeTask {
@@ -108,14 +118,16 @@ pub(super) fn split(
             }
         };
         for pass in 1..=passes {
-            for (i, r) in plan.stats.iter().enumerate() {
-                let need = memory_of(r.end - r.start, false);
+            let ranges = plan.pass_ranges(pass);
+            for (i, r) in ranges.iter().enumerate() {
+                // A statistics chunk may also read up to `plan.context` elements around it.
+                let need = memory_of(r.end - r.start, false) + plan.context * in_bytes_per_elem;
                 let what = format!(
                     "statistics chunk {i} ({} elements, aligned to torch's reduction)",
                     r.end - r.start
                 );
                 too_big(need, what)?;
-                out.push(mk(r, pass, i, plan.stats.len()));
+                out.push(mk(r, pass, i, ranges.len()));
                 out_mem.push(need);
             }
         }
@@ -140,5 +152,98 @@ fn human(b: u64) -> String {
         format!("{b} bytes")
     } else {
         format!("{:.1} MB", b as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmerge_proto::v1::{DType, RowRun, TaskInput, TensorSource};
+
+    /// A linear `lm_head` of 66 rows of 32 bf16 elements whose two inputs are aligned: 64
+    /// stored rows each (one permuted), and, with `pad`, the last 2 rows padding means.
+    fn aligned_task(pad: bool) -> MergeTask {
+        let (rows, row) = (66u64, 32u64);
+        let input = |i: u32, runs: Vec<RowRun>| TaskInput {
+            model_index: i,
+            source: Some(TensorSource {
+                uri: format!("/m{i}/model.safetensors"),
+                offset: 0,
+                length: 64 * row * 2,
+                dtype: DType::Bf16 as i32,
+                shape: vec![64, row],
+                ..Default::default()
+            }),
+            rows: runs,
+            ..Default::default()
+        };
+        let copy = |input: u32, from_row: u64, count: u64| RowRun {
+            count,
+            kind: RowKind::Copy as i32,
+            input,
+            from_row,
+            terms: Vec::new(),
+        };
+        let tail = |input: u32| match pad {
+            true => RowRun {
+                count: 2,
+                kind: RowKind::PadMean as i32,
+                ..Default::default()
+            },
+            false => copy(input, 0, 2),
+        };
+        MergeTask {
+            tensor: "lm_head.weight".into(),
+            method: "linear".into(),
+            working_dtype: DType::Bf16 as i32,
+            inputs: vec![
+                input(0, vec![copy(0, 0, 64), tail(0)]),
+                input(1, vec![copy(1, 32, 32), copy(1, 0, 32), tail(1)]),
+            ],
+            output: Some(TensorDestination {
+                uri: "/out/model.safetensors".into(),
+                offset: 0,
+                length: rows * row * 2,
+                dtype: DType::Bf16 as i32,
+                shape: vec![rows, row],
+                shard_index: 0,
+            }),
+            numel: rows * row,
+            ..Default::default()
+        }
+    }
+
+    /// Under a memory limit smaller than the whole task, an aligned tensor plans as chunk
+    /// tasks that tile it (it used to stay one whole task and fail the limit), each within the
+    /// limit; with padding rows each chunk also budgets the streamed padding mean.
+    #[test]
+    fn an_aligned_tensor_under_a_small_memory_limit_plans_as_chunks() {
+        for pad in [false, true] {
+            let task = aligned_task(pad);
+            let whole = chunk::task_memory(&task) + task.output.as_ref().unwrap().length;
+            let limit = if pad {
+                chunk::ALIGNED_MEAN_SCRATCH * 2 + 40_000
+            } else {
+                whole / 3
+            };
+            let (tasks, mem) = split(vec![task.clone()], vec![whole], 0, Some(limit)).unwrap();
+            assert!(tasks.len() > 1, "pad {pad}: still {} task(s)", tasks.len());
+            let mut next = 0;
+            for (t, m) in tasks.iter().zip(&mem) {
+                let c = t.chunk.as_ref().expect("a chunk task");
+                assert_eq!((c.start, c.tensor_numel, c.pass), (next, task.numel, 0));
+                assert!(*m <= limit, "pad {pad}: chunk planned at {m} > {limit}");
+                assert_eq!(t.inputs[1].rows, task.inputs[1].rows, "chunks keep the row runs");
+                next += c.len;
+            }
+            assert_eq!(next, task.numel, "pad {pad}: the chunks tile the tensor");
+        }
+        // A limit below the padding mean's scratch cannot fit even a one-element chunk.
+        let task = aligned_task(true);
+        let err = split(vec![task], vec![u64::MAX / 4], 0, Some(1 << 20)).unwrap_err();
+        assert!(
+            err.to_string().contains("one-element chunk of tensor `lm_head.weight`"),
+            "{err}"
+        );
     }
 }

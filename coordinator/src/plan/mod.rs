@@ -6,6 +6,7 @@
 //! mergekit executes them (code-point order of their label) and assign random-stream offsets,
 //! then lay out shards ([`layout`]) and emit one [`MergeTask`] per tensor.
 
+pub mod chat_templates;
 mod chunks;
 pub mod layout;
 pub mod params;
@@ -18,7 +19,7 @@ pub mod vocab_rows;
 
 use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
-use shardmerge_worker::execute::wire_dtype;
+use shardmerge_worker::dtypes::wire_dtype;
 use shardmerge_worker::kernels::gta_stream;
 use shardmerge_worker::methods::{self, MethodSpec};
 use std::path::PathBuf;
@@ -314,7 +315,8 @@ fn tokenizer_files(
 ) -> Result<Option<Vec<(String, String)>>, PlanError> {
     let template = match config.chat_template.as_deref() {
         Some("auto") => vocab_files::auto_template(&norm.models)?,
-        other => other.map(str::to_string),
+        Some(t) => Some(chat_templates::builtin(t).unwrap_or(t).to_string()),
+        None => None,
     };
     if let Some(v) = vocab {
         return vocab_files::files(&v.tokenizer, &norm.models[v.source], template).map(Some);

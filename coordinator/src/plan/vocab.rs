@@ -13,11 +13,9 @@ use super::sources::{Normalized, PlannedModel};
 use crate::config::{TokenizerConfig, TokenizerSource};
 use indexmap::{IndexMap, IndexSet};
 use serde_json::Value;
+use shardmerge_worker::safetensors_io::{SENTENCEPIECE_MODEL, TOKENIZER_JSON};
 use std::collections::HashMap;
 use tokenizers::{AddedToken, Tokenizer};
-
-/// Largest `tokenizer.json` read (tokenizers of real models are a few MB to ~30 MB).
-const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 /// One model's own vocabulary, as the alignment reads it.
 #[derive(Debug, Clone)]
@@ -58,28 +56,25 @@ fn model_err(m: &PlannedModel, what: String) -> PlanError {
     PlanError::Model(format!("model `{}`: {what}", m.display))
 }
 
-/// Reads a model's `tokenizer.json` as JSON text.
+/// A model's `tokenizer.json` as JSON text, as read when the model was opened (locally or
+/// from S3: [`shardmerge_worker::safetensors_io::SideFiles`]).
 pub(super) fn tokenizer_text(m: &PlannedModel) -> Result<String, PlanError> {
-    let path = m.path.join("tokenizer.json");
-    if !path.is_file() {
-        let why = if m.path.join("tokenizer.model").is_file() {
-            "has only a SentencePiece `tokenizer.model`; shardmerge aligns vocabularies from \
-             `tokenizer.json` (convert it with transformers: AutoTokenizer.from_pretrained(...)\
-             .save_pretrained(...))"
-        } else {
-            "has no `tokenizer.json`, which `tokenizer_source`/`tokenizer` needs to align its \
-             embedding rows"
-        };
-        return Err(model_err(m, format!("{} {why}", path.display())));
+    let path = m.path.join(TOKENIZER_JSON);
+    match m.dir.side.text(TOKENIZER_JSON) {
+        Ok(Some(text)) => Ok(text.to_string()),
+        Err(why) => Err(model_err(m, format!("cannot read {}: {why}", path.display()))),
+        Ok(None) => {
+            let why = if m.dir.side.get(SENTENCEPIECE_MODEL).is_some() {
+                "has only a SentencePiece `tokenizer.model`; shardmerge aligns vocabularies from \
+                 `tokenizer.json` (convert it with transformers: AutoTokenizer.from_pretrained(...)\
+                 .save_pretrained(...))"
+            } else {
+                "has no `tokenizer.json`, which `tokenizer_source`/`tokenizer` needs to align its \
+                 embedding rows"
+            };
+            Err(model_err(m, format!("{} {why}", m.path.display())))
+        }
     }
-    let len = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
-    if len > MAX_TOKENIZER_BYTES {
-        return Err(model_err(
-            m,
-            format!("{} is {len} bytes, more than the limit", path.display()),
-        ));
-    }
-    std::fs::read_to_string(&path).map_err(|e| model_err(m, format!("cannot read {}: {e}", path.display())))
 }
 
 pub(super) fn parse_tokenizer(m: &PlannedModel, text: &str) -> Result<Tokenizer, PlanError> {
@@ -88,7 +83,7 @@ pub(super) fn parse_tokenizer(m: &PlannedModel, text: &str) -> Result<Tokenizer,
             m,
             format!(
                 "{} is not a valid tokenizer: {e}",
-                m.path.join("tokenizer.json").display()
+                m.path.join(TOKENIZER_JSON).display()
             ),
         )
     })

@@ -13,16 +13,21 @@
 use super::PlanError;
 use super::sources::PlannedModel;
 use serde_json::Value;
+use shardmerge_worker::safetensors_io::{CHAT_TEMPLATE, TOKENIZER_CONFIG};
 use tokenizers::Tokenizer;
 
+/// A model's side file `name` parsed as JSON (`None` when the model has none).
 fn read_json(m: &PlannedModel, name: &str) -> Result<Option<Value>, PlanError> {
     let path = m.path.join(name);
-    if !path.is_file() {
+    let text = m
+        .dir
+        .side
+        .text(name)
+        .map_err(|why| PlanError::Model(format!("model `{}`: cannot read {}: {why}", m.display, path.display())))?;
+    let Some(text) = text else {
         return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| PlanError::Model(format!("model `{}`: cannot read {}: {e}", m.display, path.display())))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| {
+    };
+    serde_json::from_str(text).map(Some).map_err(|e| {
         PlanError::Model(format!(
             "model `{}`: {} is not valid JSON: {e}",
             m.display,
@@ -34,10 +39,10 @@ fn read_json(m: &PlannedModel, name: &str) -> Result<Option<Value>, PlanError> {
 /// A model's own chat template: `chat_template.jinja`, else `tokenizer_config.json`'s
 /// `chat_template` (a string, or a list of named templates: the `default` one).
 pub fn model_template(m: &PlannedModel) -> Result<Option<String>, PlanError> {
-    if let Ok(t) = std::fs::read_to_string(m.path.join("chat_template.jinja")) {
-        return Ok(Some(t));
+    if let Ok(Some(t)) = m.dir.side.text(CHAT_TEMPLATE) {
+        return Ok(Some(t.to_string()));
     }
-    let cfg = read_json(m, "tokenizer_config.json")?;
+    let cfg = read_json(m, TOKENIZER_CONFIG)?;
     Ok(match cfg.as_ref().and_then(|c| c.get("chat_template")) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Array(named)) => named
@@ -82,7 +87,7 @@ pub fn files(
         Some(t) => Some(t),
         None => model_template(source)?,
     };
-    if let Some(mut cfg) = read_json(source, "tokenizer_config.json")? {
+    if let Some(mut cfg) = read_json(source, TOKENIZER_CONFIG)? {
         if let Some(obj) = cfg.as_object_mut() {
             obj.remove("added_tokens_decoder");
             obj.remove("chat_template");

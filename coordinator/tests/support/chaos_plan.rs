@@ -154,7 +154,9 @@ impl Plan {
 /// job into chunk tasks: a `--chunk-size` of 150 kB to 3 MB, so every matrix of the synthetic
 /// models (1.2 to 9.2 MB) has 1 to about 60 chunks and every method needs statistics units. Their
 /// method turns with the seed: DARE-TIES (rescale: one pass of L1 partials), TIES (two
-/// histogram passes) or SLERP (norms, then dots, on 2^20-element blocks). Other rounds run
+/// histogram passes), SLERP (norms, then dots, on 2^20-element blocks), model_stock (a chain
+/// of one-chunk passes carrying the norms), DELLA (row ranks; a pass of L1 partials whose
+/// chunks read the rows around them) or nuslerp (a chain of norms, then a pass of dots). Other rounds run
 /// DARE-TIES unsplit. Some restarts of the coordinator change the flag (a chunked job must
 /// keep its journaled size; an unsplit one must not become split). A stream of its own, so
 /// the fault schedule of a seed is the same as before chunk rounds existed.
@@ -178,7 +180,7 @@ fn chunking(seed: u64) -> (Method, Vec<Option<u64>>) {
         sizes.push(next);
     }
     let method = if chunked {
-        Method::ALL[(seed % 3) as usize]
+        Method::ALL[(seed % Method::ALL.len() as u64) as usize]
     } else {
         Method::DareTies
     };
@@ -196,16 +198,29 @@ pub enum Method {
     DareTies,
     Ties,
     Slerp,
+    ModelStock,
+    Della,
+    Nuslerp,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::DareTies, Method::Ties, Method::Slerp];
+    pub const ALL: [Method; 6] = [
+        Method::DareTies,
+        Method::Ties,
+        Method::Slerp,
+        Method::ModelStock,
+        Method::Della,
+        Method::Nuslerp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::DareTies => "dare_ties",
             Method::Ties => "ties",
             Method::Slerp => "slerp",
+            Method::ModelStock => "model_stock",
+            Method::Della => "della",
+            Method::Nuslerp => "nuslerp",
         }
     }
 
@@ -232,6 +247,47 @@ parameters:
     - filter: mlp
       value: [1, 0.5, 0.7, 0.3, 0]
     - value: 0.5
+dtype: bfloat16
+"
+            ),
+            Method::ModelStock => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+  - model: {prefix}/finetune-b
+merge_method: model_stock
+base_model: {prefix}/base
+dtype: bfloat16
+"
+            ),
+            Method::Nuslerp => format!(
+                "models:
+  - model: {prefix}/finetune-a
+    parameters:
+      weight: 0.7
+  - model: {prefix}/finetune-b
+    parameters:
+      weight: 0.4
+merge_method: nuslerp
+base_model: {prefix}/base
+dtype: bfloat16
+"
+            ),
+            Method::Della => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+    parameters:
+      density: 0.53
+      weight: 0.6
+      epsilon: 0.2
+  - model: {prefix}/finetune-b
+    parameters:
+      density: 0.4
+      weight: 0.3
+      epsilon: 0.1
+merge_method: della
+base_model: {prefix}/base
 dtype: bfloat16
 "
             ),

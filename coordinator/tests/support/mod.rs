@@ -6,6 +6,10 @@
 pub mod chaos;
 pub mod chaos_output;
 pub mod chaos_plan;
+/// The golden suite's tokenizer comparison (`tests/src/compare.rs`, shared as source: this
+/// crate cannot depend on the tests crate).
+#[path = "../../../tests/src/compare.rs"]
+pub mod golden_compare;
 
 use shardmerge_worker::storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
 use std::io::{BufRead, BufReader};
@@ -204,6 +208,8 @@ pub fn client(s3: &TestS3, args: &[&str], token: Option<&str>) -> (bool, String,
 /// A job's status as `shardmerge status JOB --output json` prints it.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// The job's id.
+    pub job_id: String,
     /// `running`, `committing`, `succeeded`, `failed`, `cancelled`, ...
     pub state: String,
     /// Units settled.
@@ -221,14 +227,18 @@ pub struct Status {
 impl Status {
     /// Parses one JSON status object; `None` if `text` is not one.
     pub fn parse(text: &str) -> Option<Status> {
-        let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+        Status::from_value(&serde_json::from_str(text.trim()).ok()?)
+    }
+
+    fn from_value(v: &serde_json::Value) -> Option<Status> {
         Some(Status {
+            job_id: v["job_id"].as_str()?.to_string(),
             state: v["state"].as_str()?.to_string(),
             units_done: v["units_done"].as_u64()?,
             units_total: v["units_total"].as_u64()?,
             resumed: v["resumed_units"].as_u64()?,
             error: v["error"].as_str()?.to_string(),
-            json: text.trim().to_string(),
+            json: v.to_string(),
         })
     }
 
@@ -242,6 +252,16 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.json)
     }
+}
+
+/// Every job's status from one `shardmerge status --output json` call: one `ListJobs` answer,
+/// taken under one scheduler lock, so the states are a consistent snapshot (unlike one call per
+/// job, between which a job can finish and the next start). `None` if the coordinator did not
+/// answer.
+pub fn all_statuses(s3: &TestS3, url: &str) -> Option<Vec<Status>> {
+    let (ok, out, _) = client(s3, &["status", "--coordinator", url, "--output", "json"], None);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).ok().filter(|_| ok)?;
+    v.as_array()?.iter().map(Status::from_value).collect()
 }
 
 /// Polls `shardmerge status JOB --output json` until `pred` holds on the status, up to

@@ -9,12 +9,16 @@ use crate::execute::float;
 use crate::kernels::WorkDType;
 use crate::kernels::gta_stream::rescale_factor;
 use crate::kernels::magnitude_select::{self, Histogram};
+use crate::kernels::model_stock_chain;
+use crate::kernels::nuslerp::{self, Coefficients};
+use crate::kernels::nuslerp_stream;
 use crate::kernels::slerp_stream::{coefficients, norm_of_blocks};
-use crate::kernels::sparsify::magnitude_keep_count;
+use crate::kernels::sparsify::{self, magnitude_keep_count};
+use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::torch_sum_partial::{self, SumPartial};
 use crate::with_precision;
-use shardmerge_proto::v1::{ChunkStats, CombinedStats, MergeTask};
+use shardmerge_proto::v1::{ChainState, ChunkStats, CombinedStats, MergeTask};
 use std::ops::Range;
 
 /// One reported chunk of a pass: its element range and its statistics.
@@ -37,6 +41,10 @@ pub fn combine(
 ) -> Result<Vec<CombinedStats>, KernelError> {
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
+    let p = pipeline(task)?;
+    if p.chained() && pass <= info.passes.saturating_sub(p.passes_after_chain()) {
+        return chain(task, pass, partials, received, next);
+    }
     let covered: u64 = partials.iter().map(|(r, _)| r.end - r.start).sum();
     let contiguous = partials.windows(2).all(|w| w[0].0.end == w[1].0.start);
     if covered != n || !contiguous || partials.first().is_some_and(|p| p.0.start != 0) {
@@ -68,6 +76,7 @@ pub fn combine(
             Ok(same(CombinedStats {
                 slerp: vec![norm_of_blocks(&pa), norm_of_blocks(&pb)],
                 inputs: Vec::new(),
+                ..Default::default()
             }))
         }
         (Pipeline::Slerp, 2) => {
@@ -81,14 +90,16 @@ pub fn combine(
             Ok(same(CombinedStats {
                 slerp: vec![ca, cb],
                 inputs: Vec::new(),
+                ..Default::default()
             }))
         }
-        (Pipeline::RandomRescale, 1) => {
+        (p @ (Pipeline::RandomRescale | Pipeline::RankedRescale), 1) => {
+            // DARE and DELLA: every non-base input below density 1 reports its L1 partials.
             let dare = |i: usize| -> Result<bool, KernelError> {
                 let input = &task.inputs[i];
                 Ok(!input.is_base && float(&input.params, "density")? < 1.0)
             };
-            let factors = rescale_factors(task, n, partials, dare)?;
+            let factors = rescale_factors(task, p, n, partials, dare)?;
             let inputs = factors
                 .into_iter()
                 .map(|rescale| InputCombined {
@@ -99,6 +110,7 @@ pub fn combine(
             Ok(same(CombinedStats {
                 slerp: Vec::new(),
                 inputs,
+                ..Default::default()
             }))
         }
         (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 1) => {
@@ -118,6 +130,7 @@ pub fn combine(
             Ok(same(CombinedStats {
                 slerp: Vec::new(),
                 inputs,
+                ..Default::default()
             }))
         }
         (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 2) => {
@@ -133,6 +146,7 @@ pub fn combine(
                 CombinedStats {
                     slerp: Vec::new(),
                     inputs: received.inputs.clone(),
+                    ..Default::default()
                 };
                 next
             ];
@@ -163,7 +177,7 @@ pub fn combine(
                 ));
             }
             let selects = |i: usize| Ok(selection_k(task, i, n)?.is_some());
-            let factors = rescale_factors(task, n, partials, selects)?;
+            let factors = rescale_factors(task, Pipeline::MagnitudeRescale, n, partials, selects)?;
             let mut out = received.to_vec();
             for c in &mut out {
                 if c.inputs.len() != factors.len() {
@@ -175,8 +189,139 @@ pub fn combine(
             }
             Ok(out)
         }
+        (Pipeline::NuslerpChain, _) => {
+            let work = WorkDType::try_from(task.working_dtype())?;
+            let kind = sum_kind(Pipeline::NuslerpChain, task.working_dtype());
+            let mut part_dots = Vec::new();
+            for part in torch_parts(n as usize, DEFAULT_THREADS) {
+                let ps = partials
+                    .iter()
+                    .filter(|(r, _)| part.contains(&(r.start as usize)))
+                    .map(|(_, s)| {
+                        let sum = s.chain.as_ref().and_then(|c| c.sums.first());
+                        SumPartial::from_floats(&sum.ok_or_else(|| bad("a dot chunk without its partial"))?.partial)
+                            .map_err(bad)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                part_dots.push(torch_sum_partial::combine(kind, part.len(), &ps).map_err(bad)?);
+            }
+            let t = nuslerp_t(task)?;
+            let coefficients = with_precision!(work, P => {
+                let c = nuslerp_stream::cosine::<P>(n as usize, &part_dots);
+                Coefficients::of::<P>(c, t)
+            });
+            Ok(same(CombinedStats {
+                coefficients: coefficients.to_floats(),
+                ..Default::default()
+            }))
+        }
         (p, pass) => Err(bad(format!("{p:?} has no statistics pass {pass}"))),
     }
+}
+
+/// One link of a chain: carries the link's norm states on and collects its dot partials;
+/// after the last link, the ratio every apply chunk receives.
+fn chain(
+    task: &MergeTask,
+    pass: u32,
+    partials: &[Partial<'_>],
+    received: Option<&[CombinedStats]>,
+    next: usize,
+) -> Result<Vec<CombinedStats>, KernelError> {
+    let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
+    let n = info.tensor_numel;
+    let [(range, stats)] = partials else {
+        return Err(bad(format!("chain link {pass} has {} chunks, not one", partials.len())));
+    };
+    let link = stats
+        .chain
+        .as_ref()
+        .ok_or_else(|| bad("a chain link without its state"))?;
+    let mut carried = match (pass, received.and_then(<[CombinedStats]>::first)) {
+        (1, _) => ChainState::default(),
+        (_, Some(c)) => c.chain.clone().ok_or_else(|| bad("a chain link received no state"))?,
+        (_, None) => return Err(bad(format!("chain link {pass} without the state before it"))),
+    };
+    // Links are contiguous, in element order: each starts where the norms stopped.
+    let fed_before = carried.norms.first().map_or(0, |s| s.fed);
+    if range.start != fed_before || link.norms.iter().any(|s| s.fed != range.end) {
+        return Err(bad(format!(
+            "chain link {pass} covers {range:?}, but the chain stopped at element {fed_before}"
+        )));
+    }
+    carried.norms = link.norms.clone();
+    carried.sums.extend(link.sums.iter().cloned());
+    let pipeline = pipeline(task)?;
+    if pass < info.passes - pipeline.passes_after_chain() {
+        return Ok(vec![
+            CombinedStats {
+                chain: Some(carried),
+                ..Default::default()
+            };
+            next
+        ]);
+    }
+    if range.end != n {
+        return Err(bad(format!(
+            "the chain of `{}` ends at element {}, not {n}",
+            task.tensor, range.end
+        )));
+    }
+    let norms = carried
+        .norms
+        .iter()
+        .map(|s| NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("a norm state does not fit the tensor"))?;
+    let per_link = model_stock_chain::pairs(norms.len()).len().max(1);
+    let mut links = Vec::new();
+    for l in carried.sums.chunks(per_link) {
+        let start = l[0].start as usize;
+        let ps = l
+            .iter()
+            .map(|s| SumPartial::from_floats(&s.partial).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        links.push((start, ps));
+    }
+    let work = WorkDType::try_from(task.working_dtype())?;
+    if pipeline == Pipeline::NuslerpChain {
+        // The two norms, for every chunk of the dot pass.
+        let norms: Vec<f32> = norms
+            .into_iter()
+            .map(|m| with_precision!(work, P => nuslerp_stream::finished_norm::<P>(m)))
+            .collect();
+        return Ok(vec![
+            CombinedStats {
+                coefficients: norms,
+                ..Default::default()
+            };
+            next
+        ]);
+    }
+    let t = with_precision!(work, P => model_stock_chain::ratio::<P>(n as usize, norms, &links)).map_err(bad)?;
+    Ok(vec![
+        CombinedStats {
+            coefficients: vec![t],
+            ..Default::default()
+        };
+        next
+    ])
+}
+
+/// nuslerp's interpolation `t` from the weights of its two models (the non-base inputs).
+pub(crate) fn nuslerp_t(task: &MergeTask) -> Result<f64, KernelError> {
+    let weights = task
+        .inputs
+        .iter()
+        .filter(|i| !i.is_base)
+        .map(|i| float(&i.params, "weight"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let [w0, w1] = weights[..] else {
+        return Err(KernelError::Contract(
+            "nuslerp takes exactly 2 models besides the base".into(),
+        ));
+    };
+    Ok(nuslerp::interpolation_t(w0, w1))
 }
 
 /// Indices of SLERP's base and other input.
@@ -240,11 +385,12 @@ fn merged(partials: &[Partial<'_>], i: usize) -> Result<Histogram, KernelError> 
 /// TIES' after pass 3. The chunks lie inside torch's summation parts.
 fn rescale_factors(
     task: &MergeTask,
+    pipeline: Pipeline,
     n: u64,
     partials: &[Partial<'_>],
     rescales: impl Fn(usize) -> Result<bool, KernelError>,
 ) -> Result<Vec<Option<f32>>, KernelError> {
-    let kind = sum_kind(task.working_dtype());
+    let kind = sum_kind(pipeline, task.working_dtype());
     let work = WorkDType::try_from(task.working_dtype())?;
     let parts = torch_parts(n as usize, DEFAULT_THREADS);
     let mut factors = Vec::new();
@@ -270,7 +416,11 @@ fn rescale_factors(
             before.push(sum(of_part(|s| &s.sums)?)?);
             after.push(sum(of_part(|s| &s.masked_sums)?)?);
         }
-        factors.push(with_precision!(work, P => rescale_factor::<P>(n as usize, &before, &after)));
+        factors.push(if pipeline == Pipeline::MagnitudeRescale {
+            with_precision!(work, P => sparsify::rescale_factor::<P>(n as usize, &before, &after))
+        } else {
+            with_precision!(work, P => rescale_factor::<P>(n as usize, &before, &after))
+        });
     }
     Ok(factors)
 }

@@ -3,7 +3,7 @@
 //!
 //! A method is either elementwise (linear, passthrough, task arithmetic, DARE without rescale:
 //! every chunk is independent) or needs whole-tensor statistics first. Those run a pipeline of
-//! statistics passes: every chunk of pass `k` returns a small [`ChunkStats`]; [`combine`]
+//! statistics passes: every chunk of pass `k` returns a small [`ChunkStats`]; [`combine()`]
 //! folds them, in chunk order and in exactly the order torch reduces, into the
 //! [`CombinedStats`] every chunk of the next pass (or of apply) receives.
 //!
@@ -13,20 +13,30 @@
 //! | SLERP | 2: block norms, block dots | multiples of torch's 2^20-element blocks | any ranges |
 //! | DARE with rescale | 1: L1 cascade partials of delta and masked delta | inside one of torch's thread parts, at its cascade granule ([`torch_sum_partial::granule`]) | any ranges |
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
-//! | TIES with `rescale: true` (bf16 or f32 working dtype) | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
+//! | TIES with `rescale: true` | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
+//! | DELLA without rescale | 0 | none | whole ranking blocks (rows along dim 1) |
+//! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
+//! | nuslerp (`nuslerp_flatten`, the default) | the links of a chain carrying the two vectors' serial norms, then one pass of cascade partials of the normalised dot | as DARE with rescale | any ranges |
+//! | `filter_wise` model_stock, nuslerp over contiguous rows | 0 | none | whole rows of the last dim |
+//! | DELLA with rescale | 1: L1 cascade partials of delta and masked delta (each chunk ranks the whole blocks its range touches) | as DARE with rescale | whole ranking blocks |
+//!
+//! Vocabulary-aligned inputs (row runs) split like stored ones: a chunk builds only the rows
+//! its element range touches (`execute/aligned.rs`), padding means streamed over the rows
+//! before them, so chunks need no alignment to rows.
 //!
 //! Not split (they run as one whole-tensor task, so the bytes are exact but `--memory-limit`
-//! cannot shrink them): TIES with `rescale: true` in f16 (torch sums f16 magnitudes with the
-//! reduced-precision cascade, which no statistics pass models yet), and the methods whose
-//! result needs whole-tensor (or whole-row) statistics that no statistics pass computes yet: breadcrumbs
-//! and DELLA when they sparsify (sorts of `|delta|`), model_stock, nuslerp, multislerp, karcher,
-//! sce, ramplus_tl and arcee_fusion.
+//! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
+//! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
+//! statistics pass computes yet: breadcrumbs when it sparsifies (a sort of `|delta|`),
+//! nuslerp with `nuslerp_row_wise` (vectors along dim 0), multislerp, karcher, sce, ramplus_tl and arcee_fusion.
 
 pub mod combine;
 
 use crate::error::KernelError;
 use crate::execute::{boolean, float};
+use crate::kernels::della::{self, RankRows};
 use crate::kernels::gta::GtaVariant;
+use crate::kernels::nuslerp::Vectors;
 use crate::kernels::slerp::TORCH_CHUNK;
 use crate::kernels::sparsify::Sparsifier;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
@@ -53,16 +63,35 @@ pub enum Pipeline {
     /// TIES with rescale: the two histograms, pass 3 L1 cascade partials of `|delta|` before
     /// and after the mask, then the masked, rescaled merge.
     MagnitudeRescale,
+    /// DELLA without rescale: apply only, in ranges of whole ranking blocks (each chunk ranks
+    /// its own rows and draws from its own offset).
+    Ranked,
+    /// DELLA with rescale: pass 1 L1 cascade partials of delta and masked delta (a chunk ranks
+    /// the whole blocks around its range), then the masked merge over whole ranking blocks.
+    RankedRescale,
+    /// model_stock (one vector): a chain of statistics passes of one chunk each, in element
+    /// order, carrying torch's serial norm accumulators and collecting the dot products'
+    /// cascade partials; then apply with the ratio. (As many passes as links.)
+    Chain,
+    /// nuslerp of one vector (`nuslerp_flatten`, the default): a chain carrying the two
+    /// vectors' serial norms, then one pass of cascade partials of the normalised vectors'
+    /// dot, then apply with the interpolation coefficients.
+    NuslerpChain,
+    /// Independent rows (`filter_wise` model_stock, nuslerp over contiguous rows): apply only,
+    /// in ranges of whole rows of the last dim, through the ordinary streamed kernels.
+    Rows,
     /// Not split: the tensor runs as one task.
     Whole,
 }
 
 impl Pipeline {
-    /// Statistics passes before apply.
+    /// Statistics passes before apply (a [`Pipeline::Chain`] has one per link: see
+    /// [`ChunkPlan::passes`]).
     pub fn passes(self) -> u32 {
         match self {
-            Pipeline::Elementwise | Pipeline::Whole => 0,
-            Pipeline::RandomRescale => 1,
+            Pipeline::Chain | Pipeline::NuslerpChain => 1,
+            Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
+            Pipeline::RandomRescale | Pipeline::RankedRescale => 1,
             Pipeline::Slerp | Pipeline::Magnitude => 2,
             Pipeline::MagnitudeRescale => 3,
         }
@@ -72,6 +101,22 @@ impl Pipeline {
     /// their threshold ties per statistics chunk).
     pub fn applies_per_statistics_chunk(self) -> bool {
         matches!(self, Pipeline::Magnitude | Pipeline::MagnitudeRescale)
+    }
+
+    /// Whether apply chunks run through the chunk executor (with statistics, or with masks the
+    /// ordinary kernels cannot draw for a chunk) rather than the ordinary kernels.
+    pub fn chunk_apply(self) -> bool {
+        self.passes() >= 1 || self == Pipeline::Ranked
+    }
+
+    /// Whether each statistics pass is one link of a chain (one chunk, in element order).
+    pub fn chained(self) -> bool {
+        matches!(self, Pipeline::Chain | Pipeline::NuslerpChain)
+    }
+
+    /// Statistics passes after the chain's links (the links are the first passes).
+    pub fn passes_after_chain(self) -> u32 {
+        u32::from(self == Pipeline::NuslerpChain)
     }
 }
 
@@ -84,6 +129,26 @@ pub struct ChunkPlan {
     pub stats: Vec<Range<u64>>,
     /// Element ranges of the apply pass.
     pub apply: Vec<Range<u64>>,
+    /// Elements a statistics chunk may read beyond its range, at most (DELLA ranks the whole
+    /// blocks its range touches).
+    pub context: u64,
+    /// Statistics passes before apply.
+    pub passes: u32,
+}
+
+impl ChunkPlan {
+    /// The chunks of statistics pass `pass` (1-based): every statistics range, or for a
+    /// chain's links its one link.
+    pub fn pass_ranges(&self, pass: u32) -> &[Range<u64>] {
+        let links = self.passes - self.pipeline.passes_after_chain();
+        match self.pipeline.chained() && pass <= links {
+            true => {
+                let i = pass as usize - 1;
+                &self.stats[i..=i]
+            }
+            false => &self.stats,
+        }
+    }
 }
 
 /// Which pipeline `task` (a whole-tensor task) needs.
@@ -97,9 +162,17 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Slerp => Pipeline::Slerp,
         MethodKind::Gta(variant) => gta_pipeline(task, variant)?,
         MethodKind::NearSwap | MethodKind::Passthrough | MethodKind::Ram => Pipeline::Elementwise,
-        MethodKind::ModelStock
-        | MethodKind::Nuslerp
-        | MethodKind::Multislerp
+        MethodKind::ModelStock if !boolean(&task.shared_params, "filter_wise")? => Pipeline::Chain,
+        MethodKind::Nuslerp if boolean(&task.shared_params, "nuslerp_flatten")? => Pipeline::NuslerpChain,
+        MethodKind::ModelStock => Pipeline::Rows,
+        MethodKind::Nuslerp => {
+            let row_wise = boolean(&task.shared_params, "nuslerp_row_wise")?;
+            match Vectors::of(tensor_shape(task), false, row_wise) {
+                Vectors::Rows(_) => Pipeline::Rows,
+                _ => Pipeline::Whole,
+            }
+        }
+        MethodKind::Multislerp
         | MethodKind::RamPlusTl
         | MethodKind::Sce
         | MethodKind::Karcher
@@ -121,22 +194,24 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
         Some(_) if !sparsified => Pipeline::Elementwise,
         Some(Sparsifier::Random) if rescale => Pipeline::RandomRescale,
         Some(Sparsifier::Random) => Pipeline::Elementwise,
-        Some(Sparsifier::Magnitude) if rescale => match task.working_dtype() {
-            DType::Bf16 | DType::F32 => Pipeline::MagnitudeRescale,
-            _ => Pipeline::Whole,
-        },
+        Some(Sparsifier::Magnitude) if rescale => Pipeline::MagnitudeRescale,
         Some(Sparsifier::Magnitude) => Pipeline::Magnitude,
-        // Whole-tensor sorts (row ranks, outlier cut): not split (no statistics pass yet).
-        Some(Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune) => Pipeline::Whole,
+        Some(Sparsifier::DellaMagprune) if rescale => Pipeline::RankedRescale,
+        Some(Sparsifier::DellaMagprune) => Pipeline::Ranked,
+        // A whole-tensor sort (the outlier cut): not split (no statistics pass yet).
+        Some(Sparsifier::MagnitudeOutliers) => Pipeline::Whole,
     })
 }
 
-/// The summation kind of torch's L1 sums for the working dtype (bf16 vectors, else f32).
-pub fn sum_kind(working: DType) -> SumKind {
-    if working == DType::Bf16 {
-        SumKind::Bf16
-    } else {
-        SumKind::F32
+/// The vector load of torch's L1 sums in `pipeline` for the working dtype: DARE sums its
+/// deltas in bf16 for bf16 and in f32 otherwise (f16 deltas are masked as f32 on CPU); TIES
+/// sums them in the working dtype, and torch loads f16 vectors as it loads bf16 ones.
+pub fn sum_kind(pipeline: Pipeline, working: DType) -> SumKind {
+    match (pipeline, working) {
+        (Pipeline::Chain | Pipeline::NuslerpChain, DType::F32) => SumKind::F32,
+        (Pipeline::Chain | Pipeline::NuslerpChain, _) => SumKind::Bf16,
+        (_, DType::Bf16) | (Pipeline::MagnitudeRescale, DType::F16) => SumKind::Bf16,
+        _ => SumKind::F32,
     }
 }
 
@@ -150,27 +225,123 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
     }
     let pipeline = pipeline(task)?;
     let even = split(0..n, chunk);
+    let mut context = 0;
     let (stats, apply) = match pipeline {
         Pipeline::Whole => return Ok(None),
+        // model_stock needs two fine-tuned models (the whole kernel says so otherwise).
+        Pipeline::Chain if task.inputs.iter().filter(|i| !i.is_base).count() < 2 => return Ok(None),
+        Pipeline::Chain => (sum_aligned(task, pipeline, chunk), even),
+        // nuslerp interpolates exactly two models (the whole kernel says so otherwise).
+        Pipeline::NuslerpChain if task.inputs.iter().filter(|i| !i.is_base).count() != 2 => return Ok(None),
+        Pipeline::NuslerpChain => (sum_aligned(task, pipeline, chunk), even),
+        Pipeline::Rows => {
+            let row = tensor_shape(task).last().copied().unwrap_or(n).max(1);
+            if row > chunk {
+                return Ok(None);
+            }
+            (Vec::new(), split(0..n, chunk / row * row))
+        }
+        Pipeline::Ranked | Pipeline::RankedRescale => {
+            let Some(block) = ranking_block(task, chunk)? else {
+                return Ok(None);
+            };
+            let apply = split(0..n, chunk / block * block);
+            if pipeline == Pipeline::Ranked {
+                (Vec::new(), apply)
+            } else {
+                context = 2 * block;
+                (sum_aligned(task, pipeline, chunk), apply)
+            }
+        }
         Pipeline::Elementwise => (Vec::new(), even),
         Pipeline::Slerp => {
             let block = TORCH_CHUNK as u64;
             (split(0..n, chunk.div_ceil(block) * block), even)
         }
-        Pipeline::RandomRescale => (sum_aligned(task, chunk), even),
+        Pipeline::RandomRescale => (sum_aligned(task, pipeline, chunk), even),
         Pipeline::Magnitude => (even.clone(), even),
         Pipeline::MagnitudeRescale => {
-            let stats = sum_aligned(task, chunk);
+            let stats = sum_aligned(task, pipeline, chunk);
             (stats.clone(), stats)
         }
     };
-    Ok(Some(ChunkPlan { pipeline, stats, apply }))
+    let passes = match pipeline.chained() {
+        true => stats.len() as u32 + pipeline.passes_after_chain(),
+        false => pipeline.passes(),
+    };
+    Ok(Some(ChunkPlan {
+        pipeline,
+        stats,
+        apply,
+        context,
+        passes,
+    }))
+}
+
+/// Longest DELLA ranking block (elements ranked together, `len * inner` of
+/// [`RankRows`]) that chunks split around; longer ones stay whole.
+const MAX_RANKING_BLOCK: u64 = 1 << 22;
+
+/// The elements of one DELLA ranking block of `task`'s tensor, when its chunks can be made of
+/// whole blocks of at most `chunk` elements. `None` (the tensor stays whole, where the kernel
+/// reports what is wrong) for one-element rows, a block longer than a chunk, or an epsilon
+/// outside the range mergekit accepts.
+fn ranking_block(task: &MergeTask, chunk: u64) -> Result<Option<u64>, KernelError> {
+    let rows = ranking_rows(task);
+    let block = (rows.len * rows.inner) as u64;
+    if rows.len <= 1 || block == 0 || block > chunk || block > MAX_RANKING_BLOCK {
+        return Ok(None);
+    }
+    for input in task.inputs.iter().filter(|i| !i.is_base) {
+        let density = float(&input.params, "density")?;
+        let epsilon = match input.params.contains_key("epsilon") {
+            true => float(&input.params, "epsilon")?,
+            false => 0.0,
+        };
+        if della::draws(density) && !della::epsilon_ok(density, epsilon) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(block))
+}
+
+/// DELLA's ranking rows of `task`'s output tensor (a statistics chunk has no output: its
+/// inputs' stored shapes differ from it at most in dim 0, which the blocks do not depend on;
+/// `outer` is then the input's).
+pub fn ranking_rows(task: &MergeTask) -> RankRows {
+    RankRows::of_shape(tensor_shape(task))
+}
+
+/// The output tensor's shape (a statistics chunk has no output: its first input's stored
+/// shape, which differs from it at most in dim 0).
+fn tensor_shape(task: &MergeTask) -> &[u64] {
+    match &task.output {
+        Some(o) => &o.shape[..],
+        None => task
+            .inputs
+            .iter()
+            .find_map(|i| i.source.as_ref())
+            .map_or(&[][..], |s| &s.shape[..]),
+    }
+}
+
+/// The element range a chunk task reads: its own, or for a DELLA statistics chunk the whole
+/// ranking blocks its range touches.
+pub fn read_range(task: &MergeTask) -> Option<Range<u64>> {
+    let c = task.chunk.as_ref()?;
+    let own = c.start..c.start + c.len;
+    if c.pass == 0 || pipeline(task).ok() != Some(Pipeline::RankedRescale) {
+        return Some(own);
+    }
+    let rows = ranking_rows(task);
+    let block = ((rows.len * rows.inner) as u64).max(1);
+    Some(own.start / block * block..own.end.div_ceil(block).saturating_mul(block).min(c.tensor_numel))
 }
 
 /// Ranges of about `chunk` elements that each lie inside one of torch's summation parts of
 /// the tensor, at its cascade granule, so L1 partials combine bit-exactly.
-fn sum_aligned(task: &MergeTask, chunk: u64) -> Vec<Range<u64>> {
-    let kind = sum_kind(task.working_dtype());
+fn sum_aligned(task: &MergeTask, pipeline: Pipeline, chunk: u64) -> Vec<Range<u64>> {
+    let kind = sum_kind(pipeline, task.working_dtype());
     let mut stats = Vec::new();
     for part in torch_parts(task.numel as usize, DEFAULT_THREADS) {
         let start = part.start as u64;
@@ -181,12 +352,13 @@ fn sum_aligned(task: &MergeTask, chunk: u64) -> Vec<Range<u64>> {
     stats
 }
 
-/// The bytes `task` reads of its input `src`: the whole tensor, or a chunk task's elements.
+/// The bytes `task` reads of its input `src`: the whole tensor, or a chunk task's elements
+/// (not for a vocabulary-aligned input, which reads the stored rows its runs name).
 pub fn input_range(task: &MergeTask, src: &shardmerge_proto::v1::TensorSource) -> (u64, u64) {
-    match &task.chunk {
-        Some(c) if c.tensor_numel > 0 => {
+    match (&task.chunk, read_range(task)) {
+        (Some(c), Some(r)) if c.tensor_numel > 0 => {
             let size = src.length / c.tensor_numel;
-            (src.offset + c.start * size, c.len * size)
+            (src.offset + r.start * size, (r.end - r.start) * size)
         }
         _ => (src.offset, src.length),
     }
@@ -203,10 +375,28 @@ pub fn task_memory(task: &MergeTask) -> u64 {
     let inputs: u64 = task
         .inputs
         .iter()
-        .filter_map(|i| i.source.as_ref())
-        .map(|s| input_range(task, s).1)
+        .map(|i| match &i.source {
+            _ if !i.rows.is_empty() => aligned_memory(task.numel, i.rows.iter().any(is_pad_mean)),
+            Some(s) => input_range(task, s).1,
+            None => 0,
+        })
         .sum();
     inputs + task.numel.div_ceil(8) * k + (task.numel * 4 * (k + 2)).min(STREAM_SCRATCH)
+}
+
+/// Bound on the rows a padding mean of a vocabulary-aligned chunk holds at once (a batch of
+/// f32 rows) plus its running column sums.
+pub const ALIGNED_MEAN_SCRATCH: u64 = 48 << 20;
+
+/// Planned memory of one vocabulary-aligned input of `numel` output elements (a whole task's
+/// or a chunk's): the f32 values built, their copy as input bytes, and the stored rows read
+/// (at most 4 bytes per element), plus [`ALIGNED_MEAN_SCRATCH`] when it has padding rows.
+pub fn aligned_memory(numel: u64, pads: bool) -> u64 {
+    numel * 12 + if pads { ALIGNED_MEAN_SCRATCH } else { 0 }
+}
+
+fn is_pad_mean(r: &shardmerge_proto::v1::RowRun) -> bool {
+    r.kind() == shardmerge_proto::v1::RowKind::PadMean
 }
 
 /// `range` cut into pieces of `size` elements (the last shorter).

@@ -48,12 +48,14 @@ fn flag(v: bool) -> ParamValue {
 }
 
 /// Values with shared structure (so SLERP's dot is not ~0) and many exact ties once rounded.
-fn values(n: usize, seed: u64, base: &[f32]) -> Vec<f32> {
+/// `base + k / step` for random `k` in -64..64: exact in every dtype when `step` is 256 (the
+/// base) or 4096 (f16 deltas small enough that their L1 sums stay finite in f16).
+fn values(n: usize, seed: u64, base: &[f32], step: f32) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
             let b = base.get(i).copied().unwrap_or(0.0);
-            b + (rng.random_range(-64i32..64) as f32) / 256.0
+            b + (rng.random_range(-64i32..64) as f32) / step
         })
         .collect()
 }
@@ -65,19 +67,29 @@ fn encode(dtype: DType, v: &[f32]) -> Vec<u8> {
             encode_bf16(v, &mut out);
             out
         }
+        DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
         _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
 }
 
 /// A whole-tensor task of `method` over a base and two fine-tunes of `n` elements.
 fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
-    // `ties_rescale`: TIES with `rescale: true`.
+    // `ties_rescale`: TIES with `rescale: true`; `*_rows`: the method over rows of 2048.
+    let rows = method.ends_with("_rows");
     let (method, rescale) = match method {
         "ties_rescale" => ("ties", true),
-        m => (m, m == "dare_ties"),
+        m => (m.trim_end_matches("_rows"), m == "dare_ties" || m == "della"),
     };
-    let size = if dtype == DType::Bf16 { 2 } else { 4 };
-    let base = values(n, 1, &[]);
+    // DELLA ranks along dim 1: rows of 2048 (della_linear), or blocks of 1024 x 2 (della).
+    let shape = match method {
+        "della" => vec![(n / 2048) as u64, 1024, 2],
+        "della_linear" => vec![(n / 2048) as u64, 2048],
+        _ if rows => vec![(n / 2048) as u64, 2048],
+        _ => vec![n as u64],
+    };
+    let size = if dtype == DType::F32 { 4 } else { 2 };
+    let step = if dtype == DType::F16 { 4096.0 } else { 256.0 };
+    let base = values(n, 1, &[], 256.0);
     let mut io = MemIo::default();
     let mut inputs = Vec::new();
     let count = if method == "slerp" { 2 } else { 3 };
@@ -85,13 +97,14 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
         let v = if m == 0 {
             base.clone()
         } else {
-            values(n, 10 + m as u64, &base)
+            values(n, 10 + m as u64, &base, step)
         };
         let uri = format!("mem://{m}");
         io.files.insert(uri.clone(), encode(dtype, &v));
         let mut params = HashMap::new();
         params.insert("weight".to_string(), num(if m == 1 { 0.6 } else { 0.4 }));
         params.insert("density".to_string(), num(if m == 1 { 0.53 } else { 0.3 }));
+        params.insert("epsilon".to_string(), num(0.2));
         inputs.push(TaskInput {
             model_index: m as u32,
             is_base: m == 0,
@@ -100,7 +113,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
                 offset: 0,
                 length: (n * size) as u64,
                 dtype: dtype as i32,
-                shape: vec![n as u64],
+                shape: shape.clone(),
                 ..Default::default()
             }),
             params,
@@ -113,6 +126,9 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("lambda".to_string(), num(1.0));
     shared.insert("normalize".to_string(), flag(method == "ties"));
     shared.insert("rescale".to_string(), flag(rescale));
+    shared.insert("filter_wise".to_string(), flag(rows));
+    shared.insert("nuslerp_flatten".to_string(), flag(!rows));
+    shared.insert("nuslerp_row_wise".to_string(), flag(false));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
     let task = MergeTask {
         tensor: "t".into(),
@@ -125,7 +141,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
             offset: 0,
             length: (n * size) as u64,
             dtype: dtype as i32,
-            shape: vec![n as u64],
+            shape,
             shard_index: 0,
         }),
         random_seed: Some(7),
@@ -138,7 +154,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
 /// Runs `task` as chunk tasks of `chunk` elements, each pass's chunks in a shuffled order.
 fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
     let plan = plan(task, chunk).unwrap().expect("the tensor splits");
-    let passes = plan.pipeline.passes();
+    let passes = plan.passes;
     let size = task.output.as_ref().unwrap().length / task.numel;
     let mk = |r: &Range<u64>, pass: u32, index: usize, count: usize, stats: Option<CombinedStats>| MergeTask {
         numel: r.end - r.start,
@@ -163,22 +179,23 @@ fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut received: Option<Vec<CombinedStats>> = None;
     for pass in 1..=passes {
-        let mut order: Vec<usize> = (0..plan.stats.len()).collect();
+        let ranges = plan.pass_ranges(pass);
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
         order.shuffle(&mut rng);
-        let mut results = vec![None; plan.stats.len()];
+        let mut results = vec![None; ranges.len()];
         for i in order {
             let st = received.as_ref().map(|r| r[i].clone());
-            let t = mk(&plan.stats[i], pass, i, plan.stats.len(), st);
+            let t = mk(&ranges[i], pass, i, ranges.len(), st);
             results[i] = execute_task(&t, io).unwrap().stats;
         }
         let results: Vec<ChunkStats> = results.into_iter().map(Option::unwrap).collect();
-        let partials: Vec<combine::Partial<'_>> = plan.stats.iter().cloned().zip(&results).collect();
-        let template = mk(&plan.stats[0], pass, 0, plan.stats.len(), None);
+        let partials: Vec<combine::Partial<'_>> = ranges.iter().cloned().zip(&results).collect();
+        let template = mk(&ranges[0], pass, 0, ranges.len(), None);
         let prev = received.as_deref();
         let next = if pass == passes {
             plan.apply.len()
         } else {
-            plan.stats.len()
+            plan.pass_ranges(pass + 1).len()
         };
         received = Some(combine(&template, pass, &partials, prev, next).unwrap());
     }
@@ -193,16 +210,27 @@ fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
 
 #[test]
 fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
-    // 2 SLERP blocks and a bit; for DARE two thread parts of several cascade granules.
-    let n = (1 << 21) + 12_345;
     for (method, pipeline) in [
         ("slerp", Pipeline::Slerp),
         ("dare_ties", Pipeline::RandomRescale),
         ("ties", Pipeline::Magnitude),
         ("ties_rescale", Pipeline::MagnitudeRescale),
         ("linear", Pipeline::Elementwise),
+        ("della", Pipeline::RankedRescale),
+        ("della_linear", Pipeline::Ranked),
+        ("model_stock", Pipeline::Chain),
+        ("nuslerp", Pipeline::NuslerpChain),
+        ("model_stock_rows", Pipeline::Rows),
+        ("nuslerp_rows", Pipeline::Rows),
     ] {
-        for dtype in [DType::Bf16, DType::F32] {
+        // 2 SLERP blocks and a bit; for DARE two thread parts of several cascade granules; for
+        // DELLA 1031 ranking blocks of 2048 elements (statistics chunks start inside blocks).
+        let n = if method.starts_with("della") || method.ends_with("_rows") {
+            1031 * 2048
+        } else {
+            (1 << 21) + 12_345
+        };
+        for dtype in [DType::Bf16, DType::F32, DType::F16] {
             let (task, io) = setup(method, dtype, n);
             assert_eq!(super::pipeline(&task).unwrap(), pipeline);
             execute_task(&task, &io).unwrap();
@@ -212,12 +240,19 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
                 let got = run_chunked(&task, &io, chunk, seed);
                 let plan = plan(&task, chunk).unwrap().unwrap();
                 assert!(plan.apply.len() > 2, "{method}: {} apply chunks", plan.apply.len());
-                if pipeline != Pipeline::Elementwise {
+                if pipeline.passes() > 0 {
                     assert!(
                         plan.stats.len() > 1,
                         "{method} {dtype:?}: {} statistics chunks",
                         plan.stats.len()
                     );
+                }
+                if method.starts_with("della") || method.ends_with("_rows") {
+                    assert!(plan.apply.iter().all(|r| r.start % 2048 == 0), "whole rows");
+                    if pipeline == Pipeline::RankedRescale {
+                        let inside = plan.stats.iter().filter(|r| r.start % 2048 != 0).count();
+                        assert!(inside > 0, "some statistics chunk starts inside a block");
+                    }
                 }
                 assert!(
                     got == whole,
@@ -233,13 +268,7 @@ fn small_tensors_and_unsplittable_methods_stay_whole() {
     let (task, _) = setup("ties", DType::F32, 1000);
     assert_eq!(plan(&task, 1000).unwrap(), None);
     assert!(plan(&task, 999).unwrap().is_some());
-    // TIES with rescale splits in bf16 and f32; in f16 it stays whole.
-    let (mut task, _) = setup("ties_rescale", DType::F32, 1000);
-    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::MagnitudeRescale);
-    task.working_dtype = DType::F16 as i32;
-    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
-    assert_eq!(plan(&task, 10).unwrap(), None);
-    let (task, _) = setup("model_stock", DType::F32, 1000);
+    let (task, _) = setup("karcher", DType::F32, 1000);
     assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
     assert_eq!(plan(&task, 10).unwrap(), None);
 }
@@ -252,6 +281,7 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
         ("dare_ties", DType::Bf16),
         ("dare_ties", DType::F32),
         ("ties_rescale", DType::Bf16),
+        ("ties_rescale", DType::F16),
     ] {
         let (task, _) = setup(method, dtype, n);
         let p = plan(&task, 100_000).unwrap().unwrap();

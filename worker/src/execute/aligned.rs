@@ -2,15 +2,21 @@
 //! planner permuted and filled for the output vocabulary. The task lists, per input, runs of
 //! rows ([`RowRun`]): stored rows of any input of the task (read as byte ranges), means of
 //! stored rows, zeros, and padding rows that are the mean of the aligned rows before them.
-//! Values are working-dtype f32, every op rounded as torch rounds it.
+//! Values are working-dtype f32, every op rounded as torch rounds it. A chunk task builds only
+//! the rows its element range touches, so aligned tensors split like any other.
 
-use super::storage_dtype;
+use super::aligned_mean::ColumnMean;
 use super::tensor_io::{Loader, bad_input};
+use crate::dtypes::storage_dtype;
 use crate::error::TaskError;
 use crate::kernels::nuslerp::{OUTER_GROUP, interleaved_cascade, outer_cascade};
 use crate::safetensors_io;
 use crate::with_precision;
 use shardmerge_proto::v1::{RowKind, RowRun, TensorSource};
+
+/// Values per batch of rows read to compute a padding mean in a chunk task (32 MiB of f32),
+/// at least one row; see [`crate::chunk::ALIGNED_MEAN_SCRATCH`].
+const MEAN_BATCH_ELEMS: usize = 8 << 20;
 
 impl Loader<'_> {
     fn invalid(&self, reason: String) -> TaskError {
@@ -20,43 +26,107 @@ impl Loader<'_> {
         }
     }
 
-    /// Builds the aligned rows of input `index` (the task's output shape, vocabulary first).
+    /// Builds the aligned values of input `index` over the task's elements: the whole tensor,
+    /// or a chunk task's range (of any rows, not aligned to them). Only the rows the range
+    /// touches are built; a padding row's mean streams over the rows before it.
     pub(super) fn aligned(&mut self, index: usize) -> Result<Vec<f32>, TaskError> {
-        if self.task.chunk.is_some() {
-            return Err(self.invalid("a vocabulary-aligned input cannot be read in chunks".into()));
-        }
-        let shape = self.task.output.as_ref().map(|o| o.shape.clone()).unwrap_or_default();
-        let rows_total = *shape
-            .first()
-            .ok_or_else(|| self.invalid("aligned input of a scalar output".into()))? as usize;
-        let row = self.numel.checked_div(rows_total).unwrap_or(0);
-        let mut values = vec![0.0f32; self.numel];
         let runs = self.task.inputs[index].rows.clone();
-        let mut at = 0usize;
-        for run in &runs {
-            let count = run.count as usize;
-            if at + count > rows_total {
-                return Err(self.invalid(format!("input {index}: row runs exceed {rows_total} rows")));
+        let rows_total = runs
+            .iter()
+            .try_fold(0u64, |n, r| n.checked_add(r.count))
+            .ok_or_else(|| self.invalid(format!("input {index}: row run counts overflow")))?;
+        let (start, total) = match &self.task.chunk {
+            Some(c) => (c.start, c.tensor_numel),
+            None => (0, self.numel as u64),
+        };
+        if let Some(first) = self.task.output.as_ref().and_then(|o| o.shape.first())
+            && *first != rows_total
+        {
+            return Err(self.invalid(format!("input {index}: row runs fill {rows_total} of {first} rows")));
+        }
+        if rows_total == 0 || !total.is_multiple_of(rows_total) {
+            return Err(self.invalid(format!(
+                "input {index}: {rows_total} aligned rows do not divide {total} elements"
+            )));
+        }
+        let row = total / rows_total;
+        let end = start + self.numel as u64;
+        let (r0, r1) = (start / row, end.div_ceil(row));
+        let mut values = self.build_rows(index, &runs, r0, r1, row as usize)?;
+        let skip = (start - r0 * row) as usize;
+        values.truncate(skip + self.numel);
+        values.drain(..skip);
+        Ok(values)
+    }
+
+    /// Rows `[r0, r1)` of aligned input `index` (whose runs are `runs`), as working-dtype values.
+    fn build_rows(
+        &mut self,
+        index: usize,
+        runs: &[RowRun],
+        r0: u64,
+        r1: u64,
+        row: usize,
+    ) -> Result<Vec<f32>, TaskError> {
+        let mut values = vec![0.0f32; (r1 - r0) as usize * row];
+        let mut at = 0u64;
+        for run in runs {
+            let (a, b) = (at, at + run.count);
+            at = b;
+            let (lo, hi) = (a.max(r0), b.min(r1));
+            if lo >= hi {
+                if a >= r1 {
+                    break;
+                }
+                continue;
             }
-            let out = &mut values[at * row..(at + count) * row];
+            let count = (hi - lo) as usize;
+            let local = (lo - r0) as usize * row;
             match run.kind() {
-                RowKind::Copy => self.read_rows(run.input, run.from_row, count, row, out)?,
-                RowKind::Mean => self.mean_row(run, row, out)?,
+                RowKind::Copy => {
+                    let out = &mut values[local..local + count * row];
+                    self.read_rows(run.input, run.from_row + (lo - a), count, row, out)?;
+                }
+                RowKind::Mean => self.mean_row(run, row, &mut values[local..local + count * row])?,
                 RowKind::Zero => {}
                 RowKind::PadMean => {
-                    let mean = self.column_mean(&values[..at * row], at, row);
-                    for r in values[at * row..(at + count) * row].chunks_mut(row.max(1)) {
+                    if a == 0 {
+                        return Err(self.invalid(format!("input {index}: a padding run without rows before it")));
+                    }
+                    // The rows before it are all in `values` when it starts at row 0.
+                    let mean = if r0 == 0 {
+                        self.column_mean(&values[..a as usize * row], a as usize, row)
+                    } else {
+                        self.streamed_column_mean(index, runs, a, row)?
+                    };
+                    for r in values[local..local + count * row].chunks_mut(row.max(1)) {
                         r.copy_from_slice(&mean);
                     }
                 }
                 RowKind::Unspecified => return Err(self.invalid(format!("input {index}: row run without a kind"))),
             }
-            at += count;
-        }
-        if at != rows_total {
-            return Err(self.invalid(format!("input {index}: row runs fill {at} of {rows_total} rows")));
         }
         Ok(values)
+    }
+
+    /// The column means of the first `rows` aligned rows, built and fed a batch at a time.
+    fn streamed_column_mean(
+        &mut self,
+        index: usize,
+        runs: &[RowRun],
+        rows: u64,
+        row: usize,
+    ) -> Result<Vec<f32>, TaskError> {
+        let batch = (MEAN_BATCH_ELEMS / row.max(1)).max(1) as u64;
+        let mut mean = ColumnMean::new(rows as usize, row);
+        let mut r = 0;
+        while r < rows {
+            let next = (r + batch).min(rows);
+            mean.feed(&self.build_rows(index, runs, r, next, row)?);
+            r = next;
+        }
+        debug_assert_eq!(mean.fed() as u64, rows);
+        Ok(mean.finish(self.work))
     }
 
     /// One row: the mean of `run.terms`, summed in order and divided, in the working dtype.

@@ -6,27 +6,29 @@ use super::gta_params;
 use super::tensor_io::{Loader, Writer};
 use crate::chunk::{self, Pipeline};
 use crate::error::{KernelError, TaskError};
+use crate::kernels::della_chunk::{self, DellaMask};
+use crate::kernels::gta::GtaError;
 use crate::kernels::gta_masked::{self, Mask, MaskedInput};
 use crate::kernels::magnitude_select::ChunkMask;
 use crate::kernels::slerp_stream;
-use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::methods::{self, MethodKind};
+use crate::rng::Mt19937;
 use crate::with_precision;
-use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputStats, MergeTask};
+use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats, MergeTask};
 
-fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
+pub(super) fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
     |source| TaskError::Kernel {
         tensor: task.tensor.clone(),
         source,
     }
 }
 
-fn contract(task: &MergeTask, msg: impl Into<String>) -> TaskError {
+pub(super) fn contract(task: &MergeTask, msg: impl Into<String>) -> TaskError {
     kernel_err(task)(KernelError::Contract(msg.into()))
 }
 
 /// The statistics this chunk received, required from pass 2 on and for apply.
-fn received<'t>(task: &'t MergeTask, info: &'t ChunkInfo) -> Result<&'t CombinedStats, TaskError> {
+pub(super) fn received<'t>(task: &'t MergeTask, info: &'t ChunkInfo) -> Result<&'t CombinedStats, TaskError> {
     info.stats
         .as_ref()
         .ok_or_else(|| contract(task, format!("chunk pass {} dispatched without statistics", info.pass)))
@@ -41,7 +43,7 @@ pub(super) fn run(
     out: Option<&Writer<'_>>,
 ) -> Result<Option<ChunkStats>, TaskError> {
     let pipeline = chunk::pipeline(task).map_err(kernel_err(task))?;
-    if pipeline.passes() != info.passes {
+    if !pipeline.chained() && pipeline.passes() != info.passes {
         return Err(contract(
             task,
             format!(
@@ -67,6 +69,7 @@ pub(super) fn run(
                     Ok(Some(ChunkStats {
                         inputs,
                         dots: Vec::new(),
+                        ..Default::default()
                     }))
                 }
                 2 => {
@@ -78,6 +81,7 @@ pub(super) fn run(
                     Ok(Some(ChunkStats {
                         inputs: Vec::new(),
                         dots,
+                        ..Default::default()
                     }))
                 }
                 _ => {
@@ -94,23 +98,24 @@ pub(super) fn run(
                 }
             }
         }
-        Pipeline::RandomRescale | Pipeline::Magnitude | Pipeline::MagnitudeRescale => {
-            gta(task, info, pipeline, loader, out)
+        Pipeline::RandomRescale
+        | Pipeline::Magnitude
+        | Pipeline::MagnitudeRescale
+        | Pipeline::Ranked
+        | Pipeline::RankedRescale => gta(task, info, pipeline, loader, out),
+        Pipeline::Chain => super::chained::model_stock(task, info, loader, out),
+        Pipeline::NuslerpChain => super::chained::nuslerp(task, info, loader, out),
+        Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
+            Err(contract(task, format!("{pipeline:?} has no chunk passes")))
         }
-        Pipeline::Elementwise | Pipeline::Whole => Err(contract(task, format!("{pipeline:?} has no chunk passes"))),
     }
 }
 
 /// The length of the torch summation part a statistics chunk lies in, and the chunk's offset
 /// in it.
-fn sum_part(task: &MergeTask, info: &ChunkInfo, n: usize) -> Result<(usize, usize), TaskError> {
-    let parts = torch_parts(info.tensor_numel as usize, DEFAULT_THREADS);
-    let start = info.start as usize;
-    let part = parts
-        .iter()
-        .find(|p| p.contains(&start) && start + n <= p.end)
-        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
-    Ok((part.len(), start - part.start))
+fn sum_part(task: &MergeTask, info: &ChunkInfo) -> Result<(usize, usize), TaskError> {
+    let (part, range) = super::chained::part_of(task, info)?;
+    Ok((part.len(), range.start - part.start))
 }
 
 /// The task-arithmetic family's statistics and apply passes.
@@ -135,16 +140,46 @@ fn gta(
         .map(|p| loader.open(p.index))
         .collect::<Result<Vec<_>, _>>()?;
     let total = info.tensor_numel;
+    // A DELLA statistics chunk reads the whole ranking blocks around its range (its window).
+    let window = chunk::read_range(task).ok_or_else(|| contract(task, "not a chunk task"))?;
+    let (window_len, skip) = (
+        (window.end - window.start) as usize,
+        (info.start - window.start) as usize,
+    );
+    // DELLA draws (and needs the input's stream) only for `0 < density < 1`.
+    let della = |i: usize, rng: Option<Mt19937>, density: f64, epsilon: f64| -> Result<DellaMask, TaskError> {
+        let rng = match crate::kernels::della::draws(density) {
+            true => rng.ok_or_else(|| err(KernelError::Gta(GtaError::MissingRng(i))))?,
+            false => Mt19937::new(0),
+        };
+        Ok(DellaMask {
+            rng,
+            density,
+            epsilon,
+            rows: opts.rows,
+        })
+    };
     if info.pass >= 1 {
         let mut inputs = vec![InputStats::default(); task.inputs.len()];
         for (p, x) in params.into_iter().zip(&opened) {
             let (i, density, rng) = (p.index, p.density, p.rng);
             let stats = &mut inputs[i];
             match pipeline {
+                Pipeline::RankedRescale if density < 1.0 => {
+                    let mask = della(i, rng, density, p.epsilon)?;
+                    let (part_len, offset) = sum_part(task, info)?;
+                    let kind = chunk::sum_kind(pipeline, task.working_dtype());
+                    let (before, after) = with_precision!(work, P => della_chunk::sums::<P, TaskError>(
+                        kind, part_len, offset, &base, x, window_len, skip, n, &mask
+                    ))?
+                    .map_err(|e| contract(task, e))?;
+                    stats.sums = before.to_floats();
+                    stats.masked_sums = after.to_floats();
+                }
                 Pipeline::RandomRescale if density < 1.0 => {
-                    let rng = rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?;
-                    let (part_len, offset) = sum_part(task, info, n)?;
-                    let kind = chunk::sum_kind(task.working_dtype());
+                    let rng = rng.ok_or_else(|| err(KernelError::Gta(GtaError::MissingRng(i))))?;
+                    let (part_len, offset) = sum_part(task, info)?;
+                    let kind = chunk::sum_kind(pipeline, task.working_dtype());
                     let (before, after) = with_precision!(work, P => gta_masked::random_sums::<P, TaskError>(
                         kind, part_len, offset, n, &base, x, density, rng
                     ))?
@@ -160,8 +195,8 @@ fn gta(
                         .get(i)
                         .ok_or_else(|| contract(task, "missing input"))?;
                     let mask = ChunkMask::new(r.threshold, r.keep_ties);
-                    let (part_len, offset) = sum_part(task, info, n)?;
-                    let kind = chunk::sum_kind(task.working_dtype());
+                    let (part_len, offset) = sum_part(task, info)?;
+                    let kind = chunk::sum_kind(pipeline, task.working_dtype());
                     let (before, after) = with_precision!(work, P => gta_masked::magnitude_sums::<P, TaskError>(
                         kind, part_len, offset, n, &base, x, mask
                     ))?
@@ -193,17 +228,29 @@ fn gta(
         return Ok(Some(ChunkStats {
             inputs,
             dots: Vec::new(),
+            ..Default::default()
         }));
     }
     let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-    let s = received(task, info)?;
+    let none = CombinedStats::default();
+    let s = match pipeline {
+        Pipeline::Ranked => &none,
+        _ => received(task, info)?,
+    };
     let mut masked = Vec::new();
     for (p, x) in params.into_iter().zip(&opened) {
         let (i, weight, density, rng) = (p.index, p.weight, p.density, p.rng);
-        let r = s.inputs.get(i).ok_or_else(|| contract(task, "missing input"))?;
+        let none = InputCombined::default();
+        let r = match pipeline {
+            Pipeline::Ranked => &none,
+            _ => s.inputs.get(i).ok_or_else(|| contract(task, "missing input"))?,
+        };
         let mask = match pipeline {
+            Pipeline::Ranked | Pipeline::RankedRescale if density >= 1.0 => Mask::Keep,
+            Pipeline::Ranked | Pipeline::RankedRescale if density <= 0.0 => Mask::Drop,
+            Pipeline::Ranked | Pipeline::RankedRescale => Mask::Della(Box::new(della(i, rng, density, p.epsilon)?)),
             Pipeline::RandomRescale if density < 1.0 => Mask::Random {
-                rng: Box::new(rng.ok_or_else(|| err(KernelError::Gta(crate::kernels::gta::GtaError::MissingRng(i))))?),
+                rng: Box::new(rng.ok_or_else(|| err(KernelError::Gta(GtaError::MissingRng(i))))?),
                 density,
             },
             Pipeline::Magnitude | Pipeline::MagnitudeRescale if r.keep_none => Mask::Drop,

@@ -1,7 +1,8 @@
 //! Task inputs as working-dtype f32 values, and task outputs encoded and written in pieces.
 
-use super::{InputBytes, TaskIo, storage_dtype};
+use super::{InputBytes, TaskIo};
 use crate::buffers::{Buffer, BufferPool};
+use crate::dtypes::storage_dtype;
 use crate::error::TaskError;
 use crate::kernels::WorkDType;
 use crate::kernels::gta_stream::ChunkSource;
@@ -185,7 +186,7 @@ impl<'a> Loader<'a> {
     /// load (the config's `dtype`), then to the working dtype; both are no-ops when the stored
     /// dtype already is the target, and the working dtype is never narrower.
     pub(super) fn rounding(&self, dtype: Dtype) -> [Option<WorkDType>; 2] {
-        let stored = work_of(dtype);
+        let stored = crate::dtypes::work_of_storage(dtype);
         let mut current = stored;
         let mut rounding = [None; 2];
         if let Some(l) = self.load
@@ -211,15 +212,6 @@ impl<'a> Loader<'a> {
             round_in_place(r, &mut v);
         }
         Ok(v)
-    }
-}
-
-fn work_of(d: Dtype) -> Option<WorkDType> {
-    match d {
-        Dtype::BF16 => Some(WorkDType::Bf16),
-        Dtype::F16 => Some(WorkDType::F16),
-        Dtype::F32 => Some(WorkDType::F32),
-        _ => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Whole-tensor kernels without a streamed or chunked form (model_stock, nearswap, ...): decode
+//! Whole-tensor kernels without a streamed or chunked form (nearswap, nuslerp, ...): decode
 //! every input into an f32 buffer, run the kernel, return the result for the writer.
 
 use super::tensor_io::Loader;
@@ -6,14 +6,14 @@ use super::{boolean, float};
 use crate::buffers::Buffer;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::nuslerp::{self, Vectors};
-use crate::kernels::{arcee_fusion, karcher, model_stock, multislerp, nearswap, passthrough, ram, sce};
+use crate::kernels::{arcee_fusion, karcher, multislerp, nearswap, passthrough, ram, sce};
 use crate::methods::MethodKind;
 use crate::rng::Mt19937;
 use crate::with_precision;
 use shardmerge_proto::v1::MergeTask;
 
 /// The base input and the others in config order.
-fn split_base(task: &MergeTask) -> Result<(usize, Vec<usize>), KernelError> {
+pub(super) fn split_base(task: &MergeTask) -> Result<(usize, Vec<usize>), KernelError> {
     let b = task
         .inputs
         .iter()
@@ -63,20 +63,6 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
     }
     let (b, others) = split_base(task).map_err(kernel_err)?;
     match kind {
-        MethodKind::ModelStock => {
-            let filter_wise = boolean(&task.shared_params, "filter_wise").map_err(kernel_err)?;
-            let row = task
-                .output
-                .as_ref()
-                .and_then(|o| o.shape.last().copied())
-                .unwrap_or(task.numel) as usize;
-            let mut base = loader.load(b)?;
-            let mut loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
-            let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
-            with_precision!(work, P => model_stock::merge::<P>(&mut base, &mut refs, row, filter_wise))
-                .map_err(|e| kernel_err(KernelError::Contract(e.to_string())))?;
-            Ok(base)
-        }
         MethodKind::Ram => {
             let epsilon = float(&task.shared_params, "epsilon").map_err(kernel_err)?;
             let (start, numel) = task

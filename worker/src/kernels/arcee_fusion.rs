@@ -16,9 +16,8 @@
 //! multiplication by `1 / sum`); `log` is f64's rounded to f32 (torch calls MKL's). The output
 //! depends on them only through the mask (see `tests/golden/README.md`).
 
-use super::WorkDType;
 use super::precision::Precision;
-use super::torch_sum::{DEFAULT_THREADS, torch_sum_bf16_threads, torch_sum_f32_threads};
+use super::torch_sum::{DEFAULT_THREADS, torch_sum_rounded};
 use crate::rng::Mt19937;
 use rayon::prelude::*;
 
@@ -107,11 +106,7 @@ fn softmax_eps<P: Precision>(row: &[f32], out: &mut [f32], eps: f32) {
 /// Row sum of a `[rows, len]` tensor along the last dim (`single`: the tensor is one row).
 fn row_sum<P: Precision>(xs: &[f32], single: bool) -> f32 {
     let threads = if single { DEFAULT_THREADS } else { 1 };
-    P::rnd(if P::DTYPE == WorkDType::Bf16 {
-        torch_sum_bf16_threads(xs, |x| x, threads)
-    } else {
-        torch_sum_f32_threads(xs, |x| x, threads)
-    })
+    torch_sum_rounded::<P>(xs, |x| x, threads)
 }
 
 /// The importance of every element (`row` elements per row of the last dim).

@@ -141,26 +141,72 @@ pub fn probabilities<Q: Precision>(delta: &[f32], rows: RankRows, density: f64, 
     // `max r - min r`: the largest rank, rounded like every rank, minus 1.
     let top = Q::rnd(Q::rnd(rows.len as f32 - 1.0) + 1.0);
     let span = Q::rnd(top - 1.0);
+    // The probability depends on the rank alone: one table for every row.
+    let of_rank: Vec<f32> = (0..rows.len)
+        .map(|rank0| {
+            let r = Q::rnd(Q::rnd(rank0 as f32) + 1.0);
+            let rn = Q::rnd(Q::rnd(r - 1.0) / span).clamp(0.0, 1.0);
+            let scaled = Q::rnd(Q::rnd(rn * 2.0) * eps);
+            Q::rnd(base + scaled)
+        })
+        .collect();
     let block = rows.len * rows.inner;
-    p.par_chunks_mut(block)
-        .zip(delta.par_chunks(block))
-        .for_each(|(pb, db)| {
-            let mut order: Vec<u32> = (0..rows.len as u32).collect();
+    p.par_chunks_mut(block).zip(delta.par_chunks(block)).for_each_init(
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(keys, order, tmp), (pb, db)| {
             for i in 0..rows.inner {
-                let key = |j: u32| db[j as usize * rows.inner + i].abs();
-                order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
-                for (rank0, &j) in order.iter().enumerate() {
-                    let r = Q::rnd(Q::rnd(rank0 as f32) + 1.0);
-                    let rn = Q::rnd(Q::rnd(r - 1.0) / span).clamp(0.0, 1.0);
-                    let scaled = Q::rnd(Q::rnd(rn * 2.0) * eps);
-                    pb[j as usize * rows.inner + i] = Q::rnd(base + scaled);
+                keys.clear();
+                keys.extend((0..rows.len).map(|j| magnitude_key(db[j * rows.inner + i])));
+                ascending_order(keys, order, tmp);
+                for (&j, &p) in order.iter().zip(&of_rank) {
+                    pb[j as usize * rows.inner + i] = p;
                 }
             }
-        });
+        },
+    );
     p
 }
 
-/// Words per independently drawn segment (later segments jump ahead to their position).
+/// A key whose unsigned order is the order of `|x|` under `f32::total_cmp` (for `|x|`, with
+/// the sign cleared, that is the order of the bit patterns).
+#[inline(always)]
+fn magnitude_key(x: f32) -> u32 {
+    x.to_bits() & 0x7FFF_FFFF
+}
+
+/// The indices of `keys` in ascending key order, equal keys lowest index first: an LSD radix
+/// sort over the key bytes (stable, so ties keep index order), skipping bytes every key shares
+/// (bf16 magnitudes have two zero low bytes).
+fn ascending_order(keys: &[u32], order: &mut Vec<u32>, tmp: &mut Vec<u32>) {
+    let n = keys.len();
+    order.clear();
+    order.extend(0..n as u32);
+    tmp.resize(n, 0);
+    for shift in [0u32, 8, 16, 24] {
+        let mut count = [0usize; 256];
+        for &k in keys {
+            count[((k >> shift) & 0xFF) as usize] += 1;
+        }
+        if count.contains(&n) {
+            continue;
+        }
+        let mut next = [0usize; 256];
+        let mut sum = 0;
+        for (nx, &c) in next.iter_mut().zip(&count) {
+            *nx = sum;
+            sum += c;
+        }
+        for &j in order.iter() {
+            let d = ((keys[j as usize] >> shift) & 0xFF) as usize;
+            tmp[next[d]] = j;
+            next[d] += 1;
+        }
+        std::mem::swap(order, tmp);
+    }
+}
+
+/// Words per independently drawn segment (later segments jump ahead to their position),
+/// rounded down to whole ranking blocks.
 const RNG_SEGMENT: usize = 1 << 22;
 
 fn magprune_in<Q: Precision>(
@@ -171,27 +217,31 @@ fn magprune_in<Q: Precision>(
     rescale: bool,
     rng: &Mt19937,
 ) {
-    let p = probabilities::<Q>(delta, rows, density, epsilon);
     let before = if rescale { sparsify::l1::<Q>(delta) } else { 0.0 };
-    delta
-        .par_chunks_mut(RNG_SEGMENT)
-        .zip(p.par_chunks(RNG_SEGMENT))
-        .enumerate()
-        .for_each(|(si, (d, p))| {
-            let mut r = rng.clone();
-            if si > 0 {
-                r.jump((si * RNG_SEGMENT) as u64);
+    // Segments of whole ranking blocks: each ranks its own rows (so no whole-tensor table of
+    // probabilities) and draws from its position in the stream.
+    let block = rows.len * rows.inner;
+    let segment = (RNG_SEGMENT / block).max(1) * block;
+    delta.par_chunks_mut(segment).enumerate().for_each(|(si, d)| {
+        let own = RankRows {
+            outer: d.len() / block,
+            ..rows
+        };
+        let p = probabilities::<Q>(d, own, density, epsilon);
+        let mut r = rng.clone();
+        if si > 0 {
+            r.jump((si * segment) as u64);
+        }
+        let mut words = vec![0u32; 1 << 16];
+        for (d, p) in d.chunks_mut(1 << 16).zip(p.chunks(1 << 16)) {
+            let w = &mut words[..d.len()];
+            r.fill_u32(w);
+            for ((x, &pi), &word) in d.iter_mut().zip(p).zip(w.iter()) {
+                let keep = if bernoulli_keep(word, pi) { 1.0 } else { 0.0 };
+                *x = Q::rnd(*x * keep);
             }
-            let mut words = vec![0u32; 1 << 16];
-            for (d, p) in d.chunks_mut(1 << 16).zip(p.chunks(1 << 16)) {
-                let w = &mut words[..d.len()];
-                r.fill_u32(w);
-                for ((x, &pi), &word) in d.iter_mut().zip(p).zip(w.iter()) {
-                    let keep = if bernoulli_keep(word, pi) { 1.0 } else { 0.0 };
-                    *x = Q::rnd(*x * keep);
-                }
-            }
-        });
+        }
+    });
     if rescale {
         rescale_l1::<Q>(delta, before);
     }
@@ -228,6 +278,45 @@ mod tests {
                 inner: 20
             }
         );
+    }
+
+    #[test]
+    fn radix_order_is_the_stable_magnitude_order() {
+        // Magnitudes with many ties (bf16-like and f32), signed zeros, infinities and NaN.
+        let mut z = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            z
+        };
+        for n in [0usize, 1, 2, 300, 2048, 5000] {
+            for bf16_like in [true, false] {
+                let mut xs: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let v = ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
+                        if bf16_like {
+                            crate::kernels::precision::round_bf16(v)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                if n > 10 {
+                    xs[3] = -0.0;
+                    xs[4] = 0.0;
+                    xs[5] = f32::INFINITY;
+                    xs[6] = f32::NAN;
+                    xs[7] = -xs[8];
+                }
+                let mut want: Vec<u32> = (0..n as u32).collect();
+                want.sort_by(|&a, &b| xs[a as usize].abs().total_cmp(&xs[b as usize].abs()).then(a.cmp(&b)));
+                let keys: Vec<u32> = xs.iter().map(|&x| magnitude_key(x)).collect();
+                let (mut order, mut tmp) = (Vec::new(), Vec::new());
+                ascending_order(&keys, &mut order, &mut tmp);
+                assert_eq!(order, want, "n = {n}, bf16-like {bf16_like}");
+            }
+        }
     }
 
     #[test]
@@ -288,5 +377,28 @@ mod tests {
         magprune::<F32>(&mut scaled, rows, 0.4, 0.2, true, &rng).unwrap();
         let l1 = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
         assert!((l1(&scaled) - l1(&d)).abs() / l1(&d) < 1e-5);
+    }
+
+    #[test]
+    fn segments_of_whole_rows_draw_the_one_sequential_stream() {
+        // Three segments whose length (whole rows of 3001) is not RNG_SEGMENT.
+        let rows = RankRows::of_shape(&[3000, 3001]);
+        let n = 3000 * 3001;
+        assert!(n > 2 * RNG_SEGMENT);
+        let d: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 512.0).collect();
+        let rng = Mt19937::at_offset(11, 77);
+        let p = probabilities::<F32>(&d, rows, 0.5, 0.1);
+        let mut words = vec![0u32; n];
+        rng.clone().fill_u32(&mut words);
+        let mut got = d.clone();
+        magprune::<F32>(&mut got, rows, 0.5, 0.1, false, &rng).unwrap();
+        for i in 0..n {
+            let want = if bernoulli_keep(words[i], p[i]) {
+                d[i]
+            } else {
+                d[i] * 0.0
+            };
+            assert_eq!(got[i].to_bits(), want.to_bits(), "element {i}");
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! The task-arithmetic family over one chunk of a tensor whose statistics are already known:
 //! the statistics passes (DARE's L1 partials, TIES' magnitude histograms and, with rescale, its
-//! L1 partials) and the apply pass,
-//! which merges with given masks and rescale factors.
+//! L1 partials; DELLA's are in [`super::della_chunk`]) and the apply pass, which merges with
+//! given masks and rescale factors.
 //!
-//! Together with [`crate::chunk::combine`] these give exactly the bytes of [`super::gta::merge`]
+//! Together with [`crate::chunk::combine()`] these give exactly the bytes of [`super::gta::merge`]
 //! and [`super::gta_stream::merge_streamed`] on the whole tensor: the same deltas, the same
 //! keep bits (DARE's from the random stream at the chunk's own offset; TIES' from the exact
 //! threshold with ties kept lowest index first), the same rescale factors, and the same
-//! combine loop ([`super::gta_stream::combine_pass`]).
+//! combine loop (`gta_stream::combine_pass`).
 
+use super::della_chunk::{self, DellaMask};
 use super::gta::{GtaOptions, GtaVariant};
 use super::gta_chunk::q_rnd;
 use super::gta_stream::{ChunkSource, DRAW_CHUNK, Drawn, Sink, combine_pass, keep_probability};
@@ -40,6 +41,9 @@ pub enum Mask {
         /// Threshold-equal elements this chunk keeps.
         keep_ties: u64,
     },
+    /// DELLA: keep bits from each element's rank in its row and its random word (the chunk is
+    /// made of whole ranking blocks).
+    Della(Box<DellaMask>),
 }
 
 /// One non-base input of [`merge_masked`].
@@ -127,6 +131,7 @@ fn mask_bits<P: Precision, E>(
                 }
             }
         }
+        Mask::Della(mask) => bits = della_chunk::keep_bits::<P, E>(n, base, input.source, mask)?,
         Mask::Magnitude { threshold, keep_ties } => {
             let mut m = ChunkMask::new(*threshold, *keep_ties);
             let mut d = Vec::new();
@@ -144,9 +149,45 @@ fn mask_bits<P: Precision, E>(
     }))
 }
 
-/// The L1 cascade partials of `|delta|` and of `|rnd_P(delta * keep)|` over one chunk, which
-/// is elements `range_start .. range_start + n` of a torch part of `part_len` elements.
-/// `keep(delta, mask)` writes the 1.0/0.0 keep factor of every element of a piece, in order.
+/// The L1 cascade partials of `|delta|` and of `|rnd_P(delta * keep)|` over a range of
+/// elements fed in order: the rescale statistics of every sparsifier's chunks.
+pub(crate) struct L1Pair {
+    before: PartialStream,
+    after: PartialStream,
+    vals: Vec<f32>,
+}
+
+impl L1Pair {
+    /// Over elements `range_start .. range_start + n` of a torch part of `part_len` elements;
+    /// an error for a range not aligned to torch's cascade.
+    pub(crate) fn new(kind: SumKind, part_len: usize, range_start: usize, n: usize) -> Result<Self, String> {
+        Ok(L1Pair {
+            before: PartialStream::new(kind, part_len, range_start, n)?,
+            after: PartialStream::new(kind, part_len, range_start, n)?,
+            vals: Vec::new(),
+        })
+    }
+
+    /// Feeds the next deltas and their 1.0/0.0 keep factors.
+    pub(crate) fn feed<P: Precision>(&mut self, d: &[f32], keep: &[f32]) {
+        self.vals.clear();
+        self.vals.extend(d.iter().map(|v| v.abs()));
+        self.before.feed(&self.vals);
+        self.vals.clear();
+        self.vals
+            .extend(d.iter().zip(keep).map(|(&v, &k)| q_rnd::<P>(v * k).abs()));
+        self.after.feed(&self.vals);
+    }
+
+    /// Both partials (an error if the range was not fed exactly).
+    pub(crate) fn finish(self) -> Result<(SumPartial, SumPartial), String> {
+        Ok((self.before.finish()?, self.after.finish()?))
+    }
+}
+
+/// [`L1Pair`] over one chunk, which is elements `range_start .. range_start + n` of a torch
+/// part of `part_len` elements. `keep(delta, mask)` writes the 1.0/0.0 keep factor of every
+/// element of a piece, in order.
 #[allow(clippy::too_many_arguments)]
 fn l1_sums<P: Precision, E>(
     kind: SumKind,
@@ -157,26 +198,18 @@ fn l1_sums<P: Precision, E>(
     x: &dyn ChunkSource<E>,
     mut keep: impl FnMut(&[f32], &mut [f32]),
 ) -> Result<Result<(SumPartial, SumPartial), String>, E> {
-    let (mut before, mut after) = match (
-        PartialStream::new(kind, part_len, range_start, n),
-        PartialStream::new(kind, part_len, range_start, n),
-    ) {
-        (Ok(b), Ok(a)) => (b, a),
-        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    let mut sums = match L1Pair::new(kind, part_len, range_start, n) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
     };
-    let (mut d, mut m, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut m) = (Vec::new(), Vec::new());
     pieces(n, base, x, |_, b, xv| {
         deltas::<P>(b, xv, &mut d);
         m.resize(d.len(), 0.0);
         keep(&d, &mut m);
-        vals.clear();
-        vals.extend(d.iter().map(|v| v.abs()));
-        before.feed(&vals);
-        vals.clear();
-        vals.extend(d.iter().zip(&m).map(|(&v, &k)| q_rnd::<P>(v * k).abs()));
-        after.feed(&vals);
+        sums.feed::<P>(&d, &m);
     })?;
-    Ok(before.finish().and_then(|b| Ok((b, after.finish()?))))
+    Ok(sums.finish())
 }
 
 /// DARE's statistics pass over one chunk: the L1 cascade partials of `delta` and of the masked

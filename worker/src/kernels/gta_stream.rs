@@ -344,5 +344,4 @@ fn plain_divisor<P: Precision>(weights: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-#[path = "gta_stream_tests.rs"]
 mod tests;

@@ -16,7 +16,7 @@
 //! In bf16 torch takes an f32 0-dim operand at full precision when it is the second operand
 //! of `*` or `/` and rounds it to bf16 when it is the first (hence `rnd(cos|T|)`, `rnd(s)`).
 //! f32 `acos`/`sin` are torch's ([`torch_acos_f32`], [`torch_sin_f32`]), `cos` f64's rounded
-//! (within 1 ulp of MKL's). The f32 `dot` is MKL's `sdot` as far as it was measured ([`sdot`]);
+//! (within 1 ulp of MKL's). The f32 `dot` is MKL's `sdot` ([`sdot`], pinned against torch for every length residue);
 //! the bf16 one is an f64 dot rounded to bf16. See `tests/golden/README.md` for what is exact.
 
 use super::WorkDType;
@@ -26,12 +26,12 @@ use super::torch_trig::{torch_acos_f32, torch_sin_f32};
 use rayon::prelude::*;
 
 /// MKL's single-precision dot product as torch 2.15 calls it on this host (measured against
-/// `torch.dot`): products rounded to f32 and added into 4 accumulators of 4 lanes, one per
-/// vector of each block of 16 elements; leftover whole vectors and then the last `n mod 4`
-/// elements go into the first accumulator's lanes; the accumulators are added in order and the
-/// lanes as `(l0 + l2) + (l1 + l3)`. Fewer than 4 elements are added serially. Exact for every
-/// length that is a multiple of 4 (checked at 32 to 4096); for other lengths >= 4 the
-/// remainder's order is not pinned down (most results agree).
+/// `torch.dot`, see `tests/golden/torch_sdot_vectors.py`): products rounded to f32 and added
+/// into 4 accumulators of 4 lanes, one per vector of each block of 16 elements; 1 to 3 leftover
+/// whole vectors go into accumulators 0, 1, 0 (an 8-element step, then a 4-element one); the
+/// last `n mod 4` elements are added one after another into lane 0 of accumulator 0; then the
+/// accumulators are added in order and the lanes as `(l0 + l2) + (l1 + l3)`. Fewer than 4
+/// elements are added serially.
 pub fn sdot(a: &[f32], b: &[f32]) -> f32 {
     if a.len() < 4 {
         return a.iter().zip(b).fold(0.0f32, |s, (&x, &y)| s + x * y);
@@ -45,10 +45,17 @@ pub fn sdot(a: &[f32], b: &[f32]) -> f32 {
             }
         }
     }
-    for (x, y) in a[blocks..].chunks(4).zip(b[blocks..].chunks(4)) {
-        for (l, v) in acc[0].iter_mut().enumerate().take(x.len()) {
+    let vectors = a.len() / 4 * 4;
+    let leftover = a[blocks..vectors]
+        .chunks_exact(4)
+        .zip(b[blocks..vectors].chunks_exact(4));
+    for ((x, y), j) in leftover.zip([0, 1, 0]) {
+        for (l, v) in acc[j].iter_mut().enumerate() {
             *v += x[l] * y[l];
         }
+    }
+    for (&x, &y) in a[vectors..].iter().zip(&b[vectors..]) {
+        acc[0][0] += x * y;
     }
     let mut v = acc[0];
     for lanes in &acc[1..] {
@@ -192,6 +199,97 @@ mod tests {
         let mut xs: Vec<&mut [f32]> = vec![&mut a, &mut b];
         merge::<Bf16>(&mut xs, 10, 1e-5);
         assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), [0, 0]);
+    }
+
+    /// splitmix64 of element `i` (the generator of tests/golden/torch_sum_vectors.py).
+    fn mix(seed: u64, i: usize) -> u64 {
+        let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `gen_a` (seed 1) and `gen_c` (seed 3) of torch_sum_vectors.py.
+    fn vector(n: usize, seed: u64) -> Vec<f32> {
+        let (shift, mask, bias) = if seed == 1 { (40, 15, 40) } else { (53, 7, 24) };
+        (0..n)
+            .map(|i| mix(seed, i))
+            .map(|z| {
+                let x = (z >> shift) as f32 * 2f32.powi(((z >> 8) & mask) as i32 - bias);
+                if z & 1 == 1 { -x } else { x }
+            })
+            .collect()
+    }
+
+    /// torch 2.15.0's `torch.dot(gen_a(n), gen_c(n))` (f32 bits), printed by
+    /// `tests/golden/torch_sdot_vectors.py`.
+    #[rustfmt::skip]
+    const SDOT: &[(usize, u32)] = &[
+        (1, 0x38837139),
+        (2, 0x38942707),
+        (3, 0x3891c5b9),
+        (4, 0x3891e6d4),
+        (5, 0x3891e0ae),
+        (6, 0x3890e85c),
+        (7, 0x3828bdbe),
+        (8, 0x382846be),
+        (9, 0x39398985),
+        (10, 0x393af297),
+        (11, 0x38e56a16),
+        (12, 0x38e1f7fd),
+        (13, 0x3928e284),
+        (14, 0x3928b4ee),
+        (15, 0x3929f526),
+        (16, 0x3927d29b),
+        (17, 0x390e92ef),
+        (18, 0x390ee95d),
+        (19, 0x391673f3),
+        (20, 0x39124b3a),
+        (21, 0x391266e6),
+        (22, 0x3912681e),
+        (23, 0x393ce5be),
+        (24, 0x393c8577),
+        (25, 0x3925ad11),
+        (26, 0x3925b7fb),
+        (27, 0x3925b717),
+        (28, 0x39260f3f),
+        (29, 0x3942c7c1),
+        (30, 0x395e9bad),
+        (31, 0x395e9a03),
+        (32, 0x395ce70d),
+        (33, 0x3961b4af),
+        (34, 0x3961cded),
+        (35, 0x39638a2b),
+        (36, 0x3a2bd7a0),
+        (37, 0x3a2bd7a8),
+        (38, 0x3a2bd3a6),
+        (39, 0x3a2d103a),
+        (40, 0x3a2d142e),
+        (41, 0x3a246f02),
+        (42, 0x3a2440fa),
+        (43, 0x3a244652),
+        (44, 0x3a9a0940),
+        (45, 0x3a9a093c),
+        (46, 0x3a925829),
+        (47, 0x3a912efb),
+        (48, 0x3a8e65dd),
+        (49, 0x3a8e65cd),
+        (61, 0x3a47e7d0),
+        (62, 0x3a47e762),
+        (63, 0xbb910b1e),
+        (100, 0xbbb6ca72),
+        (1021, 0xbc8e53c8),
+        (1022, 0xbc8e5484),
+        (1023, 0xbc8df510),
+        (4099, 0xbcd9c7c6),
+    ];
+
+    #[test]
+    fn sdot_matches_torch_for_every_length_residue() {
+        for &(n, want) in SDOT {
+            let got = sdot(&vector(n, 1), &vector(n, 3));
+            assert_eq!(got.to_bits(), want, "n = {n}: {got} vs {}", f32::from_bits(want));
+        }
     }
 
     #[test]

@@ -448,5 +448,4 @@ pub fn whole_tensor_masks(deltas: &[f32], k: u64) -> Vec<ChunkMask> {
 }
 
 #[cfg(test)]
-#[path = "magnitude_select_tests.rs"]
 mod tests;

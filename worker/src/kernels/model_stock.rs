@@ -16,8 +16,8 @@
 
 use super::precision::Precision;
 use super::torch_norm::torch_vector_norm_f32;
-use super::torch_sum::{torch_sum_bf16_threads, torch_sum_f32_threads};
-use super::{WorkDType, torch_sum::DEFAULT_THREADS};
+use super::torch_sum::DEFAULT_THREADS;
+use super::torch_sum::{torch_sum_f32_threads, torch_sum_rounded};
 use rayon::prelude::*;
 
 /// Why model_stock cannot merge.
@@ -34,28 +34,38 @@ pub enum ModelStockError {
 /// `sum(x)` of a contiguous tensor of precision `P`, rounded to `P`, as torch sums it with
 /// `threads` threads.
 fn sum<P: Precision>(xs: &[f32], threads: usize) -> f32 {
-    if P::DTYPE == WorkDType::Bf16 {
-        P::rnd(torch_sum_bf16_threads(xs, |x| x, threads))
-    } else {
-        P::rnd(torch_sum_f32_threads(xs, |x| x, threads))
-    }
+    torch_sum_rounded::<P>(xs, |x| x, threads)
 }
 
 /// The interpolation ratio `t` of one row of task vectors `d` (`d[i]` the row of model `i`).
-fn ratio<P: Precision>(d: &[&[f32]], threads: usize, outer_mean: bool) -> f32 {
+pub(crate) fn ratio<P: Precision>(d: &[&[f32]], threads: usize, outer_mean: bool) -> f32 {
     let n = d.len();
     let norms: Vec<f32> = d.iter().map(|x| P::rnd(torch_vector_norm_f32(x))).collect();
-    let floor = P::rnd(1e-6);
-    let mut cos = Vec::with_capacity(n * (n - 1) / 2);
+    let mut dots = Vec::with_capacity(n * (n - 1) / 2);
     let mut prod = vec![0.0f32; d[0].len()];
     for i in 0..n {
         for j in i + 1..n {
             for ((p, &a), &b) in prod.iter_mut().zip(d[i]).zip(d[j]) {
                 *p = P::rnd(a * b);
             }
-            let dot = sum::<P>(&prod, threads);
+            dots.push(sum::<P>(&prod, threads));
+        }
+    }
+    ratio_from::<P>(&norms, &dots, outer_mean)
+}
+
+/// The ratio `t` from the task vectors' norms (rounded to `P`) and the dot products
+/// `rnd(sum rnd(d_i d_j))` of every pair `i < j`, in order.
+pub(crate) fn ratio_from<P: Precision>(norms: &[f32], dots: &[f32], outer_mean: bool) -> f32 {
+    let n = norms.len();
+    let floor = P::rnd(1e-6);
+    let mut cos = Vec::with_capacity(dots.len());
+    let mut pair = 0;
+    for i in 0..n {
+        for j in i + 1..n {
             let np = P::rnd(norms[i] * norms[j]).max(floor);
-            cos.push(P::rnd(dot / np).clamp(-1.0, 1.0));
+            cos.push(P::rnd(dots[pair] / np).clamp(-1.0, 1.0));
+            pair += 1;
         }
     }
     // The mean over the stacked pairs: a 1-D sum for one vector, a serial reduction along dim 0

@@ -15,10 +15,9 @@
 //! `cos` is f64's rounded to f32 (torch uses MKL's; within 1 ulp, see the module tests), `sin`
 //! torch's f32 [`torch_sin_f32`].
 
-use super::WorkDType;
 use super::precision::Precision;
 use super::torch_norm::torch_vector_norm_f32;
-use super::torch_sum::{torch_sum_bf16_threads, torch_sum_f32_threads};
+use super::torch_sum::torch_sum_rounded;
 use super::torch_trig::torch_sin_f32;
 use rayon::prelude::*;
 
@@ -34,7 +33,7 @@ pub enum MultislerpError {
 
 /// A short 1-D sum (a handful of weights): torch's cascade of scalars is a plain left fold.
 fn sum_small<P: Precision>(v: &[f32]) -> f32 {
-    P::rnd(torch_sum_f32_threads(v, |x| x, 1))
+    torch_sum_rounded::<P>(v, |x| x, 1)
 }
 
 /// Merges the non-base inputs `xs` (at least two; `xs[0]` is overwritten with the result, the
@@ -132,11 +131,7 @@ pub fn merge<P: Precision>(
 /// Sum along the last dim of one row of the stacked `[k, n]` tensor (one of several outputs:
 /// torch parallelises over the rows, so each row is one serial cascade).
 fn sum_rows<P: Precision>(v: &[f32]) -> f32 {
-    P::rnd(if P::DTYPE == WorkDType::Bf16 {
-        torch_sum_bf16_threads(v, |x| x, 1)
-    } else {
-        torch_sum_f32_threads(v, |x| x, 1)
-    })
+    torch_sum_rounded::<P>(v, |x| x, 1)
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@
 //! rest (established against torch 2.15 on [32, 48] and other shapes). `acos`/`sin` are torch's f32 (MKL) functions; for bf16 they are
 //! rounded from f32 (torch computes bf16 trig in f32 too).
 
-use super::WorkDType;
 use super::precision::Precision;
+use super::stream_ops::combine_rnd;
 use super::torch_norm::{torch_norm_of_parts_batched_f32, torch_vector_norm_f32};
-use super::torch_sum::{DEFAULT_THREADS, torch_sum_bf16_threads, torch_sum_f32_threads};
+use super::torch_sum::{DEFAULT_THREADS, torch_sum_rounded};
 use super::torch_trig::{torch_acos_f32, torch_sin_f32};
 use rayon::prelude::*;
 
@@ -110,11 +110,69 @@ pub(crate) fn interleaved_cascade(xs: &[f32]) -> f32 {
 /// 8 f32 lanes; the outputs after the last full group are summed by `row_sum`.
 pub(crate) const OUTER_GROUP: usize = 32;
 
-struct Reduce {
-    strided: bool,
+pub(crate) struct Reduce {
+    pub(crate) strided: bool,
     /// For a strided run: this output is past the last full [`OUTER_GROUP`].
-    tail: bool,
-    threads: usize,
+    pub(crate) tail: bool,
+    pub(crate) threads: usize,
+}
+
+/// A contiguous row of its own (no strided reduction, one thread).
+pub(crate) const ROW: Reduce = Reduce {
+    strided: false,
+    tail: false,
+    threads: 1,
+};
+
+/// How a pair of vectors is combined once their cosine is known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Coefficients {
+    /// `rnd(rnd(sf a) + rnd(tf b))`.
+    Collinear { sf: f32, tf: f32 },
+    /// `rnd(rnd(rnd(ca a) + rnd(cb b)) / sin_theta)`.
+    Spherical { ca: f32, cb: f32, sin_theta: f32 },
+}
+
+impl Coefficients {
+    /// The coefficients for cosine `c` (already clamped) at `t`.
+    pub(crate) fn of<P: Precision>(c: f32, t: f64) -> Coefficients {
+        let collinear = P::rnd(1.0 - P::rnd(c * c)) <= 1e-16;
+        let (tf, sf) = (t as f32, (1.0 - t) as f32);
+        if collinear {
+            return Coefficients::Collinear { sf, tf };
+        }
+        let theta = P::rnd(torch_acos_f32(c));
+        Coefficients::Spherical {
+            sin_theta: P::rnd(torch_sin_f32(theta)),
+            ca: P::rnd(torch_sin_f32(P::rnd(sf * theta))),
+            cb: P::rnd(torch_sin_f32(P::rnd(tf * theta))),
+        }
+    }
+
+    /// The wire form chunk tasks receive: `[0, sf, tf]` or `[1, sin_theta, ca, cb]`.
+    pub(crate) fn to_floats(self) -> Vec<f32> {
+        match self {
+            Coefficients::Collinear { sf, tf } => vec![0.0, sf, tf],
+            Coefficients::Spherical { ca, cb, sin_theta } => vec![1.0, sin_theta, ca, cb],
+        }
+    }
+
+    /// The coefficients from [`Coefficients::to_floats`]; `None` for another shape.
+    pub(crate) fn from_floats(v: &[f32]) -> Option<Coefficients> {
+        match *v {
+            [0.0, sf, tf] => Some(Coefficients::Collinear { sf, tf }),
+            [1.0, sin_theta, ca, cb] => Some(Coefficients::Spherical { ca, cb, sin_theta }),
+            _ => None,
+        }
+    }
+
+    /// `a = combine(a, b)` elementwise.
+    pub(crate) fn apply<P: Precision>(self, a: &mut [f32], b: &[f32]) {
+        match self {
+            Coefficients::Collinear { sf, tf } => combine_rnd::<P>(a, b, sf, tf, None),
+            Coefficients::Spherical { ca, cb, sin_theta } => combine_rnd::<P>(a, b, ca, cb, Some(sin_theta)),
+        }
+    }
 }
 
 impl Reduce {
@@ -131,16 +189,14 @@ impl Reduce {
             interleaved_cascade(v)
         } else if self.strided {
             outer_cascade(v)
-        } else if P::DTYPE == WorkDType::Bf16 {
-            torch_sum_bf16_threads(v, |x| x, self.threads)
         } else {
-            torch_sum_f32_threads(v, |x| x, self.threads)
+            torch_sum_rounded::<P>(v, |x| x, self.threads)
         })
     }
 }
 
 /// Interpolates one pair of vectors `v0`, `v1` (overwriting `v0` with the result).
-fn slerp_vector<P: Precision>(v0: &mut [f32], v1: &[f32], t: f64, red: &Reduce) {
+pub(crate) fn slerp_vector<P: Precision>(v0: &mut [f32], v1: &[f32], t: f64, red: &Reduce) {
     let floor = P::rnd(1e-7);
     let n0 = red.norm::<P>(v0).max(floor);
     let n1 = red.norm::<P>(v1).max(floor);
@@ -150,21 +206,7 @@ fn slerp_vector<P: Precision>(v0: &mut [f32], v1: &[f32], t: f64, red: &Reduce) 
         .map(|(&a, &b)| P::rnd(P::rnd(a / n0) * P::rnd(b / n1)))
         .collect();
     let c = red.sum::<P>(&prod).clamp(-1.0, 1.0);
-    let collinear = P::rnd(1.0 - P::rnd(c * c)) <= 1e-16;
-    let (tf, sf) = (t as f32, (1.0 - t) as f32);
-    if collinear {
-        for (a, &b) in v0.iter_mut().zip(v1) {
-            *a = P::rnd(P::rnd(sf * *a) + P::rnd(tf * b));
-        }
-        return;
-    }
-    let theta = P::rnd(torch_acos_f32(c));
-    let sin_theta = P::rnd(torch_sin_f32(theta));
-    let ca = P::rnd(torch_sin_f32(P::rnd(sf * theta)));
-    let cb = P::rnd(torch_sin_f32(P::rnd(tf * theta)));
-    for (a, &b) in v0.iter_mut().zip(v1) {
-        *a = P::rnd(P::rnd(P::rnd(ca * *a) + P::rnd(cb * b)) / sin_theta);
-    }
+    Coefficients::of::<P>(c, t).apply::<P>(v0, v1);
 }
 
 /// Merges: `x0`, `x1` the two non-base inputs (config order; `x0` is overwritten with the

@@ -178,15 +178,7 @@ mod tests {
     use crate::kernels::slerp::slerp;
     use std::sync::Mutex;
 
-    struct Src(Vec<f32>);
-
-    impl ChunkSource<String> for Src {
-        fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
-            let v = self.0.get(start..start + out.len()).ok_or("out of range")?;
-            out.copy_from_slice(v);
-            Ok(())
-        }
-    }
+    use crate::kernels::stream_ops::VecSource as Src;
 
     /// Deterministic pseudo-random values of precision `P`, `b` correlated with `a` by `mix`.
     fn inputs<P: Precision>(n: usize, mix: f32) -> (Vec<f32>, Vec<f32>) {

@@ -5,7 +5,7 @@
 
 use super::magnitude_select::{self, Plan, WHOLE_SEGMENT};
 use super::precision::{Precision, round_bf16};
-use super::torch_sum::{torch_sum_bf16, torch_sum_f32};
+use super::torch_sum::{DEFAULT_THREADS, torch_combine_bf16, torch_combine_f16, torch_combine_f32, torch_sum_rounded};
 use crate::rng::{Mt19937, bernoulli_keep};
 use rayon::prelude::*;
 
@@ -121,11 +121,7 @@ fn random_segmented<P: Precision>(delta: &mut [f32], density: f64, rescale: bool
 
 /// Sum of `|x|` over a tensor of precision `P`, in torch's CPU summation order, rounded to `P`.
 pub(crate) fn l1<P: Precision>(xs: &[f32]) -> f32 {
-    if P::DTYPE == super::WorkDType::F32 {
-        torch_sum_f32(xs, f32::abs)
-    } else {
-        P::rnd(torch_sum_bf16(xs, f32::abs))
-    }
+    torch_sum_rounded::<P>(xs, f32::abs, DEFAULT_THREADS)
 }
 
 /// Elements per independently generated segment of the random stream. Segments after the
@@ -177,6 +173,23 @@ pub(crate) fn rescale_l1<P: Precision>(delta: &mut [f32], before: f32) {
     for d in delta.iter_mut() {
         *d = P::rnd(*d * scale);
     }
+}
+
+/// The factor of [`rescale_l1`] in precision `P` from the serial kernel values of the
+/// [`super::torch_sum::torch_parts`] of `|delta|` (`before`) and of the masked `|delta|`
+/// (`after`) over `n` elements: what a chunked TIES rescale combines its statistics into.
+/// `None` when either norm is below 1e-7 (no rescale).
+pub(crate) fn rescale_factor<P: Precision>(n: usize, before: &[f32], after: &[f32]) -> Option<f32> {
+    let l1 = |partials: &[f32]| match P::DTYPE {
+        super::WorkDType::F32 => torch_combine_f32(n, partials, DEFAULT_THREADS),
+        super::WorkDType::Bf16 => P::rnd(torch_combine_bf16(n, partials, DEFAULT_THREADS)),
+        super::WorkDType::F16 => P::rnd(torch_combine_f16(n, partials, DEFAULT_THREADS)),
+    };
+    let (before, after) = (l1(before), l1(after));
+    if before < RESCALE_EPS || after < RESCALE_EPS {
+        return None;
+    }
+    Some(P::rnd(before / after))
 }
 
 #[cfg(test)]

@@ -50,6 +50,11 @@ fn lastdim_sum_of_squares(xs: &[f32]) -> f32 {
             *a += x * x;
         }
     }
+    finish_sum_of_squares(acc, tail)
+}
+
+/// Folds the lane accumulators and adds the `tail` (fewer than 8 elements) as torch does.
+fn finish_sum_of_squares(acc: [f32; LANES], tail: &[f32]) -> f32 {
     let mut s = acc[1..].iter().fold(acc[0], |s, &a| s + a);
     let unfused = if tail.len() >= TAIL_BLOCK { TAIL_BLOCK } else { 0 };
     let (block, rest) = tail.split_at(unfused);
@@ -72,7 +77,90 @@ pub fn torch_vector_norm_f32(xs: &[f32]) -> f32 {
     lastdim_sum_of_squares(xs).sqrt()
 }
 
-/// The second stage: norm over the per-chunk norms stacked along dim 0 (shape [k,1,1]).
+/// [`torch_vector_norm_f32`] of a vector of known length fed in order, in pieces of any
+/// length: the same single 8-lane accumulator, lane fold and tail, so a kernel can take the
+/// norm of a whole tensor while reading it piece by piece.
+pub struct NormStream {
+    /// Elements read as 8-lane vectors (`8 * floor(total / 8)`).
+    body: usize,
+    total: usize,
+    fed: usize,
+    acc: [f32; LANES],
+    tail: [f32; LANES],
+}
+
+impl NormStream {
+    /// A stream over a vector of `total` elements.
+    pub fn new(total: usize) -> Self {
+        NormStream {
+            body: total / LANES * LANES,
+            total,
+            fed: 0,
+            acc: [0.0; LANES],
+            tail: [0.0; LANES],
+        }
+    }
+
+    /// A stream over a vector of `total` elements that continues from [`NormStream::state`]
+    /// (a chain of statistics passes takes one norm across chunk tasks this way). `None` if
+    /// the state does not fit the vector.
+    pub fn resume(total: usize, fed: usize, acc: &[f32], tail: &[f32]) -> Option<Self> {
+        let mut s = NormStream::new(total);
+        let kept = fed.saturating_sub(s.body);
+        if fed > total || acc.len() != LANES || tail.len() != kept {
+            return None;
+        }
+        s.fed = fed;
+        s.acc.copy_from_slice(acc);
+        s.tail[..kept].copy_from_slice(tail);
+        Some(s)
+    }
+
+    /// Elements fed so far, the lane accumulators, and the tail elements fed so far.
+    pub fn state(&self) -> (usize, &[f32], &[f32]) {
+        (self.fed, &self.acc, &self.tail[..self.fed.saturating_sub(self.body)])
+    }
+
+    /// Adds the next `xs.len()` elements.
+    ///
+    /// # Panics
+    /// If more than `total` elements are fed.
+    #[inline(always)]
+    pub fn feed(&mut self, xs: &[f32]) {
+        assert!(self.fed + xs.len() <= self.total, "fed past the end of the vector");
+        let mut i = 0;
+        // Whole vectors when aligned (the usual case: pieces are multiples of 8).
+        if self.fed.is_multiple_of(LANES) {
+            let whole = (self.body.saturating_sub(self.fed)).min(xs.len()) / LANES * LANES;
+            for v in xs[..whole].chunks_exact(LANES) {
+                for (a, &x) in self.acc.iter_mut().zip(v) {
+                    *a += x * x;
+                }
+            }
+            i = whole;
+            self.fed += whole;
+        }
+        for &x in &xs[i..] {
+            if self.fed < self.body {
+                self.acc[self.fed % LANES] += x * x;
+            } else {
+                self.tail[self.fed - self.body] = x;
+            }
+            self.fed += 1;
+        }
+    }
+
+    /// The norm of the whole vector.
+    ///
+    /// # Panics
+    /// If fewer than `total` elements were fed.
+    pub fn finish(self) -> f32 {
+        assert_eq!(self.fed, self.total, "vector not fully fed");
+        finish_sum_of_squares(self.acc, &self.tail[..self.total - self.body]).sqrt()
+    }
+}
+
+/// The second stage: norm over the per-chunk norms stacked along dim 0 (shape `[k, 1, 1]`).
 ///
 /// torch reduces a `[k, 1, 1]` stack as one contiguous run, so this is
 /// [`torch_vector_norm_f32`] of `parts`. For a `[k, rows, 1]` stack with `rows > 1` use
@@ -299,5 +387,21 @@ mod tests {
         assert!(torch_vector_norm_f32(&[1.0, f32::NAN, 2.0]).is_nan());
         assert_eq!(torch_vector_norm_f32(&[1e30; 10]), f32::INFINITY);
         assert_eq!(torch_norm_of_parts_batched_f32(&[]).to_bits(), 0);
+    }
+
+    #[test]
+    fn a_norm_fed_in_pieces_equals_the_one_shot_norm() {
+        for n in [0, 3, 8, 13, 4099, 100_003] {
+            let a = gen_a(n);
+            let want = torch_vector_norm_f32(&a).to_bits();
+            // Aligned pieces, odd pieces (lanes continue across pieces) and one at a time.
+            for piece in [1usize << 12, 7, 1] {
+                let mut s = NormStream::new(n);
+                for p in a.chunks(piece) {
+                    s.feed(p);
+                }
+                assert_eq!(s.finish().to_bits(), want, "n = {n}, pieces of {piece}");
+            }
+        }
     }
 }

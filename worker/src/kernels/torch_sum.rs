@@ -272,6 +272,45 @@ pub fn torch_sum_bf16_threads(xs: &[f32], f: impl Fn(f32) -> f32 + Sync, threads
     reduce::<Bf16Vec>(xs, &f, threads, round_bf16)
 }
 
+/// The f32 accumulator value torch produces when summing a contiguous float16 tensor (values
+/// given as f32), before the final rounding to f16. torch loads float16 vectors exactly as
+/// bfloat16 ones (16 elements widened to two f32 halves added lane-wise); only the per-thread
+/// partials are stored as f16 instead of bf16 (`torch.get_num_threads() == threads`).
+pub fn torch_sum_f16_threads(xs: &[f32], f: impl Fn(f32) -> f32 + Sync, threads: usize) -> f32 {
+    reduce::<Bf16Vec>(xs, &f, threads, super::precision::round_f16)
+}
+
+/// torch's `sum(f(x))` of a contiguous tensor of working precision `P` with `threads` intra-op
+/// threads, rounded to `P` (the value torch returns): the float32, bfloat16 or float16 path.
+pub fn torch_sum_rounded<P: super::precision::Precision>(
+    xs: &[f32],
+    f: impl Fn(f32) -> f32 + Sync,
+    threads: usize,
+) -> f32 {
+    match P::DTYPE {
+        super::WorkDType::F32 => torch_sum_f32_threads(xs, f, threads),
+        super::WorkDType::Bf16 => P::rnd(torch_sum_bf16_threads(xs, f, threads)),
+        super::WorkDType::F16 => P::rnd(torch_sum_f16_threads(xs, f, threads)),
+    }
+}
+
+/// [`torch_sum_rounded`] from the serial kernel values of the [`torch_parts`] of `n` elements
+/// (each part summed with the load of `P`'s dtype, e.g. by a
+/// [`super::torch_sum_stream::TorchSumStream`]).
+pub fn torch_combine_rounded<P: super::precision::Precision>(n: usize, partials: &[f32], threads: usize) -> f32 {
+    match P::DTYPE {
+        super::WorkDType::F32 => torch_combine_f32(n, partials, threads),
+        super::WorkDType::Bf16 => P::rnd(torch_combine_bf16(n, partials, threads)),
+        super::WorkDType::F16 => P::rnd(torch_combine_f16(n, partials, threads)),
+    }
+}
+
+/// [`torch_sum_f16_threads`] from the serial kernel values of its [`torch_parts`] (which are
+/// the bf16 load's kernel values: the loads are the same).
+pub fn torch_combine_f16(n: usize, partials: &[f32], threads: usize) -> f32 {
+    combine::<Bf16Vec>(n, partials, threads, super::precision::round_f16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +433,47 @@ mod tests {
     fn matches_torch_with_other_thread_counts() {
         for &(n, threads, want) in THREADED {
             check(n, threads, want);
+        }
+    }
+
+    /// float16-exact inputs below 2^-6 (`gen_c` in the script): `(m >> 53) * 2^(e - 24)`.
+    fn gen_c(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| mix(3, i))
+            .map(|z| signed(z, (z >> 53) as f32, ((z >> 8) & 7) as i32 - 24))
+            .collect()
+    }
+
+    /// torch 2.15.0's float16 `c.sum()` and `c.abs().sum()` (f16 bits) for `(n, threads)`,
+    /// printed by `tests/golden/torch_sum_vectors.py --f16`.
+    #[rustfmt::skip]
+    const F16: &[(usize, usize, [u16; 2])] = &[
+        (1, 2, [0x9740, 0x1740]), (7, 2, [0xa305, 0x239c]), (16, 2, [0xa159, 0x275f]),
+        (17, 2, [0xa0bd, 0x27ad]), (129, 2, [0xa8e9, 0x341c]), (1000, 2, [0x9499, 0x3f94]),
+        (4099, 2, [0xb4a8, 0x47b3]), (32767, 2, [0x3a99, 0x53e8]), (32768, 2, [0x3a94, 0x53e8]),
+        (32769, 2, [0x3a97, 0x53e8]), (65536, 2, [0x3bcd, 0x57ed]), (65541, 2, [0x3bce, 0x57ed]),
+        (100003, 2, [0x3e5c, 0x5a0f]), (1048593, 2, [0x443b, 0x67fa]),
+        (32769, 1, [0x3a96, 0x53e8]), (100003, 1, [0x3e5b, 0x5a0f]), (65541, 3, [0x3bce, 0x57ee]),
+        (100003, 3, [0x3e5c, 0x5a10]), (1048593, 4, [0x443c, 0x67f9]),
+    ];
+
+    #[test]
+    fn float16_sums_match_torch() {
+        let to_f16 = |x: f32| half::f16::from_f32(x).to_bits();
+        for &(n, threads, want) in F16 {
+            let c = gen_c(n);
+            assert!(c.iter().all(|&x| half::f16::from_f32(x).to_f32() == x));
+            let got = [
+                to_f16(torch_sum_f16_threads(&c, |x| x, threads)),
+                to_f16(torch_sum_f16_threads(&c, f32::abs, threads)),
+            ];
+            assert_eq!(got, want, "n = {n}, threads = {threads}");
+            let parts = torch_parts(n, threads);
+            let partials: Vec<f32> = parts
+                .iter()
+                .map(|r| kernel::<Bf16Vec>(&c[r.clone()], &f32::abs))
+                .collect();
+            assert_eq!(to_f16(torch_combine_f16(n, &partials, threads)), want[1]);
         }
     }
 

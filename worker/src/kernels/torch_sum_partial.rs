@@ -487,10 +487,8 @@ pub fn ranges(kind: SumKind, part_len: usize, target: usize) -> Vec<Range<usize>
         .collect()
 }
 
-#[path = "torch_sum_partial_wire.rs"]
 mod wire;
 use wire::HEADER;
 
 #[cfg(test)]
-#[path = "torch_sum_partial_tests.rs"]
 mod tests;

@@ -16,6 +16,17 @@ pub enum SumKind {
     Bf16,
 }
 
+impl SumKind {
+    /// The load torch uses to sum a tensor of working dtype `work` (f16 loads as bf16 does).
+    pub fn of(work: super::WorkDType) -> SumKind {
+        if work == super::WorkDType::F32 {
+            SumKind::F32
+        } else {
+            SumKind::Bf16
+        }
+    }
+}
+
 /// Longest ILP row of any load kind (bf16: 4 vectors of 16 elements).
 const MAX_ROW: usize = 64;
 

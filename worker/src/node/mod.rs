@@ -19,7 +19,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// Worker settings.
+/// Everything a worker process is configured with (`shardmerge worker` flags), taken by
+/// [`run_worker`] as one value.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// Coordinator URL, e.g. `http://127.0.0.1:7070`.

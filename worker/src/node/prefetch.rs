@@ -56,7 +56,13 @@ impl Prefetch {
         let mut tasks: Vec<Vec<(Location, TensorSource, oneshot::Sender<Fetched>)>> = Vec::new();
         for (t, task) in unit.tasks.iter().enumerate() {
             let mut reads = Vec::new();
-            for src in task.inputs.iter().filter_map(|i| i.source.as_ref()) {
+            // Vocabulary-aligned inputs read the stored rows their runs name, directly.
+            for src in task
+                .inputs
+                .iter()
+                .filter(|i| i.rows.is_empty())
+                .filter_map(|i| i.source.as_ref())
+            {
                 let Ok(loc @ Location::S3 { .. }) = Location::parse(&src.uri) else {
                     continue;
                 };

@@ -2,7 +2,7 @@
 //! multipart parts.
 //!
 //! Inputs may be local files (mapped per tensor) or objects in S3 (concurrent ranged GETs,
-//! fetched ahead of the tasks that read them by [`Prefetch`]);
+//! fetched ahead of the tasks that read them by `prefetch::Prefetch`);
 //! to S3 the output range is assembled in memory part by part, and each part is uploaded as soon
 //! as the tasks below its end are done (while later tasks compute); to a local upload the tasks
 //! write in place and the unit syncs once at its end. Either way the shard becomes visible only
@@ -48,7 +48,7 @@ fn storage_err(e: StorageError) -> UnitError {
 /// What a finished unit did.
 #[derive(Debug, Default)]
 pub struct UnitOutcome {
-    /// Uploaded parts.
+    /// The multipart parts the unit uploaded (number, etag, size), for its report.
     pub parts: Vec<PartResult>,
     /// Input bytes read.
     pub bytes_read: u64,
@@ -165,6 +165,7 @@ pub fn planned_memory(unit: &WorkUnit, window: u64) -> u64 {
         .flat_map(|t| {
             t.inputs
                 .iter()
+                .filter(|i| i.rows.is_empty())
                 .filter_map(|i| i.source.as_ref())
                 .filter(|s| s.uri.starts_with("s3://"))
                 .map(|s| crate::chunk::input_range(t, s).1)

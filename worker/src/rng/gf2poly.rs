@@ -281,6 +281,7 @@ impl Modulus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::splitmix;
 
     /// Schoolbook `x^n mod phi`, one multiplication by `x` at a time.
     fn naive_pow_x(phi: &[u64], n: u64) -> Vec<u64> {
@@ -301,14 +302,6 @@ mod tests {
             }
         }
         g
-    }
-
-    fn splitmix(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     #[test]

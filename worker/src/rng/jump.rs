@@ -97,6 +97,7 @@ pub(crate) fn jump(g: &mut Mt19937, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::splitmix;
 
     /// Advances sequentially (generate and discard), the reference for jumps.
     fn advance_sequential(g: &mut Mt19937, mut n: u64) {
@@ -112,14 +113,6 @@ mod tests {
         let mut v = vec![0u32; n];
         g.fill_u32(&mut v);
         v
-    }
-
-    fn splitmix(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     #[test]

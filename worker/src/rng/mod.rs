@@ -47,6 +47,17 @@ pub fn bernoulli_keep(word: u32, p: f32) -> bool {
     ((word & 0x00FF_FFFF) as f32 * SCALE) < p
 }
 
+/// SplitMix64: a small seeded source of test inputs (offsets, polynomials) for the rng tests;
+/// not related to torch's generator.
+#[cfg(test)]
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

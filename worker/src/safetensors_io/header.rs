@@ -346,19 +346,7 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A file image: length prefix, `json`, then `data_len` zero bytes.
-    fn image(json: &str, data_len: usize) -> Vec<u8> {
-        let mut out = (json.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(json.as_bytes());
-        out.resize(out.len() + data_len, 0);
-        out
-    }
-
-    fn parse(json: &str, data_len: usize) -> Result<Header, HeaderError> {
-        let bytes = image(json, data_len);
-        parse_header(&bytes, Some(bytes.len() as u64))
-    }
+    use crate::safetensors_io::tests::{image, parse};
 
     #[test]
     fn parses_tensors_in_offset_order_with_absolute_offsets() {

@@ -14,6 +14,7 @@ mod header;
 mod header_writer;
 mod mapped;
 mod model_dir;
+mod side_files;
 
 #[cfg(test)]
 mod tests;
@@ -26,3 +27,7 @@ pub use mapped::MappedFile;
 pub use model_dir::{CONFIG_FILE, INDEX_FILE, LocatedTensor, ModelDir, PICKLE_FILES, SINGLE_FILE, ShardIndex};
 /// Element types, as the `safetensors` crate defines and orders them.
 pub use safetensors::Dtype;
+pub use side_files::{
+    CHAT_TEMPLATE, MAX_SIDE_FILE_LEN, SENTENCEPIECE_MODEL, SideFile, SideFiles, TEXT_SIDE_FILES, TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+};

@@ -17,12 +17,13 @@ use serde_json::Value;
 
 use super::error::{MAX_HEADER_LEN, SafetensorsError};
 use super::header::{Header, TensorInfo, read_header};
+use super::side_files::SideFiles;
 
 /// Single-file safetensors weights.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// Index of sharded safetensors weights.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
-/// Model configuration.
+/// The Hugging Face model configuration (architecture, sizes, dtype).
 pub const CONFIG_FILE: &str = "config.json";
 /// Pickle weights files, which are refused rather than read.
 pub const PICKLE_FILES: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
@@ -50,10 +51,12 @@ pub struct ModelDir {
     pub tensors: IndexMap<String, LocatedTensor>,
     /// The safetensors files, in order of first use by `tensors`.
     pub shards: Vec<PathBuf>,
+    /// The tokenizer files beside the weights (see [`SideFiles`]).
+    pub side: SideFiles,
 }
 
 impl ModelDir {
-    /// Reads `config.json` and the headers of every weights file under `root`.
+    /// Reads `config.json`, the headers of every weights file and the side files under `root`.
     pub fn open(root: &Path) -> Result<ModelDir, SafetensorsError> {
         if !root.is_dir() {
             return Err(SafetensorsError::NotADirectory { path: root.to_owned() });
@@ -80,6 +83,7 @@ impl ModelDir {
             config,
             tensors,
             shards,
+            side: SideFiles::read_local(root),
         })
     }
 
@@ -93,7 +97,8 @@ type Located = (IndexMap<String, LocatedTensor>, Vec<PathBuf>);
 
 impl ModelDir {
     /// A model directory whose single weights file `file` has `header` (for readers that fetch
-    /// the header themselves, e.g. over the network). `root` and `file` may hold URIs.
+    /// the header themselves, e.g. over the network). `root` and `file` may hold URIs; the
+    /// side files are left for the reader to fill in.
     pub fn from_single_file(root: PathBuf, config: Option<Value>, file: PathBuf, header: Header) -> ModelDir {
         let (tensors, shards) = located_single(file, header);
         ModelDir {
@@ -101,6 +106,7 @@ impl ModelDir {
             config,
             tensors,
             shards,
+            side: SideFiles::default(),
         }
     }
 }
@@ -170,7 +176,8 @@ impl ShardIndex {
     }
 
     /// Builds the model directory from the shards' `files` (`root` joined with each of
-    /// [`ShardIndex::shards`]) and their `headers`, both in the order of `shards`.
+    /// [`ShardIndex::shards`]) and their `headers`, both in the order of `shards` (side files
+    /// left for the reader to fill in).
     ///
     /// # Panics
     ///
@@ -208,6 +215,7 @@ impl ShardIndex {
             config,
             tensors,
             shards: files,
+            side: SideFiles::default(),
         })
     }
 }

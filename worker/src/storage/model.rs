@@ -14,14 +14,16 @@ use super::error::StorageError;
 use super::location::Location;
 use super::store::Storage;
 use crate::safetensors_io::{
-    CONFIG_FILE, Header, HeaderError, INDEX_FILE, LEN_PREFIX, MAX_HEADER_LEN, ModelDir, PICKLE_FILES, SINGLE_FILE,
-    SafetensorsError, ShardIndex, parse_header,
+    CONFIG_FILE, Header, HeaderError, INDEX_FILE, LEN_PREFIX, MAX_HEADER_LEN, MAX_SIDE_FILE_LEN, ModelDir,
+    PICKLE_FILES, SENTENCEPIECE_MODEL, SINGLE_FILE, SafetensorsError, ShardIndex, SideFile, SideFiles, TEXT_SIDE_FILES,
+    parse_header,
 };
 
 /// JSON files (config, index) larger than this are refused, as [`ModelDir::open`] does.
 const MAX_JSON_LEN: u64 = MAX_HEADER_LEN;
 
-/// Reads `config.json` and every safetensors header of the model directory at `root`.
+/// Reads `config.json`, every safetensors header and the side files (tokenizer files, see
+/// [`SideFiles`]) of the model directory at `root`.
 ///
 /// Tensor data is never read. Errors: [`StorageError::Model`] for anything wrong with the
 /// model (no weights, corrupt header, bad index, missing shard: each naming the file's URI),
@@ -50,6 +52,23 @@ pub async fn open_model_dir(storage: &Storage, root: &Location) -> Result<ModelD
     } else {
         None
     };
+    let (mut dir, side) = futures::try_join!(
+        open_weights(storage, root, config, has_index, has_single),
+        read_side_files(storage, root)
+    )?;
+    dir.side = side;
+    Ok(dir)
+}
+
+/// The weights' headers (the index wins over a single file, as in mergekit).
+async fn open_weights(
+    storage: &Storage,
+    root: &Location,
+    config: Option<Value>,
+    has_index: bool,
+    has_single: bool,
+) -> Result<ModelDir, StorageError> {
+    let (index_loc, single_loc) = (root.join(INDEX_FILE), root.join(SINGLE_FILE));
     if has_index {
         let json = read_json(storage, &index_loc).await?;
         let index = ShardIndex::parse(index_loc.to_path_buf(), &json)?;
@@ -84,6 +103,33 @@ pub async fn open_model_dir(storage: &Storage, root: &Location) -> Result<ModelD
         dir: root.to_path_buf(),
     }
     .into())
+}
+
+/// The side files present under `root`: the text ones read (up to [`MAX_SIDE_FILE_LEN`]), a
+/// SentencePiece model only noted. Storage failures other than a missing object are errors.
+async fn read_side_files(storage: &Storage, root: &Location) -> Result<SideFiles, StorageError> {
+    let reads = TEXT_SIDE_FILES.map(|name| async move {
+        let got = match storage.read_all_small(&root.join(name), MAX_SIDE_FILE_LEN).await {
+            Ok(bytes) => Some(SideFile::from_bytes(bytes.to_vec())),
+            Err(StorageError::NotFound { .. }) => None,
+            Err(StorageError::TooLarge { size, .. }) => Some(SideFile::too_large(size)),
+            Err(e) => return Err(e),
+        };
+        Ok((name, got))
+    });
+    let sentencepiece = root.join(SENTENCEPIECE_MODEL);
+    let (texts, sentencepiece) =
+        futures::try_join!(futures::future::try_join_all(reads), storage.exists(&sentencepiece))?;
+    let mut side = SideFiles::default();
+    for (name, file) in texts {
+        if let Some(file) = file {
+            side.insert(name, file);
+        }
+    }
+    if sentencepiece {
+        side.insert(SENTENCEPIECE_MODEL, SideFile::Present);
+    }
+    Ok(side)
 }
 
 /// Reads the safetensors header at `loc` with ranged reads of exactly `8` and then `n` bytes.

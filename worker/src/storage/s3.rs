@@ -63,7 +63,7 @@ impl fmt::Debug for S3Options {
 pub(super) enum S3Settings {
     /// `AmazonS3Builder::from_env()`: `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...
     Env,
-    /// Explicit options.
+    /// Endpoint, credentials and region given in code (tests, the test server).
     Explicit(S3Options),
 }
 

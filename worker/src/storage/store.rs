@@ -151,7 +151,7 @@ impl Storage {
 
     /// Reads `len` bytes at `start`. On S3 the range is split into ranged GETs of
     /// [`DEFAULT_READ_CHUNK`] bytes, up to [`Storage::read_concurrency`] at a time (see
-    /// [`Storage::read_range_into`]); the whole object is never fetched for a partial range. A
+    /// `Storage::s3_read_into`); the whole object is never fetched for a partial range. A
     /// range past the end is [`StorageError::OutOfRange`]. A zero-length read returns no bytes
     /// without touching storage (so it succeeds even where there is no object).
     pub async fn read_range(&self, loc: &Location, start: u64, len: u64) -> Result<Bytes> {

@@ -47,7 +47,7 @@ fn task_stats(task: &MergeTask) -> Result<ChunkStats> {
     if pipeline != Pipeline::RandomRescale {
         bail!("simulated workers answer DARE's rescale statistics only, not {pipeline:?}");
     }
-    let kind = chunk::sum_kind(task.working_dtype());
+    let kind = chunk::sum_kind(pipeline, task.working_dtype());
     let (start, end) = (c.start as usize, (c.start + c.len) as usize);
     let part = torch_parts(c.tensor_numel as usize, DEFAULT_THREADS)
         .into_iter()
@@ -65,7 +65,7 @@ fn task_stats(task: &MergeTask) -> Result<ChunkStats> {
     }
     Ok(ChunkStats {
         inputs,
-        dots: Vec::new(),
+        ..Default::default()
     })
 }
 

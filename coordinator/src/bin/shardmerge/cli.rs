@@ -2,7 +2,7 @@
 //! from headers only) and `demo`.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardmerge_coordinator::plan::layout::parse_size;
 use shardmerge_coordinator::{MergeOptions, OutputOptions, RunOptions};
 use std::io::IsTerminal;
@@ -50,11 +50,11 @@ pub enum Command {
     /// Run a cluster worker that leases work from a coordinator.
     Worker(crate::cluster_cli::WorkerArgs),
     /// Submit a merge to a coordinator (optionally wait for it).
-    Submit(crate::cluster_cli::SubmitArgs),
+    Submit(crate::client_cli::SubmitArgs),
     /// Show the status of one job or all jobs.
-    Status(crate::cluster_cli::JobArgs),
+    Status(crate::client_cli::JobArgs),
     /// Cancel a job (its partial output is discarded).
-    Cancel(crate::cluster_cli::JobArgs),
+    Cancel(crate::client_cli::JobArgs),
 }
 
 /// `shardmerge synth`.
@@ -88,9 +88,15 @@ pub struct JobFlags {
     /// Allow merging models whose architectures differ.
     #[arg(long)]
     pub allow_crimes: bool,
+    /// Without `tokenizer_source`/`tokenizer`, merge embeddings and lm_head of models with
+    /// different vocabulary sizes by keeping the first rows common to all (mergekit 0.1.5's
+    /// flag; config.json and the tokenizer stay the donor's, so rows past the smallest
+    /// vocabulary are dropped and ids may no longer match their tokens).
+    #[arg(long)]
+    pub unsafe_truncate_embeddings: bool,
 }
 
-/// Flags shared by `merge` and `plan`.
+/// Flags shared by `merge`, `multi` and `plan`: the job flags plus how the merge runs here.
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     #[command(flatten)]
@@ -109,12 +115,6 @@ pub struct CommonArgs {
     /// Number of in-process workers (concurrent tasks).
     #[arg(long, default_value_t = 2, env = "SHARDMERGE_WORKERS")]
     pub workers: usize,
-    /// Without `tokenizer_source`/`tokenizer`, merge embeddings and lm_head of models with
-    /// different vocabulary sizes by keeping the first rows common to all (mergekit 0.1.5's
-    /// flag; config.json and the tokenizer stay the donor's, so rows past the smallest
-    /// vocabulary are dropped and ids may no longer match their tokens).
-    #[arg(long)]
-    pub unsafe_truncate_embeddings: bool,
 }
 
 /// What is written beside the shards, shared by `merge` and `submit`.
@@ -144,6 +144,16 @@ impl OutputFlags {
     }
 }
 
+/// How `submit`, `status`, `cancel` and `multi` print their results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// JSON on stdout for scripts: one object per job (an array for `status` without JOB), or
+    /// one line per stage of a multi-stage config.
+    Json,
+}
+
 /// `shardmerge merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
@@ -153,11 +163,20 @@ pub struct MergeArgs {
     pub out_path: PathBuf,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub run: MergeRunArgs,
+}
+
+/// How an embedded merge runs and what it writes beside the shards: the flags `merge` and
+/// `multi` share (mergekit-multi takes mergekit-yaml's merge options).
+#[derive(Debug, Args)]
+pub struct MergeRunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub common: CommonArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub output: OutputFlags,
-    /// Hide the progress bar.
+    /// Hide progress bars.
     #[arg(long)]
     pub quiet: bool,
     /// Threads for merge kernels (default: all cores).
@@ -166,6 +185,41 @@ pub struct MergeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub ignored: IgnoredMergekitFlags,
+}
+
+impl MergeRunArgs {
+    /// Prints a note for each given mergekit flag that has no effect here, and refuses
+    /// `--no-safe-serialization` (shardmerge writes nothing but safetensors).
+    pub fn check(&self) -> anyhow::Result<()> {
+        for note in self.ignored.notes() {
+            eprintln!("{note}");
+        }
+        if self.ignored.no_safe_serialization {
+            anyhow::bail!("--no-safe-serialization is not supported: shardmerge writes safetensors only");
+        }
+        Ok(())
+    }
+
+    /// The library's options for an embedded merge (a progress bar only on a terminal).
+    pub fn options(&self) -> MergeOptions {
+        let common = &self.common;
+        MergeOptions {
+            random_seed: common.job.random_seed,
+            out_shard_size: common.job.out_shard_size,
+            chunk_size: common.chunk_size,
+            memory_limit: common.memory_limit,
+            output: self.output.options(),
+            allow_crimes: common.job.allow_crimes,
+            unsafe_truncate_embeddings: common.job.unsafe_truncate_embeddings,
+            run: RunOptions {
+                workers: common.workers,
+                threads: self.num_threads,
+                progress: !self.quiet && std::io::stderr().is_terminal(),
+                shuffle: None,
+            },
+            model_root: None,
+        }
+    }
 }
 
 /// mergekit flags that mean nothing here; accepted so existing command lines keep working.
@@ -259,6 +313,10 @@ pub struct PlanArgs {
     /// Output directory the plan is made for (only names are used).
     #[arg(default_value = "./merged")]
     pub out_path: PathBuf,
+    /// `json`: one JSON object on stdout (method, models, seed, task counts, bytes to read and
+    /// write, shards, planned memory, warnings) instead of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -293,9 +351,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         Command::Coordinator(args) => crate::cluster_cli::coordinator(args),
         Command::Worker(args) => crate::cluster_cli::worker(args),
-        Command::Submit(args) => crate::cluster_cli::submit(args),
-        Command::Status(args) => crate::cluster_cli::status(args),
-        Command::Cancel(args) => crate::cluster_cli::cancel(args),
+        Command::Submit(args) => crate::client_cli::submit(args),
+        Command::Status(args) => crate::client_cli::status(args),
+        Command::Cancel(args) => crate::client_cli::cancel(args),
         Command::Synth(args) => {
             let spec = shardmerge_coordinator::demo::SynthSpec {
                 vocab: args.vocab,
@@ -313,20 +371,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
-    for note in args.ignored.notes() {
-        eprintln!("{note}");
-    }
-    if args.ignored.no_safe_serialization {
-        anyhow::bail!("--no-safe-serialization is not supported: shardmerge writes safetensors only");
-    }
-    let opts = merge_options(&args.common, &args.output, args.quiet, args.num_threads);
+    args.run.check()?;
+    let opts = args.run.options();
     let config = shardmerge_coordinator::load_config(&args.config)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
     let report = shardmerge_coordinator::merge_config(&config, &args.out_path, &opts)
         .with_context(|| format!("merging {} into {}", args.config.display(), args.out_path.display()))?;
-    if !args.quiet {
+    if !args.run.quiet {
         let s = &report.stats;
         eprintln!(
             "merged {} tensors into {} ({} shard{}, {:.1} MB written, {:.1} MB read) in {:.2}s",
@@ -342,26 +395,6 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The library's options for an embedded merge from the shared flags.
-pub fn merge_options(common: &CommonArgs, output: &OutputFlags, quiet: bool, threads: Option<usize>) -> MergeOptions {
-    MergeOptions {
-        random_seed: common.job.random_seed,
-        out_shard_size: common.job.out_shard_size,
-        chunk_size: common.chunk_size,
-        memory_limit: common.memory_limit,
-        output: output.options(),
-        allow_crimes: common.job.allow_crimes,
-        unsafe_truncate_embeddings: common.unsafe_truncate_embeddings,
-        run: RunOptions {
-            workers: common.workers,
-            threads,
-            progress: !quiet && std::io::stderr().is_terminal(),
-            shuffle: None,
-        },
-        model_root: None,
-    }
-}
-
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let config = shardmerge_coordinator::load_config(&args.config)?;
@@ -374,13 +407,49 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         chunk_size: args.common.chunk_size,
         memory_limit: args.common.memory_limit,
         allow_crimes: args.common.job.allow_crimes,
-        unsafe_truncate_embeddings: args.common.unsafe_truncate_embeddings,
+        unsafe_truncate_embeddings: args.common.job.unsafe_truncate_embeddings,
         ..MergeOptions::default()
     };
     let plan = shardmerge_coordinator::plan_config(&config, &args.out_path, &opts)?;
+    if args.output == OutputFormat::Json {
+        println!("{}", plan_json(&plan, args.common.workers));
+        return Ok(());
+    }
     print!("{}", describe_plan(&plan, args.common.workers));
     println!("planned in {:.3}s from headers only", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A plan for scripts: the numbers of [`describe_plan`] as one JSON object.
+pub fn plan_json(plan: &shardmerge_coordinator::Plan, workers: usize) -> serde_json::Value {
+    let p = &plan.proto;
+    let chunk_tasks = p.tasks.iter().filter(|t| t.chunk.is_some()).count();
+    let shards: Vec<serde_json::Value> = p
+        .shards
+        .iter()
+        .map(|sh| {
+            serde_json::json!({
+                "file_name": sh.file_name,
+                "tensors": sh.tensors.len(),
+                "bytes": sh.total_bytes,
+                "header_bytes": sh.header.len(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "method": plan.method.name,
+        "models": plan.models.iter().map(|m| m.display.as_str()).collect::<Vec<_>>(),
+        "random_seed": plan.seed.map(|(seed, _)| seed),
+        "tasks": p.tasks.len(),
+        "chunk_tasks": chunk_tasks,
+        "bytes_to_read": p.bytes_to_read,
+        "bytes_to_write": p.total_size,
+        "shards": shards,
+        "workers": workers,
+        "peak_memory_bytes": plan.memory_budget(),
+        "largest_task_bytes": plan.task_memory.iter().copied().max().unwrap_or(0),
+        "warnings": plan.warnings,
+    })
 }
 
 /// Human summary of a plan.

@@ -1,16 +1,16 @@
-//! The cluster subcommands of the CLI: `coordinator`, `worker`, `submit`, `status`, `cancel`.
+//! The cluster's server subcommands, `coordinator` and `worker`, and what the client commands
+//! ([`crate::client_cli`]) share with them: tokens from files or the environment, TLS trust,
+//! the tokio runtime.
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use shardmerge_coordinator::cluster::allow::{AllowList, is_loopback_url};
 use shardmerge_coordinator::cluster::auth::Credentials;
 use shardmerge_coordinator::cluster::metrics::CoordinatorMetrics;
-use shardmerge_coordinator::cluster::{client, scheduler::SchedulerConfig, server, service::CoordinatorOptions};
-use shardmerge_proto::v1::{JobState, MergeOptions};
+use shardmerge_coordinator::cluster::{scheduler::SchedulerConfig, server, service::CoordinatorOptions};
 use shardmerge_worker::node::metrics::{MetricsSource, WorkerMetrics, serve_metrics};
 use shardmerge_worker::node::{WorkerOptions, run_worker_with_metrics};
 use shardmerge_worker::storage::Storage;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,15 +54,6 @@ fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>>
 fn read_ca(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
     path.map(|p| std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display())))
         .transpose()
-}
-
-/// How `submit`, `status` and `cancel` print job statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// One human-readable line per job.
-    Text,
-    /// JSON on stdout (one object per job; an array for `status` without JOB), for scripts.
-    Json,
 }
 
 /// `shardmerge coordinator`.
@@ -189,64 +180,6 @@ pub struct WorkerArgs {
     pub allow_location: Vec<String>,
 }
 
-/// `shardmerge submit`.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// mergekit YAML configuration.
-    pub config: PathBuf,
-    /// Output: a directory path, file://, or s3://bucket/prefix.
-    pub out_uri: String,
-    /// Coordinator URL.
-    #[arg(long, default_value = "http://127.0.0.1:7070", env = "SHARDMERGE_COORDINATOR")]
-    pub coordinator: String,
-    /// Wait for the job to finish, with a progress bar on a terminal.
-    #[arg(long)]
-    pub wait: bool,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub job: crate::cli::JobFlags,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub output_files: crate::cli::OutputFlags,
-    /// `json`: print the job id (or with --wait, the final status) as JSON on stdout.
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArgs,
-    /// For a multi-stage config (several `---` documents, stages named with `name:`, as
-    /// `mergekit-multi` takes): where the named stages are written (a directory or an s3://
-    /// prefix). Each stage runs as a job once the stages it reads are committed; OUT_URI
-    /// receives the unnamed final merge.
-    #[arg(short = 'I', long)]
-    pub intermediate_dir: Option<String>,
-    /// With a multi-stage config: rerun stages whose output is already committed (by default
-    /// they are skipped, as `mergekit-multi --lazy`).
-    #[arg(long)]
-    pub no_lazy: bool,
-}
-
-/// `shardmerge status` / `shardmerge cancel`.
-#[derive(Debug, Args)]
-pub struct JobArgs {
-    /// Job id (all jobs when omitted, for `status`).
-    pub job: Option<String>,
-    /// Coordinator URL.
-    #[arg(long, default_value = "http://127.0.0.1:7070", env = "SHARDMERGE_COORDINATOR")]
-    pub coordinator: String,
-    /// `json`: print the status(es) as JSON on stdout.
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArgs,
-}
-
-/// Prints `value` as one line of JSON on stdout.
-fn print_json(value: &serde_json::Value) {
-    println!("{value}");
-}
-
 /// A multi-threaded tokio runtime for one command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
@@ -282,10 +215,10 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         allow_unauthenticated: args.allow_unauthenticated,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some((
-            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
-        )),
+        (Some(c), Some(k)) => Some(server::TlsIdentity {
+            cert_chain: std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+            key: std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+        }),
         _ => None,
     };
     let rt = runtime()?;
@@ -323,7 +256,13 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             "shardmerge coordinator listening on {addr} (state in {})",
             args.state_dir.display()
         );
-        server::serve(opts, Storage::from_env(), credentials, tls, listener, shutdown_signal()).await?;
+        let options = server::ServeOptions {
+            coordinator: opts,
+            storage: Storage::from_env(),
+            credentials,
+            tls,
+        };
+        server::serve(options, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -369,133 +308,6 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             memory_limit: args.memory_limit.or_else(default_memory_limit),
         };
         run_worker_with_metrics(opts, metrics, shutdown_signal()).await?;
-        Ok(())
-    })
-}
-
-/// Runs `shardmerge submit`.
-pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let yaml = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let token = args.token.token()?;
-    let ca = args.token.ca()?;
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
-        let files = args.output_files.options();
-        let options = MergeOptions {
-            random_seed: args.job.random_seed,
-            out_shard_size: args.job.out_shard_size,
-            copy_tokenizer: files.copy_tokenizer,
-            write_model_card: files.write_model_card,
-            allow_crimes: args.job.allow_crimes,
-        };
-        if shardmerge_coordinator::multi::is_multi(&yaml) {
-            return submit_pipeline(&args, &yaml, &mut c, options).await;
-        }
-        let name = args.config.display().to_string();
-        let (job, warnings) = client::submit(&mut c, yaml, name, args.out_uri.clone(), options).await?;
-        for w in warnings {
-            eprintln!("warning: {w}");
-        }
-        let json = args.output == OutputFormat::Json;
-        if json && !args.wait {
-            print_json(&serde_json::json!({ "job_id": job }));
-        } else if !json {
-            println!("{job}");
-        }
-        if args.wait {
-            let s = client::wait(&mut c, &job, std::io::stderr().is_terminal()).await?;
-            eprintln!("{}", client::describe(&s));
-            if json {
-                print_json(&client::status_json(&s));
-            }
-            if s.state != JobState::Succeeded as i32 {
-                anyhow::bail!("job {job} {}: {}", client::state_name(s.state), s.error);
-            }
-        }
-        Ok(())
-    })
-}
-
-/// `shardmerge submit` of a multi-stage config: its stages as jobs, in dependency order.
-async fn submit_pipeline(
-    args: &SubmitArgs,
-    yaml: &str,
-    c: &mut client::Client,
-    options: MergeOptions,
-) -> anyhow::Result<()> {
-    use shardmerge_coordinator::multi;
-    let Some(inter) = args.intermediate_dir.as_deref() else {
-        anyhow::bail!(
-            "{} is a multi-stage config: give --intermediate-dir (-I) for its named stages",
-            args.config.display()
-        );
-    };
-    let stages = multi::parse(yaml, &args.config, inter)?;
-    let order = multi::order(&stages, &args.config)?;
-    let st = shardmerge_worker::storage::Storage::from_env();
-    let done = multi::cluster::run(
-        &st,
-        c,
-        &stages,
-        &order,
-        inter,
-        &args.out_uri,
-        !args.no_lazy,
-        options,
-        |s, what| eprintln!("{}: {what}", s.label()),
-    )
-    .await?;
-    if args.output == OutputFormat::Json {
-        let stages: Vec<serde_json::Value> = done
-            .iter()
-            .map(|(label, run)| match run {
-                multi::cluster::StageRun::Committed { job, output } => {
-                    serde_json::json!({ "stage": label, "state": "succeeded", "job_id": job, "output_uri": output })
-                }
-                multi::cluster::StageRun::Skipped(output) => {
-                    serde_json::json!({ "stage": label, "state": "skipped", "output_uri": output })
-                }
-            })
-            .collect();
-        print_json(&serde_json::Value::Array(stages));
-    }
-    Ok(())
-}
-
-/// Runs `shardmerge status`.
-pub fn status(args: JobArgs) -> anyhow::Result<()> {
-    let token = args.token.token()?;
-    let ca = args.token.ca()?;
-    runtime()?.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
-        let one = args.job.is_some();
-        let statuses = client::status(&mut c, args.job).await?;
-        match args.output {
-            OutputFormat::Json if one => print_json(&client::status_json(&statuses[0])),
-            OutputFormat::Json => print_json(&statuses.iter().map(client::status_json).collect()),
-            OutputFormat::Text => {
-                for s in &statuses {
-                    println!("{}", client::describe(s));
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Runs `shardmerge cancel`.
-pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
-    let token = args.token.token()?;
-    let ca = args.token.ca()?;
-    let job = args.job.clone().context("which job? `shardmerge cancel JOB`")?;
-    runtime()?.block_on(async move {
-        let mut c = client::connect(&args.coordinator, token, ca.as_deref()).await?;
-        let s = client::cancel(&mut c, job).await?;
-        match args.output {
-            OutputFormat::Json => print_json(&client::status_json(&s)),
-            OutputFormat::Text => println!("{}", client::describe(&s)),
-        }
         Ok(())
     })
 }

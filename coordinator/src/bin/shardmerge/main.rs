@@ -1,8 +1,10 @@
-//! The `shardmerge` binary: the command line (clap structs and their wiring, [`cli`] and
-//! [`cluster_cli`]) over the library's plain functions and option structs; logging setup.
+//! The `shardmerge` binary: the command line (clap structs and their wiring: [`cli`],
+//! [`cluster_cli`], [`client_cli`], ...) over the library's plain functions and option
+//! structs; logging setup.
 
 mod campaign_cli;
 mod cli;
+mod client_cli;
 mod cluster_cli;
 mod multi_cli;
 

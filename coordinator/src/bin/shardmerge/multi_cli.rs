@@ -1,6 +1,6 @@
 //! `shardmerge multi`: the command line of [`shardmerge_coordinator::multi`].
 
-use crate::cli::{CommonArgs, IgnoredMergekitFlags, OutputFlags, merge_options};
+use crate::cli::{MergeRunArgs, OutputFormat};
 use clap::Args;
 use shardmerge_coordinator::multi::{self, MultiOptions, Outcome};
 use std::path::PathBuf;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 /// a model by that name in other documents; the one document without a name is the final
 /// merge, written to `--out-path`.
 ///
-/// Example: `shardmerge multi recipe.yml -I ./intermediate --out-path ./final`
+/// Example: `shardmerge multi recipe.yml -I ./intermediate --out-path ./final`; add
+/// `--output json` for one JSON line per stage on stdout.
 #[derive(Debug, Args)]
 pub struct MultiArgs {
     /// Multi-document mergekit YAML (documents separated by `---`).
@@ -27,35 +28,27 @@ pub struct MultiArgs {
     /// Run every merge even if its output exists.
     #[arg(long)]
     pub no_lazy: bool,
+    /// `json`: when every stage is done, print one JSON object per stage on stdout, in the
+    /// order they ran (JSON lines), e.g. `{"stage":"mid","outcome":"merged",
+    /// "output":"./intermediate/mid"}`; `stage` is null for the final merge, `outcome` is
+    /// `skipped` for an output that already existed (--lazy). Progress stays on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub common: CommonArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub output: OutputFlags,
-    /// Hide progress bars.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Threads for merge kernels (default: all cores).
-    #[arg(short = 'j', long = "num-threads", env = "SHARDMERGE_NUM_THREADS")]
-    pub num_threads: Option<usize>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub ignored: IgnoredMergekitFlags,
+    pub run: MergeRunArgs,
 }
 
 /// Runs `shardmerge multi`.
 pub fn run(args: MultiArgs) -> anyhow::Result<()> {
-    for note in args.ignored.notes() {
-        eprintln!("{note}");
-    }
-    let opts = merge_options(&args.common, &args.output, args.quiet, args.num_threads);
+    args.run.check()?;
+    let opts = args.run.options();
     let multi_opts = MultiOptions {
         intermediate_dir: args.intermediate_dir.clone(),
         out_path: args.out_path.clone(),
         lazy: !args.no_lazy,
     };
-    let quiet = args.quiet;
+    let quiet = args.run.quiet;
     let done = multi::run(&args.config, &multi_opts, &opts, |stage, out| {
         for w in &stage.config.warnings {
             eprintln!("warning: {w}");
@@ -64,7 +57,11 @@ pub fn run(args: MultiArgs) -> anyhow::Result<()> {
             eprintln!("merging {} into {}", stage.label(), out.display());
         }
     })?;
-    if !quiet {
+    if args.output == OutputFormat::Json {
+        for (stage, outcome) in &done {
+            println!("{}", outcome.json(stage));
+        }
+    } else if !quiet {
         for (stage, outcome) in &done {
             match outcome {
                 Outcome::Merged(p) => eprintln!("{}: merged into {}", stage.label(), p.display()),

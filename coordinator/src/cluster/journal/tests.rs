@@ -16,6 +16,7 @@ fn record(id: &str) -> JobRecord {
         copy_tokenizer: true,
         write_model_card: true,
         allow_crimes: false,
+        unsafe_truncate_embeddings: true,
         fingerprint: "f".into(),
         inputs: vec![],
         uploads: vec![],
@@ -167,7 +168,7 @@ fn concurrent_appends_are_group_committed_in_order_and_all_durable() {
 
 #[test]
 fn statistics_round_trip_through_hex_and_malformed_hex_is_an_error() {
-    use shardmerge_proto::v1::{ChunkStats, InputStats, TaskStats};
+    use shardmerge_proto::v1::{ChainState, ChunkStats, InputStats, LinkSum, NormState, TaskStats};
     let stats = vec![TaskStats {
         task_id: 7,
         stats: Some(ChunkStats {
@@ -178,6 +179,18 @@ fn statistics_round_trip_through_hex_and_malformed_hex_is_an_error() {
                 ..Default::default()
             }],
             dots: vec![0.25],
+            // A model_stock chain link's state: a norm part-way and a dot partial.
+            chain: Some(ChainState {
+                norms: vec![NormState {
+                    fed: 1 << 40,
+                    acc: vec![0.5, 1e-30, 3.0, -0.0, 5.0, 6.0, 7.0, 8.0],
+                    tail: vec![2.5],
+                }],
+                sums: vec![LinkSum {
+                    start: 4096,
+                    partial: vec![1.0, 0.0, 1.5e-7],
+                }],
+            }),
         }),
     }];
     let journaled = super::encode_stats(&stats);

@@ -116,7 +116,7 @@ mod tests {
         let w = s.register_worker(now);
         add(&mut s, "job-1-1", 100);
         add(&mut s, "job-1-2", 3);
-        let jobs = |l: &[super::super::Lease]| -> Vec<String> {
+        let jobs = |l: &[shardmerge_proto::v1::Lease]| -> Vec<String> {
             l.iter().map(|l| l.unit.as_ref().unwrap().job_id.clone()).collect()
         };
         // One lease of 4: the small job gets a unit in every round, not after the large one.

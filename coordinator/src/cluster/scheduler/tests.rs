@@ -1,5 +1,5 @@
 use super::*;
-use shardmerge_proto::v1::{MergeTask, UnitOutput};
+use shardmerge_proto::v1::{Lease, MergeTask, UnitOutput};
 
 /// Unit `id`: one part of 10 bytes (part number `id`), one task writing `t{id}`.
 fn unit(id: u64) -> WorkUnit {

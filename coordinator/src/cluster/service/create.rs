@@ -42,6 +42,12 @@ impl Coordinator {
         config: MergeConfig,
         output: Location,
     ) -> Result<Vec<String>, ServiceError> {
+        let st = &self.inner.storage;
+        if replayed.is_some() {
+            // The pins first: a changed input (a tokenizer file too) is named as such, rather
+            // than failing the re-plan or showing as a changed plan.
+            fingerprint::check_inputs(st, &record.inputs).await?;
+        }
         let plan = self.plan(record, &config).await?;
         record.seed = plan.seed.map(|(s, _)| s);
         // A unit's output buffer stays within a quarter of the workers' budget.
@@ -50,13 +56,11 @@ impl Coordinator {
             .map_or(record.unit_target, |l| record.unit_target.min(l / 4));
         let units = plan_units(&plan, target);
         let fp = fingerprint::fingerprint(&plan, &units);
-        let st = &self.inner.storage;
         match replayed {
             Some(_) => {
                 if record.fingerprint != fp {
                     return Err(ServiceError::Invalid(fingerprint::mismatch(&record.fingerprint, &fp)));
                 }
-                fingerprint::check_inputs(st, &record.inputs).await?;
             }
             None => {
                 record.fingerprint = fp;
@@ -192,8 +196,7 @@ impl Coordinator {
             // Tasks get half the workers' budget; the rest covers the prefetch window ahead of
             // them and the process itself.
             memory_limit: record.memory_limit.map(|l| l / 2),
-            // Not a cluster job option (yet).
-            unsafe_truncate_embeddings: false,
+            unsafe_truncate_embeddings: record.unsafe_truncate_embeddings,
         };
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || crate::plan::plan(&cfg, &popts))

@@ -1,6 +1,9 @@
 //! What a job's journal pins: a fingerprint of its planned units and parts, and the versions
-//! of its input files. A resume re-plans and compares both; a difference is refused and named,
-//! never applied to byte ranges it was not journaled for.
+//! of its input files: the safetensors files its tasks read and, when the plan read tokenizers
+//! (vocabulary alignment, a chat template), the tokenizer files beside every model. A resume
+//! checks the pins, then re-plans and compares the fingerprint; a difference is refused and
+//! named, never applied to byte ranges it was not journaled for, nor to a tokenizer planned
+//! from other files.
 
 use super::super::journal::PinnedInput;
 use super::super::units::UnitPlan;
@@ -8,6 +11,7 @@ use super::ServiceError;
 use crate::plan::Plan;
 use prost::Message;
 use sha2::{Digest, Sha256};
+use shardmerge_worker::safetensors_io::TEXT_SIDE_FILES;
 use shardmerge_worker::storage::{Location, Storage};
 use std::collections::BTreeSet;
 
@@ -89,13 +93,34 @@ pub fn mismatch(journaled: &str, now: &str) -> String {
     )
 }
 
-/// Every distinct input file the plan's tasks read.
+/// Every distinct input file the plan read: the files its tasks read and [`tokenizer_uris`].
 fn input_uris(plan: &Plan) -> BTreeSet<String> {
-    plan.proto
+    let mut uris: BTreeSet<String> = plan
+        .proto
         .tasks
         .iter()
         .flat_map(|t| t.inputs.iter())
         .filter_map(|i| i.source.as_ref().map(|s| s.uri.clone()))
+        .collect();
+    uris.extend(tokenizer_uris(plan));
+    uris
+}
+
+/// The tokenizer files (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`) of
+/// every model that has them, when the plan wrote tokenizer files: the output vocabulary, the
+/// row permutations and the chat template were planned from them.
+fn tokenizer_uris(plan: &Plan) -> Vec<String> {
+    if plan.tokenizer_files.is_none() {
+        return Vec::new();
+    }
+    plan.models
+        .iter()
+        .flat_map(|m| {
+            TEXT_SIDE_FILES
+                .iter()
+                .filter(|name| m.dir.side.get(name).is_some())
+                .map(|name| m.dir.root.join(name).to_string_lossy().into_owned())
+        })
         .collect()
 }
 
@@ -116,9 +141,15 @@ pub async fn check_inputs(storage: &Storage, pinned: &[PinnedInput]) -> Result<(
         let loc = Location::parse(&p.uri).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let (size, version) = storage.stat(&loc).await.map_err(ServiceError::storage)?;
         if size != p.size || version != p.version {
+            let consequence = if TEXT_SIDE_FILES.iter().any(|name| p.uri.ends_with(&format!("/{name}"))) {
+                "the job's vocabulary and tokenizer were planned from the old file, so it is not resumed or \
+                 published; resubmit it"
+            } else {
+                "the merge would mix old and new bytes, so it is not published"
+            };
             return Err(ServiceError::Invalid(format!(
-                "input {} changed while the job ran (was {} bytes, version {}; now {size} bytes, version {version}); \
-                 the merge would mix old and new bytes, so it is not published",
+                "input {} changed while the job ran (was {} bytes, version {}; now {size} bytes, version \
+                 {version}); {consequence}",
                 p.uri, p.size, p.version
             )));
         }

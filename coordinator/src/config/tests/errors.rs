@@ -155,9 +155,14 @@ fn rule_violations_point_at_the_key() {
             "pad_to_multiple_of",
         ),
         (
-            "merge_method: m\nmodels: [{model: A}]\nchat_template: chatml\n",
+            "merge_method: m\nmodels: [{model: A}]\nchat_template: chatlm\n",
             3,
-            "names one of mergekit's built-in templates",
+            "unknown chat template name \"chatlm\": the built-in names are alpaca, chatml, exaone",
+        ),
+        (
+            "merge_method: m\nmodels: [{model: A}]\nchat_template: ChatML\n",
+            3,
+            "unknown chat template name",
         ),
         (
             "merge_method: m\nmodels: [{model: A}]\nchat_template: \"{{ x }}\"\n",

@@ -195,3 +195,18 @@ fn one_module_reads_as_its_slices_or_models() {
     .unwrap();
     assert_eq!(models.models.len(), 1);
 }
+
+/// `chat_template:` names mergekit 0.1.5 ships are accepted and kept as written (the planner
+/// resolves them); a value that is not a name by 0.1.5's rule must be Jinja.
+#[test]
+fn built_in_chat_template_names_are_accepted() {
+    for name in crate::plan::chat_templates::BUILTIN_NAMES {
+        let c = parse(&format!(
+            "merge_method: linear\nmodels: [{{model: A}}]\nchat_template: {name}\n"
+        ));
+        assert_eq!(c.chat_template.as_deref(), Some(name));
+    }
+    // With a newline the name is not looked up: too short and without `{`, it is refused.
+    let e = parse_err("merge_method: linear\nmodels: [{model: A}]\nchat_template: \"chatml\\n\"\n");
+    assert!(e.to_string().contains("invalid chat template"), "{e}");
+}

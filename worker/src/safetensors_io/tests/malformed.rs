@@ -1,19 +1,7 @@
 //! Malformed headers: each is rejected with a message naming the file and tensor.
 
 use super::super::*;
-
-/// A file image: length prefix, `json`, then `data_len` zero bytes.
-fn image(json: &str, data_len: usize) -> Vec<u8> {
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(json.as_bytes());
-    out.resize(out.len() + data_len, 0);
-    out
-}
-
-fn parse(json: &str, data_len: usize) -> Result<Header, HeaderError> {
-    let bytes = image(json, data_len);
-    parse_header(&bytes, Some(bytes.len() as u64))
-}
+use super::{image, parse};
 
 fn message(json: &str, data_len: usize) -> String {
     let err = parse(json, data_len).unwrap_err();

@@ -49,6 +49,20 @@ impl View for &Fixture {
     }
 }
 
+/// A file image: length prefix, `json`, then `data_len` zero bytes.
+pub(super) fn image(json: &str, data_len: usize) -> Vec<u8> {
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
+/// Parses the header of [`image`]`(json, data_len)`, with the image's length as the file size.
+pub(super) fn parse(json: &str, data_len: usize) -> Result<Header, HeaderError> {
+    let bytes = image(json, data_len);
+    parse_header(&bytes, Some(bytes.len() as u64))
+}
+
 /// Writes `tensors` with the crate's own writer and `{"format":"pt"}` metadata.
 pub(super) fn write_with_crate(path: &Path, tensors: &[(&str, &Fixture)]) {
     let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);

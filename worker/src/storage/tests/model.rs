@@ -23,6 +23,7 @@ fn relative(path: &Path, root: &Path) -> String {
 /// The two directories describe the same tensors at the same offsets of the same-named files.
 fn assert_same_model(remote: &ModelDir, local: &ModelDir) {
     assert_eq!(remote.config, local.config);
+    assert_eq!(remote.side, local.side, "the same side files");
     let names = |m: &ModelDir| m.tensors.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(remote), names(local), "same tensors in the same order");
     for (name, r) in &remote.tensors {
@@ -47,6 +48,8 @@ async fn s3_model_dirs_match_local_ones() {
         let remote = open_model_dir(&both.s3_storage, &root).await.unwrap();
         let local = ModelDir::open(&golden(model)).unwrap();
         assert_same_model(&remote, &local);
+        let tokenizer = std::fs::read_to_string(golden(model).join("tokenizer.json")).ok();
+        assert_eq!(remote.side.text("tokenizer.json"), Ok(tokenizer.as_deref()), "{model}");
         assert_eq!(remote.shards.len(), shards, "{model}");
         assert_eq!(remote.root, Path::new(&root.to_uri()));
         let first = remote.tensors.values().next().unwrap();

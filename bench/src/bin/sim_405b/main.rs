@@ -20,18 +20,11 @@
 //! makespan against the ideal (every byte moved, statistics reads included, / (workers x
 //! bandwidth)) and the critical path. A benchmark: it asserts no timing.
 
-// A binary's root resolves modules beside it, so name the directory.
-#[path = "sim_405b/headers.rs"]
 mod headers;
-#[path = "sim_405b/report.rs"]
 mod report;
-#[path = "sim_405b/shape.rs"]
 mod shape;
-#[path = "sim_405b/sim.rs"]
 mod sim;
-#[path = "sim_405b/stats.rs"]
 mod stats;
-#[path = "sim_405b/usage.rs"]
 mod usage;
 
 use anyhow::{Context, Result};
@@ -223,6 +216,7 @@ fn main() -> Result<()> {
             copy_tokenizer: true,
             write_model_card: true,
             allow_crimes: false,
+            unsafe_truncate_embeddings: false,
             fingerprint: String::new(),
             inputs: pin_inputs(&wire)?,
             uploads: Vec::new(),

@@ -1,0 +1,149 @@
+//! Chunk tasks of the chained pipelines (see [`crate::chunk`]): a link of a statistics
+//! chain continues torch's serial norms over its range (and, for model_stock, returns its dot
+//! partials); nuslerp then takes its normalised dot in one parallel pass; apply chunks
+//! interpolate with the coefficients.
+
+use super::chunked::{contract, kernel_err, received};
+use super::streamed::NuslerpInputs;
+use super::tensor_io::{Loader, Writer};
+use crate::error::TaskError;
+use crate::kernels::gta_stream::ChunkSource;
+use crate::kernels::nuslerp::Coefficients;
+use crate::kernels::nuslerp_stream;
+use crate::kernels::torch_norm::NormStream;
+use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
+use crate::kernels::{model_stock_chain, model_stock_stream};
+use crate::with_precision;
+use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, MergeTask, NormState};
+use std::ops::Range;
+
+/// The torch summation part a statistics chunk lies in, and the chunk's element range.
+pub(super) fn part_of(task: &MergeTask, info: &ChunkInfo) -> Result<(Range<usize>, Range<usize>), TaskError> {
+    let total = info.tensor_numel as usize;
+    let range = info.start as usize..(info.start + info.len) as usize;
+    let part = torch_parts(total, DEFAULT_THREADS)
+        .into_iter()
+        .find(|p| p.contains(&range.start) && range.end <= p.end)
+        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
+    Ok((part, range))
+}
+
+/// The norms a link continues: fresh ones for the first link, else the state it received.
+fn chain_norms(task: &MergeTask, info: &ChunkInfo, count: usize) -> Result<Vec<NormStream>, TaskError> {
+    let total = info.tensor_numel as usize;
+    let norms: Vec<NormStream> = match info.pass {
+        1 => (0..count).map(|_| NormStream::new(total)).collect(),
+        _ => received(task, info)?
+            .chain
+            .as_ref()
+            .map(|c| &c.norms[..])
+            .unwrap_or_default()
+            .iter()
+            .map(|s| NormStream::resume(total, s.fed as usize, &s.acc, &s.tail))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| contract(task, "a norm state does not fit the tensor"))?,
+    };
+    if norms.len() != count || norms.iter().any(|n| n.state().0 as u64 != info.start) {
+        return Err(contract(task, "the chain's norms do not stop where this link starts"));
+    }
+    Ok(norms)
+}
+
+/// What a link returns: its norms' states and its sums' partials.
+fn link_stats(info: &ChunkInfo, norms: &[NormStream], sums: Vec<Vec<f32>>) -> ChunkStats {
+    let state = |n: &NormStream| {
+        let (fed, acc, tail) = n.state();
+        NormState {
+            fed: fed as u64,
+            acc: acc.to_vec(),
+            tail: tail.to_vec(),
+        }
+    };
+    let chain = ChainState {
+        norms: norms.iter().map(state).collect(),
+        sums: sums
+            .into_iter()
+            .map(|partial| LinkSum {
+                start: info.start,
+                partial,
+            })
+            .collect(),
+    };
+    ChunkStats {
+        chain: Some(chain),
+        ..Default::default()
+    }
+}
+
+/// model_stock of one vector: a link of the statistics chain, or an apply chunk at the ratio.
+pub(super) fn model_stock(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let (b, others) = super::whole::split_base(task).map_err(kernel_err(task))?;
+    let base = loader.open(b)?;
+    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let work = loader.work;
+    if info.pass == 0 {
+        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+        let &[t] = &received(task, info)?.coefficients[..] else {
+            return Err(contract(task, "model_stock apply needs its ratio"));
+        };
+        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        with_precision!(work, P => model_stock_stream::apply_pass::<P, TaskError>(loader.numel, t, &base, &refs, &sink))?;
+        return Ok(None);
+    }
+    let (part, range) = part_of(task, info)?;
+    let mut norms = chain_norms(task, info, refs.len())?;
+    let sums = with_precision!(work, P => model_stock_chain::link::<P, TaskError>(
+        part, range, &base, &refs, &mut norms
+    ))?
+    .map_err(|e| contract(task, e))?;
+    Ok(Some(link_stats(
+        info,
+        &norms,
+        sums.iter().map(|p| p.to_floats()).collect(),
+    )))
+}
+
+/// nuslerp of one vector: a link of the norms' chain, a chunk of the dot pass, or an apply
+/// chunk with the interpolation coefficients.
+pub(super) fn nuslerp(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let opened = NuslerpInputs::open(task, loader)?;
+    let inputs = opened.inputs();
+    let work = loader.work;
+    let links = info.passes - 1;
+    if info.pass == 0 {
+        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+        let coef = Coefficients::from_floats(&received(task, info)?.coefficients)
+            .ok_or_else(|| contract(task, "nuslerp apply needs its coefficients"))?;
+        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        with_precision!(work, P => nuslerp_stream::apply::<P, TaskError>(loader.numel, &inputs, coef, &sink))?;
+        return Ok(None);
+    }
+    let (part, range) = part_of(task, info)?;
+    if info.pass <= links {
+        let mut norms = chain_norms(task, info, 2)?;
+        let pair: &mut [NormStream; 2] = (&mut norms[..])
+            .try_into()
+            .map_err(|_| contract(task, "nuslerp takes two norms"))?;
+        with_precision!(work, P => nuslerp_stream::link_norms::<P, TaskError>(range.len(), &inputs, pair))?;
+        return Ok(Some(link_stats(info, &norms, Vec::new())));
+    }
+    let &[n0, n1] = &received(task, info)?.coefficients[..] else {
+        return Err(contract(task, "nuslerp's dot pass needs the two norms"));
+    };
+    let partial = with_precision!(work, P => nuslerp_stream::dot_partial::<P, TaskError>(
+        part, range, &inputs, n0, n1
+    ))?
+    .map_err(|e| contract(task, e))?;
+    Ok(Some(link_stats(info, &[], vec![partial.to_floats()])))
+}

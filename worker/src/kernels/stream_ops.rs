@@ -1,0 +1,158 @@
+//! Elementwise loops of the streamed whole-tensor methods ([`super::model_stock_stream`],
+//! [`super::nuslerp_stream`]), each compiled for the widest vector instructions the CPU has
+//! (see `kernels/simd.rs`), plus the norm and sum streams fed from such code. Every op rounds to
+//! the working precision `P` exactly as the whole kernels do; only the instructions differ.
+
+use super::gta_stream::Sink;
+use super::precision::Precision;
+use super::simd::simd_dispatch;
+use super::torch_norm::NormStream;
+use super::torch_sum_stream::TorchSumStream;
+
+simd_dispatch! {
+    /// `x[i] = rnd(x[i] - b[i])` (a task vector from a model and the base).
+    pub(crate) fn sub_rnd<P: Precision>(x: &mut [f32], b: &[f32]) => sub_rnd_impl
+}
+
+#[inline(always)]
+fn sub_rnd_impl<P: Precision>(x: &mut [f32], b: &[f32]) {
+    for (x, &b) in x.iter_mut().zip(b) {
+        *x = P::rnd(*x - b);
+    }
+}
+
+simd_dispatch! {
+    /// `x[i] = rnd(b[i] + x[i])` (a result added back to the base).
+    pub(crate) fn add_base_rnd<P: Precision>(x: &mut [f32], b: &[f32]) => add_base_rnd_impl
+}
+
+#[inline(always)]
+fn add_base_rnd_impl<P: Precision>(x: &mut [f32], b: &[f32]) {
+    for (x, &b) in x.iter_mut().zip(b) {
+        *x = P::rnd(b + *x);
+    }
+}
+
+simd_dispatch! {
+    /// `a[i] = rnd(a[i] + x[i])` (a running sum, left to right).
+    pub(crate) fn add_rnd<P: Precision>(a: &mut [f32], x: &[f32]) => add_rnd_impl
+}
+
+#[inline(always)]
+fn add_rnd_impl<P: Precision>(a: &mut [f32], x: &[f32]) {
+    for (a, &x) in a.iter_mut().zip(x) {
+        *a = P::rnd(*a + x);
+    }
+}
+
+simd_dispatch! {
+    /// `a[i] = rnd(a[i] / d)`.
+    pub(crate) fn div_rnd<P: Precision>(a: &mut [f32], d: f32) => div_rnd_impl
+}
+
+#[inline(always)]
+fn div_rnd_impl<P: Precision>(a: &mut [f32], d: f32) {
+    for a in a.iter_mut() {
+        *a = P::rnd(*a / d);
+    }
+}
+
+simd_dispatch! {
+    /// `out[i] = rnd(a[i] * b[i])`.
+    pub(crate) fn mul_rnd<P: Precision>(out: &mut [f32], a: &[f32], b: &[f32]) => mul_rnd_impl
+}
+
+#[inline(always)]
+fn mul_rnd_impl<P: Precision>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = P::rnd(a * b);
+    }
+}
+
+simd_dispatch! {
+    /// `a[i] = rnd(rnd(a[i] / na) * rnd(b[i] / nb))` (the products of normalised vectors).
+    pub(crate) fn normalized_products_rnd<P: Precision>(a: &mut [f32], b: &[f32], na: f32, nb: f32) => normalized_products_rnd_impl
+}
+
+#[inline(always)]
+fn normalized_products_rnd_impl<P: Precision>(a: &mut [f32], b: &[f32], na: f32, nb: f32) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a = P::rnd(P::rnd(*a / na) * P::rnd(b / nb));
+    }
+}
+
+simd_dispatch! {
+    /// `w[i] = rnd(rnd(t * avg[i]) + rnd(keep * w[i]))` (Model Stock's interpolation).
+    pub(crate) fn lerp_rnd<P: Precision>(w: &mut [f32], avg: &[f32], t: f32, keep: f32) => lerp_rnd_impl
+}
+
+#[inline(always)]
+fn lerp_rnd_impl<P: Precision>(w: &mut [f32], avg: &[f32], t: f32, keep: f32) {
+    for (w, &a) in w.iter_mut().zip(avg) {
+        *w = P::rnd(P::rnd(t * a) + P::rnd(keep * *w));
+    }
+}
+
+simd_dispatch! {
+    /// `a[i] = rnd(rnd(sa * a[i]) + rnd(sb * b[i]))`, then `/ div` rounded when `div` is set
+    /// (nuslerp's spherical or collinear combination).
+    pub(crate) fn combine_rnd<P: Precision>(a: &mut [f32], b: &[f32], sa: f32, sb: f32, div: Option<f32>) => combine_rnd_impl
+}
+
+#[inline(always)]
+fn combine_rnd_impl<P: Precision>(a: &mut [f32], b: &[f32], sa: f32, sb: f32, div: Option<f32>) {
+    match div {
+        Some(d) => {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = P::rnd(P::rnd(P::rnd(sa * *a) + P::rnd(sb * b)) / d);
+            }
+        }
+        None => {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = P::rnd(P::rnd(sa * *a) + P::rnd(sb * b));
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Feeds `xs` to a norm stream.
+    pub(crate) fn feed_norm<>(s: &mut NormStream, xs: &[f32]) => feed_norm_impl
+}
+
+#[inline(always)]
+fn feed_norm_impl(s: &mut NormStream, xs: &[f32]) {
+    s.feed(xs);
+}
+
+simd_dispatch! {
+    /// Feeds `xs` (as they are) to a sum stream.
+    pub(crate) fn push_sum<>(s: &mut TorchSumStream, xs: &[f32]) => push_sum_impl
+}
+
+#[inline(always)]
+fn push_sum_impl(s: &mut TorchSumStream, xs: &[f32]) {
+    s.push(xs, &|x| x);
+}
+
+/// Hands `values` (element `start` onwards) to `sink` in pieces of at most `piece` elements.
+pub(crate) fn emit<E>(sink: &Sink<'_, E>, start: usize, values: &[f32], piece: usize) -> Result<(), E> {
+    for (i, p) in values.chunks(piece).enumerate() {
+        sink(start + i * piece, p)?;
+    }
+    Ok(())
+}
+
+/// A tensor held in memory as a [`super::gta_stream::ChunkSource`] (tests of the streamed
+/// kernels).
+#[cfg(test)]
+pub(crate) struct VecSource(pub Vec<f32>);
+
+#[cfg(test)]
+impl super::gta_stream::ChunkSource<String> for VecSource {
+    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
+        let v = self.0.get(start..start + out.len()).ok_or("out of range")?;
+        out.copy_from_slice(v);
+        Ok(())
+    }
+}
