@@ -3,17 +3,16 @@
 //! Pure and deterministic: the runtime (embedded or the coordinator's scheduler) calls it once
 //! every chunk of a pass has reported, with the partials in chunk order.
 
-use super::{InputCombined, Pipeline, pipeline, sum_kind};
+use super::{InputCombined, Pipeline, pipeline, select, sum_kind};
 use crate::error::KernelError;
 use crate::execute::float;
 use crate::kernels::WorkDType;
 use crate::kernels::gta_stream::rescale_factor;
-use crate::kernels::magnitude_select::{self, Histogram};
 use crate::kernels::model_stock_chain;
 use crate::kernels::nuslerp::{self, Coefficients};
 use crate::kernels::nuslerp_stream;
 use crate::kernels::slerp_stream::{coefficients, norm_of_blocks};
-use crate::kernels::sparsify::{self, magnitude_keep_count};
+use crate::kernels::sparsify;
 use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::torch_sum_partial::{self, SumPartial};
@@ -113,26 +112,10 @@ pub fn combine(
                 ..Default::default()
             }))
         }
-        (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 1) => {
-            let mut inputs = Vec::new();
-            for (i, input) in task.inputs.iter().enumerate() {
-                let mut c = InputCombined::default();
-                if let Some(k) = selection_k(task, i, n)? {
-                    let hist = merged(partials, i)?;
-                    let (high, above) = magnitude_select::select_high(k, &hist).map_err(bad)?;
-                    c.high_bin = u32::from(high);
-                    c.above = above;
-                } else if !input.is_base {
-                    set_trivial(&mut c, float(&input.params, "density")?);
-                }
-                inputs.push(c);
-            }
-            Ok(same(CombinedStats {
-                slerp: Vec::new(),
-                inputs,
-                ..Default::default()
-            }))
-        }
+        (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 1) => Ok(same(CombinedStats {
+            inputs: select::pass1(task, n, partials)?,
+            ..Default::default()
+        })),
         (Pipeline::Magnitude | Pipeline::MagnitudeRescale, 2) => {
             let received = received
                 .and_then(<[CombinedStats]>::first)
@@ -142,32 +125,7 @@ pub fn combine(
                     "the apply partition of a magnitude selection is its statistics partition",
                 ));
             }
-            let mut out = vec![
-                CombinedStats {
-                    slerp: Vec::new(),
-                    inputs: received.inputs.clone(),
-                    ..Default::default()
-                };
-                next
-            ];
-            for i in 0..task.inputs.len() {
-                let Some(k) = selection_k(task, i, n)? else { continue };
-                let r = received.inputs.get(i).ok_or_else(|| bad("missing input"))?;
-                let high = u16::try_from(r.high_bin).map_err(|_| bad("high bin out of range"))?;
-                let hist = merged(partials, i)?;
-                let (threshold, keep) = magnitude_select::select_low(k, high, r.above, &hist).map_err(bad)?;
-                let low = threshold & 0xFFFF;
-                let mut ties = Vec::with_capacity(partials.len());
-                for (_, s) in partials {
-                    let h = histogram(s, i)?;
-                    ties.push(h.bins.iter().position(|&b| b == low).map_or(0, |j| h.counts[j]));
-                }
-                for (c, keep_here) in out.iter_mut().zip(magnitude_select::ties_per_chunk(keep, &ties)) {
-                    c.inputs[i].threshold = threshold;
-                    c.inputs[i].keep_ties = keep_here;
-                }
-            }
-            Ok(out)
+            select::pass2(task, n, partials, received)
         }
         (Pipeline::MagnitudeRescale, 3) => {
             let received = received.ok_or_else(|| bad("pass 3 without the selection"))?;
@@ -176,7 +134,7 @@ pub fn combine(
                     "the apply partition of a magnitude selection is its statistics partition",
                 ));
             }
-            let selects = |i: usize| Ok(selection_k(task, i, n)?.is_some());
+            let selects = |i: usize| Ok(select::selection(task, i, n)?.is_some());
             let factors = rescale_factors(task, Pipeline::MagnitudeRescale, n, partials, selects)?;
             let mut out = received.to_vec();
             for c in &mut out {
@@ -336,48 +294,6 @@ pub(crate) fn slerp_inputs(task: &MergeTask) -> Result<(usize, usize), KernelErr
         return Err(KernelError::Contract(msg));
     }
     Ok((b, 1 - b))
-}
-
-/// The number of elements the magnitude selection keeps for input `i`, when it selects (a
-/// non-base input with `0 < density < 1`).
-pub(crate) fn selection_k(task: &MergeTask, i: usize, n: u64) -> Result<Option<u64>, KernelError> {
-    let input = &task.inputs[i];
-    if input.is_base {
-        return Ok(None);
-    }
-    let density = float(&input.params, "density")?;
-    if density <= 0.0 || density >= 1.0 || n == 0 {
-        return Ok(None);
-    }
-    Ok(Some(magnitude_keep_count(n as usize, density) as u64))
-}
-
-/// Marks a non-selecting magnitude input as keeping nothing or everything.
-pub(crate) fn set_trivial(c: &mut InputCombined, density: f64) {
-    if density <= 0.0 {
-        c.keep_none = true;
-    } else {
-        c.keep_all = true;
-    }
-}
-
-fn histogram(s: &ChunkStats, i: usize) -> Result<Histogram, KernelError> {
-    let input = s.inputs.get(i).ok_or_else(|| bad("missing input"))?;
-    if input.bins.len() != input.counts.len() {
-        return Err(bad("histogram bins and counts differ in length"));
-    }
-    Ok(Histogram {
-        bins: input.bins.clone(),
-        counts: input.counts.clone(),
-    })
-}
-
-fn merged(partials: &[Partial<'_>], i: usize) -> Result<Histogram, KernelError> {
-    let hists = partials
-        .iter()
-        .map(|(_, s)| histogram(s, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    magnitude_select::merge(&hists).map_err(bad)
 }
 
 /// The L1 rescale factor of every input that `rescales` (by index), from the cascade

@@ -14,6 +14,7 @@
 //! | DARE with rescale | 1: L1 cascade partials of delta and masked delta | inside one of torch's thread parts, at its cascade granule ([`torch_sum_partial::granule`]) | any ranges |
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
 //! | TIES with `rescale: true` | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
+//! | breadcrumbs (with or without rescale) | as TIES: the high histogram serves both cuts of its window of ranks, pass 2 returns a low histogram per cut ([`crate::kernels::outlier_select`]) | as TIES | the statistics partition |
 //! | DELLA without rescale | 0 | none | whole ranking blocks (rows along dim 1) |
 //! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
 //! | nuslerp (`nuslerp_flatten`, the default) | the links of a chain carrying the two vectors' serial norms, then one pass of cascade partials of the normalised dot | as DARE with rescale | any ranges |
@@ -27,10 +28,10 @@
 //! Not split (they run as one whole-tensor task, so the bytes are exact but `--memory-limit`
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
-//! statistics pass computes yet: breadcrumbs when it sparsifies (a sort of `|delta|`),
-//! nuslerp with `nuslerp_row_wise` (vectors along dim 0), multislerp, karcher, sce, ramplus_tl and arcee_fusion.
+//! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0), multislerp, karcher, sce, ramplus_tl and arcee_fusion.
 
 pub mod combine;
+pub(crate) mod select;
 
 use crate::error::KernelError;
 use crate::execute::{boolean, float};
@@ -58,10 +59,11 @@ pub enum Pipeline {
     Slerp,
     /// DARE with rescale: pass 1 L1 cascade partials, then the masked merge.
     RandomRescale,
-    /// TIES: pass 1 high histogram, pass 2 low histogram, then the masked merge.
+    /// TIES and breadcrumbs: pass 1 high histogram, pass 2 low histogram(s), then the masked
+    /// merge.
     Magnitude,
-    /// TIES with rescale: the two histograms, pass 3 L1 cascade partials of `|delta|` before
-    /// and after the mask, then the masked, rescaled merge.
+    /// TIES and breadcrumbs with rescale: the histograms, pass 3 L1 cascade partials of
+    /// `|delta|` before and after the mask, then the masked, rescaled merge.
     MagnitudeRescale,
     /// DELLA without rescale: apply only, in ranges of whole ranking blocks (each chunk ranks
     /// its own rows and draws from its own offset).
@@ -194,12 +196,10 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
         Some(_) if !sparsified => Pipeline::Elementwise,
         Some(Sparsifier::Random) if rescale => Pipeline::RandomRescale,
         Some(Sparsifier::Random) => Pipeline::Elementwise,
-        Some(Sparsifier::Magnitude) if rescale => Pipeline::MagnitudeRescale,
-        Some(Sparsifier::Magnitude) => Pipeline::Magnitude,
+        Some(Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers) if rescale => Pipeline::MagnitudeRescale,
+        Some(Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers) => Pipeline::Magnitude,
         Some(Sparsifier::DellaMagprune) if rescale => Pipeline::RankedRescale,
         Some(Sparsifier::DellaMagprune) => Pipeline::Ranked,
-        // A whole-tensor sort (the outlier cut): not split (no statistics pass yet).
-        Some(Sparsifier::MagnitudeOutliers) => Pipeline::Whole,
     })
 }
 

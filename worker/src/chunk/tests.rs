@@ -1,6 +1,6 @@
 //! Chunked equals whole, on tensors large enough for several statistics chunks: more than one
 //! of torch's 2^20-element SLERP blocks, both of its thread parts and several cascade granules
-//! (DARE), and histogram passes over many chunks (TIES), for bf16 and f32, with chunks run in
+//! (DARE), and histogram passes over many chunks (TIES, breadcrumbs), for bf16 and f32, with chunks run in
 //! a shuffled order.
 
 use super::*;
@@ -78,6 +78,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     let rows = method.ends_with("_rows");
     let (method, rescale) = match method {
         "ties_rescale" => ("ties", true),
+        "breadcrumbs_ties_rescale" => ("breadcrumbs_ties", true),
         m => (m.trim_end_matches("_rows"), m == "dare_ties" || m == "della"),
     };
     // DELLA ranks along dim 1: rows of 2048 (della_linear), or blocks of 1024 x 2 (della).
@@ -105,6 +106,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
         params.insert("weight".to_string(), num(if m == 1 { 0.6 } else { 0.4 }));
         params.insert("density".to_string(), num(if m == 1 { 0.53 } else { 0.3 }));
         params.insert("epsilon".to_string(), num(0.2));
+        params.insert("gamma".to_string(), num(0.05));
         inputs.push(TaskInput {
             model_index: m as u32,
             is_base: m == 0,
@@ -215,6 +217,8 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("dare_ties", Pipeline::RandomRescale),
         ("ties", Pipeline::Magnitude),
         ("ties_rescale", Pipeline::MagnitudeRescale),
+        ("breadcrumbs", Pipeline::Magnitude),
+        ("breadcrumbs_ties_rescale", Pipeline::MagnitudeRescale),
         ("linear", Pipeline::Elementwise),
         ("della", Pipeline::RankedRescale),
         ("della_linear", Pipeline::Ranked),
@@ -282,6 +286,7 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
         ("dare_ties", DType::F32),
         ("ties_rescale", DType::Bf16),
         ("ties_rescale", DType::F16),
+        ("breadcrumbs_ties_rescale", DType::Bf16),
     ] {
         let (task, _) = setup(method, dtype, n);
         let p = plan(&task, 100_000).unwrap().unwrap();
@@ -290,8 +295,8 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
             assert_eq!(ranges.last().unwrap().end, n as u64);
             assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
         }
-        if method == "ties_rescale" {
-            assert_eq!(p.stats, p.apply, "ties quotas are per statistics chunk");
+        if method.ends_with("_rescale") {
+            assert_eq!(p.stats, p.apply, "tie shares are per statistics chunk");
         }
         if method == "slerp" {
             assert!(p.stats.iter().all(|r| r.start % TORCH_CHUNK as u64 == 0));

@@ -4,12 +4,11 @@
 
 use super::gta_params;
 use super::tensor_io::{Loader, Writer};
-use crate::chunk::{self, Pipeline};
+use crate::chunk::{self, Pipeline, select};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::della_chunk::{self, DellaMask};
 use crate::kernels::gta::GtaError;
 use crate::kernels::gta_masked::{self, Mask, MaskedInput};
-use crate::kernels::magnitude_select::ChunkMask;
 use crate::kernels::slerp_stream;
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
@@ -187,40 +186,37 @@ fn gta(
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
                 }
-                Pipeline::MagnitudeRescale
-                    if info.pass == 3 && chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() =>
-                {
+                Pipeline::Magnitude | Pipeline::MagnitudeRescale => {
+                    let Some(sel) = select::selection(task, i, total).map_err(&err)? else {
+                        continue;
+                    };
+                    let histogram = |high: Option<u16>| with_precision!(work, P => gta_masked::magnitude_histogram::<P, TaskError>(n, &base, x, high));
+                    if info.pass == 1 {
+                        let h = histogram(None)?;
+                        stats.bins = h.bins;
+                        stats.counts = h.counts;
+                        continue;
+                    }
                     let r = received(task, info)?
                         .inputs
                         .get(i)
                         .ok_or_else(|| contract(task, "missing input"))?;
-                    let mask = ChunkMask::new(r.threshold, r.keep_ties);
+                    if info.pass == 2 {
+                        let [lower, upper] = select::pass2_bins(r, sel).map_err(&err)?;
+                        let lower = lower.map(|h| histogram(Some(h))).transpose()?;
+                        let upper = upper.map(|h| histogram(Some(h))).transpose()?;
+                        select::store_pass2(stats, lower, upper);
+                        continue;
+                    }
+                    let mask = select::select_mask(r, sel);
                     let (part_len, offset) = sum_part(task, info)?;
                     let kind = chunk::sum_kind(pipeline, task.working_dtype());
-                    let (before, after) = with_precision!(work, P => gta_masked::magnitude_sums::<P, TaskError>(
+                    let (before, after) = with_precision!(work, P => gta_masked::selection_sums::<P, TaskError>(
                         kind, part_len, offset, n, &base, x, mask
                     ))?
                     .map_err(|e| contract(task, e))?;
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
-                }
-                Pipeline::Magnitude | Pipeline::MagnitudeRescale
-                    if chunk::combine::selection_k(task, i, total).map_err(&err)?.is_some() =>
-                {
-                    let high = match info.pass {
-                        1 => None,
-                        _ => {
-                            let r = received(task, info)?
-                                .inputs
-                                .get(i)
-                                .ok_or_else(|| contract(task, "missing input"))?;
-                            Some(u16::try_from(r.high_bin).map_err(|_| contract(task, "high bin out of range"))?)
-                        }
-                    };
-                    let h =
-                        with_precision!(work, P => gta_masked::magnitude_histogram::<P, TaskError>(n, &base, x, high))?;
-                    stats.bins = h.bins;
-                    stats.counts = h.counts;
                 }
                 _ => {}
             }
@@ -254,10 +250,12 @@ fn gta(
                 density,
             },
             Pipeline::Magnitude | Pipeline::MagnitudeRescale if r.keep_none => Mask::Drop,
-            Pipeline::Magnitude | Pipeline::MagnitudeRescale if !r.keep_all => Mask::Magnitude {
-                threshold: r.threshold,
-                keep_ties: r.keep_ties,
-            },
+            Pipeline::Magnitude | Pipeline::MagnitudeRescale => {
+                match select::selection(task, i, total).map_err(&err)? {
+                    Some(sel) => Mask::Select(select::select_mask(r, sel)),
+                    None => Mask::Keep,
+                }
+            }
             _ => Mask::Keep,
         };
         masked.push(MaskedInput {

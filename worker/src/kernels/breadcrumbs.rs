@@ -10,9 +10,11 @@
 //!
 //! Equal magnitudes at either end of the kept range are ordered lowest index first; torch's
 //! unstable sort orders them arbitrarily, so only tie-free inputs (f32 data in practice) can be
-//! byte-identical to mergekit.
+//! byte-identical to mergekit. The kept range is found without a sort, by the radix select of
+//! [`super::outlier_select`] that chunk tasks also run.
 
-use super::magnitude_select::key;
+use super::magnitude_select::WHOLE_SEGMENT;
+use super::outlier_select;
 use super::precision::Precision;
 use super::sparsify::{l1, rescale_l1};
 use rayon::prelude::*;
@@ -39,23 +41,14 @@ fn py_slice(start: i64, stop: i64, n: i64) -> Range<usize> {
 /// (ties lowest index first) lies in [`kept_positions`]. `density >= 1` keeps everything.
 pub fn outliers_mask(delta: &[f32], density: f64, gamma: f64) -> Vec<f32> {
     let n = delta.len();
-    if density >= 1.0 {
+    let Some(window) = outlier_select::window(n as u64, density, gamma) else {
         return vec![1.0; n];
-    }
+    };
     let mut mask = vec![0.0f32; n];
-    let kept = kept_positions(n, density, gamma);
-    if kept.is_empty() {
-        return mask;
-    }
-    let mut order: Vec<u64> = delta
-        .par_iter()
-        .enumerate()
-        .map(|(i, &x)| (u64::from(key(x)) << 32) | i as u64)
-        .collect();
-    order.par_sort_unstable();
-    for &packed in &order[kept] {
-        mask[(packed & 0xFFFF_FFFF) as usize] = 1.0;
-    }
+    mask.par_chunks_mut(WHOLE_SEGMENT)
+        .zip(delta.par_chunks(WHOLE_SEGMENT))
+        .zip(outlier_select::whole_tensor_masks(delta, window))
+        .for_each(|((m, d), mut w)| w.mask(d, m));
     mask
 }
 

@@ -1,6 +1,6 @@
 //! The task-arithmetic family over one chunk of a tensor whose statistics are already known:
-//! the statistics passes (DARE's L1 partials, TIES' magnitude histograms and, with rescale, its
-//! L1 partials; DELLA's are in [`super::della_chunk`]) and the apply pass, which merges with
+//! the statistics passes (DARE's L1 partials, the magnitude histograms of TIES and breadcrumbs
+//! and, with rescale, their L1 partials; DELLA's are in [`super::della_chunk`]) and the apply pass, which merges with
 //! given masks and rescale factors.
 //!
 //! Together with [`crate::chunk::combine()`] these give exactly the bytes of [`super::gta::merge`]
@@ -13,7 +13,8 @@ use super::della_chunk::{self, DellaMask};
 use super::gta::{GtaOptions, GtaVariant};
 use super::gta_chunk::q_rnd;
 use super::gta_stream::{ChunkSource, DRAW_CHUNK, Drawn, Sink, combine_pass, keep_probability};
-use super::magnitude_select::{ChunkMask, HighCounter, Histogram, LowCounter};
+use super::magnitude_select::{HighCounter, Histogram, LowCounter};
+use super::outlier_select::SelectMask;
 use super::precision::Precision;
 use super::torch_sum_partial::{PartialStream, SumPartial};
 use super::torch_sum_stream::SumKind;
@@ -34,13 +35,9 @@ pub enum Mask {
         /// Keep probability as configured.
         density: f64,
     },
-    /// TIES: keys above `threshold`, and the first `keep_ties` keys equal to it.
-    Magnitude {
-        /// Threshold key.
-        threshold: u32,
-        /// Threshold-equal elements this chunk keeps.
-        keep_ties: u64,
-    },
+    /// TIES (keys above a threshold, and the first so many equal to it) or breadcrumbs (a
+    /// window of ascending ranks).
+    Select(SelectMask),
     /// DELLA: keep bits from each element's rank in its row and its random word (the chunk is
     /// made of whole ranking blocks).
     Della(Box<DellaMask>),
@@ -132,8 +129,8 @@ fn mask_bits<P: Precision, E>(
             }
         }
         Mask::Della(mask) => bits = della_chunk::keep_bits::<P, E>(n, base, input.source, mask)?,
-        Mask::Magnitude { threshold, keep_ties } => {
-            let mut m = ChunkMask::new(*threshold, *keep_ties);
+        Mask::Select(mask) => {
+            let mut m = *mask;
             let mut d = Vec::new();
             // Pieces are multiples of 8 long (but the last), so they start on a byte boundary.
             pieces(n, base, input.source, |start, b, x| {
@@ -237,23 +234,24 @@ pub fn random_sums<P: Precision, E>(
     })
 }
 
-/// TIES' rescale statistics over one chunk (pass 3): the L1 cascade partials of `|delta|` and
-/// of `|delta|` masked by `mask` (the chunk's threshold and tie quota), placed in a torch part
-/// as for [`random_sums`].
-pub fn magnitude_sums<P: Precision, E>(
+/// The rescale statistics of TIES and breadcrumbs over one chunk (pass 3): the L1 cascade
+/// partials of `|delta|` and of `|delta|` masked by `mask` (the chunk's thresholds and tie
+/// shares), placed in a torch part as for [`random_sums`].
+pub fn selection_sums<P: Precision, E>(
     kind: SumKind,
     part_len: usize,
     range_start: usize,
     n: usize,
     base: &dyn ChunkSource<E>,
     x: &dyn ChunkSource<E>,
-    mut mask: ChunkMask,
+    mut mask: SelectMask,
 ) -> Result<Result<(SumPartial, SumPartial), String>, E> {
     l1_sums::<P, E>(kind, part_len, range_start, n, base, x, |d, m| mask.mask(d, m))
 }
 
-/// TIES' statistics over one chunk: the histogram of the high 16 bits of the `|delta|` keys
-/// (`high = None`, pass 1) or of the low 16 bits of the keys in bin `high` (pass 2).
+/// The selection statistics of TIES and breadcrumbs over one chunk: the histogram of the high
+/// 16 bits of the `|delta|` keys (`high = None`, pass 1) or of the low 16 bits of the keys in
+/// bin `high` (pass 2).
 pub fn magnitude_histogram<P: Precision, E>(
     n: usize,
     base: &dyn ChunkSource<E>,

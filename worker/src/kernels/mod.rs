@@ -22,6 +22,7 @@ pub mod multislerp;
 pub mod nearswap;
 pub mod nuslerp;
 pub mod nuslerp_stream;
+pub mod outlier_select;
 pub mod passthrough;
 pub mod precision;
 pub mod ram;
