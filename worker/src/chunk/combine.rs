@@ -173,6 +173,7 @@ pub fn combine(
                 ..Default::default()
             }))
         }
+        (Pipeline::Sce, pass) => super::sce_combine::combine(task, pass, n, partials, received, next),
         (p, pass) => Err(bad(format!("{p:?} has no statistics pass {pass}"))),
     }
 }

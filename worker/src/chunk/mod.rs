@@ -14,6 +14,7 @@
 //! | DARE with rescale | 1: L1 cascade partials of delta and masked delta | inside one of torch's thread parts, at its cascade granule ([`torch_sum_partial::granule`]) | any ranges |
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
 //! | TIES with `rescale: true` | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
+//! | sce | 3: high histogram of the variance keys and zero count, low histogram (the top-`K` variances), f32 cascade partials of the selected task vectors' squares | inside torch's summation parts of the mean squares (one part unless there is one model) | the statistics partition |
 //! | breadcrumbs (with or without rescale) | as TIES: the high histogram serves both cuts of its window of ranks, pass 2 returns a low histogram per cut ([`crate::kernels::outlier_select`]) | as TIES | the statistics partition |
 //! | DELLA without rescale | 0 | none | whole ranking blocks (rows along dim 1) |
 //! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
@@ -28,9 +29,11 @@
 //! Not split (they run as one whole-tensor task, so the bytes are exact but `--memory-limit`
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
-//! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0), multislerp, karcher, sce, ramplus_tl and arcee_fusion.
+//! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
+//! multislerp, karcher, ramplus_tl and arcee_fusion.
 
 pub mod combine;
+mod sce_combine;
 pub(crate) mod select;
 
 use crate::error::KernelError;
@@ -38,6 +41,7 @@ use crate::execute::{boolean, float};
 use crate::kernels::della::{self, RankRows};
 use crate::kernels::gta::GtaVariant;
 use crate::kernels::nuslerp::Vectors;
+use crate::kernels::sce;
 use crate::kernels::slerp::TORCH_CHUNK;
 use crate::kernels::sparsify::Sparsifier;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
@@ -82,6 +86,10 @@ pub enum Pipeline {
     /// Independent rows (`filter_wise` model_stock, nuslerp over contiguous rows): apply only,
     /// in ranges of whole rows of the last dim, through the ordinary streamed kernels.
     Rows,
+    /// sce: pass 1 high histogram of the variance keys and zero count, pass 2 low histogram,
+    /// pass 3 cascade partials of the selected task vectors' squares, then apply with the
+    /// weights (over the statistics partition).
+    Sce,
     /// Not split: the tensor runs as one task.
     Whole,
 }
@@ -95,14 +103,14 @@ impl Pipeline {
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
             Pipeline::RandomRescale | Pipeline::RankedRescale => 1,
             Pipeline::Slerp | Pipeline::Magnitude => 2,
-            Pipeline::MagnitudeRescale => 3,
+            Pipeline::MagnitudeRescale | Pipeline::Sce => 3,
         }
     }
 
     /// Whether the apply pass runs over the statistics partition (magnitude selections count
     /// their threshold ties per statistics chunk).
     pub fn applies_per_statistics_chunk(self) -> bool {
-        matches!(self, Pipeline::Magnitude | Pipeline::MagnitudeRescale)
+        matches!(self, Pipeline::Magnitude | Pipeline::MagnitudeRescale | Pipeline::Sce)
     }
 
     /// Whether apply chunks run through the chunk executor (with statistics, or with masks the
@@ -174,11 +182,10 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
                 _ => Pipeline::Whole,
             }
         }
-        MethodKind::Multislerp
-        | MethodKind::RamPlusTl
-        | MethodKind::Sce
-        | MethodKind::Karcher
-        | MethodKind::ArceeFusion => Pipeline::Whole,
+        MethodKind::Sce => Pipeline::Sce,
+        MethodKind::Multislerp | MethodKind::RamPlusTl | MethodKind::Karcher | MethodKind::ArceeFusion => {
+            Pipeline::Whole
+        }
     })
 }
 
@@ -208,6 +215,7 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
 /// sums them in the working dtype, and torch loads f16 vectors as it loads bf16 ones.
 pub fn sum_kind(pipeline: Pipeline, working: DType) -> SumKind {
     match (pipeline, working) {
+        (Pipeline::Sce, _) => SumKind::F32,
         (Pipeline::Chain | Pipeline::NuslerpChain, DType::F32) => SumKind::F32,
         (Pipeline::Chain | Pipeline::NuslerpChain, _) => SumKind::Bf16,
         (_, DType::Bf16) | (Pipeline::MagnitudeRescale, DType::F16) => SumKind::Bf16,
@@ -262,6 +270,14 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
         Pipeline::Magnitude => (even.clone(), even),
         Pipeline::MagnitudeRescale => {
             let stats = sum_aligned(task, pipeline, chunk);
+            (stats.clone(), stats)
+        }
+        Pipeline::Sce => {
+            let k = task.inputs.iter().filter(|i| !i.is_base).count();
+            if k == 0 {
+                return Ok(None);
+            }
+            let stats = sum_aligned_in(task, pipeline, chunk, sce::mean_square_threads(k));
             (stats.clone(), stats)
         }
     };
@@ -341,9 +357,14 @@ pub fn read_range(task: &MergeTask) -> Option<Range<u64>> {
 /// Ranges of about `chunk` elements that each lie inside one of torch's summation parts of
 /// the tensor, at its cascade granule, so L1 partials combine bit-exactly.
 fn sum_aligned(task: &MergeTask, pipeline: Pipeline, chunk: u64) -> Vec<Range<u64>> {
+    sum_aligned_in(task, pipeline, chunk, DEFAULT_THREADS)
+}
+
+/// [`sum_aligned`] for a sum torch runs on `threads` threads.
+fn sum_aligned_in(task: &MergeTask, pipeline: Pipeline, chunk: u64, threads: usize) -> Vec<Range<u64>> {
     let kind = sum_kind(pipeline, task.working_dtype());
     let mut stats = Vec::new();
-    for part in torch_parts(task.numel as usize, DEFAULT_THREADS) {
+    for part in torch_parts(task.numel as usize, threads) {
         let start = part.start as u64;
         for r in torch_sum_partial::ranges(kind, part.len(), chunk as usize) {
             stats.push(start + r.start as u64..start + r.end as u64);

@@ -76,6 +76,8 @@ fn encode(dtype: DType, v: &[f32]) -> Vec<u8> {
 fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     // `ties_rescale`: TIES with `rescale: true`; `*_rows`: the method over rows of 2048.
     let rows = method.ends_with("_rows");
+    let all = method.ends_with("_all");
+    let method = method.trim_end_matches("_all");
     let (method, rescale) = match method {
         "ties_rescale" => ("ties", true),
         "breadcrumbs_ties_rescale" => ("breadcrumbs_ties", true),
@@ -131,6 +133,8 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("filter_wise".to_string(), flag(rows));
     shared.insert("nuslerp_flatten".to_string(), flag(!rows));
     shared.insert("nuslerp_row_wise".to_string(), flag(false));
+    // `sce_all`: sce without its top-k selection.
+    shared.insert("select_topk".to_string(), num(if all { 1.0 } else { 0.6 }));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
     let task = MergeTask {
         tensor: "t".into(),
@@ -219,6 +223,8 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("ties_rescale", Pipeline::MagnitudeRescale),
         ("breadcrumbs", Pipeline::Magnitude),
         ("breadcrumbs_ties_rescale", Pipeline::MagnitudeRescale),
+        ("sce", Pipeline::Sce),
+        ("sce_all", Pipeline::Sce),
         ("linear", Pipeline::Elementwise),
         ("della", Pipeline::RankedRescale),
         ("della_linear", Pipeline::Ranked),

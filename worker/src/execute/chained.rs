@@ -17,11 +17,16 @@ use crate::with_precision;
 use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, MergeTask, NormState};
 use std::ops::Range;
 
-/// The torch summation part a statistics chunk lies in, and the chunk's element range.
-pub(super) fn part_of(task: &MergeTask, info: &ChunkInfo) -> Result<(Range<usize>, Range<usize>), TaskError> {
+/// The part of a sum torch runs on `threads` threads that a statistics chunk lies in, and the
+/// chunk's element range.
+pub(super) fn part_of(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    threads: usize,
+) -> Result<(Range<usize>, Range<usize>), TaskError> {
     let total = info.tensor_numel as usize;
     let range = info.start as usize..(info.start + info.len) as usize;
-    let part = torch_parts(total, DEFAULT_THREADS)
+    let part = torch_parts(total, threads)
         .into_iter()
         .find(|p| p.contains(&range.start) && range.end <= p.end)
         .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
@@ -96,7 +101,7 @@ pub(super) fn model_stock(
         with_precision!(work, P => model_stock_stream::apply_pass::<P, TaskError>(loader.numel, t, &base, &refs, &sink))?;
         return Ok(None);
     }
-    let (part, range) = part_of(task, info)?;
+    let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
     let mut norms = chain_norms(task, info, refs.len())?;
     let sums = with_precision!(work, P => model_stock_chain::link::<P, TaskError>(
         part, range, &base, &refs, &mut norms
@@ -129,7 +134,7 @@ pub(super) fn nuslerp(
         with_precision!(work, P => nuslerp_stream::apply::<P, TaskError>(loader.numel, &inputs, coef, &sink))?;
         return Ok(None);
     }
-    let (part, range) = part_of(task, info)?;
+    let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
     if info.pass <= links {
         let mut norms = chain_norms(task, info, 2)?;
         let pair: &mut [NormStream; 2] = (&mut norms[..])

@@ -2,14 +2,20 @@
 //! pass that uses the combined statistics (see [`crate::chunk`]). Elementwise chunks run
 //! through the ordinary kernels on the narrowed inputs.
 
-use super::gta_params;
 use super::tensor_io::{Loader, Writer};
+use super::{float, gta_params};
 use crate::chunk::{self, Pipeline, select};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::della_chunk::{self, DellaMask};
 use crate::kernels::gta::GtaError;
 use crate::kernels::gta_masked::{self, Mask, MaskedInput};
+use crate::kernels::gta_stream::ChunkSource;
+use crate::kernels::magnitude_select::ChunkMask;
+use crate::kernels::nuslerp::OUTER_GROUP;
+use crate::kernels::sce;
+use crate::kernels::sce_chunk::{self, Select};
 use crate::kernels::slerp_stream;
+use crate::kernels::torch_sum::DEFAULT_THREADS;
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::with_precision;
@@ -102,6 +108,7 @@ pub(super) fn run(
         | Pipeline::MagnitudeRescale
         | Pipeline::Ranked
         | Pipeline::RankedRescale => gta(task, info, pipeline, loader, out),
+        Pipeline::Sce => sce(task, info, loader, out),
         Pipeline::Chain => super::chained::model_stock(task, info, loader, out),
         Pipeline::NuslerpChain => super::chained::nuslerp(task, info, loader, out),
         Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
@@ -113,8 +120,97 @@ pub(super) fn run(
 /// The length of the torch summation part a statistics chunk lies in, and the chunk's offset
 /// in it.
 fn sum_part(task: &MergeTask, info: &ChunkInfo) -> Result<(usize, usize), TaskError> {
-    let (part, range) = super::chained::part_of(task, info)?;
+    sum_part_in(task, info, DEFAULT_THREADS)
+}
+
+/// [`sum_part`] of a sum torch runs on `threads` threads.
+fn sum_part_in(task: &MergeTask, info: &ChunkInfo, threads: usize) -> Result<(usize, usize), TaskError> {
+    let (part, range) = super::chained::part_of(task, info, threads)?;
     Ok((part.len(), range.start - part.start))
+}
+
+/// sce: the three statistics passes (see [`sce_chunk`]) and apply.
+fn sce(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let err = kernel_err(task);
+    let (b, others) = super::whole::split_base(task).map_err(&err)?;
+    let base = loader.open(b)?;
+    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
+    let xs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let (n, work) = (loader.numel, loader.work);
+    let selection = |r: &InputCombined| match (r.keep_all, r.keep_none) {
+        (true, _) => Select::All,
+        (_, true) => Select::Nothing,
+        _ => Select::TopK(ChunkMask::new(r.threshold, r.keep_ties)),
+    };
+    let received_selection = || -> Result<InputCombined, TaskError> {
+        received(task, info)?
+            .inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| contract(task, "sce chunk without its selection"))
+    };
+    let high = match info.pass {
+        1 => None,
+        2 => {
+            let r = received_selection()?;
+            if r.keep_all || r.keep_none {
+                return Ok(Some(ChunkStats::default()));
+            }
+            Some(u16::try_from(r.high_bin).map_err(|_| contract(task, "high bin out of range"))?)
+        }
+        3 => {
+            let select = selection(&received_selection()?);
+            let (part_len, offset) = sum_part_in(task, info, sce::mean_square_threads(xs.len()))?;
+            let partials = with_precision!(work, P => sce_chunk::mean_squares::<P, TaskError>(
+                part_len, offset, n, &base, &xs, select
+            ))?
+            .map_err(|e| contract(task, e))?;
+            let mut inputs = vec![InputStats::default(); task.inputs.len()];
+            for (&i, p) in others.iter().zip(partials) {
+                inputs[i].sums = p.to_floats();
+            }
+            return Ok(Some(ChunkStats {
+                inputs,
+                ..Default::default()
+            }));
+        }
+        _ => {
+            let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+            let s = received(task, info)?;
+            if s.coefficients.len() != xs.len() {
+                return Err(contract(task, "sce apply needs one weight per model"));
+            }
+            let select = selection(&received_selection()?);
+            let total = info.tensor_numel as usize;
+            let grouped = total / OUTER_GROUP * OUTER_GROUP;
+            let sink = |start: usize, values: &[f32]| out.write(start, values);
+            with_precision!(work, P => sce_chunk::apply::<P, TaskError>(
+                n, info.start as usize, grouped, &base, &xs, select, &s.coefficients, &sink
+            ))?;
+            return Ok(None);
+        }
+    };
+    let topk = float(&task.shared_params, "select_topk").map_err(&err)?;
+    if info.pass == 1 && !(topk > 0.0 && topk < 1.0) {
+        // No selection: the combine step ignores pass 1.
+        return Ok(Some(ChunkStats::default()));
+    }
+    let (h, zeros) = with_precision!(work, P => sce_chunk::histogram::<P, TaskError>(n, &base, &xs, high))?;
+    let stats = InputStats {
+        bins: h.bins,
+        counts: h.counts,
+        zeros,
+        ..Default::default()
+    };
+    Ok(Some(ChunkStats {
+        inputs: vec![stats],
+        ..Default::default()
+    }))
 }
 
 /// The task-arithmetic family's statistics and apply passes.

@@ -27,6 +27,7 @@ pub mod passthrough;
 pub mod precision;
 pub mod ram;
 pub mod sce;
+pub mod sce_chunk;
 pub(crate) mod simd;
 pub mod slerp;
 pub mod slerp_stream;

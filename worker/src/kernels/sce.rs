@@ -37,7 +37,7 @@ fn dim0_sum(terms: &[f32], e: usize, grouped: usize) -> f32 {
 
 /// Population variance over the models at one position, as torch's `var(dim=0,
 /// unbiased=False)`: Welford's update in f64, rounded to f32.
-fn variance(values: impl Iterator<Item = f32>) -> f32 {
+pub(crate) fn variance(values: impl Iterator<Item = f32>) -> f32 {
     let (mut mean, mut m2, mut n) = (0.0f64, 0.0f64, 0.0f64);
     for x in values {
         let x = f64::from(x);
@@ -86,9 +86,9 @@ pub fn select_mask<P: Precision>(tvs: &[&[f32]], select_topk: f64) -> Vec<bool> 
 }
 
 /// Mean of `rnd(x^2)` over one task vector as torch's `mean(dim=1)` of the `[k, n]` stack
-/// (`single` when `k == 1`: then the only row may be split over threads).
-fn mean_square<P: Precision>(tv: &[f32], single: bool) -> f32 {
-    let threads = if single { DEFAULT_THREADS } else { 1 };
+/// (with `k == 1` the only row may be split over threads).
+fn mean_square<P: Precision>(tv: &[f32], k: usize) -> f32 {
+    let threads = mean_square_threads(k);
     // A bf16 tensor is cast to f32 before torch sums it into the f32 mean.
     let s = torch_sum_f32_threads(tv, |x| P::rnd(x * x), threads);
     P::rnd(s / tv.len() as f32)
@@ -132,45 +132,68 @@ pub fn merge_selected<P: Precision>(
             });
         }
     }
-    let mut s: Vec<f32> = xs.iter().map(|x| mean_square::<P>(x, k == 1)).collect();
+    let s = weights::<P>(xs.iter().map(|x| mean_square::<P>(x, k)).collect());
+    let grouped = n / OUTER_GROUP * OUTER_GROUP;
+    let tvs: Vec<&[f32]> = xs.iter().map(|x| &x[..]).collect();
+    base.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
+        let start = ci * CHUNK;
+        let tvs: Vec<&[f32]> = tvs.iter().map(|t| &t[start..start + out.len()]).collect();
+        combine_range::<P>(out, &tvs, start, grouped, &s);
+    });
+}
+
+/// Intra-op threads of torch's mean squares: `mean(dim=1)` of the `[k, n]` stack runs each
+/// row on one thread, unless there is one row.
+pub fn mean_square_threads(k: usize) -> usize {
+    if k == 1 { DEFAULT_THREADS } else { 1 }
+}
+
+/// Step 3's weights from the mean squares `s_i`.
+pub(crate) fn weights<P: Precision>(mut s: Vec<f32>) -> Vec<f32> {
+    let k = s.len();
     let total = P::rnd(torch_sum_f32_threads(&s, |x| x, 1));
     if f64::from(total).abs() < 1e-6 {
         s.iter_mut().for_each(|w| *w = P::rnd(1.0 / k as f32));
     } else {
         s.iter_mut().for_each(|w| *w = P::rnd(*w / total));
     }
+    s
+}
+
+/// Steps 2 and 4 over the output elements `start .. start + out.len()` of a tensor whose
+/// first `grouped` elements take torch's grouped dim-0 order: `out` holds the base on entry and
+/// the result on return, `tvs[i][j]` is task vector `i` (after step 1) at element `start + j`,
+/// `s` the weights.
+pub(crate) fn combine_range<P: Precision>(out: &mut [f32], tvs: &[&[f32]], start: usize, grouped: usize, s: &[f32]) {
+    let k = tvs.len();
     let floor = P::DTYPE.from_f64(1e-6);
-    let grouped = n / OUTER_GROUP * OUTER_GROUP;
-    let tvs: Vec<&[f32]> = xs.iter().map(|x| &x[..]).collect();
-    base.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
-        let mut terms = vec![0.0f32; k];
-        let mut weights = vec![0.0f32; k];
-        for (j, b) in out.iter_mut().enumerate() {
-            let e = ci * CHUNK + j;
-            for (t, tv) in terms.iter_mut().zip(&tvs) {
-                *t = tv[e];
-            }
-            let elected = if P::rnd(dim0_sum(&terms, e, grouped)) >= 0.0 {
-                1.0
-            } else {
-                -1.0
-            };
-            for ((w, t), &si) in weights.iter_mut().zip(terms.iter_mut()).zip(&s) {
-                let sign = if *t > 0.0 {
-                    1.0
-                } else if *t < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                *w = if sign == elected { si } else { 0.0 };
-                *t = P::rnd(*t * *w);
-            }
-            let num = P::rnd(dim0_sum(&terms, e, grouped));
-            let den = P::rnd(dim0_sum(&weights, e, grouped)).max(floor);
-            *b = P::rnd(*b + P::rnd(num / den));
+    let mut terms = vec![0.0f32; k];
+    let mut weights = vec![0.0f32; k];
+    for (j, b) in out.iter_mut().enumerate() {
+        let e = start + j;
+        for (t, tv) in terms.iter_mut().zip(tvs) {
+            *t = tv[j];
         }
-    });
+        let elected = if P::rnd(dim0_sum(&terms, e, grouped)) >= 0.0 {
+            1.0
+        } else {
+            -1.0
+        };
+        for ((w, t), &si) in weights.iter_mut().zip(terms.iter_mut()).zip(s) {
+            let sign = if *t > 0.0 {
+                1.0
+            } else if *t < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            *w = if sign == elected { si } else { 0.0 };
+            *t = P::rnd(*t * *w);
+        }
+        let num = P::rnd(dim0_sum(&terms, e, grouped));
+        let den = P::rnd(dim0_sum(&weights, e, grouped)).max(floor);
+        *b = P::rnd(*b + P::rnd(num / den));
+    }
 }
 
 #[cfg(test)]
