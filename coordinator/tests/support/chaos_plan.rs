@@ -156,7 +156,9 @@ impl Plan {
 /// method turns with the seed: DARE-TIES (rescale: one pass of L1 partials), TIES (two
 /// histogram passes), SLERP (norms, then dots, on 2^20-element blocks), model_stock (a chain
 /// of one-chunk passes carrying the norms), DELLA (row ranks; a pass of L1 partials whose
-/// chunks read the rows around them) or nuslerp (a chain of norms, then a pass of dots). Other rounds run
+/// chunks read the rows around them), nuslerp (a chain of norms, then a pass of dots),
+/// breadcrumbs_ties with rescale (two cuts' histogram passes, then L1 partials) or sce
+/// (variance histograms, then mean-square partials). Other rounds run
 /// DARE-TIES unsplit. Some restarts of the coordinator change the flag (a chunked job must
 /// keep its journaled size; an unsplit one must not become split). A stream of its own, so
 /// the fault schedule of a seed is the same as before chunk rounds existed.
@@ -179,8 +181,11 @@ fn chunking(seed: u64) -> (Method, Vec<Option<u64>>) {
         };
         sizes.push(next);
     }
+    // Chunked seeds are 2 and 3 mod 4: numbered 0, 1, 2, ..., any 8 in a row (so those of the
+    // default seeds 1..=20) run every method.
     let method = if chunked {
-        Method::ALL[(seed % Method::ALL.len() as u64) as usize]
+        let index = seed / 4 * 2 + seed % 2;
+        Method::ALL[(index % Method::ALL.len() as u64) as usize]
     } else {
         Method::DareTies
     };
@@ -201,16 +206,20 @@ pub enum Method {
     ModelStock,
     Della,
     Nuslerp,
+    Breadcrumbs,
+    Sce,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 8] = [
         Method::DareTies,
         Method::Ties,
         Method::Slerp,
         Method::ModelStock,
         Method::Della,
         Method::Nuslerp,
+        Method::Breadcrumbs,
+        Method::Sce,
     ];
 
     pub fn name(self) -> &'static str {
@@ -221,6 +230,8 @@ impl Method {
             Method::ModelStock => "model_stock",
             Method::Della => "della",
             Method::Nuslerp => "nuslerp",
+            Method::Breadcrumbs => "breadcrumbs_ties",
+            Method::Sce => "sce",
         }
     }
 
@@ -288,6 +299,38 @@ dtype: bfloat16
       epsilon: 0.1
 merge_method: della
 base_model: {prefix}/base
+dtype: bfloat16
+"
+            ),
+            Method::Breadcrumbs => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+    parameters:
+      density: 0.6
+      gamma: 0.05
+      weight: 0.6
+  - model: {prefix}/finetune-b
+    parameters:
+      density: 0.4
+      gamma: 0.1
+      weight: 0.3
+merge_method: breadcrumbs_ties
+base_model: {prefix}/base
+parameters:
+  rescale: true
+dtype: bfloat16
+"
+            ),
+            Method::Sce => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+  - model: {prefix}/finetune-b
+merge_method: sce
+base_model: {prefix}/base
+parameters:
+  select_topk: 0.6
 dtype: bfloat16
 "
             ),

@@ -11,6 +11,7 @@ use crate::kernels::gta_stream::rescale_factor;
 use crate::kernels::model_stock_chain;
 use crate::kernels::nuslerp::{self, Coefficients};
 use crate::kernels::nuslerp_stream;
+use crate::kernels::ram;
 use crate::kernels::slerp_stream::{coefficients, norm_of_blocks};
 use crate::kernels::sparsify;
 use crate::kernels::torch_norm::NormStream;
@@ -174,6 +175,27 @@ pub fn combine(
             }))
         }
         (Pipeline::Sce, pass) => super::sce_combine::combine(task, pass, n, partials, received, next),
+        (Pipeline::RamPlus, 1) => {
+            // Every non-base model's counts over the whole tensor, then its lambda.
+            let mut counts = Vec::new();
+            for (i, input) in task.inputs.iter().enumerate().filter(|(_, i)| !i.is_base) {
+                let mut c = (0u64, 0u64);
+                for (_, s) in partials {
+                    let st = s
+                        .inputs
+                        .get(i)
+                        .ok_or_else(|| bad(format!("missing counts of `{}`", input.model_index)))?;
+                    c = (c.0 + st.shared, c.1 + st.unique);
+                }
+                counts.push(c);
+            }
+            let get = |name| float(&task.shared_params, name);
+            let lambda = ram::plus_lambdas(&counts, get("epsilon")?, get("r")?, get("alpha")?);
+            Ok(same(CombinedStats {
+                coefficients: lambda,
+                ..Default::default()
+            }))
+        }
         (p, pass) => Err(bad(format!("{p:?} has no statistics pass {pass}"))),
     }
 }

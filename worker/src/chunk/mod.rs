@@ -15,6 +15,7 @@
 //! | TIES (magnitude) | 2: high then low 16-bit histograms of `|delta|` keys | any ranges | the statistics partition (ties are kept lowest index first, counted per chunk) |
 //! | TIES with `rescale: true` | 3: the two histograms, then L1 cascade partials of `|delta|` and of the kept `|delta|` | as DARE with rescale | the statistics partition |
 //! | sce | 3: high histogram of the variance keys and zero count, low histogram (the top-`K` variances), f32 cascade partials of the selected task vectors' squares | inside torch's summation parts of the mean squares (one part unless there is one model) | the statistics partition |
+//! | ramplus_tl | 1: each model's counts of shared and unique active elements | any ranges | any ranges |
 //! | breadcrumbs (with or without rescale) | as TIES: the high histogram serves both cuts of its window of ranks, pass 2 returns a low histogram per cut ([`crate::kernels::outlier_select`]) | as TIES | the statistics partition |
 //! | DELLA without rescale | 0 | none | whole ranking blocks (rows along dim 1) |
 //! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
@@ -30,7 +31,7 @@
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
 //! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
-//! multislerp, karcher, ramplus_tl and arcee_fusion.
+//! multislerp, karcher and arcee_fusion.
 
 pub mod combine;
 mod sce_combine;
@@ -90,6 +91,9 @@ pub enum Pipeline {
     /// pass 3 cascade partials of the selected task vectors' squares, then apply with the
     /// weights (over the statistics partition).
     Sce,
+    /// ramplus_tl: pass 1 counts each model's shared and unique active elements, then apply
+    /// with the models' `lambda`.
+    RamPlus,
     /// Not split: the tensor runs as one task.
     Whole,
 }
@@ -101,7 +105,7 @@ impl Pipeline {
         match self {
             Pipeline::Chain | Pipeline::NuslerpChain => 1,
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
-            Pipeline::RandomRescale | Pipeline::RankedRescale => 1,
+            Pipeline::RandomRescale | Pipeline::RankedRescale | Pipeline::RamPlus => 1,
             Pipeline::Slerp | Pipeline::Magnitude => 2,
             Pipeline::MagnitudeRescale | Pipeline::Sce => 3,
         }
@@ -183,9 +187,8 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
             }
         }
         MethodKind::Sce => Pipeline::Sce,
-        MethodKind::Multislerp | MethodKind::RamPlusTl | MethodKind::Karcher | MethodKind::ArceeFusion => {
-            Pipeline::Whole
-        }
+        MethodKind::RamPlusTl => Pipeline::RamPlus,
+        MethodKind::Multislerp | MethodKind::Karcher | MethodKind::ArceeFusion => Pipeline::Whole,
     })
 }
 
@@ -272,6 +275,8 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
             let stats = sum_aligned(task, pipeline, chunk);
             (stats.clone(), stats)
         }
+        Pipeline::RamPlus if task.inputs.iter().all(|i| i.is_base) => return Ok(None),
+        Pipeline::RamPlus => (even.clone(), even),
         Pipeline::Sce => {
             let k = task.inputs.iter().filter(|i| !i.is_base).count();
             if k == 0 {

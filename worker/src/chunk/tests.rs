@@ -133,6 +133,9 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("filter_wise".to_string(), flag(rows));
     shared.insert("nuslerp_flatten".to_string(), flag(!rows));
     shared.insert("nuslerp_row_wise".to_string(), flag(false));
+    shared.insert("epsilon".to_string(), num(0.01));
+    shared.insert("r".to_string(), num(0.1));
+    shared.insert("alpha".to_string(), num(0.2));
     // `sce_all`: sce without its top-k selection.
     shared.insert("select_topk".to_string(), num(if all { 1.0 } else { 0.6 }));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
@@ -225,6 +228,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("breadcrumbs_ties_rescale", Pipeline::MagnitudeRescale),
         ("sce", Pipeline::Sce),
         ("sce_all", Pipeline::Sce),
+        ("ramplus_tl", Pipeline::RamPlus),
         ("linear", Pipeline::Elementwise),
         ("della", Pipeline::RankedRescale),
         ("della_linear", Pipeline::Ranked),

@@ -2,7 +2,7 @@
 //! pass that uses the combined statistics (see [`crate::chunk`]). Elementwise chunks run
 //! through the ordinary kernels on the narrowed inputs.
 
-use super::tensor_io::{Loader, Writer};
+use super::tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
 use super::{float, gta_params};
 use crate::chunk::{self, Pipeline, select};
 use crate::error::{KernelError, TaskError};
@@ -12,13 +12,14 @@ use crate::kernels::gta_masked::{self, Mask, MaskedInput};
 use crate::kernels::gta_stream::ChunkSource;
 use crate::kernels::magnitude_select::ChunkMask;
 use crate::kernels::nuslerp::OUTER_GROUP;
-use crate::kernels::sce;
 use crate::kernels::sce_chunk::{self, Select};
 use crate::kernels::slerp_stream;
 use crate::kernels::torch_sum::DEFAULT_THREADS;
+use crate::kernels::{ram, sce};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::with_precision;
+use rayon::prelude::*;
 use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats, MergeTask};
 
 pub(super) fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
@@ -109,6 +110,7 @@ pub(super) fn run(
         | Pipeline::Ranked
         | Pipeline::RankedRescale => gta(task, info, pipeline, loader, out),
         Pipeline::Sce => sce(task, info, loader, out),
+        Pipeline::RamPlus => ram_plus(task, info, loader, out),
         Pipeline::Chain => super::chained::model_stock(task, info, loader, out),
         Pipeline::NuslerpChain => super::chained::nuslerp(task, info, loader, out),
         Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
@@ -127,6 +129,45 @@ fn sum_part(task: &MergeTask, info: &ChunkInfo) -> Result<(usize, usize), TaskEr
 fn sum_part_in(task: &MergeTask, info: &ChunkInfo, threads: usize) -> Result<(usize, usize), TaskError> {
     let (part, range) = super::chained::part_of(task, info, threads)?;
     Ok((part.len(), range.start - part.start))
+}
+
+/// ramplus_tl: the counting pass and apply, over the chunk's inputs loaded whole.
+fn ram_plus(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let err = kernel_err(task);
+    let (b, others) = super::whole::split_base(task).map_err(&err)?;
+    let epsilon = float(&task.shared_params, "epsilon").map_err(&err)?;
+    let mut base = loader.load(b)?;
+    let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+    let xs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
+    let work = loader.work;
+    if info.pass == 1 {
+        let counts = with_precision!(work, P => ram::plus_counts::<P>(&base, &xs, epsilon));
+        let mut inputs = vec![InputStats::default(); task.inputs.len()];
+        for (&i, (shared, unique)) in others.iter().zip(counts) {
+            inputs[i].shared = shared;
+            inputs[i].unique = unique;
+        }
+        return Ok(Some(ChunkStats {
+            inputs,
+            ..Default::default()
+        }));
+    }
+    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+    let lambda = &received(task, info)?.coefficients;
+    if lambda.len() != xs.len() {
+        return Err(contract(task, "ramplus_tl apply needs one lambda per model"));
+    }
+    let (start, numel) = (info.start as usize, info.tensor_numel as usize);
+    with_precision!(work, P => ram::plus_apply::<P>(&mut base, &xs, epsilon, lambda, start, numel));
+    base.par_chunks(WRITE_CHUNK_ELEMS)
+        .enumerate()
+        .try_for_each(|(ci, piece)| out.write(ci * WRITE_CHUNK_ELEMS, piece))?;
+    Ok(None)
 }
 
 /// sce: the three statistics passes (see [`sce_chunk`]) and apply.

@@ -59,50 +59,92 @@ pub fn merge_plus<P: Precision>(base: &mut [f32], xs: &[&[f32]], epsilon: f64, r
     if xs.is_empty() {
         return;
     }
-    let eps = P::rnd(epsilon as f32);
     let n = base.len();
+    let counts = plus_counts::<P>(base, xs, epsilon);
+    let lambda = plus_lambdas(&counts, epsilon, r, alpha);
+    plus_apply::<P>(base, xs, epsilon, &lambda, 0, n);
+}
+
+/// Each model's count of active elements that are `(shared, unique)` over `base`'s elements
+/// (any range of the tensor: the counts of ranges add up).
+pub fn plus_counts<P: Precision>(base: &[f32], xs: &[&[f32]], epsilon: f64) -> Vec<(u64, u64)> {
+    let eps = P::rnd(epsilon as f32);
     let k = xs.len();
-    let tv = |i: usize, e: usize| P::rnd(xs[i][e] - base[e]);
-    let counts: Vec<u32> = (0..n)
-        .into_par_iter()
-        .map(|e| (0..k).map(|i| u32::from(tv(i, e).abs() > eps)).sum())
-        .collect();
-    let (mut shared, mut unique) = (vec![0u64; k], vec![0u64; k]);
-    for i in 0..k {
-        for (e, &c) in counts.iter().enumerate() {
-            if tv(i, e).abs() > eps {
-                shared[i] += u64::from(c > 1);
-                unique[i] += u64::from(c == 1);
-            }
-        }
-    }
-    let lambda: Vec<f32> = (0..k)
-        .map(|i| {
-            let rho = shared[i] as f32 / (unique[i] as f32).max(epsilon as f32);
+    base.par_chunks(1 << 12)
+        .enumerate()
+        .fold(
+            || vec![(0u64, 0u64); k],
+            |mut acc, (ci, b)| {
+                let mut active = vec![false; k];
+                for (j, &bv) in b.iter().enumerate() {
+                    let e = ci * (1 << 12) + j;
+                    for (a, x) in active.iter_mut().zip(xs) {
+                        *a = P::rnd(x[e] - bv).abs() > eps;
+                    }
+                    let c = active.iter().filter(|&&a| a).count();
+                    for (acc, _) in acc.iter_mut().zip(&active).filter(|(_, a)| **a) {
+                        acc.0 += u64::from(c > 1);
+                        acc.1 += u64::from(c == 1);
+                    }
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![(0, 0); k],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a = (a.0 + b.0, a.1 + b.1));
+                a
+            },
+        )
+}
+
+/// Every model's `lambda` from its whole-tensor `(shared, unique)` counts.
+pub fn plus_lambdas(counts: &[(u64, u64)], epsilon: f64, r: f64, alpha: f64) -> Vec<f32> {
+    counts
+        .iter()
+        .map(|&(shared, unique)| {
+            let rho = shared as f32 / (unique as f32).max(epsilon as f32);
             1.0 + r as f32 * rho.clamp(0.0, alpha as f32)
         })
-        .collect();
-    let grouped = n / OUTER_GROUP * OUTER_GROUP;
-    let merged: Vec<f32> = (0..n)
-        .into_par_iter()
-        .map(|e| {
-            let c = counts[e];
+        .collect()
+}
+
+/// Merges the non-base `xs` onto `base` (overwritten with the f32 result) with the models'
+/// `lambda`; `start` is the index of `base[0]` in the tensor of `numel` elements.
+pub fn plus_apply<P: Precision>(
+    base: &mut [f32],
+    xs: &[&[f32]],
+    epsilon: f64,
+    lambda: &[f32],
+    start: usize,
+    numel: usize,
+) {
+    let eps = P::rnd(epsilon as f32);
+    let k = xs.len();
+    let grouped = numel / OUTER_GROUP * OUTER_GROUP;
+    base.par_chunks_mut(1 << 12).enumerate().for_each(|(ci, out)| {
+        let mut tv = vec![0.0f32; k];
+        let mut terms = vec![0.0f32; k];
+        for (j, b) in out.iter_mut().enumerate() {
+            let e = ci * (1 << 12) + j;
+            for (t, x) in tv.iter_mut().zip(xs) {
+                *t = P::rnd(x[e] - *b);
+            }
+            let c = tv.iter().filter(|t| t.abs() > eps).count() as u32;
             let (u, o) = (if c == 1 { 1.0 } else { 0.0 }, if c > 1 { 1.0 } else { 0.0 });
-            let terms: Vec<f32> = (0..k)
-                .map(|i| {
-                    let t = tv(i, e);
-                    let z = P::rnd(t * if t.abs() > eps { 1.0 } else { 0.0 });
-                    P::rnd(z * u) * lambda[i] + P::rnd(P::rnd(z * o) / c.max(1) as f32)
-                })
-                .collect();
-            if e < grouped {
+            for ((term, &t), &l) in terms.iter_mut().zip(&tv).zip(lambda) {
+                let z = P::rnd(t * if t.abs() > eps { 1.0 } else { 0.0 });
+                *term = P::rnd(z * u) * l + P::rnd(P::rnd(z * o) / c.max(1) as f32);
+            }
+            let sum = if start + e < grouped {
                 outer_cascade(&terms)
             } else {
                 interleaved_cascade(&terms)
-            }
-        })
-        .collect();
-    base.par_iter_mut().zip(merged.par_iter()).for_each(|(b, &m)| *b += m);
+            };
+            *b += sum;
+        }
+    });
 }
 
 #[cfg(test)]
