@@ -3,7 +3,7 @@
 //! breadcrumbs keeps the elements whose rank in the ascending order of `|delta|` lies in a
 //! window `lower .. upper` ([`super::breadcrumbs::kept_positions`]): it drops the `gamma`
 //! largest magnitudes and the smallest ones. Elements are ranked by
-//! [`key`](super::magnitude_select::key) with ties **lowest index first** (torch's unstable
+//! [`key`] with ties **lowest index first** (torch's unstable
 //! sort orders them arbitrarily, so only tie-free inputs are byte-identical to mergekit).
 //!
 //! Each side of the window is a *cut* of the rank order at an ascending rank `r`: the elements

@@ -8,7 +8,7 @@
 //! 3. torch's f32 cascade partials of every selected task vector's squares, combined in torch's
 //!    order into the mean squares and so the weights.
 //!
-//! Apply runs steps 2 and 4 ([`super::sce::combine_range`]) over the chunk with the weights,
+//! Apply runs steps 2 and 4 (`sce::combine_range`) over the chunk with the weights,
 //! at the chunk's place in the tensor (torch's dim-0 sum order depends on it).
 
 use super::gta_stream::{ChunkSource, DRAW_CHUNK, Sink};
