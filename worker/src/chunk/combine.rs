@@ -43,7 +43,7 @@ pub fn combine(
     let n = info.tensor_numel;
     let p = pipeline(task)?;
     if p.chained() && pass <= info.passes.saturating_sub(p.passes_after_chain()) {
-        return chain(task, pass, partials, received, next);
+        return chain(task, p, pass, partials, received, next);
     }
     let covered: u64 = partials.iter().map(|(r, _)| r.end - r.start).sum();
     let contiguous = partials.windows(2).all(|w| w[0].0.end == w[1].0.start);
@@ -54,7 +54,7 @@ pub fn combine(
         )));
     }
     let same = |c: CombinedStats| vec![c; next];
-    match (pipeline(task)?, pass) {
+    match (p, pass) {
         (Pipeline::Slerp, 1) => {
             let (base, other) = slerp_inputs(task)?;
             let blocks = |i: usize| -> Result<Vec<f32>, KernelError> {
@@ -204,6 +204,7 @@ pub fn combine(
 /// after the last link, the ratio every apply chunk receives.
 fn chain(
     task: &MergeTask,
+    pipeline: Pipeline,
     pass: u32,
     partials: &[Partial<'_>],
     received: Option<&[CombinedStats]>,
@@ -232,15 +233,12 @@ fn chain(
     }
     carried.norms = link.norms.clone();
     carried.sums.extend(link.sums.iter().cloned());
-    let pipeline = pipeline(task)?;
+    let same = |c: CombinedStats| vec![c; next];
     if pass < info.passes - pipeline.passes_after_chain() {
-        return Ok(vec![
-            CombinedStats {
-                chain: Some(carried),
-                ..Default::default()
-            };
-            next
-        ]);
+        return Ok(same(CombinedStats {
+            chain: Some(carried),
+            ..Default::default()
+        }));
     }
     if range.end != n {
         return Err(bad(format!(
@@ -271,22 +269,16 @@ fn chain(
             .into_iter()
             .map(|m| with_precision!(work, P => nuslerp_stream::finished_norm::<P>(m)))
             .collect();
-        return Ok(vec![
-            CombinedStats {
-                coefficients: norms,
-                ..Default::default()
-            };
-            next
-        ]);
+        return Ok(same(CombinedStats {
+            coefficients: norms,
+            ..Default::default()
+        }));
     }
     let t = with_precision!(work, P => model_stock_chain::ratio::<P>(n as usize, norms, &links)).map_err(bad)?;
-    Ok(vec![
-        CombinedStats {
-            coefficients: vec![t],
-            ..Default::default()
-        };
-        next
-    ])
+    Ok(same(CombinedStats {
+        coefficients: vec![t],
+        ..Default::default()
+    }))
 }
 
 /// nuslerp's interpolation `t` from the weights of its two models (the non-base inputs).

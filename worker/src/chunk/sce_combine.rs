@@ -3,6 +3,7 @@
 //! then the mean squares' weights, carried as `coefficients`.
 
 use super::combine::Partial;
+use super::select::{Side, histogram};
 use crate::error::KernelError;
 use crate::execute::float;
 use crate::kernels::WorkDType;
@@ -21,19 +22,7 @@ fn bad(reason: impl Into<String>) -> KernelError {
 
 /// The chunks' variance histograms (in `inputs[0]`).
 fn histograms(partials: &[Partial<'_>]) -> Result<Vec<Histogram>, KernelError> {
-    partials
-        .iter()
-        .map(|(_, s)| {
-            let i = s
-                .inputs
-                .first()
-                .ok_or_else(|| bad("a chunk without its variance histogram"))?;
-            Ok(Histogram {
-                bins: i.bins.clone(),
-                counts: i.counts.clone(),
-            })
-        })
-        .collect()
+    partials.iter().map(|(_, s)| histogram(s, 0, Side::Lower)).collect()
 }
 
 /// Folds pass `pass` of sce over the `n` elements of `task`'s tensor (see

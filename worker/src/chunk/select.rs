@@ -70,14 +70,15 @@ fn set_trivial(task: &MergeTask, c: &mut InputCombined, i: usize) -> Result<(), 
 
 /// Which histogram of a chunk's input statistics.
 #[derive(Clone, Copy)]
-enum Side {
+pub(super) enum Side {
     /// `bins`/`counts`: TIES' and breadcrumbs' pass 1, TIES' and the lower cut's pass 2.
     Lower,
     /// `upper_bins`/`upper_counts`: the upper cut's pass 2.
     Upper,
 }
 
-fn histogram(s: &ChunkStats, i: usize, side: Side) -> Result<Histogram, KernelError> {
+/// The `side` histogram of input `i` of a chunk's statistics (checked shape).
+pub(super) fn histogram(s: &ChunkStats, i: usize, side: Side) -> Result<Histogram, KernelError> {
     let input = s.inputs.get(i).ok_or_else(|| bad("missing input"))?;
     let (bins, counts) = match side {
         Side::Lower => (&input.bins, &input.counts),

@@ -366,29 +366,65 @@ impl ChunkMask {
     /// unused high bits of the last byte are 0). Only pieces whose length is a multiple of 8
     /// can be followed by another piece. Panics if `bits` is shorter than `ceil(len / 8)`.
     pub fn bits(&mut self, deltas: &[f32], bits: &mut [u8]) {
-        let bytes = deltas.len().div_ceil(8);
-        assert!(
-            bits.len() >= bytes,
-            "{} keep bits need {bytes} bytes, got {}",
-            deltas.len(),
-            bits.len()
-        );
-        for (byte, group) in bits.iter_mut().zip(deltas.chunks(8)) {
-            let mut b = 0u8;
-            for (j, &x) in group.iter().enumerate() {
-                b |= u8::from(self.keep(x)) << j;
-            }
-            *byte = b;
-        }
+        write_bits(deltas, bits, |x| self.keep(x));
     }
 
     /// Writes the keep mask of `deltas` as 1.0 (kept) or 0.0 (dropped) into `mask[..len]`.
     pub fn mask(&mut self, deltas: &[f32], mask: &mut [f32]) {
-        assert!(mask.len() >= deltas.len(), "mask shorter than the piece");
-        for (m, &x) in mask.iter_mut().zip(deltas) {
-            *m = if self.keep(x) { 1.0 } else { 0.0 };
-        }
+        write_mask(deltas, mask, |x| self.keep(x));
     }
+}
+
+/// Writes `keep(x)` of every element of `deltas`, in order, as bits (bit `i % 8` of byte
+/// `i / 8`; unused high bits of the last byte are 0). Panics if `bits` is too short.
+pub(super) fn write_bits(deltas: &[f32], bits: &mut [u8], mut keep: impl FnMut(f32) -> bool) {
+    let bytes = deltas.len().div_ceil(8);
+    assert!(
+        bits.len() >= bytes,
+        "{} keep bits need {bytes} bytes, got {}",
+        deltas.len(),
+        bits.len()
+    );
+    for (byte, group) in bits.iter_mut().zip(deltas.chunks(8)) {
+        let mut b = 0u8;
+        for (j, &x) in group.iter().enumerate() {
+            b |= u8::from(keep(x)) << j;
+        }
+        *byte = b;
+    }
+}
+
+/// Writes `keep(x)` of every element of `deltas`, in order, as 1.0 or 0.0 into `mask`.
+pub(super) fn write_mask(deltas: &[f32], mask: &mut [f32], mut keep: impl FnMut(f32) -> bool) {
+    assert!(mask.len() >= deltas.len(), "mask shorter than the piece");
+    for (m, &x) in mask.iter_mut().zip(deltas) {
+        *m = if keep(x) { 1.0 } else { 0.0 };
+    }
+}
+
+/// A counter made by `new` fed every segment (in parallel, then merged by `absorb`).
+pub(super) fn histogram_of<C: Send>(
+    segments: &[&[f32]],
+    new: impl Fn() -> C + Sync + Send,
+    add: impl Fn(&mut C, &[f32]) + Sync + Send,
+    absorb: impl Fn(&mut C, &C) + Sync + Send,
+) -> C {
+    if let [one] = segments {
+        // One segment (most tensors): no parallel counters to allocate and merge.
+        let mut c = new();
+        add(&mut c, one);
+        return c;
+    }
+    segments
+        .par_iter()
+        .fold(&new, |mut c, s| {
+            add(&mut c, s);
+            c
+        })
+        .reduce(&new, |mut a, b| {
+            absorb(&mut a, &b);
+            a
+        })
 }
 
 /// Segment length of [`whole_tensor_masks`].
@@ -398,44 +434,10 @@ pub const WHOLE_SEGMENT: usize = 1 << 20;
 /// [`WHOLE_SEGMENT`]-element segments as the chunks (in parallel): one [`ChunkMask`] per
 /// segment, in order. `k` must be in `1..=deltas.len()`.
 pub fn whole_tensor_masks(deltas: &[f32], k: u64) -> Vec<ChunkMask> {
-    let high = if deltas.len() <= WHOLE_SEGMENT {
-        let mut c = HighCounter::new();
-        c.add(deltas);
-        c
-    } else {
-        deltas
-            .par_chunks(WHOLE_SEGMENT)
-            .fold(HighCounter::new, |mut c, s| {
-                c.add(s);
-                c
-            })
-            .reduce_with(|mut a, b| {
-                a.absorb(&b);
-                a
-            })
-            .expect("non-empty")
-    };
+    let segments: Vec<&[f32]> = deltas.chunks(WHOLE_SEGMENT).collect();
+    let high = histogram_of(&segments, HighCounter::new, HighCounter::add, HighCounter::absorb);
     let (hb, above) = select_high(k, &high.finish()).expect("1 <= k <= n");
-    let low = if deltas.len() <= WHOLE_SEGMENT {
-        let mut c = LowCounter::new(hb);
-        c.add(deltas);
-        c
-    } else {
-        deltas
-            .par_chunks(WHOLE_SEGMENT)
-            .fold(
-                || LowCounter::new(hb),
-                |mut c, s| {
-                    c.add(s);
-                    c
-                },
-            )
-            .reduce_with(|mut a, b| {
-                a.absorb(&b);
-                a
-            })
-            .expect("non-empty")
-    };
+    let low = histogram_of(&segments, || LowCounter::new(hb), LowCounter::add, LowCounter::absorb);
     let (threshold, keep_ties) = select_low(k, hb, above, &low.finish()).expect("consistent passes");
     let ties: Vec<u64> = deltas
         .par_chunks(WHOLE_SEGMENT)

@@ -23,7 +23,7 @@
 //! so chunked and whole results are identical by construction.
 
 use super::breadcrumbs::kept_positions;
-use super::magnitude_select::{self, ChunkMask, HighCounter, Histogram, LowCounter, WHOLE_SEGMENT, key};
+use super::magnitude_select::{self, ChunkMask, HighCounter, Histogram, LowCounter, WHOLE_SEGMENT, histogram_of, key};
 use rayon::prelude::*;
 
 pub use magnitude_select::ties_per_chunk;
@@ -124,23 +124,12 @@ impl WindowMask {
 
     /// Writes the keep mask of `deltas` as 1.0 (kept) or 0.0 (dropped) into `mask[..len]`.
     pub fn mask(&mut self, deltas: &[f32], mask: &mut [f32]) {
-        assert!(mask.len() >= deltas.len(), "mask shorter than the piece");
-        for (m, &x) in mask.iter_mut().zip(deltas) {
-            *m = if self.keep(x) { 1.0 } else { 0.0 };
-        }
+        magnitude_select::write_mask(deltas, mask, |x| self.keep(x));
     }
 
     /// Writes the keep bits of `deltas` as [`magnitude_select::ChunkMask::bits`] does.
     pub fn bits(&mut self, deltas: &[f32], bits: &mut [u8]) {
-        let bytes = deltas.len().div_ceil(8);
-        assert!(bits.len() >= bytes, "{} keep bits need {bytes} bytes", deltas.len());
-        for (byte, group) in bits.iter_mut().zip(deltas.chunks(8)) {
-            let mut b = 0u8;
-            for (j, &x) in group.iter().enumerate() {
-                b |= u8::from(self.keep(x)) << j;
-            }
-            *byte = b;
-        }
+        magnitude_select::write_bits(deltas, bits, |x| self.keep(x));
     }
 }
 
@@ -169,25 +158,6 @@ impl SelectMask {
             SelectMask::Window(m) => m.bits(deltas, bits),
         }
     }
-}
-
-/// Histogram of `segments` (in parallel), fed to a counter made by `new`.
-fn histogram_of<C: Send>(
-    segments: &[&[f32]],
-    new: impl Fn() -> C + Sync + Send,
-    add: impl Fn(&mut C, &[f32]) + Sync + Send,
-    absorb: impl Fn(&mut C, &C) + Sync + Send,
-) -> C {
-    segments
-        .par_iter()
-        .fold(&new, |mut c, s| {
-            add(&mut c, s);
-            c
-        })
-        .reduce(&new, |mut a, b| {
-            absorb(&mut a, &b);
-            a
-        })
 }
 
 /// The chunked pipeline run in one process on a whole tensor (`deltas` non-empty), with its

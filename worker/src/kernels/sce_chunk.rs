@@ -69,6 +69,23 @@ impl<'a, E> Pieces<'a, E> {
         Ok(())
     }
 
+    /// Calls `f(start, len, self)` for every piece of the chunk's `n` elements, read and with
+    /// step 1 applied, in order.
+    fn for_each_selected<P: Precision>(
+        &mut self,
+        n: usize,
+        mut select: Select,
+        mut f: impl FnMut(usize, usize, &Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for start in (0..n).step_by(DRAW_CHUNK) {
+            let len = DRAW_CHUNK.min(n - start);
+            self.read::<P>(start, len)?;
+            self.select(&mut select, len);
+            f(start, len, self)?;
+        }
+        Ok(())
+    }
+
     /// Applies step 1 to the piece just read (of `len` elements).
     fn select(&mut self, select: &mut Select, len: usize) {
         let factor: &[f32] = match select {
@@ -132,7 +149,7 @@ pub fn mean_squares<P: Precision, E>(
     n: usize,
     base: &dyn ChunkSource<E>,
     xs: &[&dyn ChunkSource<E>],
-    mut select: Select,
+    select: Select,
 ) -> Result<Result<Vec<SumPartial>, String>, E> {
     let mut streams = Vec::new();
     for _ in xs {
@@ -141,12 +158,8 @@ pub fn mean_squares<P: Precision, E>(
             Err(e) => return Ok(Err(e)),
         }
     }
-    let mut p = Pieces::new(n, base, xs);
     let mut sq = vec![0.0f32; DRAW_CHUNK.min(n)];
-    for start in (0..n).step_by(DRAW_CHUNK) {
-        let len = DRAW_CHUNK.min(n - start);
-        p.read::<P>(start, len)?;
-        p.select(&mut select, len);
+    Pieces::new(n, base, xs).for_each_selected::<P>(n, select, |_, len, p| {
         for (tv, s) in p.tvs.iter().zip(&mut streams) {
             sq[..len]
                 .iter_mut()
@@ -154,7 +167,8 @@ pub fn mean_squares<P: Precision, E>(
                 .for_each(|(q, &x)| *q = P::rnd(x * x));
             s.feed(&sq[..len]);
         }
-    }
+        Ok(())
+    })?;
     Ok(streams.into_iter().map(PartialStream::finish).collect())
 }
 
@@ -168,21 +182,16 @@ pub fn apply<P: Precision, E>(
     grouped: usize,
     base: &dyn ChunkSource<E>,
     xs: &[&dyn ChunkSource<E>],
-    mut select: Select,
+    select: Select,
     s: &[f32],
     sink: &Sink<'_, E>,
 ) -> Result<(), E> {
-    let mut p = Pieces::new(n, base, xs);
     let mut out = vec![0.0f32; DRAW_CHUNK.min(n)];
-    for start in (0..n).step_by(DRAW_CHUNK) {
-        let len = DRAW_CHUNK.min(n - start);
-        p.read::<P>(start, len)?;
-        p.select(&mut select, len);
+    Pieces::new(n, base, xs).for_each_selected::<P>(n, select, |start, len, p| {
         let out = &mut out[..len];
         out.copy_from_slice(&p.b[..len]);
         let tvs: Vec<&[f32]> = p.tvs.iter().map(|t| &t[..len]).collect();
         combine_range::<P>(out, &tvs, offset + start, grouped, s);
-        sink(start, out)?;
-    }
-    Ok(())
+        sink(start, out)
+    })
 }
