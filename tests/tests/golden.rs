@@ -342,13 +342,14 @@ const INVARIANCE_CASES: [&str; 7] = [
 
 /// Cases that the chunked suite also splits into one-element chunks (one of each method with
 /// statistics passes).
-const ONE_ELEMENT_CASES: [&str; 6] = [
+const ONE_ELEMENT_CASES: [&str; 7] = [
     "slerp_f32",
     "ties_bf16",
     "ties_rescale_f32",
     "dare_ties_f32",
     "breadcrumbs_ties_f32",
     "sce_f32",
+    "multislerp_f32",
 ];
 
 /// Each golden case is a test of its own in each of three suites, named

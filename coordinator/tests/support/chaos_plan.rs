@@ -157,8 +157,9 @@ impl Plan {
 /// histogram passes), SLERP (norms, then dots, on 2^20-element blocks), model_stock (a chain
 /// of one-chunk passes carrying the norms), DELLA (row ranks; a pass of L1 partials whose
 /// chunks read the rows around them), nuslerp (a chain of norms, then a pass of dots),
-/// breadcrumbs_ties with rescale (two cuts' histogram passes, then L1 partials) or sce
-/// (variance histograms, then mean-square partials). Other rounds run
+/// breadcrumbs_ties with rescale (two cuts' histogram passes, then L1 partials), sce
+/// (variance histograms, then mean-square partials) or multislerp (three chains of norms
+/// around a pass of dots). Other rounds run
 /// DARE-TIES unsplit. Some restarts of the coordinator change the flag (a chunked job must
 /// keep its journaled size; an unsplit one must not become split). A stream of its own, so
 /// the fault schedule of a seed is the same as before chunk rounds existed.
@@ -181,7 +182,7 @@ fn chunking(seed: u64) -> (Method, Vec<Option<u64>>) {
         };
         sizes.push(next);
     }
-    // Chunked seeds are 2 and 3 mod 4: numbered 0, 1, 2, ..., any 8 in a row (so those of the
+    // Chunked seeds are 2 and 3 mod 4: numbered 0, 1, 2, ..., any 9 in a row (so those of the
     // default seeds 1..=20) run every method.
     let method = if chunked {
         let index = seed / 4 * 2 + seed % 2;
@@ -208,10 +209,11 @@ pub enum Method {
     Nuslerp,
     Breadcrumbs,
     Sce,
+    Multislerp,
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::DareTies,
         Method::Ties,
         Method::Slerp,
@@ -220,6 +222,7 @@ impl Method {
         Method::Nuslerp,
         Method::Breadcrumbs,
         Method::Sce,
+        Method::Multislerp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -232,6 +235,7 @@ impl Method {
             Method::Nuslerp => "nuslerp",
             Method::Breadcrumbs => "breadcrumbs_ties",
             Method::Sce => "sce",
+            Method::Multislerp => "multislerp",
         }
     }
 
@@ -319,6 +323,20 @@ merge_method: breadcrumbs_ties
 base_model: {prefix}/base
 parameters:
   rescale: true
+dtype: bfloat16
+"
+            ),
+            Method::Multislerp => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+    parameters:
+      weight: 0.6
+  - model: {prefix}/finetune-b
+    parameters:
+      weight: 0.3
+merge_method: multislerp
+base_model: {prefix}/base
 dtype: bfloat16
 "
             ),

@@ -24,7 +24,7 @@ use std::ops::Range;
 /// One reported chunk of a pass: its element range and its statistics.
 pub type Partial<'a> = (Range<u64>, &'a ChunkStats);
 
-fn bad(reason: impl Into<String>) -> KernelError {
+pub(super) fn bad(reason: impl Into<String>) -> KernelError {
     KernelError::Contract(format!("chunk statistics: {}", reason.into()))
 }
 
@@ -42,7 +42,10 @@ pub fn combine(
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
     let p = pipeline(task)?;
-    if p.chained() && pass <= info.passes.saturating_sub(p.passes_after_chain()) {
+    if p == Pipeline::Multislerp {
+        return super::multislerp_combine::combine(task, pass, partials, received, next);
+    }
+    if p.chained() && p.link_of(pass, info.passes).is_some() {
         return chain(task, p, pass, partials, received, next);
     }
     let covered: u64 = partials.iter().map(|(r, _)| r.end - r.start).sum();
@@ -212,29 +215,9 @@ fn chain(
 ) -> Result<Vec<CombinedStats>, KernelError> {
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
-    let [(range, stats)] = partials else {
-        return Err(bad(format!("chain link {pass} has {} chunks, not one", partials.len())));
-    };
-    let link = stats
-        .chain
-        .as_ref()
-        .ok_or_else(|| bad("a chain link without its state"))?;
-    let mut carried = match (pass, received.and_then(<[CombinedStats]>::first)) {
-        (1, _) => ChainState::default(),
-        (_, Some(c)) => c.chain.clone().ok_or_else(|| bad("a chain link received no state"))?,
-        (_, None) => return Err(bad(format!("chain link {pass} without the state before it"))),
-    };
-    // Links are contiguous, in element order: each starts where the norms stopped.
-    let fed_before = carried.norms.first().map_or(0, |s| s.fed);
-    if range.start != fed_before || link.norms.iter().any(|s| s.fed != range.end) {
-        return Err(bad(format!(
-            "chain link {pass} covers {range:?}, but the chain stopped at element {fed_before}"
-        )));
-    }
-    carried.norms = link.norms.clone();
-    carried.sums.extend(link.sums.iter().cloned());
+    let (range, carried) = carry(pass == 1, pass, partials, received)?;
     let same = |c: CombinedStats| vec![c; next];
-    if pass < info.passes - pipeline.passes_after_chain() {
+    if pipeline.link_of(pass + 1, info.passes).is_some() {
         return Ok(same(CombinedStats {
             chain: Some(carried),
             ..Default::default()
@@ -279,6 +262,39 @@ fn chain(
         coefficients: vec![t],
         ..Default::default()
     }))
+}
+
+/// The state a chain carries after link `pass` (`first`: the first link of its chain), which
+/// must be one chunk that starts where the chain's norms stopped: the link's norms and every
+/// link's sums so far. Also the link's range.
+pub(super) fn carry(
+    first: bool,
+    pass: u32,
+    partials: &[Partial<'_>],
+    received: Option<&[CombinedStats]>,
+) -> Result<(Range<u64>, ChainState), KernelError> {
+    let [(range, stats)] = partials else {
+        return Err(bad(format!("chain link {pass} has {} chunks, not one", partials.len())));
+    };
+    let link = stats
+        .chain
+        .as_ref()
+        .ok_or_else(|| bad("a chain link without its state"))?;
+    let mut carried = match (first, received.and_then(<[CombinedStats]>::first)) {
+        (true, _) => ChainState::default(),
+        (_, Some(c)) => c.chain.clone().ok_or_else(|| bad("a chain link received no state"))?,
+        (_, None) => return Err(bad(format!("chain link {pass} without the state before it"))),
+    };
+    // Links are contiguous, in element order: each starts where the norms stopped.
+    let fed_before = carried.norms.first().map_or(0, |s| s.fed);
+    if range.start != fed_before || link.norms.iter().any(|s| s.fed != range.end) {
+        return Err(bad(format!(
+            "chain link {pass} covers {range:?}, but the chain stopped at element {fed_before}"
+        )));
+    }
+    carried.norms = link.norms.clone();
+    carried.sums.extend(link.sums.iter().cloned());
+    Ok((range.clone(), carried))
 }
 
 /// nuslerp's interpolation `t` from the weights of its two models (the non-base inputs).

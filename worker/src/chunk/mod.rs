@@ -20,6 +20,7 @@
 //! | DELLA without rescale | 0 | none | whole ranking blocks (rows along dim 1) |
 //! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
 //! | nuslerp (`nuslerp_flatten`, the default) | the links of a chain carrying the two vectors' serial norms, then one pass of cascade partials of the normalised dot | as DARE with rescale | any ranges |
+//! | multislerp | a chain of the task vectors' serial norms, a chain of the norm of the unit vectors' weighted mean, one pass of the dots' cascade partials (one summation part), a chain of the tangent's norm | aligned to the cascade granule of the one part | any ranges |
 //! | `filter_wise` model_stock, nuslerp over contiguous rows | 0 | none | whole rows of the last dim |
 //! | DELLA with rescale | 1: L1 cascade partials of delta and masked delta (each chunk ranks the whole blocks its range touches) | as DARE with rescale | whole ranking blocks |
 //!
@@ -31,9 +32,10 @@
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
 //! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
-//! multislerp, karcher and arcee_fusion.
+//! karcher and arcee_fusion.
 
 pub mod combine;
+pub(crate) mod multislerp_combine;
 mod sce_combine;
 pub(crate) mod select;
 
@@ -84,6 +86,11 @@ pub enum Pipeline {
     /// vectors' serial norms, then one pass of cascade partials of the normalised vectors'
     /// dot, then apply with the interpolation coefficients.
     NuslerpChain,
+    /// multislerp: a chain carrying the task vectors' serial norms, a chain carrying the norm
+    /// of the unit vectors' weighted mean, one pass of cascade partials of the dots with the
+    /// mean's direction, a chain carrying the tangent's norm, then apply (`3 * links + 1`
+    /// passes, see [`crate::kernels::multislerp_stream`]).
+    Multislerp,
     /// Independent rows (`filter_wise` model_stock, nuslerp over contiguous rows): apply only,
     /// in ranges of whole rows of the last dim, through the ordinary streamed kernels.
     Rows,
@@ -103,7 +110,7 @@ impl Pipeline {
     /// [`ChunkPlan::passes`]).
     pub fn passes(self) -> u32 {
         match self {
-            Pipeline::Chain | Pipeline::NuslerpChain => 1,
+            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp => 1,
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
             Pipeline::RandomRescale | Pipeline::RankedRescale | Pipeline::RamPlus => 1,
             Pipeline::Slerp | Pipeline::Magnitude => 2,
@@ -125,12 +132,28 @@ impl Pipeline {
 
     /// Whether each statistics pass is one link of a chain (one chunk, in element order).
     pub fn chained(self) -> bool {
-        matches!(self, Pipeline::Chain | Pipeline::NuslerpChain)
+        matches!(self, Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp)
     }
 
-    /// Statistics passes after the chain's links (the links are the first passes).
-    pub fn passes_after_chain(self) -> u32 {
-        u32::from(self == Pipeline::NuslerpChain)
+    /// Statistics passes of a chained pipeline whose chains have `links` links.
+    pub fn chain_passes(self, links: u32) -> u32 {
+        match self {
+            Pipeline::Multislerp => 3 * links + 1,
+            Pipeline::NuslerpChain => links + 1,
+            _ => links,
+        }
+    }
+
+    /// For a chained pipeline of `passes` statistics passes: the link (0-based, its chain's
+    /// statistics range) that pass `pass` (1-based) runs, or `None` for a pass over every
+    /// statistics range.
+    pub fn link_of(self, pass: u32, passes: u32) -> Option<usize> {
+        match self {
+            Pipeline::Chain => (pass <= passes).then(|| pass as usize - 1),
+            Pipeline::NuslerpChain => (pass < passes).then(|| pass as usize - 1),
+            Pipeline::Multislerp => multislerp_combine::stage(pass, passes).1.map(|i| i as usize),
+            _ => None,
+        }
     }
 }
 
@@ -154,13 +177,9 @@ impl ChunkPlan {
     /// The chunks of statistics pass `pass` (1-based): every statistics range, or for a
     /// chain's links its one link.
     pub fn pass_ranges(&self, pass: u32) -> &[Range<u64>] {
-        let links = self.passes - self.pipeline.passes_after_chain();
-        match self.pipeline.chained() && pass <= links {
-            true => {
-                let i = pass as usize - 1;
-                &self.stats[i..=i]
-            }
-            false => &self.stats,
+        match self.pipeline.link_of(pass, self.passes) {
+            Some(i) => &self.stats[i..=i],
+            None => &self.stats,
         }
     }
 }
@@ -188,7 +207,8 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         }
         MethodKind::Sce => Pipeline::Sce,
         MethodKind::RamPlusTl => Pipeline::RamPlus,
-        MethodKind::Multislerp | MethodKind::Karcher | MethodKind::ArceeFusion => Pipeline::Whole,
+        MethodKind::Multislerp => Pipeline::Multislerp,
+        MethodKind::Karcher | MethodKind::ArceeFusion => Pipeline::Whole,
     })
 }
 
@@ -219,8 +239,8 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
 pub fn sum_kind(pipeline: Pipeline, working: DType) -> SumKind {
     match (pipeline, working) {
         (Pipeline::Sce, _) => SumKind::F32,
-        (Pipeline::Chain | Pipeline::NuslerpChain, DType::F32) => SumKind::F32,
-        (Pipeline::Chain | Pipeline::NuslerpChain, _) => SumKind::Bf16,
+        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp, DType::F32) => SumKind::F32,
+        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp, _) => SumKind::Bf16,
         (_, DType::Bf16) | (Pipeline::MagnitudeRescale, DType::F16) => SumKind::Bf16,
         _ => SumKind::F32,
     }
@@ -245,6 +265,10 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
         // nuslerp interpolates exactly two models (the whole kernel says so otherwise).
         Pipeline::NuslerpChain if task.inputs.iter().filter(|i| !i.is_base).count() != 2 => return Ok(None),
         Pipeline::NuslerpChain => (sum_aligned(task, pipeline, chunk), even),
+        // One model is returned unchanged (the whole kernel does it).
+        Pipeline::Multislerp if task.inputs.iter().filter(|i| !i.is_base).count() < 2 => return Ok(None),
+        // torch sums each row of the stacked `[k, n]` products on one thread: one part.
+        Pipeline::Multislerp => (sum_aligned_in(task, pipeline, chunk, 1), even),
         Pipeline::Rows => {
             let row = tensor_shape(task).last().copied().unwrap_or(n).max(1);
             if row > chunk {
@@ -287,7 +311,7 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
         }
     };
     let passes = match pipeline.chained() {
-        true => stats.len() as u32 + pipeline.passes_after_chain(),
+        true => pipeline.chain_passes(stats.len() as u32),
         false => pipeline.passes(),
     };
     Ok(Some(ChunkPlan {

@@ -77,7 +77,9 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     // `ties_rescale`: TIES with `rescale: true`; `*_rows`: the method over rows of 2048.
     let rows = method.ends_with("_rows");
     let all = method.ends_with("_all");
-    let method = method.trim_end_matches("_all");
+    // `*_nobase`: every input is a model (multislerp of three).
+    let nobase = method.ends_with("_nobase");
+    let method = method.trim_end_matches("_all").trim_end_matches("_nobase");
     let (method, rescale) = match method {
         "ties_rescale" => ("ties", true),
         "breadcrumbs_ties_rescale" => ("breadcrumbs_ties", true),
@@ -111,7 +113,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
         params.insert("gamma".to_string(), num(0.05));
         inputs.push(TaskInput {
             model_index: m as u32,
-            is_base: m == 0,
+            is_base: m == 0 && !nobase,
             source: Some(TensorSource {
                 uri,
                 offset: 0,
@@ -136,6 +138,8 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("epsilon".to_string(), num(0.01));
     shared.insert("r".to_string(), num(0.1));
     shared.insert("alpha".to_string(), num(0.2));
+    shared.insert("normalize_weights".to_string(), flag(true));
+    shared.insert("eps".to_string(), num(1e-8));
     // `sce_all`: sce without its top-k selection.
     shared.insert("select_topk".to_string(), num(if all { 1.0 } else { 0.6 }));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
@@ -234,6 +238,8 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("della_linear", Pipeline::Ranked),
         ("model_stock", Pipeline::Chain),
         ("nuslerp", Pipeline::NuslerpChain),
+        ("multislerp", Pipeline::Multislerp),
+        ("multislerp_nobase", Pipeline::Multislerp),
         ("model_stock_rows", Pipeline::Rows),
         ("nuslerp_rows", Pipeline::Rows),
     ] {

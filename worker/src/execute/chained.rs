@@ -1,13 +1,17 @@
 //! Chunk tasks of the chained pipelines (see [`crate::chunk`]): a link of a statistics
 //! chain continues torch's serial norms over its range (and, for model_stock, returns its dot
-//! partials); nuslerp then takes its normalised dot in one parallel pass; apply chunks
-//! interpolate with the coefficients.
+//! partials); nuslerp then takes its normalised dot in one parallel pass (multislerp: three
+//! chains around a dot pass); apply chunks interpolate with the coefficients.
 
 use super::chunked::{contract, kernel_err, received};
 use super::streamed::NuslerpInputs;
 use super::tensor_io::{Loader, Writer};
+use crate::chunk::multislerp_combine;
+use crate::error::KernelError;
 use crate::error::TaskError;
+use crate::execute::{boolean, float};
 use crate::kernels::gta_stream::ChunkSource;
+use crate::kernels::multislerp_stream::{self, Setup, Stats};
 use crate::kernels::nuslerp::Coefficients;
 use crate::kernels::nuslerp_stream;
 use crate::kernels::torch_norm::NormStream;
@@ -33,11 +37,12 @@ pub(super) fn part_of(
     Ok((part, range))
 }
 
-/// The norms a link continues: fresh ones for the first link, else the state it received.
-fn chain_norms(task: &MergeTask, info: &ChunkInfo, count: usize) -> Result<Vec<NormStream>, TaskError> {
+/// The norms a link continues: fresh ones for the first link of its chain (`first`), else
+/// the state it received.
+fn chain_norms(task: &MergeTask, info: &ChunkInfo, count: usize, first: bool) -> Result<Vec<NormStream>, TaskError> {
     let total = info.tensor_numel as usize;
-    let norms: Vec<NormStream> = match info.pass {
-        1 => (0..count).map(|_| NormStream::new(total)).collect(),
+    let norms: Vec<NormStream> = match first {
+        true => (0..count).map(|_| NormStream::new(total)).collect(),
         _ => received(task, info)?
             .chain
             .as_ref()
@@ -102,7 +107,7 @@ pub(super) fn model_stock(
         return Ok(None);
     }
     let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
-    let mut norms = chain_norms(task, info, refs.len())?;
+    let mut norms = chain_norms(task, info, refs.len(), info.pass == 1)?;
     let sums = with_precision!(work, P => model_stock_chain::link::<P, TaskError>(
         part, range, &base, &refs, &mut norms
     ))?
@@ -136,7 +141,7 @@ pub(super) fn nuslerp(
     }
     let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
     if info.pass <= links {
-        let mut norms = chain_norms(task, info, 2)?;
+        let mut norms = chain_norms(task, info, 2, info.pass == 1)?;
         let pair: &mut [NormStream; 2] = (&mut norms[..])
             .try_into()
             .map_err(|_| contract(task, "nuslerp takes two norms"))?;
@@ -151,4 +156,73 @@ pub(super) fn nuslerp(
     ))?
     .map_err(|e| contract(task, e))?;
     Ok(Some(link_stats(info, &[], vec![partial.to_floats()])))
+}
+
+/// multislerp: a link of one of its three chains, a chunk of its dot pass, or an apply chunk
+/// (see [`crate::kernels::multislerp_stream`]).
+pub(super) fn multislerp(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let err = kernel_err(task);
+    let b = task.inputs.iter().position(|i| i.is_base);
+    let others: Vec<usize> = (0..task.inputs.len()).filter(|&i| Some(i) != b).collect();
+    let weights = others
+        .iter()
+        .map(|&i| float(&task.inputs[i].params, "weight"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&err)?;
+    let normalize = boolean(&task.shared_params, "normalize_weights").map_err(&err)?;
+    let eps = float(&task.shared_params, "eps").map_err(&err)?;
+    let base = b.map(|b| loader.open(b)).transpose()?;
+    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = multislerp_stream::Inputs {
+        xs: opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect(),
+        base: base.as_ref().map(|b| b as &dyn ChunkSource<TaskError>),
+    };
+    let (work, len, k) = (loader.work, loader.numel, others.len());
+    let stats = match info.pass {
+        1 => Stats::default(),
+        _ => Stats::from_floats(k, &received(task, info)?.coefficients)
+            .ok_or_else(|| contract(task, "malformed multislerp statistics"))?,
+    };
+    let setup = with_precision!(work, P => Setup::new::<P>(&weights, normalize, eps));
+    let inner = |r: Result<(), String>| r.map_err(|e| err(KernelError::Contract(e)));
+    if info.pass == 0 {
+        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        inner(
+            with_precision!(work, P => multislerp_stream::apply::<P, TaskError>(len, &inputs, &setup, &stats, &sink))?,
+        )?;
+        return Ok(None);
+    }
+    let (stage, link) = multislerp_combine::stage(info.pass, info.passes);
+    let Some(link) = link else {
+        let (part, range) = part_of(task, info, 1)?;
+        let partials = with_precision!(work, P => multislerp_stream::dot_partials::<P, TaskError>(
+            part.len(), range, &inputs, &setup, &stats
+        ))?
+        .map_err(|e| contract(task, e))?;
+        return Ok(Some(link_stats(
+            info,
+            &[],
+            partials.iter().map(|p| p.to_floats()).collect(),
+        )));
+    };
+    let count = if stage == 1 { k } else { 1 };
+    let mut norms = chain_norms(task, info, count, link == 0)?;
+    match stage {
+        1 => with_precision!(work, P => multislerp_stream::link_norms::<P, TaskError>(len, &inputs, &mut norms))?,
+        2 => with_precision!(work, P => multislerp_stream::link_mean_norm::<P, TaskError>(
+            len, &inputs, &setup, &stats, &mut norms[0]
+        ))?,
+        _ => inner(
+            with_precision!(work, P => multislerp_stream::link_tangent_norm::<P, TaskError>(
+                len, &inputs, &setup, &stats, &mut norms[0]
+            ))?,
+        )?,
+    }
+    Ok(Some(link_stats(info, &norms, Vec::new())))
 }

@@ -113,6 +113,7 @@ pub(super) fn run(
         Pipeline::RamPlus => ram_plus(task, info, loader, out),
         Pipeline::Chain => super::chained::model_stock(task, info, loader, out),
         Pipeline::NuslerpChain => super::chained::nuslerp(task, info, loader, out),
+        Pipeline::Multislerp => super::chained::multislerp(task, info, loader, out),
         Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
             Err(contract(task, format!("{pipeline:?} has no chunk passes")))
         }

@@ -19,6 +19,7 @@ pub mod model_stock;
 pub mod model_stock_chain;
 pub mod model_stock_stream;
 pub mod multislerp;
+pub mod multislerp_stream;
 pub mod nearswap;
 pub mod nuslerp;
 pub mod nuslerp_stream;

@@ -36,6 +36,48 @@ fn sum_small<P: Precision>(v: &[f32]) -> f32 {
     torch_sum_rounded::<P>(v, |x| x, 1)
 }
 
+/// The weights as the kernel uses them: rounded to `P`, divided by their sum when
+/// `normalize_weights`.
+pub fn rounded_weights<P: Precision>(weights: &[f64], normalize_weights: bool) -> Vec<f32> {
+    let mut w: Vec<f32> = weights.iter().map(|&w| P::rnd(w as f32)).collect();
+    if normalize_weights {
+        let total = sum_small::<P>(&w);
+        w.iter_mut().for_each(|x| *x = P::rnd(*x / total));
+    }
+    w
+}
+
+/// The scalars of step 5 and 6: from the tangent's norm `|T|` (rounded), the inputs' norms
+/// and the weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending {
+    cos_nu: f32,
+    factor: f32,
+    avg_norm: f32,
+}
+
+impl Ending {
+    /// The scalars for tangent norm `tangent_norm`, `eps` rounded to `P` (`eps_add`), the
+    /// inputs' norms and weights.
+    pub fn of<P: Precision>(tangent_norm: f32, eps_add: f32, norms: &[f32], w: &[f32]) -> Ending {
+        let nu = P::rnd(tangent_norm + eps_add);
+        let scaled: Vec<f32> = norms.iter().zip(w).map(|(&a, &b)| P::rnd(a * b)).collect();
+        Ending {
+            cos_nu: P::rnd((nu as f64).cos() as f32),
+            factor: P::rnd(P::rnd(torch_sin_f32(nu)) / nu),
+            avg_norm: sum_small::<P>(&scaled),
+        }
+    }
+
+    /// The result at one element from the normalised mean `m` and the tangent `t` there
+    /// (before the base is added back).
+    #[inline]
+    pub fn value<P: Precision>(&self, m: f32, t: f32) -> f32 {
+        let r = P::rnd(P::rnd(m * self.cos_nu) + P::rnd(t * self.factor));
+        P::rnd(r * self.avg_norm)
+    }
+}
+
 /// Merges the non-base inputs `xs` (at least two; `xs[0]` is overwritten with the result, the
 /// others with scratch) with their `weights`, onto the optional `base`.
 pub fn merge<P: Precision>(
@@ -54,11 +96,7 @@ pub fn merge<P: Precision>(
                 .for_each(|(x, &b)| *x = P::rnd(*x - b));
         }
     }
-    let mut w: Vec<f32> = weights.iter().map(|&w| P::rnd(w as f32)).collect();
-    if normalize_weights {
-        let total = sum_small::<P>(&w);
-        w.iter_mut().for_each(|x| *x = P::rnd(*x / total));
-    }
+    let w = rounded_weights::<P>(weights, normalize_weights);
     let eps_add = P::rnd(eps as f32);
     let norms: Vec<f32> = xs.iter().map(|x| P::rnd(torch_vector_norm_f32(x))).collect();
     // Keep the task vectors for the fallback; work on unit vectors.
@@ -106,18 +144,11 @@ pub fn merge<P: Precision>(
         }
         let mut tangent = vec![0.0f32; n];
         weighted_sum(&units, &mut tangent);
-        let nu = P::rnd(P::rnd(torch_vector_norm_f32(&tangent)) + eps_add);
-        let cos_nu = P::rnd((nu as f64).cos() as f32);
-        let factor = P::rnd(P::rnd(torch_sin_f32(nu)) / nu);
-        let scaled: Vec<f32> = norms.iter().zip(&w).map(|(&a, &b)| P::rnd(a * b)).collect();
-        let avg_norm = sum_small::<P>(&scaled);
+        let end = Ending::of::<P>(P::rnd(torch_vector_norm_f32(&tangent)), eps_add, &norms, &w);
         xs[0]
             .par_iter_mut()
             .zip(mean.par_iter().zip(tangent.par_iter()))
-            .for_each(|(x, (&m, &t))| {
-                let r = P::rnd(P::rnd(m * cos_nu) + P::rnd(t * factor));
-                *x = P::rnd(r * avg_norm);
-            });
+            .for_each(|(x, (&m, &t))| *x = end.value::<P>(m, t));
     }
     if let Some(b) = base {
         xs[0]
