@@ -6,6 +6,7 @@
 
 mod aligned;
 mod aligned_mean;
+mod arcee_chunked;
 mod chained;
 mod chunked;
 mod streamed;

@@ -158,8 +158,9 @@ impl Plan {
 /// of one-chunk passes carrying the norms), DELLA (row ranks; a pass of L1 partials whose
 /// chunks read the rows around them), nuslerp (a chain of norms, then a pass of dots),
 /// breadcrumbs_ties with rescale (two cuts' histogram passes, then L1 partials), sce
-/// (variance histograms, then mean-square partials) or multislerp (three chains of norms
-/// around a pass of dots). Other rounds run
+/// (variance histograms, then mean-square partials), multislerp (three chains of norms
+/// around a pass of dots) or arcee_fusion (histograms of sampled importances over whole rows).
+/// Other rounds run
 /// DARE-TIES unsplit. Some restarts of the coordinator change the flag (a chunked job must
 /// keep its journaled size; an unsplit one must not become split). A stream of its own, so
 /// the fault schedule of a seed is the same as before chunk rounds existed.
@@ -182,7 +183,7 @@ fn chunking(seed: u64) -> (Method, Vec<Option<u64>>) {
         };
         sizes.push(next);
     }
-    // Chunked seeds are 2 and 3 mod 4: numbered 0, 1, 2, ..., any 9 in a row (so those of the
+    // Chunked seeds are 2 and 3 mod 4: numbered 0, 1, 2, ..., any 10 in a row (so those of the
     // default seeds 1..=20) run every method.
     let method = if chunked {
         let index = seed / 4 * 2 + seed % 2;
@@ -210,10 +211,11 @@ pub enum Method {
     Breadcrumbs,
     Sce,
     Multislerp,
+    ArceeFusion,
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::DareTies,
         Method::Ties,
         Method::Slerp,
@@ -223,6 +225,7 @@ impl Method {
         Method::Breadcrumbs,
         Method::Sce,
         Method::Multislerp,
+        Method::ArceeFusion,
     ];
 
     pub fn name(self) -> &'static str {
@@ -236,6 +239,7 @@ impl Method {
             Method::Breadcrumbs => "breadcrumbs_ties",
             Method::Sce => "sce",
             Method::Multislerp => "multislerp",
+            Method::ArceeFusion => "arcee_fusion",
         }
     }
 
@@ -336,6 +340,15 @@ dtype: bfloat16
     parameters:
       weight: 0.3
 merge_method: multislerp
+base_model: {prefix}/base
+dtype: bfloat16
+"
+            ),
+            Method::ArceeFusion => format!(
+                "models:
+  - model: {prefix}/base
+  - model: {prefix}/finetune-a
+merge_method: arcee_fusion
 base_model: {prefix}/base
 dtype: bfloat16
 "

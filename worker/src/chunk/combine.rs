@@ -8,6 +8,7 @@ use crate::error::KernelError;
 use crate::execute::float;
 use crate::kernels::WorkDType;
 use crate::kernels::gta_stream::rescale_factor;
+use crate::kernels::magnitude_select::{self, Histogram};
 use crate::kernels::model_stock_chain;
 use crate::kernels::nuslerp::{self, Coefficients};
 use crate::kernels::nuslerp_stream;
@@ -17,6 +18,7 @@ use crate::kernels::sparsify;
 use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::torch_sum_partial::{self, SumPartial};
+use crate::kernels::{arcee_chunk, arcee_fusion};
 use crate::with_precision;
 use shardmerge_proto::v1::{ChainState, ChunkStats, CombinedStats, MergeTask};
 use std::ops::Range;
@@ -177,6 +179,64 @@ pub fn combine(
                 ..Default::default()
             }))
         }
+        (Pipeline::Arcee, 1) => {
+            let highs = partials
+                .iter()
+                .map(|(_, s)| {
+                    s.inputs
+                        .first()
+                        .map(histogram)
+                        .ok_or_else(|| bad("an importance chunk without its histogram"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let merged = magnitude_select::merge(&highs).map_err(bad)?;
+            let quantiles = arcee_chunk::select_bins(n, &merged).map_err(bad)?;
+            let inputs = quantiles
+                .iter()
+                .map(|q| InputCombined {
+                    high_bin: u32::from(q.high),
+                    above: q.above,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(same(CombinedStats {
+                inputs,
+                ..Default::default()
+            }))
+        }
+        (Pipeline::Arcee, 2) => {
+            let got = received
+                .and_then(<[CombinedStats]>::first)
+                .ok_or_else(|| bad("pass 2 without the quantiles' bins"))?;
+            let ks = arcee_chunk::quantile_ks(arcee_chunk::sample_count(n));
+            let mut values = [0.0f32; 3];
+            for (q, (v, k)) in values.iter_mut().zip(ks).enumerate() {
+                let c = got.inputs.get(q).ok_or_else(|| bad("a quantile without its bin"))?;
+                let high = u16::try_from(c.high_bin).map_err(|_| bad("a quantile's bin is out of range"))?;
+                let lows = partials
+                    .iter()
+                    .map(|(_, s)| {
+                        s.inputs
+                            .get(q)
+                            .map(histogram)
+                            .ok_or_else(|| bad("a chunk without a quantile's histogram"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let merged = magnitude_select::merge(&lows).map_err(bad)?;
+                let quantile = arcee_chunk::Quantile {
+                    k,
+                    high,
+                    above: c.above,
+                };
+                *v = arcee_chunk::quantile_value(quantile, &merged).map_err(bad)?;
+            }
+            let work = WorkDType::try_from(task.working_dtype())?;
+            let thr = with_precision!(work, P => arcee_fusion::threshold_of::<P>(values));
+            Ok(same(CombinedStats {
+                coefficients: vec![thr],
+                ..Default::default()
+            }))
+        }
         (Pipeline::Sce, pass) => super::sce_combine::combine(task, pass, n, partials, received, next),
         (Pipeline::RamPlus, 1) => {
             // Every non-base model's counts over the whole tensor, then its lambda.
@@ -200,6 +260,14 @@ pub fn combine(
             }))
         }
         (p, pass) => Err(bad(format!("{p:?} has no statistics pass {pass}"))),
+    }
+}
+
+/// A reported histogram.
+fn histogram(s: &shardmerge_proto::v1::InputStats) -> Histogram {
+    Histogram {
+        bins: s.bins.clone(),
+        counts: s.counts.clone(),
     }
 }
 

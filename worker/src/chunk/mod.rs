@@ -21,6 +21,7 @@
 //! | model_stock (`filter_wise: false`) | one per link: a *chain* of one-chunk passes in element order, each continuing the task vectors' serial norms and returning the cascade partials of its pair dots | as DARE with rescale (the links) | any ranges |
 //! | nuslerp (`nuslerp_flatten`, the default) | the links of a chain carrying the two vectors' serial norms, then one pass of cascade partials of the normalised dot | as DARE with rescale | any ranges |
 //! | multislerp | a chain of the task vectors' serial norms, a chain of the norm of the unit vectors' weighted mean, one pass of the dots' cascade partials (one summation part), a chain of the tangent's norm | aligned to the cascade granule of the one part | any ranges |
+//! | arcee_fusion (rank >= 2) | 2: high histogram of the importances' keys (those sampled, above 10^6 elements), a low histogram per quantile | whole rows of the last dim | whole rows |
 //! | `filter_wise` model_stock, nuslerp over contiguous rows | 0 | none | whole rows of the last dim |
 //! | DELLA with rescale | 1: L1 cascade partials of delta and masked delta (each chunk ranks the whole blocks its range touches) | as DARE with rescale | whole ranking blocks |
 //!
@@ -32,7 +33,7 @@
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
 //! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
-//! karcher and arcee_fusion.
+//! karcher, and arcee_fusion of 1-D tensors (one row).
 
 pub mod combine;
 pub(crate) mod multislerp_combine;
@@ -101,6 +102,10 @@ pub enum Pipeline {
     /// ramplus_tl: pass 1 counts each model's shared and unique active elements, then apply
     /// with the models' `lambda`.
     RamPlus,
+    /// arcee_fusion over whole rows: pass 1 high histogram of the importances' keys, pass 2
+    /// a low histogram per quantile, then apply with the threshold (see
+    /// [`crate::kernels::arcee_chunk`]).
+    Arcee,
     /// Not split: the tensor runs as one task.
     Whole,
 }
@@ -113,7 +118,7 @@ impl Pipeline {
             Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp => 1,
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
             Pipeline::RandomRescale | Pipeline::RankedRescale | Pipeline::RamPlus => 1,
-            Pipeline::Slerp | Pipeline::Magnitude => 2,
+            Pipeline::Slerp | Pipeline::Magnitude | Pipeline::Arcee => 2,
             Pipeline::MagnitudeRescale | Pipeline::Sce => 3,
         }
     }
@@ -208,7 +213,8 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::Sce => Pipeline::Sce,
         MethodKind::RamPlusTl => Pipeline::RamPlus,
         MethodKind::Multislerp => Pipeline::Multislerp,
-        MethodKind::Karcher | MethodKind::ArceeFusion => Pipeline::Whole,
+        MethodKind::ArceeFusion => Pipeline::Arcee,
+        MethodKind::Karcher => Pipeline::Whole,
     })
 }
 
@@ -275,6 +281,16 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
                 return Ok(None);
             }
             (Vec::new(), split(0..n, chunk / row * row))
+        }
+        // A row's importance needs its whole row; a 1-D tensor is one row (the whole kernel's).
+        Pipeline::Arcee => {
+            let shape = tensor_shape(task);
+            let row = shape.last().copied().unwrap_or(n).max(1);
+            if shape.len() < 2 || row > chunk || task.inputs.len() != 2 {
+                return Ok(None);
+            }
+            let rows = split(0..n, chunk / row * row);
+            (rows.clone(), rows)
         }
         Pipeline::Ranked | Pipeline::RankedRescale => {
             let Some(block) = ranking_block(task, chunk)? else {
@@ -359,7 +375,7 @@ pub fn ranking_rows(task: &MergeTask) -> RankRows {
 
 /// The output tensor's shape (a statistics chunk has no output: its first input's stored
 /// shape, which differs from it at most in dim 0).
-fn tensor_shape(task: &MergeTask) -> &[u64] {
+pub(crate) fn tensor_shape(task: &MergeTask) -> &[u64] {
     match &task.output {
         Some(o) => &o.shape[..],
         None => task

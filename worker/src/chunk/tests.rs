@@ -80,6 +80,9 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     // `*_nobase`: every input is a model (multislerp of three).
     let nobase = method.ends_with("_nobase");
     let method = method.trim_end_matches("_all").trim_end_matches("_nobase");
+    // `*_small_rows`: fewer than 10^6 elements (arcee_fusion without sampling).
+    let method = method.replace("_small", "");
+    let method = method.as_str();
     let (method, rescale) = match method {
         "ties_rescale" => ("ties", true),
         "breadcrumbs_ties_rescale" => ("breadcrumbs_ties", true),
@@ -97,7 +100,11 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     let base = values(n, 1, &[], 256.0);
     let mut io = MemIo::default();
     let mut inputs = Vec::new();
-    let count = if method == "slerp" { 2 } else { 3 };
+    let count = if method == "slerp" || method == "arcee_fusion" {
+        2
+    } else {
+        3
+    };
     for m in 0..count {
         let v = if m == 0 {
             base.clone()
@@ -166,7 +173,9 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
 
 /// Runs `task` as chunk tasks of `chunk` elements, each pass's chunks in a shuffled order.
 fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
-    let plan = plan(task, chunk).unwrap().expect("the tensor splits");
+    let plan = plan(task, chunk)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} splits in chunks of {chunk}", task.method));
     let passes = plan.passes;
     let size = task.output.as_ref().unwrap().length / task.numel;
     let mk = |r: &Range<u64>, pass: u32, index: usize, count: usize, stats: Option<CombinedStats>| MergeTask {
@@ -240,12 +249,16 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("nuslerp", Pipeline::NuslerpChain),
         ("multislerp", Pipeline::Multislerp),
         ("multislerp_nobase", Pipeline::Multislerp),
+        ("arcee_fusion_rows", Pipeline::Arcee),
+        ("arcee_fusion_small_rows", Pipeline::Arcee),
         ("model_stock_rows", Pipeline::Rows),
         ("nuslerp_rows", Pipeline::Rows),
     ] {
         // 2 SLERP blocks and a bit; for DARE two thread parts of several cascade granules; for
         // DELLA 1031 ranking blocks of 2048 elements (statistics chunks start inside blocks).
-        let n = if method.starts_with("della") || method.ends_with("_rows") {
+        let n = if method.ends_with("_small_rows") {
+            400 * 2048
+        } else if method.starts_with("della") || method.ends_with("_rows") {
             1031 * 2048
         } else {
             (1 << 21) + 12_345
@@ -256,6 +269,9 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
             execute_task(&task, &io).unwrap();
             let whole = io.out.lock().unwrap().clone();
             for (chunk, seed) in [(300_001u64, 1u64), (1 << 20, 2)] {
+                if n as u64 <= chunk {
+                    continue; // arcee_fusion below 10^6 elements
+                }
                 io.out.lock().unwrap().fill(0);
                 let got = run_chunked(&task, &io, chunk, seed);
                 let plan = plan(&task, chunk).unwrap().unwrap();

@@ -111,8 +111,13 @@ fn row_sum<P: Precision>(xs: &[f32], single: bool) -> f32 {
 
 /// The importance of every element (`row` elements per row of the last dim).
 pub fn importance<P: Precision>(y: &[f32], b: &[f32], row: usize) -> Vec<f32> {
+    importance_of_rows::<P>(y, b, row, row == y.len())
+}
+
+/// The importance of every element of whole rows of `row` elements (part of a tensor, or all
+/// of it); `single`: the tensor is one row (its row sum then runs on torch's threads).
+pub fn importance_of_rows<P: Precision>(y: &[f32], b: &[f32], row: usize, single: bool) -> Vec<f32> {
     let eps = P::DTYPE.from_f64(1e-8);
-    let single = row == y.len();
     let mut out = vec![0.0f32; y.len()];
     out.par_chunks_mut(row)
         .zip(y.par_chunks(row).zip(b.par_chunks(row)))
@@ -133,22 +138,34 @@ pub fn importance<P: Precision>(y: &[f32], b: &[f32], row: usize) -> Vec<f32> {
     out
 }
 
+/// The sampled indices of a tensor of `n > 10^6` elements, in draw order, as
+/// `torch.randint(n, (10^6,))` draws them from `rng`.
+pub fn sample_indices(n: u64, mut rng: Mt19937) -> impl Iterator<Item = u64> {
+    (0..SAMPLE_SIZE).map(move |_| u64::from(rng.next_u32()) % n)
+}
+
+/// The positions in ascending order of the lower quartile, the median and the upper quartile
+/// among `m >= 1` sorted values.
+pub fn quantile_ranks(m: usize) -> [usize; 3] {
+    let last = (m - 1) as f32;
+    [0.25f32, 0.5, 0.75].map(|q| (q * last) as usize)
+}
+
+/// `Q_.5 + 1.5 (Q_.75 - Q_.25)` from the three quantiles.
+pub fn threshold_of<P: Precision>([q1, median, q3]: [f32; 3]) -> f32 {
+    P::rnd(median + P::rnd(P::rnd(q3 - q1) * 1.5))
+}
+
 /// The threshold `Q_.5 + 1.5 (Q_.75 - Q_.25)` of the importances.
 pub fn threshold<P: Precision>(imp: &[f32], rng: Option<Mt19937>) -> Result<f32, ArceeFusionError> {
     let mut sorted: Vec<f32> = if draws(imp.len() as u64) {
-        let mut rng = rng.ok_or(ArceeFusionError::MissingRng)?;
-        let n = imp.len() as u64;
-        (0..SAMPLE_SIZE)
-            .map(|_| imp[(u64::from(rng.next_u32()) % n) as usize])
-            .collect()
+        let rng = rng.ok_or(ArceeFusionError::MissingRng)?;
+        sample_indices(imp.len() as u64, rng).map(|i| imp[i as usize]).collect()
     } else {
         imp.to_vec()
     };
     sorted.par_sort_unstable_by(f32::total_cmp);
-    let last = (sorted.len() - 1) as f32;
-    let at = |q: f32| sorted[(q * last) as usize];
-    let (q1, median, q3) = (at(0.25), at(0.5), at(0.75));
-    Ok(P::rnd(median + P::rnd(P::rnd(q3 - q1) * 1.5)))
+    Ok(threshold_of::<P>(quantile_ranks(sorted.len()).map(|r| sorted[r])))
 }
 
 /// Merges `y` onto `base` (overwritten with the f32 result); `row` is the last-dim length and
@@ -164,13 +181,18 @@ pub fn merge<P: Precision>(
     }
     let imp = importance::<P>(y, base, row.max(1));
     let thr = threshold::<P>(&imp, rng)?;
+    apply::<P>(base, y, &imp, thr);
+    Ok(())
+}
+
+/// `base += rnd(y - base) * [imp >= thr]` in f32 (overwrites `base` with the result).
+pub fn apply<P: Precision>(base: &mut [f32], y: &[f32], imp: &[f32], thr: f32) {
     base.par_iter_mut()
         .zip(y.par_iter().zip(imp.par_iter()))
         .for_each(|(b, (&y, &i))| {
             let mask = if i >= thr { 1.0 } else { 0.0 };
             *b += P::rnd(y - *b) * mask;
         });
-    Ok(())
 }
 
 #[cfg(test)]

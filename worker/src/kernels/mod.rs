@@ -4,6 +4,7 @@
 //! tensors already converted to f32 values that are exactly representable in the working dtype
 //! and write values rounded to it.
 
+pub mod arcee_chunk;
 pub mod arcee_fusion;
 pub mod breadcrumbs;
 pub mod della;
