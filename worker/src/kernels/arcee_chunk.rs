@@ -11,6 +11,7 @@
 use super::arcee_fusion::{ArceeFusionError, SAMPLE_SIZE, draws, quantile_ranks, sample_indices};
 use super::magnitude_select::{BINS, Histogram, select_high, select_low};
 use crate::rng::Mt19937;
+use std::borrow::Cow;
 
 /// Ascending key of `x` in `f32::total_cmp`'s order (negative NaN lowest, `-0.0` below `0.0`,
 /// positive NaN highest).
@@ -34,16 +35,18 @@ pub fn sample_count(n: u64) -> u64 {
 /// The importances of a chunk (elements `start..start + imp.len()` of a tensor of `n`) that
 /// enter the quantiles, with multiplicity: all of them, or for more than 10^6 elements those
 /// that `rng` (the tensor's stream at its first draw) samples.
-pub fn sampled(imp: &[f32], start: u64, n: u64, rng: Option<Mt19937>) -> Result<Vec<f32>, ArceeFusionError> {
+pub fn sampled(imp: &[f32], start: u64, n: u64, rng: Option<Mt19937>) -> Result<Cow<'_, [f32]>, ArceeFusionError> {
     if !draws(n) {
-        return Ok(imp.to_vec());
+        return Ok(Cow::Borrowed(imp));
     }
     let rng = rng.ok_or(ArceeFusionError::MissingRng)?;
     let range = start..start + imp.len() as u64;
-    Ok(sample_indices(n, rng)
-        .filter(|i| range.contains(i))
-        .map(|i| imp[(i - start) as usize])
-        .collect())
+    Ok(Cow::Owned(
+        sample_indices(n, rng)
+            .filter(|i| range.contains(i))
+            .map(|i| imp[(i - start) as usize])
+            .collect(),
+    ))
 }
 
 fn sparse(dense: &[u64]) -> Histogram {
@@ -190,12 +193,20 @@ mod tests {
         let mut all: Vec<f32> = Vec::new();
         for start in (0..n).step_by(300_007) {
             let end = (start + 300_007).min(n);
-            all.extend(sampled(&imp[start as usize..end as usize], start, n, Some(rng.clone())).unwrap());
+            all.extend(
+                sampled(&imp[start as usize..end as usize], start, n, Some(rng.clone()))
+                    .unwrap()
+                    .iter(),
+            );
         }
         let mut want: Vec<f32> = sample_indices(n, rng).map(|i| imp[i as usize]).collect();
         want.sort_by(f32::total_cmp);
         all.sort_by(f32::total_cmp);
         assert_eq!(all, want);
         assert_eq!(sampled(&imp[..10], 0, n, None), Err(ArceeFusionError::MissingRng));
+        assert!(
+            matches!(sampled(&imp[..10], 0, 10, None), Ok(Cow::Borrowed(_))),
+            "no copy"
+        );
     }
 }
