@@ -47,9 +47,10 @@ pub(super) fn split(
             .count() as u64;
         let k = task.inputs.len() as u64;
         // Input and output bytes of the chunk, one keep bit per input element, and f32 scratch
-        // for a piece of every input plus two (bounded by the streamed kernels' scratch).
-        let memory_of = |len: u64, output: bool| {
-            let scratch = (len * 4 * (k + 2)).min(STREAM_SCRATCH);
+        // for a piece of every input plus two (bounded by the streamed kernels' scratch unless
+        // the chunk holds whole f32 tensors: `chunk::chunk_scratch`).
+        let memory_of = |len: u64, output: bool, whole_f32: bool| {
+            let scratch = chunk::f32_scratch(len, k, whole_f32);
             len * in_bytes_per_elem
                 + if output { len * elem } else { 0 }
                 + len.div_ceil(8) * k
@@ -80,7 +81,7 @@ pub(super) fn split(
             let per_elem = in_bytes_per_elem + elem + k.div_ceil(8) + 4 * (k + 2);
             let fit = limit.saturating_sub(pads * chunk::ALIGNED_MEAN_SCRATCH) / per_elem.max(1);
             if fit == 0 {
-                too_big(memory_of(1, true), "a one-element chunk".into())?;
+                too_big(memory_of(1, true, true), "a one-element chunk".into())?;
             }
             chunk_elems = chunk_elems.min(fit.max(1));
         }
@@ -94,6 +95,7 @@ pub(super) fn split(
             continue;
         };
         let passes = plan.passes;
+        let whole_f32 = chunk::chunk_holds_whole_f32(&task, plan.pipeline);
         let mk = |range: &std::ops::Range<u64>, pass: u32, index: usize, count: usize| {
             let len = range.end - range.start;
             MergeTask {
@@ -121,7 +123,7 @@ pub(super) fn split(
             let ranges = plan.pass_ranges(pass);
             for (i, r) in ranges.iter().enumerate() {
                 // A statistics chunk may also read up to `plan.context` elements around it.
-                let need = memory_of(r.end - r.start, false) + plan.context * in_bytes_per_elem;
+                let need = memory_of(r.end - r.start, false, whole_f32) + plan.context * in_bytes_per_elem;
                 let what = format!(
                     "statistics chunk {i} ({} elements, aligned to torch's reduction)",
                     r.end - r.start
@@ -132,7 +134,7 @@ pub(super) fn split(
             }
         }
         for (i, r) in plan.apply.iter().enumerate() {
-            let need = memory_of(r.end - r.start, true);
+            let need = memory_of(r.end - r.start, true, whole_f32);
             too_big(need, format!("chunk {i} ({} elements)", r.end - r.start))?;
             out.push(mk(r, 0, i, plan.apply.len()));
             out_mem.push(need);

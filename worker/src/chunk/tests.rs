@@ -339,3 +339,42 @@ fn partitions_cover_the_tensor_and_respect_alignment() {
         }
     }
 }
+
+#[test]
+fn planned_memory_counts_the_whole_f32_tensors_a_chunk_holds() {
+    let n = 1usize << 23;
+    for (method, whole) in [
+        ("ramplus_tl", true),
+        ("linear", true),
+        ("arcee_fusion_rows", true),
+        ("dare_ties", false),
+        ("multislerp", false),
+        ("ties", false),
+    ] {
+        let (task, _) = setup(method, DType::Bf16, n);
+        let p = plan(&task, n as u64 / 2).unwrap().unwrap();
+        let r = &p.apply[0];
+        let len = r.end - r.start;
+        let chunk = MergeTask {
+            numel: len,
+            chunk: Some(ChunkInfo {
+                start: r.start,
+                len,
+                passes: p.passes,
+                count: p.apply.len() as u32,
+                tensor_numel: n as u64,
+                ..Default::default()
+            }),
+            ..task.clone()
+        };
+        let k = task.inputs.len() as u64;
+        let holds = task_memory(&chunk) >= len * 4 * (k + 1);
+        assert_eq!(
+            holds,
+            whole,
+            "{method}: planned {} for {len} elements",
+            task_memory(&chunk)
+        );
+        assert_eq!(chunk_holds_whole_f32(&task, p.pipeline), whole, "{method}");
+    }
+}
