@@ -22,6 +22,7 @@
 //! | nuslerp (`nuslerp_flatten`, the default) | the links of a chain carrying the two vectors' serial norms, then one pass of cascade partials of the normalised dot | as DARE with rescale | any ranges |
 //! | multislerp | a chain of the task vectors' serial norms, a chain of the norm of the unit vectors' weighted mean, one pass of the dots' cascade partials (one summation part), a chain of the tangent's norm | aligned to the cascade granule of the one part | any ranges |
 //! | arcee_fusion (rank >= 2) | 2: high histogram of the importances' keys (those sampled, above 10^6 elements), a low histogram per quantile | whole rows of the last dim | whole rows |
+//! | karcher (`max_iter` <= 100) | chains of one-chunk links: the inputs' norms, the mean's norm, then per iteration the dots (MKL's `sdot` or an f64 sum, carried), the tangent's norm and the updated mean's norm; stages after convergence are skipped | any ranges (links) | any ranges |
 //! | `filter_wise` model_stock, nuslerp over contiguous rows | 0 | none | whole rows of the last dim |
 //! | DELLA with rescale | 1: L1 cascade partials of delta and masked delta (each chunk ranks the whole blocks its range touches) | as DARE with rescale | whole ranking blocks |
 //!
@@ -33,9 +34,10 @@
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
 //! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
-//! karcher, and arcee_fusion of 1-D tensors (one row).
+//! karcher with more than 100 iterations, and arcee_fusion of 1-D tensors (one row).
 
 pub mod combine;
+pub(crate) mod karcher_combine;
 pub(crate) mod multislerp_combine;
 mod sce_combine;
 pub(crate) mod select;
@@ -92,6 +94,11 @@ pub enum Pipeline {
     /// mean's direction, a chain carrying the tangent's norm, then apply (`3 * links + 1`
     /// passes, see [`crate::kernels::multislerp_stream`]).
     Multislerp,
+    /// karcher: chains of one-chunk links, one per statistic (the inputs' norms, the mean's
+    /// norm, then per iteration the dots, the tangent's norm and the updated mean's norm),
+    /// each link replaying the mean from the statistics so far, then apply (see
+    /// [`crate::kernels::karcher_stream`]).
+    Karcher,
     /// Independent rows (`filter_wise` model_stock, nuslerp over contiguous rows): apply only,
     /// in ranges of whole rows of the last dim, through the ordinary streamed kernels.
     Rows,
@@ -115,7 +122,7 @@ impl Pipeline {
     /// [`ChunkPlan::passes`]).
     pub fn passes(self) -> u32 {
         match self {
-            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp => 1,
+            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher => 1,
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
             Pipeline::RandomRescale | Pipeline::RankedRescale | Pipeline::RamPlus => 1,
             Pipeline::Slerp | Pipeline::Magnitude | Pipeline::Arcee => 2,
@@ -137,7 +144,10 @@ impl Pipeline {
 
     /// Whether each statistics pass is one link of a chain (one chunk, in element order).
     pub fn chained(self) -> bool {
-        matches!(self, Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp)
+        matches!(
+            self,
+            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher
+        )
     }
 
     /// Statistics passes of a chained pipeline whose chains have `links` links.
@@ -182,6 +192,11 @@ impl ChunkPlan {
     /// The chunks of statistics pass `pass` (1-based): every statistics range, or for a
     /// chain's links its one link.
     pub fn pass_ranges(&self, pass: u32) -> &[Range<u64>] {
+        if self.pipeline == Pipeline::Karcher {
+            // Every pass is a link of one of its chains.
+            let i = (pass as usize - 1) % self.stats.len().max(1);
+            return &self.stats[i..=i];
+        }
         match self.pipeline.link_of(pass, self.passes) {
             Some(i) => &self.stats[i..=i],
             None => &self.stats,
@@ -214,7 +229,7 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
         MethodKind::RamPlusTl => Pipeline::RamPlus,
         MethodKind::Multislerp => Pipeline::Multislerp,
         MethodKind::ArceeFusion => Pipeline::Arcee,
-        MethodKind::Karcher => Pipeline::Whole,
+        MethodKind::Karcher => Pipeline::Karcher,
     })
 }
 
@@ -245,8 +260,10 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
 pub fn sum_kind(pipeline: Pipeline, working: DType) -> SumKind {
     match (pipeline, working) {
         (Pipeline::Sce, _) => SumKind::F32,
-        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp, DType::F32) => SumKind::F32,
-        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp, _) => SumKind::Bf16,
+        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher, DType::F32) => {
+            SumKind::F32
+        }
+        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher, _) => SumKind::Bf16,
         (_, DType::Bf16) | (Pipeline::MagnitudeRescale, DType::F16) => SumKind::Bf16,
         _ => SumKind::F32,
     }
@@ -282,6 +299,11 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
             }
             (Vec::new(), split(0..n, chunk / row * row))
         }
+        // Too many iterations for chains of statistics passes: whole.
+        Pipeline::Karcher if task.inputs.len() < 2 || karcher_combine::stages(task)? > MAX_KARCHER_STAGES => {
+            return Ok(None);
+        }
+        Pipeline::Karcher => (split(0..n, chunk), even),
         // A row's importance needs its whole row; a 1-D tensor is one row (the whole kernel's).
         Pipeline::Arcee => {
             let shape = tensor_shape(task);
@@ -327,6 +349,7 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
         }
     };
     let passes = match pipeline.chained() {
+        true if pipeline == Pipeline::Karcher => stats.len() as u32 * karcher_combine::stages(task)?,
         true => pipeline.chain_passes(stats.len() as u32),
         false => pipeline.passes(),
     };
@@ -338,6 +361,10 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
         passes,
     }))
 }
+
+/// Most chains of a karcher tensor split into chunk tasks (`max_iter` up to 100); more
+/// iterations run whole.
+const MAX_KARCHER_STAGES: u32 = 2 + 3 * 100;
 
 /// Longest DELLA ranking block (elements ranked together, `len * inner` of
 /// [`RankRows`]) that chunks split around; longer ones stay whole.

@@ -147,6 +147,8 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("alpha".to_string(), num(0.2));
     shared.insert("normalize_weights".to_string(), flag(true));
     shared.insert("eps".to_string(), num(1e-8));
+    shared.insert("max_iter".to_string(), num(10.0));
+    shared.insert("tol".to_string(), num(1e-5));
     // `sce_all`: sce without its top-k selection.
     shared.insert("select_topk".to_string(), num(if all { 1.0 } else { 0.6 }));
     *io.out.get_mut().unwrap() = vec![0u8; n * size];
@@ -212,7 +214,8 @@ fn run_chunked(task: &MergeTask, io: &MemIo, chunk: u64, seed: u64) -> Vec<u8> {
         }
         let results: Vec<ChunkStats> = results.into_iter().map(Option::unwrap).collect();
         let partials: Vec<combine::Partial<'_>> = ranges.iter().cloned().zip(&results).collect();
-        let template = mk(&ranges[0], pass, 0, ranges.len(), None);
+        // The runtime folds with any task of the tensor (not necessarily one of this pass).
+        let template = mk(&plan.apply[0], 0, 0, plan.apply.len(), None);
         let prev = received.as_deref();
         let next = if pass == passes {
             plan.apply.len()
@@ -250,6 +253,8 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("multislerp", Pipeline::Multislerp),
         ("multislerp_nobase", Pipeline::Multislerp),
         ("arcee_fusion_rows", Pipeline::Arcee),
+        ("karcher", Pipeline::Karcher),
+        ("karcher_nobase", Pipeline::Karcher),
         ("arcee_fusion_small_rows", Pipeline::Arcee),
         ("model_stock_rows", Pipeline::Rows),
         ("nuslerp_rows", Pipeline::Rows),
@@ -258,6 +263,9 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         // DELLA 1031 ranking blocks of 2048 elements (statistics chunks start inside blocks).
         let n = if method.ends_with("_small_rows") {
             400 * 2048
+        } else if method.starts_with("karcher") {
+            // Every link replays the iterations: a smaller tensor keeps the test quick.
+            700_001
         } else if method.starts_with("della") || method.ends_with("_rows") {
             1031 * 2048
         } else {
@@ -270,7 +278,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
             let whole = io.out.lock().unwrap().clone();
             for (chunk, seed) in [(300_001u64, 1u64), (1 << 20, 2)] {
                 if n as u64 <= chunk {
-                    continue; // arcee_fusion below 10^6 elements
+                    continue; // arcee_fusion below 10^6 elements, karcher
                 }
                 io.out.lock().unwrap().fill(0);
                 let got = run_chunked(&task, &io, chunk, seed);
@@ -304,9 +312,11 @@ fn small_tensors_and_unsplittable_methods_stay_whole() {
     let (task, _) = setup("ties", DType::F32, 1000);
     assert_eq!(plan(&task, 1000).unwrap(), None);
     assert!(plan(&task, 999).unwrap().is_some());
-    let (task, _) = setup("karcher", DType::F32, 1000);
-    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Whole);
-    assert_eq!(plan(&task, 10).unwrap(), None);
+    let (mut task, _) = setup("karcher", DType::F32, 1000);
+    assert_eq!(super::pipeline(&task).unwrap(), Pipeline::Karcher);
+    assert!(plan(&task, 10).unwrap().is_some());
+    task.shared_params.insert("max_iter".to_string(), num(101.0));
+    assert_eq!(plan(&task, 10).unwrap(), None, "more than 100 iterations run whole");
 }
 
 #[test]

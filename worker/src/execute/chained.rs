@@ -6,11 +6,12 @@
 use super::chunked::{contract, kernel_err, received};
 use super::streamed::NuslerpInputs;
 use super::tensor_io::{Loader, Writer};
-use crate::chunk::multislerp_combine;
+use crate::chunk::{karcher_combine, multislerp_combine};
 use crate::error::KernelError;
 use crate::error::TaskError;
 use crate::execute::{boolean, float};
 use crate::kernels::gta_stream::ChunkSource;
+use crate::kernels::karcher_stream::{self, DotStream, Feeds, Stage};
 use crate::kernels::multislerp_stream::{self, Setup, Stats};
 use crate::kernels::nuslerp::Coefficients;
 use crate::kernels::nuslerp_stream;
@@ -67,6 +68,7 @@ fn link_stats(info: &ChunkInfo, norms: &[NormStream], sums: Vec<Vec<f32>>) -> Ch
             fed: fed as u64,
             acc: acc.to_vec(),
             tail: tail.to_vec(),
+            sum: 0.0,
         }
     };
     let chain = ChainState {
@@ -225,4 +227,87 @@ pub(super) fn multislerp(
         )?,
     }
     Ok(Some(link_stats(info, &norms, Vec::new())))
+}
+
+/// karcher: a link of one of its stages' chains, or an apply chunk (see
+/// [`crate::kernels::karcher_stream`]).
+pub(super) fn karcher(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let err = kernel_err(task);
+    let (params, _) = karcher_combine::params(task).map_err(&err)?;
+    let opened = (0..task.inputs.len())
+        .map(|i| loader.open(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let xs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let (work, len) = (loader.work, loader.numel);
+    let got = match info.pass {
+        1 => None,
+        _ => Some(received(task, info)?),
+    };
+    let stats = karcher_combine::known(params, if got.is_some() { 2 } else { 1 }, got).map_err(&err)?;
+    if info.pass == 0 {
+        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        with_precision!(work, P => karcher_stream::apply::<P, TaskError>(len, &xs, params, &stats, &sink))?;
+        return Ok(None);
+    }
+    let (stage, link, _) = karcher_combine::stage(task, info.pass, info.passes).map_err(&err)?;
+    if !params.runs(stage, &stats) {
+        return Ok(Some(ChunkStats::default()));
+    }
+    let total = info.tensor_numel as usize;
+    let received_states = || {
+        got.and_then(|c| c.chain.as_ref())
+            .map(|c| &c.norms[..])
+            .unwrap_or_default()
+    };
+    let mut feeds = match stage {
+        Stage::Dots(_) => {
+            let count = params.valid(&stats).len();
+            let dots: Option<Vec<DotStream>> = match link {
+                0 => Some(
+                    (0..count)
+                        .map(|_| with_precision!(work, P => DotStream::new::<P>(total)))
+                        .collect(),
+                ),
+                _ => received_states()
+                    .iter()
+                    .map(|s| with_precision!(work, P => DotStream::resume::<P>(total, s.fed as usize, &s.acc, s.sum)))
+                    .collect(),
+            };
+            let dots = dots.ok_or_else(|| contract(task, "a dot state does not fit the tensor"))?;
+            if dots.len() != count || dots.iter().any(|d| d.state().0 as u64 != info.start) {
+                return Err(contract(task, "the chain's dots do not stop where this link starts"));
+            }
+            Feeds::Dots(dots)
+        }
+        Stage::Norms => Feeds::Norms(chain_norms(task, info, params.k, link == 0)?),
+        _ => Feeds::Norms(chain_norms(task, info, 1, link == 0)?),
+    };
+    with_precision!(work, P => karcher_stream::link::<P, TaskError>(stage, len, &xs, params, &stats, &mut feeds))?;
+    Ok(Some(match feeds {
+        Feeds::Norms(norms) => link_stats(info, &norms, Vec::new()),
+        Feeds::Dots(dots) => {
+            let state = |d: &DotStream| {
+                let (fed, acc, sum) = d.state();
+                NormState {
+                    fed: fed as u64,
+                    acc,
+                    tail: Vec::new(),
+                    sum,
+                }
+            };
+            ChunkStats {
+                chain: Some(ChainState {
+                    norms: dots.iter().map(state).collect(),
+                    sums: Vec::new(),
+                }),
+                ..Default::default()
+            }
+        }
+    }))
 }

@@ -70,12 +70,14 @@ fn dot<P: Precision>(a: &[f32], b: &[f32]) -> f32 {
     if P::DTYPE == WorkDType::F32 {
         sdot(a, b)
     } else {
-        let s: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-        P::rnd(s as f32)
+        // The order chunk tasks replay (an f64 sum in element order).
+        let mut d = super::karcher_stream::DotStream::new::<P>(a.len());
+        d.feed(a, b);
+        d.finish::<P>()
     }
 }
 
-fn acos<P: Precision>(x: f32) -> f32 {
+pub(crate) fn acos<P: Precision>(x: f32) -> f32 {
     if P::DTYPE == WorkDType::F32 {
         torch_acos_f32(x)
     } else {
@@ -83,7 +85,7 @@ fn acos<P: Precision>(x: f32) -> f32 {
     }
 }
 
-fn sin<P: Precision>(x: f32) -> f32 {
+pub(crate) fn sin<P: Precision>(x: f32) -> f32 {
     if P::DTYPE == WorkDType::F32 {
         torch_sin_f32(x)
     } else {
@@ -92,7 +94,7 @@ fn sin<P: Precision>(x: f32) -> f32 {
 }
 
 /// `rnd(x / s)` for every element (an f32 0-dim divisor is used at full precision).
-fn divide<P: Precision>(x: &mut [f32], s: f32) {
+pub(crate) fn divide<P: Precision>(x: &mut [f32], s: f32) {
     x.par_iter_mut().for_each(|v| *v = P::rnd(*v / s));
 }
 

@@ -185,6 +185,8 @@ fn statistics_round_trip_through_hex_and_malformed_hex_is_an_error() {
                     fed: 1 << 40,
                     acc: vec![0.5, 1e-30, 3.0, -0.0, 5.0, 6.0, 7.0, 8.0],
                     tail: vec![2.5],
+                    // karcher's f64 dot state.
+                    sum: -1.5e-300,
                 }],
                 sums: vec![LinkSum {
                     start: 4096,
