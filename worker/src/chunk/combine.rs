@@ -44,6 +44,9 @@ pub fn combine(
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
     let p = pipeline(task)?;
+    if p == Pipeline::NuslerpColumns {
+        return super::columns_combine::combine(task, pass, partials, received, next);
+    }
     if p == Pipeline::Karcher {
         return super::karcher_combine::combine(task, pass, partials, received, next);
     }

@@ -23,6 +23,7 @@
 //! | multislerp | a chain of the task vectors' serial norms, a chain of the norm of the unit vectors' weighted mean, one pass of the dots' cascade partials (one summation part), a chain of the tangent's norm | aligned to the cascade granule of the one part | any ranges |
 //! | arcee_fusion (rank >= 2) | 2: high histogram of the importances' keys (those sampled, above 10^6 elements), a low histogram per quantile | whole rows of the last dim | whole rows |
 //! | karcher (`max_iter` <= 100) | chains of one-chunk links: the inputs' norms, the mean's norm, then per iteration the dots (MKL's `sdot` or an f64 sum, carried), the tangent's norm and the updated mean's norm; stages after convergence are skipped | any ranges (links) | any ranges |
+//! | nuslerp with `nuslerp_row_wise` (vectors along dim 0) | a chain of row-range links carrying every column's sums of squares, then one carrying every column's dot cascade | whole rows (links) | whole rows |
 //! | `filter_wise` model_stock, nuslerp over contiguous rows | 0 | none | whole rows of the last dim |
 //! | DELLA with rescale | 1: L1 cascade partials of delta and masked delta (each chunk ranks the whole blocks its range touches) | as DARE with rescale | whole ranking blocks |
 //!
@@ -33,11 +34,14 @@
 //! Not split (they run as one whole-tensor task, so the bytes are exact but `--memory-limit`
 //! cannot shrink them): DELLA on tensors of rank < 2 or with ranking blocks longer than a chunk
 //! (or 2^22 elements), and the methods whose result needs whole-tensor statistics that no
-//! statistics pass computes yet: nuslerp with `nuslerp_row_wise` (vectors along dim 0),
-//! karcher with more than 100 iterations, and arcee_fusion of 1-D tensors (one row).
+//! statistics pass computes yet: karcher with more than 100 iterations, arcee_fusion of 1-D
+//! tensors (one row), and tensors whose rows are longer than a chunk where a method needs
+//! whole rows.
 
+mod columns_combine;
 pub mod combine;
 pub(crate) mod karcher_combine;
+mod memory;
 pub(crate) mod multislerp_combine;
 mod sce_combine;
 pub(crate) mod select;
@@ -58,6 +62,9 @@ use shardmerge_proto::v1::{DType, MergeTask};
 use std::ops::Range;
 
 pub use combine::combine;
+pub use memory::{
+    ALIGNED_MEAN_SCRATCH, STREAM_SCRATCH, aligned_memory, chunk_holds_whole_f32, f32_scratch, task_memory,
+};
 pub use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats};
 
 /// How a tensor's chunks are computed.
@@ -99,6 +106,10 @@ pub enum Pipeline {
     /// each link replaying the mean from the statistics so far, then apply (see
     /// [`crate::kernels::karcher_stream`]).
     Karcher,
+    /// nuslerp with `nuslerp_row_wise` (vectors along dim 0): a chain of row-range links
+    /// carrying every column's sums of squares, then a chain carrying every column's dot state,
+    /// then apply with the columns' cosines (see [`crate::kernels::nuslerp_columns`]).
+    NuslerpColumns,
     /// Independent rows (`filter_wise` model_stock, nuslerp over contiguous rows): apply only,
     /// in ranges of whole rows of the last dim, through the ordinary streamed kernels.
     Rows,
@@ -122,7 +133,11 @@ impl Pipeline {
     /// [`ChunkPlan::passes`]).
     pub fn passes(self) -> u32 {
         match self {
-            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher => 1,
+            Pipeline::Chain
+            | Pipeline::NuslerpChain
+            | Pipeline::Multislerp
+            | Pipeline::Karcher
+            | Pipeline::NuslerpColumns => 1,
             Pipeline::Elementwise | Pipeline::Whole | Pipeline::Ranked | Pipeline::Rows => 0,
             Pipeline::RandomRescale | Pipeline::RankedRescale | Pipeline::RamPlus => 1,
             Pipeline::Slerp | Pipeline::Magnitude | Pipeline::Arcee => 2,
@@ -146,7 +161,11 @@ impl Pipeline {
     pub fn chained(self) -> bool {
         matches!(
             self,
-            Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher
+            Pipeline::Chain
+                | Pipeline::NuslerpChain
+                | Pipeline::Multislerp
+                | Pipeline::Karcher
+                | Pipeline::NuslerpColumns
         )
     }
 
@@ -192,7 +211,7 @@ impl ChunkPlan {
     /// The chunks of statistics pass `pass` (1-based): every statistics range, or for a
     /// chain's links its one link.
     pub fn pass_ranges(&self, pass: u32) -> &[Range<u64>] {
-        if self.pipeline == Pipeline::Karcher {
+        if matches!(self.pipeline, Pipeline::Karcher | Pipeline::NuslerpColumns) {
             // Every pass is a link of one of its chains.
             let i = (pass as usize - 1) % self.stats.len().max(1);
             return &self.stats[i..=i];
@@ -222,7 +241,8 @@ pub fn pipeline(task: &MergeTask) -> Result<Pipeline, KernelError> {
             let row_wise = boolean(&task.shared_params, "nuslerp_row_wise")?;
             match Vectors::of(tensor_shape(task), false, row_wise) {
                 Vectors::Rows(_) => Pipeline::Rows,
-                _ => Pipeline::Whole,
+                Vectors::Columns { .. } => Pipeline::NuslerpColumns,
+                Vectors::Flat => Pipeline::Whole,
             }
         }
         MethodKind::Sce => Pipeline::Sce,
@@ -260,10 +280,22 @@ fn gta_pipeline(task: &MergeTask, variant: GtaVariant) -> Result<Pipeline, Kerne
 pub fn sum_kind(pipeline: Pipeline, working: DType) -> SumKind {
     match (pipeline, working) {
         (Pipeline::Sce, _) => SumKind::F32,
-        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher, DType::F32) => {
-            SumKind::F32
-        }
-        (Pipeline::Chain | Pipeline::NuslerpChain | Pipeline::Multislerp | Pipeline::Karcher, _) => SumKind::Bf16,
+        (
+            Pipeline::Chain
+            | Pipeline::NuslerpChain
+            | Pipeline::Multislerp
+            | Pipeline::Karcher
+            | Pipeline::NuslerpColumns,
+            DType::F32,
+        ) => SumKind::F32,
+        (
+            Pipeline::Chain
+            | Pipeline::NuslerpChain
+            | Pipeline::Multislerp
+            | Pipeline::Karcher
+            | Pipeline::NuslerpColumns,
+            _,
+        ) => SumKind::Bf16,
         (_, DType::Bf16) | (Pipeline::MagnitudeRescale, DType::F16) => SumKind::Bf16,
         _ => SumKind::F32,
     }
@@ -304,6 +336,17 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
             return Ok(None);
         }
         Pipeline::Karcher => (split(0..n, chunk), even),
+        Pipeline::NuslerpColumns => {
+            let Vectors::Columns { stride, .. } = Vectors::of(tensor_shape(task), false, true) else {
+                return Ok(None);
+            };
+            let models = task.inputs.iter().filter(|i| !i.is_base).count();
+            if stride == 0 || stride as u64 > chunk || models != 2 {
+                return Ok(None);
+            }
+            let rows = split(0..n, chunk / stride as u64 * stride as u64);
+            (rows.clone(), rows)
+        }
         // A row's importance needs its whole row; a 1-D tensor is one row (the whole kernel's).
         Pipeline::Arcee => {
             let shape = tensor_shape(task);
@@ -350,6 +393,7 @@ pub fn plan(task: &MergeTask, chunk_elems: u64) -> Result<Option<ChunkPlan>, Ker
     };
     let passes = match pipeline.chained() {
         true if pipeline == Pipeline::Karcher => stats.len() as u32 * karcher_combine::stages(task)?,
+        true if pipeline == Pipeline::NuslerpColumns => 2 * stats.len() as u32,
         true => pipeline.chain_passes(stats.len() as u32),
         false => pipeline.passes(),
     };
@@ -455,73 +499,6 @@ pub fn input_range(task: &MergeTask, src: &shardmerge_proto::v1::TensorSource) -
         }
         _ => (src.offset, src.length),
     }
-}
-
-/// Scratch of one streamed task (f32 pieces for the pool's threads), an upper bound.
-pub const STREAM_SCRATCH: u64 = 32 << 20;
-
-/// Whether the whole-tensor kernel of `task` streams its inputs through bounded scratch.
-fn streams_whole(task: &MergeTask, pipeline: Pipeline) -> bool {
-    match methods::lookup(&task.method).map(|s| s.kind) {
-        Some(MethodKind::Gta(v)) => crate::kernels::gta_stream::supports(v),
-        Some(MethodKind::Slerp | MethodKind::ModelStock) => true,
-        Some(MethodKind::Nuslerp) => pipeline != Pipeline::Whole,
-        _ => false,
-    }
-}
-
-/// Whether a chunk of `task`'s tensor, split with `pipeline`, holds whole f32 copies of its
-/// inputs and result (elementwise chunks run through the ordinary kernels, and ramplus_tl and
-/// arcee_fusion chunks) rather than streaming them through pieces of bounded scratch.
-pub fn chunk_holds_whole_f32(task: &MergeTask, pipeline: Pipeline) -> bool {
-    match task.passthrough || !pipeline.chunk_apply() {
-        true => task.passthrough || !streams_whole(task, pipeline),
-        false => matches!(pipeline, Pipeline::Arcee | Pipeline::RamPlus),
-    }
-}
-
-/// f32 scratch of `len` elements of a task with `k` inputs: a piece of every input plus two
-/// (bounded by [`STREAM_SCRATCH`]), or every input and two results whole (`whole_f32`).
-pub fn f32_scratch(len: u64, k: u64, whole_f32: bool) -> u64 {
-    let all = len * 4 * (k + 2);
-    if whole_f32 { all } else { all.min(STREAM_SCRATCH) }
-}
-
-/// Planned peak memory of executing `task` beyond its output bytes: the input bytes it reads
-/// (mapped or fetched), one keep bit per element of each input, and its f32 scratch
-/// ([`f32_scratch`]). Planner and workers use the same rule.
-pub fn task_memory(task: &MergeTask) -> u64 {
-    let k = task.inputs.len() as u64;
-    let inputs: u64 = task
-        .inputs
-        .iter()
-        .map(|i| match &i.source {
-            _ if !i.rows.is_empty() => aligned_memory(task.numel, i.rows.iter().any(is_pad_mean)),
-            Some(s) => input_range(task, s).1,
-            None => 0,
-        })
-        .sum();
-    let whole_f32 = match pipeline(task) {
-        Ok(p) if task.chunk.is_some() => chunk_holds_whole_f32(task, p),
-        Ok(p) => task.passthrough || !streams_whole(task, p),
-        Err(_) => false,
-    };
-    inputs + task.numel.div_ceil(8) * k + f32_scratch(task.numel, k, whole_f32)
-}
-
-/// Bound on the rows a padding mean of a vocabulary-aligned chunk holds at once (a batch of
-/// f32 rows) plus its running column sums.
-pub const ALIGNED_MEAN_SCRATCH: u64 = 48 << 20;
-
-/// Planned memory of one vocabulary-aligned input of `numel` output elements (a whole task's
-/// or a chunk's): the f32 values built, their copy as input bytes, and the stored rows read
-/// (at most 4 bytes per element), plus [`ALIGNED_MEAN_SCRATCH`] when it has padding rows.
-pub fn aligned_memory(numel: u64, pads: bool) -> u64 {
-    numel * 12 + if pads { ALIGNED_MEAN_SCRATCH } else { 0 }
-}
-
-fn is_pad_mean(r: &shardmerge_proto::v1::RowRun) -> bool {
-    r.kind() == shardmerge_proto::v1::RowKind::PadMean
 }
 
 /// `range` cut into pieces of `size` elements (the last shorter).

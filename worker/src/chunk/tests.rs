@@ -75,7 +75,10 @@ fn encode(dtype: DType, v: &[f32]) -> Vec<u8> {
 /// A whole-tensor task of `method` over a base and two fine-tunes of `n` elements.
 fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     // `ties_rescale`: TIES with `rescale: true`; `*_rows`: the method over rows of 2048.
-    let rows = method.ends_with("_rows");
+    // `*_cols`: nuslerp over rows of 2048 with `nuslerp_row_wise` (vectors along dim 0).
+    let cols = method.ends_with("_cols");
+    let method = method.trim_end_matches("_cols");
+    let rows = method.ends_with("_rows") || cols;
     let all = method.ends_with("_all");
     // `*_nobase`: every input is a model (multislerp of three).
     let nobase = method.ends_with("_nobase");
@@ -141,7 +144,7 @@ fn setup(method: &str, dtype: DType, n: usize) -> (MergeTask, MemIo) {
     shared.insert("rescale".to_string(), flag(rescale));
     shared.insert("filter_wise".to_string(), flag(rows));
     shared.insert("nuslerp_flatten".to_string(), flag(!rows));
-    shared.insert("nuslerp_row_wise".to_string(), flag(false));
+    shared.insert("nuslerp_row_wise".to_string(), flag(cols));
     shared.insert("epsilon".to_string(), num(0.01));
     shared.insert("r".to_string(), num(0.1));
     shared.insert("alpha".to_string(), num(0.2));
@@ -255,6 +258,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         ("arcee_fusion_rows", Pipeline::Arcee),
         ("karcher", Pipeline::Karcher),
         ("karcher_nobase", Pipeline::Karcher),
+        ("nuslerp_cols", Pipeline::NuslerpColumns),
         ("arcee_fusion_small_rows", Pipeline::Arcee),
         ("model_stock_rows", Pipeline::Rows),
         ("nuslerp_rows", Pipeline::Rows),
@@ -266,7 +270,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
         } else if method.starts_with("karcher") {
             // Every link replays the iterations: a smaller tensor keeps the test quick.
             700_001
-        } else if method.starts_with("della") || method.ends_with("_rows") {
+        } else if method.starts_with("della") || method.ends_with("_rows") || method.ends_with("_cols") {
             1031 * 2048
         } else {
             (1 << 21) + 12_345
@@ -291,7 +295,7 @@ fn chunked_pipelines_equal_the_whole_kernel_over_many_statistics_chunks() {
                         plan.stats.len()
                     );
                 }
-                if method.starts_with("della") || method.ends_with("_rows") {
+                if method.starts_with("della") || method.ends_with("_rows") || method.ends_with("_cols") {
                     assert!(plan.apply.iter().all(|r| r.start % 2048 == 0), "whole rows");
                     if pipeline == Pipeline::RankedRescale {
                         let inside = plan.stats.iter().filter(|r| r.start % 2048 != 0).count();

@@ -5,7 +5,8 @@
 
 use super::chunked::{contract, kernel_err, received};
 use super::streamed::NuslerpInputs;
-use super::tensor_io::{Loader, Writer};
+use super::tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
+use crate::chunk::tensor_shape;
 use crate::chunk::{karcher_combine, multislerp_combine};
 use crate::error::KernelError;
 use crate::error::TaskError;
@@ -14,11 +15,15 @@ use crate::kernels::gta_stream::ChunkSource;
 use crate::kernels::karcher_stream::{self, DotStream, Feeds, Stage};
 use crate::kernels::multislerp_stream::{self, Setup, Stats};
 use crate::kernels::nuslerp::Coefficients;
+use crate::kernels::nuslerp::Vectors;
+use crate::kernels::nuslerp_columns::{Columns, DOT_STATE};
 use crate::kernels::nuslerp_stream;
+use crate::kernels::stream_ops;
 use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::{model_stock_chain, model_stock_stream};
 use crate::with_precision;
+use rayon::prelude::*;
 use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, MergeTask, NormState};
 use std::ops::Range;
 
@@ -309,5 +314,94 @@ pub(super) fn karcher(
                 ..Default::default()
             }
         }
+    }))
+}
+
+/// nuslerp over columns (`nuslerp_row_wise`): a link of the squares' or the dots' chain over
+/// whole rows, or an apply chunk with the columns' cosines (see
+/// [`crate::kernels::nuslerp_columns`]).
+pub(super) fn nuslerp_columns(
+    task: &MergeTask,
+    info: &ChunkInfo,
+    loader: &mut Loader<'_>,
+    out: Option<&Writer<'_>>,
+) -> Result<Option<ChunkStats>, TaskError> {
+    let Vectors::Columns { len: rows, stride } = Vectors::of(tensor_shape(task), false, true) else {
+        return Err(contract(task, "nuslerp columns of a tensor without them"));
+    };
+    let cols = Columns { len: rows, stride };
+    let opened = NuslerpInputs::open(task, loader)?;
+    let inputs = opened.inputs();
+    let (work, len) = (loader.work, loader.numel);
+    if !len.is_multiple_of(stride.max(1)) || !info.start.is_multiple_of(stride.max(1) as u64) {
+        return Err(contract(task, "a nuslerp column chunk is not whole rows"));
+    }
+    let read = |x: &dyn ChunkSource<TaskError>| -> Result<Vec<f32>, TaskError> {
+        let mut v = vec![0.0f32; len];
+        x.read(0, &mut v)?;
+        Ok(v)
+    };
+    let (mut a, mut b) = (read(inputs.x0)?, read(inputs.x1)?);
+    let base = inputs.base.map(read).transpose()?;
+    if let Some(base) = &base {
+        with_precision!(work, P => {
+            stream_ops::sub_rnd::<P>(&mut a, base);
+            stream_ops::sub_rnd::<P>(&mut b, base);
+        });
+    }
+    if info.pass == 0 {
+        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+        let cosines = &received(task, info)?.coefficients;
+        if cosines.len() != stride {
+            return Err(contract(task, "nuslerp column apply needs every column's cosine"));
+        }
+        let t = crate::chunk::combine::nuslerp_t(task).map_err(kernel_err(task))?;
+        with_precision!(work, P => {
+            cols.apply::<P>(&mut a, &b, cosines, t);
+            if let Some(base) = &base {
+                stream_ops::add_base_rnd::<P>(&mut a, base);
+            }
+        });
+        a.par_chunks(WRITE_CHUNK_ELEMS)
+            .enumerate()
+            .try_for_each(|(ci, piece)| out.write(ci * WRITE_CHUNK_ELEMS, piece))?;
+        return Ok(None);
+    }
+    let links = info.passes / 2;
+    let squares = info.pass <= links;
+    let size = if squares { 2 * stride } else { DOT_STATE * stride };
+    let first = info.pass == 1 || info.pass == links + 1;
+    let mut state = match first {
+        true => vec![0.0f32; size],
+        false => received(task, info)?
+            .chain
+            .as_ref()
+            .and_then(|c| c.sums.first())
+            .filter(|s| s.start == info.start)
+            .map(|s| s.partial.clone())
+            .ok_or_else(|| contract(task, "the columns' chain does not stop where this link starts"))?,
+    };
+    if state.len() != size {
+        return Err(contract(task, "a column state does not fit the tensor"));
+    }
+    if squares {
+        cols.feed_squares(&a, &b, &mut state);
+    } else {
+        let norms = &received(task, info)?.coefficients;
+        if norms.len() != 2 * stride {
+            return Err(contract(task, "the dots' chain needs every column's norms"));
+        }
+        let row0 = info.start as usize / stride;
+        with_precision!(work, P => cols.feed_dots::<P>(row0, &a, &b, norms, &mut state));
+    }
+    Ok(Some(ChunkStats {
+        chain: Some(ChainState {
+            norms: Vec::new(),
+            sums: vec![LinkSum {
+                start: info.start + info.len,
+                partial: state,
+            }],
+        }),
+        ..Default::default()
     }))
 }

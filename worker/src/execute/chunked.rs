@@ -116,6 +116,7 @@ pub(super) fn run(
         Pipeline::Multislerp => super::chained::multislerp(task, info, loader, out),
         Pipeline::Arcee => super::arcee_chunked::run(task, info, loader, out),
         Pipeline::Karcher => super::chained::karcher(task, info, loader, out),
+        Pipeline::NuslerpColumns => super::chained::nuslerp_columns(task, info, loader, out),
         Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
             Err(contract(task, format!("{pipeline:?} has no chunk passes")))
         }

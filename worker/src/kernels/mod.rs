@@ -24,6 +24,7 @@ pub mod multislerp;
 pub mod multislerp_stream;
 pub mod nearswap;
 pub mod nuslerp;
+pub mod nuslerp_columns;
 pub mod nuslerp_stream;
 pub mod outlier_select;
 pub mod passthrough;
