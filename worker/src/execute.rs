@@ -26,7 +26,6 @@ use crate::rng::Mt19937;
 use crate::safetensors_io;
 use crate::storage::{LocalInputs, LocalOutputs};
 use crate::with_precision;
-use rayon::prelude::*;
 use shardmerge_proto::v1::{ChunkInfo, ChunkStats, DType, MergeTask, ParamValue, TensorSource, param_value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -202,9 +201,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
                 None => loader.load(0)?,
                 Some(kind) => run_kernel(task, kind, &mut loader)?,
             };
-            out.par_chunks(WRITE_CHUNK_ELEMS)
-                .enumerate()
-                .try_for_each(|(ci, chunk)| writer.write(ci * WRITE_CHUNK_ELEMS, chunk))?;
+            writer.write_all(&out)?;
         }
     }
     Ok(TaskOutcome {

@@ -1,7 +1,7 @@
 //! Folding the chains of nuslerp over columns (`nuslerp_row_wise`, see
 //! [`crate::kernels::nuslerp_columns`]): every link hands on all columns' state.
 
-use super::combine::{Partial, bad};
+use super::combine::{Partial, bad, handed};
 use crate::error::KernelError;
 use crate::kernels::nuslerp;
 use crate::kernels::{WorkDType, nuslerp_columns};
@@ -46,14 +46,7 @@ pub(super) fn combine(
         true => got.map(|c| c.coefficients.clone()).unwrap_or_default(),
         false => Vec::new(),
     };
-    let same = |coefficients: Vec<f32>, chain| {
-        let c = CombinedStats {
-            coefficients,
-            chain,
-            ..Default::default()
-        };
-        vec![c; next]
-    };
+    let same = |coefficients: Vec<f32>, chain| handed(coefficients, chain, next);
     if pass != links && pass != 2 * links {
         let chain = ChainState {
             norms: Vec::new(),

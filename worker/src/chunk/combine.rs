@@ -20,7 +20,7 @@ use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::torch_sum_partial::{self, SumPartial};
 use crate::kernels::{arcee_chunk, arcee_fusion};
 use crate::with_precision;
-use shardmerge_proto::v1::{ChainState, ChunkStats, CombinedStats, MergeTask};
+use shardmerge_proto::v1::{ChainState, ChunkStats, CombinedStats, MergeTask, NormState};
 use std::ops::Range;
 
 /// One reported chunk of a pass: its element range and its statistics.
@@ -289,26 +289,13 @@ fn chain(
 ) -> Result<Vec<CombinedStats>, KernelError> {
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
-    let (range, carried) = carry(pass == 1, pass, partials, received)?;
+    let last = pipeline.link_of(pass + 1, info.passes).is_none();
+    let carried = match link(task, pass == 1, last, pass, partials, received)? {
+        Linked::Carry(c) => return Ok(handed(Vec::new(), Some(c), next)),
+        Linked::Last(c) => c,
+    };
     let same = |c: CombinedStats| vec![c; next];
-    if pipeline.link_of(pass + 1, info.passes).is_some() {
-        return Ok(same(CombinedStats {
-            chain: Some(carried),
-            ..Default::default()
-        }));
-    }
-    if range.end != n {
-        return Err(bad(format!(
-            "the chain of `{}` ends at element {}, not {n}",
-            task.tensor, range.end
-        )));
-    }
-    let norms = carried
-        .norms
-        .iter()
-        .map(|s| NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| bad("a norm state does not fit the tensor"))?;
+    let norms = resumed_norms(n, &carried.norms)?;
     let per_link = model_stock_chain::pairs(norms.len()).len().max(1);
     let mut links = Vec::new();
     for l in carried.sums.chunks(per_link) {
@@ -336,6 +323,58 @@ fn chain(
         coefficients: vec![t],
         ..Default::default()
     }))
+}
+
+/// A chain after one of its links.
+pub(super) enum Linked {
+    /// The state to hand on to the next link.
+    Carry(ChainState),
+    /// After the last link (which ended at the tensor's end): the chain's final state.
+    Last(ChainState),
+}
+
+/// Link `pass` of a chain ([`carry`]; `last`: its chain's last link, which must end at the
+/// tensor's end).
+pub(super) fn link(
+    task: &MergeTask,
+    first: bool,
+    last: bool,
+    pass: u32,
+    partials: &[Partial<'_>],
+    received: Option<&[CombinedStats]>,
+) -> Result<Linked, KernelError> {
+    let n = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?.tensor_numel;
+    let (range, carried) = carry(first, pass, partials, received)?;
+    if !last {
+        return Ok(Linked::Carry(carried));
+    }
+    if range.end != n {
+        return Err(bad(format!(
+            "a chain of `{}` ends at element {}, not {n}",
+            task.tensor, range.end
+        )));
+    }
+    Ok(Linked::Last(carried))
+}
+
+/// The norm streams of a chain's states over `n` elements.
+pub(super) fn resumed_norms(n: u64, states: &[NormState]) -> Result<Vec<NormStream>, KernelError> {
+    states
+        .iter()
+        .map(|s| NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("a norm state does not fit the tensor"))
+}
+
+/// What each of the `next` chunks of the following pass receives: `coefficients` and a
+/// chain's state.
+pub(super) fn handed(coefficients: Vec<f32>, chain: Option<ChainState>, next: usize) -> Vec<CombinedStats> {
+    let c = CombinedStats {
+        coefficients,
+        chain,
+        ..Default::default()
+    };
+    vec![c; next]
 }
 
 /// The state a chain carries after link `pass` (`first`: the first link of its chain), which

@@ -3,7 +3,7 @@
 //! hands on the [`Stats`] known so far as the coefficients. Stages that do not run (after
 //! convergence, or without a valid input) pass the statistics through.
 
-use super::combine::{Partial, bad, carry};
+use super::combine::{Linked, Partial, bad, handed, resumed_norms};
 use crate::error::KernelError;
 use crate::execute::float;
 use crate::kernels::WorkDType;
@@ -77,34 +77,19 @@ pub(super) fn combine(
     let (params, _) = params(task)?;
     let mut stats = known(params, pass, received.and_then(<[CombinedStats]>::first))?;
     let (stage, link, links) = stage(task, pass, info.passes)?;
-    let same = |s: &Stats, chain| {
-        let c = CombinedStats {
-            coefficients: s.to_floats(),
-            chain,
-            ..Default::default()
-        };
-        vec![c; next]
-    };
+    let same = |s: &Stats, chain| handed(s.to_floats(), chain, next);
     if !params.runs(stage, &stats) {
         return Ok(same(&stats, None));
     }
-    let (range, carried) = carry(link == 0, pass, partials, received)?;
-    if link + 1 < links {
-        return Ok(same(&stats, Some(carried)));
-    }
-    if range.end != n {
-        return Err(bad(format!(
-            "a chain of `{}` ends at element {}, not {n}",
-            task.tensor, range.end
-        )));
-    }
+    let carried = match super::combine::link(task, link == 0, link + 1 == links, pass, partials, received)? {
+        Linked::Carry(c) => return Ok(same(&stats, Some(c))),
+        Linked::Last(c) => c,
+    };
     let norms = || -> Result<Vec<f32>, KernelError> {
-        carried
-            .norms
-            .iter()
-            .map(|s| NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail).map(NormStream::finish))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| bad("a norm state does not fit the tensor"))
+        Ok(resumed_norms(n, &carried.norms)?
+            .into_iter()
+            .map(NormStream::finish)
+            .collect())
     };
     let one = || -> Result<f32, KernelError> {
         match norms()?[..] {

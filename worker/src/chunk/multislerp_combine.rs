@@ -2,12 +2,11 @@
 //! of serial norms around one pass of dot partials. Every pass hands on the
 //! [`Stats`] known so far as the coefficients; a chain's links also hand on its norm state.
 
-use super::combine::{Partial, bad, carry};
+use super::combine::{Linked, Partial, bad, handed, resumed_norms};
 use crate::error::KernelError;
 use crate::kernels::WorkDType;
 use crate::kernels::multislerp_stream::{self, Stats};
 use crate::kernels::precision::Precision;
-use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum_partial::SumPartial;
 use crate::with_precision;
 use shardmerge_proto::v1::{CombinedStats, MergeTask};
@@ -54,14 +53,7 @@ pub(super) fn combine(
     let mut stats = known(k, pass, received.and_then(<[CombinedStats]>::first)).map_err(bad)?;
     let links = info.passes.saturating_sub(1) / 3;
     let (stage, link) = stage(pass, info.passes);
-    let same = |s: &Stats, chain| {
-        let c = CombinedStats {
-            coefficients: s.to_floats(),
-            chain,
-            ..Default::default()
-        };
-        vec![c; next]
-    };
+    let same = |s: &Stats, chain| handed(s.to_floats(), chain, next);
     let Some(link) = link else {
         // The dot pass: every statistics chunk, in element order, from element 0 to n.
         let contiguous = partials.windows(2).all(|w| w[0].0.end == w[1].0.start);
@@ -84,25 +76,14 @@ pub(super) fn combine(
         stats.dots = with_precision!(work, P => multislerp_stream::dots::<P>(n as usize, k, &chunks)).map_err(bad)?;
         return Ok(same(&stats, None));
     };
-    let (range, carried) = carry(link == 0, pass, partials, received)?;
-    if link + 1 < links {
-        return Ok(same(&stats, Some(carried)));
-    }
-    if range.end != n {
-        return Err(bad(format!(
-            "a chain of `{}` ends at element {}, not {n}",
-            task.tensor, range.end
-        )));
-    }
-    let finished = carried
-        .norms
-        .iter()
-        .map(|s| {
-            let norm = NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail);
-            norm.map(|m| with_precision!(work, P => P::rnd(m.finish())))
-        })
-        .collect::<Option<Vec<f32>>>()
-        .ok_or_else(|| bad("a norm state does not fit the tensor"))?;
+    let carried = match super::combine::link(task, link == 0, link + 1 == links, pass, partials, received)? {
+        Linked::Carry(c) => return Ok(same(&stats, Some(c))),
+        Linked::Last(c) => c,
+    };
+    let finished: Vec<f32> = resumed_norms(n, &carried.norms)?
+        .into_iter()
+        .map(|m| with_precision!(work, P => P::rnd(m.finish())))
+        .collect();
     let expect = if stage == 1 { k } else { 1 };
     if finished.len() != expect {
         return Err(bad(format!(

@@ -3,14 +3,13 @@
 //! (passes 1 and 2), or merges with the threshold (apply).
 
 use super::chunked::{contract, kernel_err, received};
-use super::tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
+use super::tensor_io::{Loader, Writer};
 use crate::chunk::tensor_shape;
 use crate::error::{KernelError, TaskError};
 use crate::kernels::magnitude_select::Histogram;
 use crate::kernels::{arcee_chunk, arcee_fusion};
 use crate::rng::Mt19937;
 use crate::with_precision;
-use rayon::prelude::*;
 use shardmerge_proto::v1::{ChunkInfo, ChunkStats, InputStats, MergeTask};
 
 fn stats_of(h: Histogram) -> InputStats {
@@ -47,9 +46,7 @@ pub(super) fn run(
             return Err(contract(task, "arcee_fusion apply needs its threshold"));
         };
         with_precision!(work, P => arcee_fusion::apply::<P>(&mut base, &y, &imp, thr));
-        base.par_chunks(WRITE_CHUNK_ELEMS)
-            .enumerate()
-            .try_for_each(|(ci, piece)| out.write(ci * WRITE_CHUNK_ELEMS, piece))?;
+        out.write_all(&base)?;
         return Ok(None);
     }
     let rng = match (task.random_seed, task.inputs[o].rng_offset) {

@@ -5,7 +5,7 @@
 
 use super::chunked::{contract, kernel_err, received};
 use super::streamed::NuslerpInputs;
-use super::tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
+use super::tensor_io::{Loader, Writer};
 use crate::chunk::tensor_shape;
 use crate::chunk::{karcher_combine, multislerp_combine};
 use crate::error::KernelError;
@@ -23,7 +23,6 @@ use crate::kernels::torch_norm::NormStream;
 use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::{model_stock_chain, model_stock_stream};
 use crate::with_precision;
-use rayon::prelude::*;
 use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, MergeTask, NormState};
 use std::ops::Range;
 
@@ -362,9 +361,7 @@ pub(super) fn nuslerp_columns(
                 stream_ops::add_base_rnd::<P>(&mut a, base);
             }
         });
-        a.par_chunks(WRITE_CHUNK_ELEMS)
-            .enumerate()
-            .try_for_each(|(ci, piece)| out.write(ci * WRITE_CHUNK_ELEMS, piece))?;
+        out.write_all(&a)?;
         return Ok(None);
     }
     let links = info.passes / 2;

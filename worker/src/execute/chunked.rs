@@ -2,7 +2,7 @@
 //! pass that uses the combined statistics (see [`crate::chunk`]). Elementwise chunks run
 //! through the ordinary kernels on the narrowed inputs.
 
-use super::tensor_io::{Loader, WRITE_CHUNK_ELEMS, Writer};
+use super::tensor_io::{Loader, Writer};
 use super::{float, gta_params};
 use crate::chunk::{self, Pipeline, select};
 use crate::error::{KernelError, TaskError};
@@ -19,7 +19,6 @@ use crate::kernels::{ram, sce};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::with_precision;
-use rayon::prelude::*;
 use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats, MergeTask};
 
 pub(super) fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
@@ -168,9 +167,7 @@ fn ram_plus(
     }
     let (start, numel) = (info.start as usize, info.tensor_numel as usize);
     with_precision!(work, P => ram::plus_apply::<P>(&mut base, &xs, epsilon, lambda, start, numel));
-    base.par_chunks(WRITE_CHUNK_ELEMS)
-        .enumerate()
-        .try_for_each(|(ci, piece)| out.write(ci * WRITE_CHUNK_ELEMS, piece))?;
+    out.write_all(&base)?;
     Ok(None)
 }
 

@@ -27,6 +27,15 @@ pub(super) struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Writes a whole result (`values` from element 0), in parallel pieces.
+    pub(super) fn write_all(&self, values: &[f32]) -> Result<(), TaskError> {
+        use rayon::prelude::*;
+        values
+            .par_chunks(WRITE_CHUNK_ELEMS)
+            .enumerate()
+            .try_for_each(|(ci, piece)| self.write(ci * WRITE_CHUNK_ELEMS, piece))
+    }
+
     /// Writes `values` (at most [`WRITE_CHUNK_ELEMS`], so encoding stays on this thread and
     /// cannot re-enter the thread's buffer through rayon work stealing) at element `start`.
     pub(super) fn write(&self, start: usize, values: &[f32]) -> Result<(), TaskError> {

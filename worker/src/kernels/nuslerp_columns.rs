@@ -144,15 +144,7 @@ mod tests {
     use crate::kernels::precision::{Bf16, F32};
 
     fn values<P: Precision>(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut z = seed | 1;
-        (0..n)
-            .map(|_| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                P::rnd(((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale)
-            })
-            .collect()
+        crate::kernels::stream_ops::test_values::<P>(n, seed, scale, None)
     }
 
     fn check<P: Precision>(len: usize, stride: usize, rows_per_link: usize) {

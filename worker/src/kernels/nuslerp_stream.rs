@@ -258,18 +258,7 @@ mod tests {
 
     use crate::kernels::stream_ops::VecSource as Src;
 
-    fn values<P: Precision>(n: usize, seed: u64, scale: f32, around: Option<&[f32]>) -> Vec<f32> {
-        let mut z = seed | 1;
-        (0..n)
-            .map(|i| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                let v = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
-                P::rnd(around.map_or(0.0, |a| a[i]) + v)
-            })
-            .collect()
-    }
+    use crate::kernels::stream_ops::test_values as values;
 
     fn check<P: Precision>(n: usize, vectors: Vectors, with_base: bool, t: f64) {
         let base = values::<P>(n, 7, 1.0, None);

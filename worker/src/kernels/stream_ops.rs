@@ -143,6 +143,38 @@ pub(crate) fn emit<E>(sink: &Sink<'_, E>, start: usize, values: &[f32], piece: u
     Ok(())
 }
 
+/// Test values of the streamed kernels: `rnd(around[i] + v)` with `v` uniform in
+/// `[-scale / 2, scale / 2)` (xorshift from `seed`), exact in `P`.
+#[cfg(test)]
+pub(crate) fn test_values<P: Precision>(n: usize, seed: u64, scale: f32, around: Option<&[f32]>) -> Vec<f32> {
+    let mut z = seed | 1;
+    (0..n)
+        .map(|i| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            let v = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
+            P::rnd(around.map_or(0.0, |a| a[i]) + v)
+        })
+        .collect()
+}
+
+/// A chunk-relative view (from element `.1`) of a tensor in memory (tests of chunk kernels).
+#[cfg(test)]
+pub(crate) struct SliceSource<'a>(pub &'a [f32], pub usize);
+
+#[cfg(test)]
+impl super::gta_stream::ChunkSource<String> for SliceSource<'_> {
+    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
+        let v = self
+            .0
+            .get(self.1 + start..self.1 + start + out.len())
+            .ok_or("out of range")?;
+        out.copy_from_slice(v);
+        Ok(())
+    }
+}
+
 /// A tensor held in memory as a [`super::gta_stream::ChunkSource`] (tests of the streamed
 /// kernels).
 #[cfg(test)]

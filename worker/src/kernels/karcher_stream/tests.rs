@@ -4,31 +4,10 @@ use super::*;
 use crate::kernels::karcher::{merge, sdot};
 use crate::kernels::precision::{Bf16, F16, F32};
 
+use crate::kernels::stream_ops::{SliceSource as Narrow, test_values};
+
 fn values<P: Precision>(n: usize, seed: u64, scale: f32, around: &[f32]) -> Vec<f32> {
-    let mut z = seed | 1;
-    (0..n)
-        .map(|i| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            let v = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
-            P::rnd(around.get(i).copied().unwrap_or(0.0) + v)
-        })
-        .collect()
-}
-
-/// A chunk-relative view of a tensor in memory.
-struct Narrow<'a>(&'a [f32], usize);
-
-impl ChunkSource<String> for Narrow<'_> {
-    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
-        let v = self
-            .0
-            .get(self.1 + start..self.1 + start + out.len())
-            .ok_or("out of range")?;
-        out.copy_from_slice(v);
-        Ok(())
-    }
+    test_values::<P>(n, seed, scale, (!around.is_empty()).then_some(around))
 }
 
 /// Runs every stage in links of `chunk` elements (skipping those that do not run), then

@@ -7,32 +7,7 @@ use crate::kernels::precision::{Bf16, F16, F32};
 use crate::kernels::torch_sum_partial;
 use std::sync::Mutex;
 
-fn values<P: Precision>(n: usize, seed: u64, scale: f32, around: Option<&[f32]>) -> Vec<f32> {
-    let mut z = seed | 1;
-    (0..n)
-        .map(|i| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            let v = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
-            P::rnd(around.map_or(0.0, |a| a[i]) + v)
-        })
-        .collect()
-}
-
-/// A chunk-relative view of a tensor in memory.
-struct Narrow<'a>(&'a [f32], usize);
-
-impl ChunkSource<String> for Narrow<'_> {
-    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
-        let v = self
-            .0
-            .get(self.1 + start..self.1 + start + out.len())
-            .ok_or("out of range")?;
-        out.copy_from_slice(v);
-        Ok(())
-    }
-}
+use crate::kernels::stream_ops::{SliceSource as Narrow, test_values as values};
 
 fn view<'a>(xs: &'a [Narrow<'a>], b: &'a Option<Narrow<'a>>) -> Inputs<'a, String> {
     Inputs {
