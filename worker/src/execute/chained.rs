@@ -75,18 +75,20 @@ fn link_stats(info: &ChunkInfo, norms: &[NormStream], sums: Vec<Vec<f32>>) -> Ch
             sum: 0.0,
         }
     };
-    let chain = ChainState {
-        norms: norms.iter().map(state).collect(),
-        sums: sums
-            .into_iter()
-            .map(|partial| LinkSum {
-                start: info.start,
-                partial,
-            })
-            .collect(),
-    };
+    let sums = sums
+        .into_iter()
+        .map(|partial| LinkSum {
+            start: info.start,
+            partial,
+        })
+        .collect();
+    chained(norms.iter().map(state).collect(), sums)
+}
+
+/// A link's statistics: the states of its chain's norms (or dots) and sums.
+fn chained(norms: Vec<NormState>, sums: Vec<LinkSum>) -> ChunkStats {
     ChunkStats {
-        chain: Some(chain),
+        chain: Some(ChainState { norms, sums }),
         ..Default::default()
     }
 }
@@ -305,13 +307,7 @@ pub(super) fn karcher(
                     sum,
                 }
             };
-            ChunkStats {
-                chain: Some(ChainState {
-                    norms: dots.iter().map(state).collect(),
-                    sums: Vec::new(),
-                }),
-                ..Default::default()
-            }
+            chained(dots.iter().map(state).collect(), Vec::new())
         }
     }))
 }
@@ -391,14 +387,9 @@ pub(super) fn nuslerp_columns(
         let row0 = info.start as usize / stride;
         with_precision!(work, P => cols.feed_dots::<P>(row0, &a, &b, norms, &mut state));
     }
-    Ok(Some(ChunkStats {
-        chain: Some(ChainState {
-            norms: Vec::new(),
-            sums: vec![LinkSum {
-                start: info.start + info.len,
-                partial: state,
-            }],
-        }),
-        ..Default::default()
-    }))
+    let reached = LinkSum {
+        start: info.start + info.len,
+        partial: state,
+    };
+    Ok(Some(chained(Vec::new(), vec![reached])))
 }
