@@ -175,13 +175,8 @@ pub(super) fn multislerp(
     out: Option<&Writer<'_>>,
 ) -> Result<Option<ChunkStats>, TaskError> {
     let err = kernel_err(task);
-    let b = task.inputs.iter().position(|i| i.is_base);
-    let others: Vec<usize> = (0..task.inputs.len()).filter(|&i| Some(i) != b).collect();
-    let weights = others
-        .iter()
-        .map(|&i| float(&task.inputs[i].params, "weight"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(&err)?;
+    let (b, others) = super::whole::base_and_models(task);
+    let weights = super::whole::model_weights(task, &others).map_err(&err)?;
     let normalize = boolean(&task.shared_params, "normalize_weights").map_err(&err)?;
     let eps = float(&task.shared_params, "eps").map_err(&err)?;
     let base = b.map(|b| loader.open(b)).transpose()?;

@@ -59,8 +59,7 @@ pub(super) struct NuslerpInputs<'a> {
 impl<'a> NuslerpInputs<'a> {
     /// Opens the base (if any) and exactly two models.
     pub(super) fn open(task: &MergeTask, loader: &mut Loader<'a>) -> Result<Self, TaskError> {
-        let b = task.inputs.iter().position(|i| i.is_base);
-        let others: Vec<usize> = (0..task.inputs.len()).filter(|&i| Some(i) != b).collect();
+        let (b, others) = super::whole::base_and_models(task);
         let [i0, i1] = others[..] else {
             return Err(kernel_err(task)(KernelError::Contract(
                 "nuslerp takes exactly 2 models besides the base".into(),

@@ -132,6 +132,21 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
     }
 }
 
+/// The optional base input and the models (the other inputs, in config order) of a method
+/// whose base is optional (nuslerp, multislerp).
+pub(super) fn base_and_models(task: &MergeTask) -> (Option<usize>, Vec<usize>) {
+    let b = task.inputs.iter().position(|i| i.is_base);
+    (b, (0..task.inputs.len()).filter(|&i| Some(i) != b).collect())
+}
+
+/// Every model's `weight`, in order.
+pub(super) fn model_weights(task: &MergeTask, models: &[usize]) -> Result<Vec<f64>, KernelError> {
+    models
+        .iter()
+        .map(|&i| float(&task.inputs[i].params, "weight"))
+        .collect()
+}
+
 /// nuslerp and multislerp: the base is optional; the non-base inputs keep config order.
 fn run_base_optional(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -> Result<Buffer, TaskError> {
     let kernel_err = |source: KernelError| TaskError::Kernel {
@@ -139,13 +154,8 @@ fn run_base_optional(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>
         source,
     };
     let work = loader.work;
-    let b = task.inputs.iter().position(|i| i.is_base);
-    let others: Vec<usize> = (0..task.inputs.len()).filter(|&i| Some(i) != b).collect();
-    let weights = others
-        .iter()
-        .map(|&i| float(&task.inputs[i].params, "weight"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(kernel_err)?;
+    let (b, others) = base_and_models(task);
+    let weights = model_weights(task, &others).map_err(kernel_err)?;
     let base = b.map(|b| loader.load(b)).transpose()?;
     match kind {
         MethodKind::Nuslerp => {
