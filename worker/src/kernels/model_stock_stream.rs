@@ -1,10 +1,10 @@
 //! Streaming form of [`super::model_stock`]: the same values, bit for bit, read from the inputs
 //! piece by piece instead of decoding every input into a whole f32 tensor.
 //!
-//! * **One vector** (`filter_wise: false`): a statistics pass feeds each task vector's norm
-//!   ([`NormStream`], torch's single serial accumulator over the whole tensor) and every pair's
-//!   dot product ([`TorchSumStream`] per torch summation part), each stream reading the tensor
-//!   in order and all streams at once; an apply pass then writes
+//! * **One vector** (`filter_wise: false`): one serial statistics pass reads every input once
+//!   and feeds each task vector's norm ([`NormStream`], torch's single serial accumulator over
+//!   the whole tensor) and every pair's dot product ([`TorchSumStream`] per torch summation
+//!   part); an apply pass then writes
 //!   `rnd(rnd(t avg) + rnd(rnd(1 - t) w0))` piece by piece, in parallel.
 //! * **Per row** (`filter_wise: true`): every row's ratio depends on that row only, so one
 //!   parallel pass over groups of whole rows computes each row's ratio and output.
@@ -13,8 +13,9 @@
 
 use super::gta_stream::{ChunkSource, Sink};
 use super::model_stock::{ModelStockError, ratio, ratio_from};
+use super::model_stock_chain::pairs;
 use super::precision::Precision;
-use super::stream_ops::{add_rnd, div_rnd, emit, feed_norm, lerp_rnd, mul_rnd, push_sum, sub_rnd};
+use super::stream_ops::{add_rnd, div_rnd, emit, feed_norm, lerp_pair_rnd, lerp_rnd, mul_rnd, push_sum, sub_rnd};
 use super::torch_norm::NormStream;
 use super::torch_sum::{DEFAULT_THREADS, torch_combine_rounded, torch_parts};
 use super::torch_sum_stream::{SumKind, TorchSumStream};
@@ -67,6 +68,17 @@ impl Scratch {
         div_rnd::<P>(avg, n);
     }
 
+    /// [`Self::average`] then [`Self::interpolate`] over the first `len` elements, in one loop
+    /// for two models.
+    fn average_and_interpolate<P: Precision>(&mut self, len: usize, t: f32) {
+        if let [a, b] = &self.others[..] {
+            lerp_pair_rnd::<P>(&mut self.base[..len], &a[..len], &b[..len], t, P::rnd(1.0 - t));
+        } else {
+            self.average::<P>(len);
+            self.interpolate::<P>(0..len, t);
+        }
+    }
+
     /// Turns the first `len` elements of every fine-tuned input into task vectors.
     pub(super) fn deltas<P: Precision>(&mut self, len: usize) {
         for o in &mut self.others {
@@ -109,30 +121,39 @@ pub fn merge_streamed<P: Precision, E: Send>(
 }
 
 /// The statistics pass of one vector: the ratio `t` of the whole tensor.
+///
+/// One serial pass reads every input once: each task vector's norm is one serial accumulator
+/// over the whole tensor anyway, and each torch part's dot sums are serial, so the pass feeds
+/// the norms and the current part's dots from the same pieces. (Parallel passes per norm and
+/// per part would read the inputs several times over; the runtime runs other tensors beside
+/// this one instead.)
 fn flat_ratio<P: Precision, E: Send>(
     n: usize,
     base: &dyn ChunkSource<E>,
     others: &[&dyn ChunkSource<E>],
 ) -> Result<f32, E> {
-    let models = others.len();
-    let pairs: Vec<(usize, usize)> = (0..models).flat_map(|i| (i + 1..models).map(move |j| (i, j))).collect();
-    // Each norm is one serial accumulator over the whole tensor, and each torch part's dot
-    // sums are serial: all of them run at once, each reading the inputs it needs.
-    let (norms, partials) = rayon::join(
-        || {
-            others
-                .par_iter()
-                .map(|&x| task_vector_norm::<P, E>(n, base, x))
-                .collect::<Result<Vec<f32>, E>>()
-        },
-        || {
-            torch_parts(n, DEFAULT_THREADS)
-                .into_par_iter()
-                .map(|part| part_dots::<P, E>(part, base, others, &pairs))
-                .collect::<Result<Vec<Vec<f32>>, E>>()
-        },
-    );
-    let (norms, partials) = (norms?, partials?);
+    let kind = SumKind::of(P::DTYPE);
+    let pairs = pairs(others.len());
+    let mut norms: Vec<NormStream> = others.iter().map(|_| NormStream::new(n)).collect();
+    let mut s = Scratch::new(others.len(), PIECE.min(n));
+    let mut partials: Vec<Vec<f32>> = Vec::new();
+    for part in torch_parts(n, DEFAULT_THREADS) {
+        let mut dots: Vec<TorchSumStream> = pairs.iter().map(|_| TorchSumStream::new(kind, part.len())).collect();
+        for start in part.clone().step_by(PIECE) {
+            let len = PIECE.min(part.end - start);
+            s.read(start, len, base, others)?;
+            s.deltas::<P>(len);
+            for (norm, d) in norms.iter_mut().zip(&s.others) {
+                feed_norm(norm, &d[..len]);
+            }
+            for (dot, &(i, j)) in dots.iter_mut().zip(&pairs) {
+                mul_rnd::<P>(&mut s.prod[..len], &s.others[i][..len], &s.others[j][..len]);
+                push_sum(dot, &s.prod[..len]);
+            }
+        }
+        partials.push(dots.into_iter().map(TorchSumStream::finish).collect());
+    }
+    let norms: Vec<f32> = norms.into_iter().map(|x| P::rnd(x.finish())).collect();
     let dots: Vec<f32> = (0..pairs.len())
         .map(|k| {
             let of_pair: Vec<f32> = partials.iter().map(|p| p[k]).collect();
@@ -140,41 +161,6 @@ fn flat_ratio<P: Precision, E: Send>(
         })
         .collect();
     Ok(ratio_from::<P>(&norms, &dots, false))
-}
-
-/// The norm of the task vector `rnd(x - base)` over the whole tensor, rounded to `P`.
-fn task_vector_norm<P: Precision, E>(n: usize, base: &dyn ChunkSource<E>, x: &dyn ChunkSource<E>) -> Result<f32, E> {
-    let mut s = Scratch::new(1, PIECE.min(n));
-    let mut norm = NormStream::new(n);
-    for start in (0..n).step_by(PIECE) {
-        let len = PIECE.min(n - start);
-        s.read(start, len, base, &[x])?;
-        s.deltas::<P>(len);
-        feed_norm(&mut norm, &s.others[0][..len]);
-    }
-    Ok(P::rnd(norm.finish()))
-}
-
-/// The serial kernel values of every pair's dot product `sum rnd(d_i d_j)` over one torch part.
-fn part_dots<P: Precision, E>(
-    part: std::ops::Range<usize>,
-    base: &dyn ChunkSource<E>,
-    others: &[&dyn ChunkSource<E>],
-    pairs: &[(usize, usize)],
-) -> Result<Vec<f32>, E> {
-    let kind = SumKind::of(P::DTYPE);
-    let mut s = Scratch::new(others.len(), PIECE.min(part.len()));
-    let mut dots: Vec<TorchSumStream> = pairs.iter().map(|_| TorchSumStream::new(kind, part.len())).collect();
-    for start in part.clone().step_by(PIECE) {
-        let len = PIECE.min(part.end - start);
-        s.read(start, len, base, others)?;
-        s.deltas::<P>(len);
-        for (dot, &(i, j)) in dots.iter_mut().zip(pairs) {
-            mul_rnd::<P>(&mut s.prod[..len], &s.others[i][..len], &s.others[j][..len]);
-            push_sum(dot, &s.prod[..len]);
-        }
-    }
-    Ok(dots.into_iter().map(TorchSumStream::finish).collect())
 }
 
 /// The apply pass of one vector: the output at ratio `t`, piece by piece in parallel (also
@@ -191,8 +177,7 @@ pub(crate) fn apply_pass<P: Precision, E: Send>(
         |s, i| {
             let (start, len) = (i * PIECE, PIECE.min(n - i * PIECE));
             s.read(start, len, base, others)?;
-            s.average::<P>(len);
-            s.interpolate::<P>(0..len, t);
+            s.average_and_interpolate::<P>(len, t);
             sink(start, &s.base[..len])
         },
     )

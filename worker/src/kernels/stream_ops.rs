@@ -94,6 +94,21 @@ fn lerp_rnd_impl<P: Precision>(w: &mut [f32], avg: &[f32], t: f32, keep: f32) {
 }
 
 simd_dispatch! {
+    /// `w[i] = rnd(rnd(t * avg) + rnd(keep * w[i]))` with `avg = rnd(rnd(a[i] + b[i]) / 2)`:
+    /// Model Stock's average of two models and its interpolation in one loop, the same
+    /// roundings as `add_rnd`, `div_rnd` and [`lerp_rnd`] one after the other.
+    pub(crate) fn lerp_pair_rnd<P: Precision>(w: &mut [f32], a: &[f32], b: &[f32], t: f32, keep: f32) => lerp_pair_rnd_impl
+}
+
+#[inline(always)]
+fn lerp_pair_rnd_impl<P: Precision>(w: &mut [f32], a: &[f32], b: &[f32], t: f32, keep: f32) {
+    for ((w, &a), &b) in w.iter_mut().zip(a).zip(b) {
+        let avg = P::rnd(P::rnd(a + b) / 2.0);
+        *w = P::rnd(P::rnd(t * avg) + P::rnd(keep * *w));
+    }
+}
+
+simd_dispatch! {
     /// `a[i] = rnd(rnd(sa * a[i]) + rnd(sb * b[i]))`, then `/ div` rounded when `div` is set
     /// (nuslerp's spherical or collinear combination).
     pub(crate) fn combine_rnd<P: Precision>(a: &mut [f32], b: &[f32], sa: f32, sb: f32, div: Option<f32>) => combine_rnd_impl
