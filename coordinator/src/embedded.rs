@@ -10,12 +10,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::{Condvar, Mutex};
 use shardmerge_worker::TaskError;
 use shardmerge_worker::execute::{LocalIo, execute_task};
-use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+mod queue;
+use queue::{Next, StopOnPanic, TaskQueue};
 
 /// How to run a plan in-process.
 #[derive(Debug, Clone)]
@@ -108,13 +109,10 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
         .thread_name(|i| format!("shardmerge-cpu-{i}"))
         .build()
         .map_err(|e| RunError::Pool(e.to_string()))?;
-    // Chunk pipelines run in waves: every task of step s before any of step s + 1.
-    let waves = waves(plan, opts.shuffle);
+    let queue = TaskQueue::new(&plan.proto.tasks, opts.shuffle);
     let book = Mutex::new(ChunkBook::new(&plan.proto.tasks));
-    let queue = Mutex::new(VecDeque::new());
     let budget_total = plan.memory_budget().max(1);
     let budget = (Mutex::new(budget_total), Condvar::new());
-    let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<TaskError>> = Mutex::new(None);
     let stats = Mutex::new(RunStats::default());
     let total_bytes: u64 = plan
@@ -140,98 +138,88 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     let flush = FlushState::default();
     std::thread::scope(|scope| {
         let flusher = scope.spawn(|| flush.run(plan));
-        let mut panicked = None;
-        for wave in waves {
-            *queue.lock() = wave.into_iter().collect();
-            let mut workers = Vec::new();
-            for w in 0..opts.workers.max(1) {
-                let (queue, budget, failed, first_error, stats, bar, io, pool, flush, book) = (
-                    &queue,
-                    &budget,
-                    &failed,
-                    &first_error,
-                    &stats,
-                    &bar,
-                    &io,
-                    &pool,
-                    &flush,
-                    &book,
-                );
-                let worker = std::thread::Builder::new()
-                    .name(format!("shardmerge-worker-{w}"))
-                    .spawn_scoped(scope, move || {
-                        loop {
-                            if failed.load(Ordering::SeqCst) {
-                                return;
+        let mut workers = Vec::new();
+        for w in 0..opts.workers.max(1) {
+            let (queue, budget, first_error, stats, bar, io, pool, flush, book) =
+                (&queue, &budget, &first_error, &stats, &bar, &io, &pool, &flush, &book);
+            let fail = move |e: TaskError| {
+                first_error.lock().get_or_insert(e);
+                queue.stop();
+            };
+            let worker = std::thread::Builder::new()
+                .name(format!("shardmerge-worker-{w}"))
+                .spawn_scoped(scope, move || {
+                    let _stop = StopOnPanic(queue);
+                    loop {
+                        let ti = match queue.next() {
+                            Next::Run(ti) => ti,
+                            Next::Done => return,
+                            Next::Stalled => {
+                                let t = &plan.proto.tasks;
+                                let tensor = t.iter().find(|t| !book.lock().ready(t)).unwrap_or(&t[0]).tensor.clone();
+                                let reason =
+                                    "its chunk pipeline stalled: a statistics pass never completed".to_string();
+                                return fail(TaskError::InvalidTask { tensor, reason });
                             }
-                            let Some(ti) = queue.lock().pop_front() else {
-                                return;
-                            };
-                            let task = book.lock().dispatch(&plan.proto.tasks[ti]);
-                            let Some(task) = task else {
-                                let reason = "dispatched before its statistics were combined".to_string();
-                                let e = TaskError::InvalidTask {
-                                    tensor: plan.proto.tasks[ti].tensor.clone(),
-                                    reason,
-                                };
-                                failed.store(true, Ordering::SeqCst);
-                                first_error.lock().get_or_insert(e);
-                                return;
-                            };
-                            let task = &task;
-                            let need = plan.task_memory[ti].min(budget_total);
-                            {
-                                let mut avail = budget.0.lock();
-                                while *avail < need {
-                                    budget.1.wait(&mut avail);
-                                }
-                                *avail -= need;
+                        };
+                        let task = book.lock().dispatch(&plan.proto.tasks[ti]);
+                        let Some(task) = task else {
+                            let reason = "dispatched before its statistics were combined".to_string();
+                            let tensor = plan.proto.tasks[ti].tensor.clone();
+                            return fail(TaskError::InvalidTask { tensor, reason });
+                        };
+                        let task = &task;
+                        let need = plan.task_memory[ti].min(budget_total);
+                        {
+                            let mut avail = budget.0.lock();
+                            while *avail < need {
+                                budget.1.wait(&mut avail);
                             }
-                            bar.set_message(task.tensor.clone());
-                            tracing::debug!(tensor = %task.tensor, worker = w, "task started");
-                            let result = pool.install(|| execute_task(task, io));
-                            {
-                                let mut avail = budget.0.lock();
-                                *avail += need;
-                                budget.1.notify_all();
-                            }
-                            let recorded = match result {
-                                Ok(mut outcome) => match outcome.stats.take() {
-                                    Some(st) => book.lock().record(task, st).map(|_| outcome).map_err(|source| {
-                                        TaskError::Kernel {
+                            *avail -= need;
+                        }
+                        bar.set_message(task.tensor.clone());
+                        tracing::debug!(tensor = %task.tensor, worker = w, "task started");
+                        let result = pool.install(|| execute_task(task, io));
+                        {
+                            let mut avail = budget.0.lock();
+                            *avail += need;
+                            budget.1.notify_all();
+                        }
+                        let recorded = match result {
+                            Ok(mut outcome) => match outcome.stats.take() {
+                                Some(st) => {
+                                    book.lock()
+                                        .record(task, st)
+                                        .map(|done| (outcome, done))
+                                        .map_err(|source| TaskError::Kernel {
                                             tensor: task.tensor.clone(),
                                             source,
-                                        }
-                                    }),
-                                    None => Ok(outcome),
-                                },
-                                Err(e) => Err(e),
-                            };
-                            match recorded {
-                                Ok(outcome) => {
-                                    bar.inc(outcome.bytes_written);
-                                    flush.add(outcome.bytes_written);
+                                        })
+                                }
+                                None => Ok((outcome, false)),
+                            },
+                            Err(e) => Err(e),
+                        };
+                        match recorded {
+                            Ok((outcome, completed_pass)) => {
+                                bar.inc(outcome.bytes_written);
+                                flush.add(outcome.bytes_written);
+                                {
                                     let mut s = stats.lock();
                                     s.tasks += 1;
                                     s.bytes_read += outcome.bytes_read;
                                     s.bytes_written += outcome.bytes_written;
                                 }
-                                Err(e) => {
-                                    failed.store(true, Ordering::SeqCst);
-                                    first_error.lock().get_or_insert(e);
-                                    return;
-                                }
+                                queue.finished(task, completed_pass);
                             }
+                            Err(e) => return fail(e),
                         }
-                    })
-                    .expect("spawning a worker thread");
-                workers.push(worker);
-            }
-            panicked = workers.into_iter().filter_map(|w| w.join().err()).next();
-            if panicked.is_some() || failed.load(Ordering::SeqCst) {
-                break;
-            }
+                    }
+                })
+                .expect("spawning a worker thread");
+            workers.push(worker);
         }
+        let panicked = workers.into_iter().filter_map(|w| w.join().err()).next();
         // Stop the flusher before re-raising a worker's panic, or the scope would wait for it.
         flush.finish();
         let flushed = flusher.join();
@@ -247,29 +235,6 @@ pub fn run_tasks(plan: &Plan, opts: &RunOptions) -> Result<RunStats, RunError> {
     let mut s = stats.into_inner();
     s.elapsed = started.elapsed();
     Ok(s)
-}
-
-/// The plan's task indices by wave: whole tasks and the first step of every chunk pipeline
-/// first, then each later step (see [`crate::chunk_book::step`]); shuffled within a wave
-/// when `shuffle` is set.
-fn waves(plan: &Plan, shuffle: Option<u64>) -> Vec<Vec<usize>> {
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    for (i, t) in plan.proto.tasks.iter().enumerate() {
-        let s = crate::chunk_book::step(t) as usize;
-        if waves.len() < s {
-            waves.resize(s, Vec::new());
-        }
-        waves[s - 1].push(i);
-    }
-    if let Some(seed) = shuffle {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        for w in &mut waves {
-            w.shuffle(&mut rng);
-        }
-    }
-    waves
 }
 
 /// Output bytes written between two early flushes.
