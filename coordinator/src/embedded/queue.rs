@@ -112,11 +112,11 @@ impl TaskQueue {
     pub(super) fn finished(&self, task: &MergeTask, completed_pass: bool) {
         let mut s = self.state.lock();
         s.running -= 1;
-        if let Some(c) = task.chunk.as_ref().filter(|_| completed_pass) {
-            if let Some(next) = s.blocked.remove(&(c.group, c.pass + 1)) {
-                for &i in next.iter().rev() {
-                    s.ready.push_front(i);
-                }
+        if let Some(c) = task.chunk.as_ref().filter(|_| completed_pass)
+            && let Some(next) = s.blocked.remove(&(c.group, c.pass + 1))
+        {
+            for &i in next.iter().rev() {
+                s.ready.push_front(i);
             }
         }
         self.changed.notify_all();
