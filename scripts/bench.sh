@@ -12,7 +12,7 @@
 #     fine-tunes, weights 0.4/0.6), all `--random-seed 42`, dtype bfloat16;
 #   - for each tool and recipe, under GNU `/usr/bin/time -v`: wall time, CPU time
 #     (user + sys) and peak RSS, with warm page cache for both tools (the inputs are
-#     read once first) and `sync` before every run;
+#     read again before every run) and `sync` before every run;
 #   - the I/O floor: reading both inputs once from the warm cache (dd to /dev/null),
 #     and writing a file of the output's size (dd from /dev/zero, no fsync, like the tools);
 #   - output parity: DARE-TIES, model_stock and nuslerp .safetensors must be
@@ -171,6 +171,9 @@ run() {
         "$bench/$recipe.yml" "$out" --random-seed 42 --quiet)
     rm -rf "$out"
     mkdir -p "${out%/*}"
+    # Re-read the inputs before every run: this VM's memory reclaim (DAMON) evicts cold cache
+    # pages between runs, and whichever tool ran second would read them back from disk.
+    cat "${inputs[@]}" >/dev/null
     sync
     echo "== $tool $recipe (run $rep/$repeat)" >&2
     if ! /usr/bin/time -v -o "$log.time" "${cmd[@]}" >"$log.log" 2>&1; then
