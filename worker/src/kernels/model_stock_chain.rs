@@ -13,7 +13,6 @@ use super::gta_stream::ChunkSource;
 use super::model_stock::ratio_from;
 use super::model_stock_stream::{PIECE, Scratch};
 use super::precision::Precision;
-use super::stream_ops::{feed_norm, mul_rnd};
 use super::torch_norm::NormStream;
 use super::torch_sum::{DEFAULT_THREADS, torch_combine_rounded, torch_parts};
 use super::torch_sum_partial::{self, PartialStream, SumPartial};
@@ -50,15 +49,7 @@ pub fn link<P: Precision, E>(
     let mut s = Scratch::new(others.len(), PIECE.min(n));
     for start in (0..n).step_by(PIECE) {
         let len = PIECE.min(n - start);
-        s.read(start, len, base, others)?;
-        s.deltas::<P>(len);
-        for (norm, d) in norms.iter_mut().zip(&s.others) {
-            feed_norm(norm, &d[..len]);
-        }
-        for (dot, &(i, j)) in dots.iter_mut().zip(&pairs) {
-            mul_rnd::<P>(&mut s.prod[..len], &s.others[i][..len], &s.others[j][..len]);
-            dot.feed(&s.prod[..len]);
-        }
+        s.statistics::<P, E>(start, len, (base, others), &pairs, norms, |q, prod| dots[q].feed(prod))?;
     }
     Ok(dots.into_iter().map(PartialStream::finish).collect())
 }

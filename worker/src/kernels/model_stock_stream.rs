@@ -79,6 +79,30 @@ impl Scratch {
         }
     }
 
+    /// One piece of the statistics of one vector: reads elements `start .. start + len`,
+    /// turns them into task vectors, continues each one's norm in `norms` and hands every
+    /// pair's products `rnd(d_i d_j)` to `dot(pair index, products)`, pairs in `pairs` order.
+    pub(super) fn statistics<P: Precision, E>(
+        &mut self,
+        start: usize,
+        len: usize,
+        (base, others): (&dyn ChunkSource<E>, &[&dyn ChunkSource<E>]),
+        pairs: &[(usize, usize)],
+        norms: &mut [NormStream],
+        mut dot: impl FnMut(usize, &[f32]),
+    ) -> Result<(), E> {
+        self.read(start, len, base, others)?;
+        self.deltas::<P>(len);
+        for (norm, d) in norms.iter_mut().zip(&self.others) {
+            feed_norm(norm, &d[..len]);
+        }
+        for (q, &(i, j)) in pairs.iter().enumerate() {
+            mul_rnd::<P>(&mut self.prod[..len], &self.others[i][..len], &self.others[j][..len]);
+            dot(q, &self.prod[..len]);
+        }
+        Ok(())
+    }
+
     /// Turns the first `len` elements of every fine-tuned input into task vectors.
     pub(super) fn deltas<P: Precision>(&mut self, len: usize) {
         for o in &mut self.others {
@@ -141,15 +165,9 @@ fn flat_ratio<P: Precision, E: Send>(
         let mut dots: Vec<TorchSumStream> = pairs.iter().map(|_| TorchSumStream::new(kind, part.len())).collect();
         for start in part.clone().step_by(PIECE) {
             let len = PIECE.min(part.end - start);
-            s.read(start, len, base, others)?;
-            s.deltas::<P>(len);
-            for (norm, d) in norms.iter_mut().zip(&s.others) {
-                feed_norm(norm, &d[..len]);
-            }
-            for (dot, &(i, j)) in dots.iter_mut().zip(&pairs) {
-                mul_rnd::<P>(&mut s.prod[..len], &s.others[i][..len], &s.others[j][..len]);
-                push_sum(dot, &s.prod[..len]);
-            }
+            s.statistics::<P, E>(start, len, (base, others), &pairs, &mut norms, |q, prod| {
+                push_sum(&mut dots[q], prod)
+            })?;
         }
         partials.push(dots.into_iter().map(TorchSumStream::finish).collect());
     }
