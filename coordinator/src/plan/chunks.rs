@@ -157,6 +157,38 @@ fn human(b: u64) -> String {
     }
 }
 
+/// Iterations above which a karcher tensor split into chunk tasks gets a warning: every link
+/// replays the mean through all earlier iterations, so the work grows with their square.
+const KARCHER_REPLAY_WARN: i64 = 10;
+
+/// One warning when karcher tensors split into chunk tasks with more than
+/// [`KARCHER_REPLAY_WARN`] iterations (measured: 50 iterations on 2 MB chunks took 43 times
+/// the whole-tensor task's time).
+pub(super) fn replay_warnings(tasks: &[MergeTask]) -> Option<String> {
+    use shardmerge_proto::v1::param_value::Kind;
+    let split: Vec<(&str, i64)> = tasks
+        .iter()
+        .filter(|t| t.method == "karcher" && t.chunk.as_ref().is_some_and(|c| c.pass == 0 && c.index == 0))
+        .filter_map(|t| match t.shared_params.get("max_iter")?.kind.as_ref()? {
+            Kind::Float(f) => Some((t.tensor.as_str(), *f as i64)),
+            Kind::Int(i) => Some((t.tensor.as_str(), *i)),
+            _ => None,
+        })
+        .filter(|&(_, iters)| iters > KARCHER_REPLAY_WARN)
+        .collect();
+    let &(first, iters) = split.first()?;
+    let others = match split.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Some(format!(
+        "karcher with max_iter {iters}: tensor `{first}`{others} run as chunk tasks, which replay every \
+         earlier iteration (about {} times the arithmetic of whole-tensor tasks); `--chunk-size 0` runs \
+         them whole where memory allows",
+        iters / 2
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +245,68 @@ mod tests {
             numel: rows * row,
             ..Default::default()
         }
+    }
+
+    /// A karcher task of two bf16 inputs of 64 x 32 with `max_iter` iterations.
+    fn karcher_task(max_iter: f64) -> MergeTask {
+        use shardmerge_proto::v1::{ParamValue, param_value::Kind};
+        let source = |i: u32| TensorSource {
+            uri: format!("/m{i}/model.safetensors"),
+            offset: 0,
+            length: 64 * 32 * 2,
+            dtype: DType::Bf16 as i32,
+            shape: vec![64, 32],
+            ..Default::default()
+        };
+        let num = |v: f64| ParamValue {
+            kind: Some(Kind::Float(v)),
+        };
+        MergeTask {
+            tensor: "w".into(),
+            method: "karcher".into(),
+            working_dtype: DType::Bf16 as i32,
+            inputs: (0..2)
+                .map(|i| TaskInput {
+                    model_index: i,
+                    source: Some(source(i)),
+                    ..Default::default()
+                })
+                .collect(),
+            shared_params: [("max_iter".to_string(), num(max_iter)), ("tol".to_string(), num(1e-5))].into(),
+            output: Some(TensorDestination {
+                uri: "/out/model.safetensors".into(),
+                length: 64 * 32 * 2,
+                dtype: DType::Bf16 as i32,
+                shape: vec![64, 32],
+                ..Default::default()
+            }),
+            numel: 64 * 32,
+            ..Default::default()
+        }
+    }
+
+    /// Chunked karcher with many iterations is warned about once, naming a tensor; few
+    /// iterations, or the same tensor whole, are not.
+    #[test]
+    fn many_karcher_iterations_over_chunk_tasks_get_one_warning() {
+        let two = vec![
+            karcher_task(50.0),
+            MergeTask {
+                tensor: "v".into(),
+                ..karcher_task(50.0)
+            },
+        ];
+        let (tasks, _) = split(two, vec![1 << 20; 2], 1024, None).unwrap();
+        assert!(tasks.len() > 2, "the tensors split");
+        let w = replay_warnings(&tasks).expect("a warning");
+        assert!(
+            w.contains("max_iter 50: tensor `w` and 1 more") && w.contains("--chunk-size 0"),
+            "{w}"
+        );
+        let (whole, _) = split(vec![karcher_task(50.0)], vec![1 << 20], 0, None).unwrap();
+        assert_eq!((whole.len(), replay_warnings(&whole)), (1, None));
+        let (few, _) = split(vec![karcher_task(10.0)], vec![1 << 20], 1024, None).unwrap();
+        assert!(few.len() > 1 && replay_warnings(&few).is_none());
     }
 
     /// Under a memory limit smaller than the whole task, an aligned tensor plans as chunk

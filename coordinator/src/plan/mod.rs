@@ -282,6 +282,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
         });
     }
     let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size, opts.memory_limit)?;
+    warnings.extend(chunks::replay_warnings(&tasks));
     let proto = MergePlan {
         output_uri: opts.out_dir.to_string_lossy().into_owned(),
         shards: shard_plans,
