@@ -165,14 +165,14 @@ const KARCHER_REPLAY_WARN: i64 = 10;
 /// [`KARCHER_REPLAY_WARN`] iterations (measured: 50 iterations on 2 MB chunks took 43 times
 /// the whole-tensor task's time).
 pub(super) fn replay_warnings(tasks: &[MergeTask]) -> Option<String> {
-    use shardmerge_proto::v1::param_value::Kind;
     let split: Vec<(&str, i64)> = tasks
         .iter()
         .filter(|t| t.method == "karcher" && t.chunk.as_ref().is_some_and(|c| c.pass == 0 && c.index == 0))
-        .filter_map(|t| match t.shared_params.get("max_iter")?.kind.as_ref()? {
-            Kind::Float(f) => Some((t.tensor.as_str(), *f as i64)),
-            Kind::Int(i) => Some((t.tensor.as_str(), *i)),
-            _ => None,
+        .filter_map(|t| {
+            Some((
+                t.tensor.as_str(),
+                super::validate::number(&t.shared_params, "max_iter")? as i64,
+            ))
         })
         .filter(|&(_, iters)| iters > KARCHER_REPLAY_WARN)
         .collect();

@@ -13,7 +13,8 @@ use shardmerge_worker::kernels::sparsify::Sparsifier;
 use shardmerge_worker::methods::{MethodKind, MethodSpec};
 use std::collections::HashMap;
 
-fn number(params: &HashMap<String, ParamValue>, name: &str) -> Option<f64> {
+/// A numeric parameter as f64 (floats and integers), `None` when absent or not a number.
+pub(super) fn number(params: &HashMap<String, ParamValue>, name: &str) -> Option<f64> {
     match params.get(name)?.kind.as_ref()? {
         param_value::Kind::Float(f) => Some(*f),
         param_value::Kind::Int(i) => Some(*i as f64),
