@@ -19,6 +19,7 @@ pub mod vocab_rows;
 
 use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
+use shardmerge_worker::chunk;
 use shardmerge_worker::dtypes::wire_dtype;
 use shardmerge_worker::kernels::gta_stream;
 use shardmerge_worker::methods::{self, MethodSpec};
@@ -122,6 +123,28 @@ impl Plan {
         let budget = sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2;
         self.memory_limit.map_or(budget, |l| budget.min(l))
     }
+}
+
+/// Planned peak memory of a whole-tensor task whose largest input has `max_in` bytes (mapped
+/// inputs are counted once: the kernel walks them). Kernels that stream (the same rule as the
+/// workers: [`chunk::whole_task_streams`]) keep one keep bit per element of each sparsified
+/// input plus bounded scratch; the others hold whole f32 tensors, as many as the kernel does.
+fn whole_task_memory(kind: methods::MethodKind, task: &MergeTask, max_in: u64) -> u64 {
+    use methods::MethodKind as K;
+    let (n, k) = (task.numel, task.inputs.len() as u64);
+    // Streamed kernels' f32 scratch: pieces of every input plus two, at most the bound.
+    let scratch = (n * 4 * (k + 2)).min(chunks::STREAM_SCRATCH);
+    let working = match kind {
+        _ if task.passthrough => n * 4,
+        K::Gta(v) if gta_stream::supports(v) => n.div_ceil(8) * k.saturating_sub(1) + scratch,
+        _ if chunk::whole_task_streams(task) => scratch,
+        K::Gta(_) => n * 4 * (1 + k),
+        K::ModelStock | K::Multislerp | K::RamPlusTl | K::Sce | K::Karcher | K::ArceeFusion => n * 4 * (3 + 2 * k),
+        _ => n * 4 * 2,
+    };
+    // Aligned inputs are built whole in f32, one per input.
+    let aligned = task.inputs.iter().filter(|i| !i.rows.is_empty()).count() as u64;
+    working + max_in + aligned * n * 4
 }
 
 /// Plans `config`.
@@ -237,29 +260,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
                 rows: inp.rows.clone(),
             });
         }
-        // Streamed kernels keep 1 keep bit per element of each sparsified input plus chunk
-        // scratch; the others hold whole f32 tensors (the result and one per input).
-        // Streamed kernels' f32 scratch: pieces of every input plus two, at most the bound.
-        let scratch = (t.numel * 4 * (t.inputs.len() as u64 + 2)).min(chunks::STREAM_SCRATCH);
-        let working = match method.kind {
-            _ if t.passthrough => t.numel * 4,
-            methods::MethodKind::Gta(v) if gta_stream::supports(v) => {
-                t.numel.div_ceil(8) * (t.inputs.len() as u64).saturating_sub(1) + scratch
-            }
-            methods::MethodKind::Slerp => scratch,
-            methods::MethodKind::Gta(_) => t.numel * 4 * (1 + t.inputs.len() as u64),
-            methods::MethodKind::ModelStock
-            | methods::MethodKind::Multislerp
-            | methods::MethodKind::RamPlusTl
-            | methods::MethodKind::Sce
-            | methods::MethodKind::Karcher
-            | methods::MethodKind::ArceeFusion => t.numel * 4 * (3 + 2 * t.inputs.len() as u64),
-            _ => t.numel * 4 * 2,
-        };
-        // Aligned inputs are built whole in f32, one per input.
-        let aligned = t.inputs.iter().filter(|i| !i.rows.is_empty()).count() as u64;
-        task_memory.push(working + max_in + aligned * t.numel * 4);
-        tasks.push(MergeTask {
+        let task = MergeTask {
             task_id: ti as u64,
             tensor: t.name.clone(),
             method: method.name.to_string(),
@@ -279,7 +280,9 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             passthrough: t.passthrough,
             load_dtype: t.load.map(|l| l.wire() as i32).unwrap_or(0),
             chunk: None,
-        });
+        };
+        task_memory.push(whole_task_memory(method.kind, &task, max_in));
+        tasks.push(task);
     }
     let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size, opts.memory_limit)?;
     warnings.extend(chunks::replay_warnings(&tasks));
@@ -335,4 +338,68 @@ fn tokenizer_files(
         }
     };
     vocab_files::files(&tok, donor, template).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmerge_proto::v1::DType;
+
+    /// A whole-tensor task of `method` over three bf16 inputs of `n` elements.
+    fn task(method: &str, n: u64) -> MergeTask {
+        use shardmerge_proto::v1::{ParamValue, param_value::Kind};
+        let param = |k: &str, v| (k.to_string(), ParamValue { kind: Some(v) });
+        let source = |i: u32| TensorSource {
+            uri: format!("/m{i}/model.safetensors"),
+            length: n * 2,
+            dtype: DType::Bf16 as i32,
+            shape: vec![n],
+            ..Default::default()
+        };
+        MergeTask {
+            tensor: "w".into(),
+            method: method.into(),
+            working_dtype: DType::Bf16 as i32,
+            inputs: (0..3)
+                .map(|i| TaskInput {
+                    model_index: i,
+                    source: Some(source(i)),
+                    ..Default::default()
+                })
+                .collect(),
+            shared_params: [
+                param("filter_wise", Kind::Bool(false)),
+                param("max_iter", Kind::Float(10.0)),
+                param("tol", Kind::Float(1e-5)),
+            ]
+            .into(),
+            output: Some(TensorDestination {
+                length: n * 2,
+                dtype: DType::Bf16 as i32,
+                shape: vec![n],
+                ..Default::default()
+            }),
+            numel: n,
+            ..Default::default()
+        }
+    }
+
+    /// A streamed kernel (model_stock) is planned at its bounded scratch, the workers' rule,
+    /// not at whole f32 copies: two such tensors of 23 MB each then fit the budget together
+    /// (they used to be planned at 19 bytes per element and ran one at a time). A kernel
+    /// that holds whole f32 tensors (karcher) still plans them.
+    #[test]
+    fn streamed_whole_tasks_plan_their_scratch_not_f32_copies() {
+        let n = 11_534_336;
+        let kind = |m: &str| methods::lookup(m).unwrap().kind;
+        let streamed = task("model_stock", n);
+        assert!(chunk::whole_task_streams(&streamed));
+        assert_eq!(
+            whole_task_memory(kind("model_stock"), &streamed, n * 2),
+            n * 2 + chunks::STREAM_SCRATCH
+        );
+        let whole = task("karcher", n);
+        assert!(!chunk::whole_task_streams(&whole));
+        assert_eq!(whole_task_memory(kind("karcher"), &whole, n * 2), n * 2 + n * 4 * 9);
+    }
 }

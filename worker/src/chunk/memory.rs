@@ -17,6 +17,12 @@ fn streams_whole(task: &MergeTask, pipeline: Pipeline) -> bool {
     }
 }
 
+/// Whether `task` (a whole-tensor task) runs a kernel that streams its inputs through bounded
+/// scratch instead of holding whole f32 copies.
+pub fn whole_task_streams(task: &MergeTask) -> bool {
+    !task.passthrough && pipeline(task).is_ok_and(|p| streams_whole(task, p))
+}
+
 /// Whether a chunk of `task`'s tensor, split with `pipeline`, holds whole f32 copies of its
 /// inputs and result (elementwise chunks run through the ordinary kernels, and ramplus_tl,
 /// arcee_fusion and nuslerp column chunks) rather than streaming them through pieces of bounded scratch.
