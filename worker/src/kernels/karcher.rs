@@ -169,6 +169,7 @@ pub fn merge<P: Precision>(xs: &mut [&mut [f32]], max_iter: i64, tol: f64) {
 mod tests {
     use super::*;
     use crate::kernels::precision::{Bf16, F32};
+    use crate::kernels::test_vectors::mix;
 
     #[test]
     fn orthogonal_vectors_meet_on_the_sphere_at_their_mean_norm() {
@@ -201,14 +202,6 @@ mod tests {
         let mut xs: Vec<&mut [f32]> = vec![&mut a, &mut b];
         merge::<Bf16>(&mut xs, 10, 1e-5);
         assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), [0, 0]);
-    }
-
-    /// splitmix64 of element `i` (the generator of tests/golden/torch_sum_vectors.py).
-    fn mix(seed: u64, i: usize) -> u64 {
-        let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     /// `gen_a` (seed 1) and `gen_c` (seed 3) of torch_sum_vectors.py.

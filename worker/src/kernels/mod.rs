@@ -37,6 +37,8 @@ pub mod slerp;
 pub mod slerp_stream;
 pub mod sparsify;
 pub mod stream_ops;
+#[cfg(test)]
+mod test_vectors;
 pub mod torch_norm;
 pub mod torch_sum;
 pub mod torch_sum_partial;

@@ -179,42 +179,7 @@ pub fn torch_norm_of_parts_batched_f32(parts: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64 of element `i` (the generator of tests/golden/torch_sum_vectors.py).
-    fn mix(seed: u64, i: usize) -> u64 {
-        let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn signed(z: u64, m: f32, exp: i32) -> f32 {
-        let x = m * 2f32.powi(exp);
-        if z & 1 == 1 { -x } else { x }
-    }
-
-    /// 24-bit mantissas over 16 binades (`gen_a` of torch_sum_vectors.py).
-    fn gen_a(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| mix(1, i))
-            .map(|z| signed(z, (z >> 40) as f32, ((z >> 8) & 15) as i32 - 40))
-            .collect()
-    }
-
-    /// bf16-exact values with ±2^30 spikes (`gen_b` of torch_sum_vectors.py).
-    fn gen_b(n: usize) -> Vec<f32> {
-        let zs: Vec<u64> = (0..n).map(|i| mix(2, i)).collect();
-        let mut xs: Vec<f32> = zs
-            .iter()
-            .map(|&z| signed(z, (z >> 56) as f32, ((z >> 8) & 7) as i32))
-            .collect();
-        let bigs: Vec<usize> = (0..n).filter(|&i| (zs[i] >> 16) & 15 == 0).collect();
-        for pair in bigs.chunks_exact(2) {
-            xs[pair[0]] = 2f32.powi(30);
-            xs[pair[1]] = -(2f32.powi(30));
-        }
-        xs
-    }
+    use crate::kernels::test_vectors::{gen_a, gen_b, mix, signed};
 
     /// 24-bit mantissas within 4 binades (`gen_c` of torch_norm_vectors.py).
     fn gen_c(n: usize) -> Vec<f32> {

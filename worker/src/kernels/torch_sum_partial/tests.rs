@@ -2,16 +2,9 @@
 
 use super::super::torch_sum::{kernel, round_bf16};
 use super::*;
+use crate::kernels::test_vectors::mix;
 
 const KINDS: [SumKind; 2] = [SumKind::F32, SumKind::Bf16];
-
-/// splitmix64 of element `i`.
-fn mix(seed: u64, i: usize) -> u64 {
-    let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Signed 24-bit mantissas over 16 binades (`gen_a` of the torch_sum tests) with one in 64 a
 /// spike about 2^20 times larger (so partial sums round coarsely), rounded to bf16 for bfloat16
