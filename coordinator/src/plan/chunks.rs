@@ -249,40 +249,9 @@ mod tests {
 
     /// A karcher task of two bf16 inputs of 64 x 32 with `max_iter` iterations.
     fn karcher_task(max_iter: f64) -> MergeTask {
-        use shardmerge_proto::v1::{ParamValue, param_value::Kind};
-        let source = |i: u32| TensorSource {
-            uri: format!("/m{i}/model.safetensors"),
-            offset: 0,
-            length: 64 * 32 * 2,
-            dtype: DType::Bf16 as i32,
-            shape: vec![64, 32],
-            ..Default::default()
-        };
-        let num = |v: f64| ParamValue {
-            kind: Some(Kind::Float(v)),
-        };
-        MergeTask {
-            tensor: "w".into(),
-            method: "karcher".into(),
-            working_dtype: DType::Bf16 as i32,
-            inputs: (0..2)
-                .map(|i| TaskInput {
-                    model_index: i,
-                    source: Some(source(i)),
-                    ..Default::default()
-                })
-                .collect(),
-            shared_params: [("max_iter".to_string(), num(max_iter)), ("tol".to_string(), num(1e-5))].into(),
-            output: Some(TensorDestination {
-                uri: "/out/model.safetensors".into(),
-                length: 64 * 32 * 2,
-                dtype: DType::Bf16 as i32,
-                shape: vec![64, 32],
-                ..Default::default()
-            }),
-            numel: 64 * 32,
-            ..Default::default()
-        }
+        use shardmerge_proto::v1::param_value::Kind;
+        let params = [("max_iter", Kind::Float(max_iter)), ("tol", Kind::Float(1e-5))];
+        crate::plan::tests::bf16_task("karcher", 2, &[64, 32], &params)
     }
 
     /// Chunked karcher with many iterations is warned about once, naming a tensor; few

@@ -343,40 +343,40 @@ fn tokenizer_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardmerge_proto::v1::DType;
+    use shardmerge_proto::v1::param_value::Kind;
+    use shardmerge_proto::v1::{DType, ParamValue};
 
-    /// A whole-tensor task of `method` over three bf16 inputs of `n` elements.
-    fn task(method: &str, n: u64) -> MergeTask {
-        use shardmerge_proto::v1::{ParamValue, param_value::Kind};
-        let param = |k: &str, v| (k.to_string(), ParamValue { kind: Some(v) });
+    /// A whole-tensor task `w` of `method` over `inputs` bf16 tensors of `shape` with shared
+    /// `params`, written to `/out/model.safetensors`.
+    pub(super) fn bf16_task(method: &str, inputs: u32, shape: &[u64], params: &[(&str, Kind)]) -> MergeTask {
+        let n: u64 = shape.iter().product();
         let source = |i: u32| TensorSource {
             uri: format!("/m{i}/model.safetensors"),
             length: n * 2,
             dtype: DType::Bf16 as i32,
-            shape: vec![n],
+            shape: shape.to_vec(),
             ..Default::default()
         };
         MergeTask {
             tensor: "w".into(),
             method: method.into(),
             working_dtype: DType::Bf16 as i32,
-            inputs: (0..3)
+            inputs: (0..inputs)
                 .map(|i| TaskInput {
                     model_index: i,
                     source: Some(source(i)),
                     ..Default::default()
                 })
                 .collect(),
-            shared_params: [
-                param("filter_wise", Kind::Bool(false)),
-                param("max_iter", Kind::Float(10.0)),
-                param("tol", Kind::Float(1e-5)),
-            ]
-            .into(),
+            shared_params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), ParamValue { kind: Some(v.clone()) }))
+                .collect(),
             output: Some(TensorDestination {
+                uri: "/out/model.safetensors".into(),
                 length: n * 2,
                 dtype: DType::Bf16 as i32,
-                shape: vec![n],
+                shape: shape.to_vec(),
                 ..Default::default()
             }),
             numel: n,
@@ -391,14 +391,19 @@ mod tests {
     #[test]
     fn streamed_whole_tasks_plan_their_scratch_not_f32_copies() {
         let n = 11_534_336;
+        let params = [
+            ("filter_wise", Kind::Bool(false)),
+            ("max_iter", Kind::Float(10.0)),
+            ("tol", Kind::Float(1e-5)),
+        ];
         let kind = |m: &str| methods::lookup(m).unwrap().kind;
-        let streamed = task("model_stock", n);
+        let streamed = bf16_task("model_stock", 3, &[n], &params);
         assert!(chunk::whole_task_streams(&streamed));
         assert_eq!(
             whole_task_memory(kind("model_stock"), &streamed, n * 2),
             n * 2 + chunks::STREAM_SCRATCH
         );
-        let whole = task("karcher", n);
+        let whole = bf16_task("karcher", 3, &[n], &params);
         assert!(!chunk::whole_task_streams(&whole));
         assert_eq!(whole_task_memory(kind("karcher"), &whole, n * 2), n * 2 + n * 4 * 9);
     }
