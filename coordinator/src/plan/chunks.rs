@@ -6,9 +6,6 @@ use super::PlanError;
 use shardmerge_proto::v1::{ChunkInfo, MergeTask, RowKind, TensorDestination};
 use shardmerge_worker::chunk;
 
-/// Scratch of one streamed task (chunk buffers of the pool's threads), an upper bound.
-pub(super) const STREAM_SCRATCH: u64 = 32 << 20;
-
 /// Replaces every task whose output is larger than `chunk_bytes` (or whose planned memory is
 /// above `memory_limit`) by its chunk tasks (in place of the whole task: its statistics passes
 /// in order, then its apply chunks), renumbering task ids, and returns the planned peak memory

@@ -21,7 +21,6 @@ use crate::config::MergeConfig;
 use shardmerge_proto::v1::{MergePlan, MergeTask, ShardPlan, TaskInput, TensorDestination, TensorSource};
 use shardmerge_worker::chunk;
 use shardmerge_worker::dtypes::wire_dtype;
-use shardmerge_worker::kernels::gta_stream;
 use shardmerge_worker::methods::{self, MethodSpec};
 use std::path::PathBuf;
 
@@ -123,28 +122,6 @@ impl Plan {
         let budget = sizes.first().copied().unwrap_or(0) + sizes.get(1).copied().unwrap_or(0) / 2;
         self.memory_limit.map_or(budget, |l| budget.min(l))
     }
-}
-
-/// Planned peak memory of a whole-tensor task whose largest input has `max_in` bytes (mapped
-/// inputs are counted once: the kernel walks them). Kernels that stream (the same rule as the
-/// workers: [`chunk::whole_task_streams`]) keep one keep bit per element of each sparsified
-/// input plus bounded scratch; the others hold whole f32 tensors, as many as the kernel does.
-fn whole_task_memory(kind: methods::MethodKind, task: &MergeTask, max_in: u64) -> u64 {
-    use methods::MethodKind as K;
-    let (n, k) = (task.numel, task.inputs.len() as u64);
-    // Streamed kernels' f32 scratch: pieces of every input plus two, at most the bound.
-    let scratch = (n * 4 * (k + 2)).min(chunks::STREAM_SCRATCH);
-    let working = match kind {
-        _ if task.passthrough => n * 4,
-        K::Gta(v) if gta_stream::supports(v) => n.div_ceil(8) * k.saturating_sub(1) + scratch,
-        _ if chunk::whole_task_streams(task) => scratch,
-        K::Gta(_) => n * 4 * (1 + k),
-        K::ModelStock | K::Multislerp | K::RamPlusTl | K::Sce | K::Karcher | K::ArceeFusion => n * 4 * (3 + 2 * k),
-        _ => n * 4 * 2,
-    };
-    // Aligned inputs are built whole in f32, one per input.
-    let aligned = task.inputs.iter().filter(|i| !i.rows.is_empty()).count() as u64;
-    working + max_in + aligned * n * 4
 }
 
 /// Plans `config`.
@@ -281,7 +258,7 @@ pub fn plan(config: &MergeConfig, opts: &PlanOptions) -> Result<Plan, PlanError>
             load_dtype: t.load.map(|l| l.wire() as i32).unwrap_or(0),
             chunk: None,
         };
-        task_memory.push(whole_task_memory(method.kind, &task, max_in));
+        task_memory.push(chunk::whole_task_memory(&task, max_in));
         tasks.push(task);
     }
     let (tasks, task_memory) = chunks::split(tasks, task_memory, opts.chunk_size, opts.memory_limit)?;
@@ -396,15 +373,14 @@ mod tests {
             ("max_iter", Kind::Float(10.0)),
             ("tol", Kind::Float(1e-5)),
         ];
-        let kind = |m: &str| methods::lookup(m).unwrap().kind;
         let streamed = bf16_task("model_stock", 3, &[n], &params);
         assert!(chunk::whole_task_streams(&streamed));
         assert_eq!(
-            whole_task_memory(kind("model_stock"), &streamed, n * 2),
-            n * 2 + chunks::STREAM_SCRATCH
+            chunk::whole_task_memory(&streamed, n * 2),
+            n * 2 + chunk::STREAM_SCRATCH
         );
         let whole = bf16_task("karcher", 3, &[n], &params);
         assert!(!chunk::whole_task_streams(&whole));
-        assert_eq!(whole_task_memory(kind("karcher"), &whole, n * 2), n * 2 + n * 4 * 9);
+        assert_eq!(chunk::whole_task_memory(&whole, n * 2), n * 2 + n * 4 * 9);
     }
 }

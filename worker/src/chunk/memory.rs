@@ -23,6 +23,34 @@ pub fn whole_task_streams(task: &MergeTask) -> bool {
     !task.passthrough && pipeline(task).is_ok_and(|p| streams_whole(task, p))
 }
 
+/// Planned peak memory of a whole-tensor task whose largest input has `max_in` bytes (the
+/// planner counts mapped inputs once: the kernel walks them). Kernels that stream
+/// ([`whole_task_streams`]) keep one keep bit per element of each sparsified input (the
+/// task-arithmetic family) plus bounded scratch; the others hold whole f32 tensors, as many as
+/// the kernel does; vocabulary-aligned inputs are built whole in f32, one per input.
+pub fn whole_task_memory(task: &MergeTask, max_in: u64) -> u64 {
+    use MethodKind as K;
+    let (n, k) = (task.numel, task.inputs.len() as u64);
+    let kind = methods::lookup(&task.method).map(|s| s.kind);
+    let working = match kind {
+        _ if task.passthrough => n * 4,
+        _ if whole_task_streams(task) => {
+            let keep_bits = match kind {
+                Some(K::Gta(_)) => n.div_ceil(8) * k.saturating_sub(1),
+                _ => 0,
+            };
+            keep_bits + f32_scratch(n, k, false)
+        }
+        Some(K::Gta(_)) => n * 4 * (1 + k),
+        Some(K::ModelStock | K::Multislerp | K::RamPlusTl | K::Sce | K::Karcher | K::ArceeFusion) => {
+            n * 4 * (3 + 2 * k)
+        }
+        _ => n * 4 * 2,
+    };
+    let aligned = task.inputs.iter().filter(|i| !i.rows.is_empty()).count() as u64;
+    working + max_in + aligned * n * 4
+}
+
 /// Whether a chunk of `task`'s tensor, split with `pipeline`, holds whole f32 copies of its
 /// inputs and result (elementwise chunks run through the ordinary kernels, and ramplus_tl,
 /// arcee_fusion and nuslerp column chunks) rather than streaming them through pieces of bounded scratch.

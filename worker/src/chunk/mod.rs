@@ -64,7 +64,7 @@ use std::ops::Range;
 pub use combine::combine;
 pub use memory::{
     ALIGNED_MEAN_SCRATCH, STREAM_SCRATCH, aligned_memory, chunk_holds_whole_f32, f32_scratch, task_memory,
-    whole_task_streams,
+    whole_task_memory, whole_task_streams,
 };
 pub use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats};
 
