@@ -1,30 +1,24 @@
 //! Folding the chains of nuslerp over columns (`nuslerp_row_wise`, see
 //! [`crate::kernels::nuslerp_columns`]): every link hands on all columns' state.
 
-use super::combine::{Partial, bad, handed};
+use super::combine::{Fold, bad};
 use crate::error::KernelError;
 use crate::kernels::nuslerp;
 use crate::kernels::{WorkDType, nuslerp_columns};
 use crate::with_precision;
-use shardmerge_proto::v1::{ChainState, CombinedStats, MergeTask};
+use shardmerge_proto::v1::{ChainState, CombinedStats};
 
 /// nuslerp over columns: link `pass` of the squares' chain (passes `1..=L`) or of the dots'
 /// chain (`L + 1..=2 L`). A link reports its columns' whole state (the sums so far) in one
 /// `LinkSum` whose `start` is the element the chain reached; the last link of each chain
 /// finishes the norms (handed on as the coefficients) or the cosines.
-pub(super) fn combine(
-    task: &MergeTask,
-    pass: u32,
-    partials: &[Partial<'_>],
-    received: Option<&[CombinedStats]>,
-    next: usize,
-) -> Result<Vec<CombinedStats>, KernelError> {
-    let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
-    let (n, links) = (info.tensor_numel, info.passes / 2);
+pub(super) fn combine(fold: &Fold<'_>) -> Result<Vec<CombinedStats>, KernelError> {
+    let (task, pass, partials) = (fold.task, fold.pass, fold.partials);
+    let (n, links) = (fold.info.tensor_numel, fold.info.passes / 2);
     let [(range, stats)] = partials else {
         return Err(bad(format!("chain link {pass} has {} chunks, not one", partials.len())));
     };
-    let got = received.and_then(<[CombinedStats]>::first);
+    let got = fold.got();
     let first = pass == 1 || pass == links + 1;
     let before = match (first, got.and_then(|c| c.chain.as_ref()).and_then(|c| c.sums.first())) {
         (true, _) => 0,
@@ -46,7 +40,7 @@ pub(super) fn combine(
         true => got.map(|c| c.coefficients.clone()).unwrap_or_default(),
         false => Vec::new(),
     };
-    let same = |coefficients: Vec<f32>, chain| handed(coefficients, chain, next);
+    let same = |coefficients: Vec<f32>, chain| fold.hand(coefficients, chain);
     if pass != links && pass != 2 * links {
         let chain = ChainState {
             norms: Vec::new(),

@@ -20,11 +20,61 @@ use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::torch_sum_partial::{self, SumPartial};
 use crate::kernels::{arcee_chunk, arcee_fusion};
 use crate::with_precision;
-use shardmerge_proto::v1::{ChainState, ChunkStats, CombinedStats, MergeTask, NormState};
+use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, CombinedStats, MergeTask, NormState};
 use std::ops::Range;
 
 /// One reported chunk of a pass: its element range and its statistics.
 pub type Partial<'a> = (Range<u64>, &'a ChunkStats);
+
+/// What [`combine()`] was given, for the per-method folds.
+pub(super) struct Fold<'a> {
+    /// Any chunk task of the tensor.
+    pub task: &'a MergeTask,
+    /// Its chunk (the tensor's length and its number of passes).
+    pub info: &'a ChunkInfo,
+    /// The pass whose chunks reported.
+    pub pass: u32,
+    /// Their reports, in chunk order.
+    pub partials: &'a [Partial<'a>],
+    /// What each of them received, in chunk order (none for pass 1).
+    pub received: Option<&'a [CombinedStats]>,
+    /// How many chunks the following pass has.
+    pub next: usize,
+}
+
+impl Fold<'_> {
+    /// The statistics the first chunk of the pass received.
+    pub fn got(&self) -> Option<&CombinedStats> {
+        self.received.and_then(<[CombinedStats]>::first)
+    }
+
+    /// What each chunk of the following pass receives: `coefficients` and a chain's state.
+    pub fn hand(&self, coefficients: Vec<f32>, chain: Option<ChainState>) -> Vec<CombinedStats> {
+        let c = CombinedStats {
+            coefficients,
+            chain,
+            ..Default::default()
+        };
+        vec![c; self.next]
+    }
+
+    /// This pass as a link of a chain ([`carry`]; `last`: its chain's last link, which must end
+    /// at the tensor's end).
+    pub fn link(&self, first: bool, last: bool) -> Result<Linked, KernelError> {
+        let n = self.info.tensor_numel;
+        let (range, carried) = carry(first, self.pass, self.partials, self.received)?;
+        if !last {
+            return Ok(Linked::Carry(carried));
+        }
+        if range.end != n {
+            return Err(bad(format!(
+                "a chain of `{}` ends at element {}, not {n}",
+                self.task.tensor, range.end
+            )));
+        }
+        Ok(Linked::Last(carried))
+    }
+}
 
 pub(super) fn bad(reason: impl Into<String>) -> KernelError {
     KernelError::Contract(format!("chunk statistics: {}", reason.into()))
@@ -44,17 +94,20 @@ pub fn combine(
     let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
     let n = info.tensor_numel;
     let p = pipeline(task)?;
-    if p == Pipeline::NuslerpColumns {
-        return super::columns_combine::combine(task, pass, partials, received, next);
-    }
-    if p == Pipeline::Karcher {
-        return super::karcher_combine::combine(task, pass, partials, received, next);
-    }
-    if p == Pipeline::Multislerp {
-        return super::multislerp_combine::combine(task, pass, partials, received, next);
-    }
-    if p.chained() && p.link_of(pass, info.passes).is_some() {
-        return chain(task, p, pass, partials, received, next);
+    let fold = Fold {
+        task,
+        info,
+        pass,
+        partials,
+        received,
+        next,
+    };
+    match p {
+        Pipeline::NuslerpColumns => return super::columns_combine::combine(&fold),
+        Pipeline::Karcher => return super::karcher_combine::combine(&fold),
+        Pipeline::Multislerp => return super::multislerp_combine::combine(&fold),
+        _ if p.chained() && p.link_of(pass, info.passes).is_some() => return chain(&fold, p),
+        _ => {}
     }
     let covered: u64 = partials.iter().map(|(r, _)| r.end - r.start).sum();
     let contiguous = partials.windows(2).all(|w| w[0].0.end == w[1].0.start);
@@ -279,19 +332,11 @@ fn histogram(s: &shardmerge_proto::v1::InputStats) -> Histogram {
 
 /// One link of a chain: carries the link's norm states on and collects its dot partials;
 /// after the last link, the ratio every apply chunk receives.
-fn chain(
-    task: &MergeTask,
-    pipeline: Pipeline,
-    pass: u32,
-    partials: &[Partial<'_>],
-    received: Option<&[CombinedStats]>,
-    next: usize,
-) -> Result<Vec<CombinedStats>, KernelError> {
-    let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
-    let n = info.tensor_numel;
-    let last = pipeline.link_of(pass + 1, info.passes).is_none();
-    let carried = match link(task, pass == 1, last, pass, partials, received)? {
-        Linked::Carry(c) => return Ok(handed(Vec::new(), Some(c), next)),
+fn chain(fold: &Fold<'_>, pipeline: Pipeline) -> Result<Vec<CombinedStats>, KernelError> {
+    let (task, pass, next, n) = (fold.task, fold.pass, fold.next, fold.info.tensor_numel);
+    let last = pipeline.link_of(pass + 1, fold.info.passes).is_none();
+    let carried = match fold.link(pass == 1, last)? {
+        Linked::Carry(c) => return Ok(fold.hand(Vec::new(), Some(c))),
         Linked::Last(c) => c,
     };
     let same = |c: CombinedStats| vec![c; next];
@@ -333,30 +378,6 @@ pub(super) enum Linked {
     Last(ChainState),
 }
 
-/// Link `pass` of a chain ([`carry`]; `last`: its chain's last link, which must end at the
-/// tensor's end).
-pub(super) fn link(
-    task: &MergeTask,
-    first: bool,
-    last: bool,
-    pass: u32,
-    partials: &[Partial<'_>],
-    received: Option<&[CombinedStats]>,
-) -> Result<Linked, KernelError> {
-    let n = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?.tensor_numel;
-    let (range, carried) = carry(first, pass, partials, received)?;
-    if !last {
-        return Ok(Linked::Carry(carried));
-    }
-    if range.end != n {
-        return Err(bad(format!(
-            "a chain of `{}` ends at element {}, not {n}",
-            task.tensor, range.end
-        )));
-    }
-    Ok(Linked::Last(carried))
-}
-
 /// The norm streams of a chain's states over `n` elements.
 pub(super) fn resumed_norms(n: u64, states: &[NormState]) -> Result<Vec<NormStream>, KernelError> {
     states
@@ -364,17 +385,6 @@ pub(super) fn resumed_norms(n: u64, states: &[NormState]) -> Result<Vec<NormStre
         .map(|s| NormStream::resume(n as usize, s.fed as usize, &s.acc, &s.tail))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| bad("a norm state does not fit the tensor"))
-}
-
-/// What each of the `next` chunks of the following pass receives: `coefficients` and a
-/// chain's state.
-pub(super) fn handed(coefficients: Vec<f32>, chain: Option<ChainState>, next: usize) -> Vec<CombinedStats> {
-    let c = CombinedStats {
-        coefficients,
-        chain,
-        ..Default::default()
-    };
-    vec![c; next]
 }
 
 /// The state a chain carries after link `pass` (`first`: the first link of its chain), which

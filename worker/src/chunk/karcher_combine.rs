@@ -3,7 +3,7 @@
 //! hands on the [`Stats`] known so far as the coefficients. Stages that do not run (after
 //! convergence, or without a valid input) pass the statistics through.
 
-use super::combine::{Linked, Partial, bad, handed, resumed_norms};
+use super::combine::{Fold, Linked, bad, resumed_norms};
 use crate::error::KernelError;
 use crate::execute::float;
 use crate::kernels::WorkDType;
@@ -65,23 +65,17 @@ fn dots(work: WorkDType, n: usize, states: &[NormState]) -> Option<Vec<f32>> {
 }
 
 /// [`super::combine()`] for karcher.
-pub(super) fn combine(
-    task: &MergeTask,
-    pass: u32,
-    partials: &[Partial<'_>],
-    received: Option<&[CombinedStats]>,
-    next: usize,
-) -> Result<Vec<CombinedStats>, KernelError> {
-    let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
+pub(super) fn combine(fold: &Fold<'_>) -> Result<Vec<CombinedStats>, KernelError> {
+    let (task, info, pass) = (fold.task, fold.info, fold.pass);
     let n = info.tensor_numel;
     let (params, _) = params(task)?;
-    let mut stats = known(params, pass, received.and_then(<[CombinedStats]>::first))?;
+    let mut stats = known(params, pass, fold.got())?;
     let (stage, link, links) = stage(task, pass, info.passes)?;
-    let same = |s: &Stats, chain| handed(s.to_floats(), chain, next);
+    let same = |s: &Stats, chain| fold.hand(s.to_floats(), chain);
     if !params.runs(stage, &stats) {
         return Ok(same(&stats, None));
     }
-    let carried = match super::combine::link(task, link == 0, link + 1 == links, pass, partials, received)? {
+    let carried = match fold.link(link == 0, link + 1 == links)? {
         Linked::Carry(c) => return Ok(same(&stats, Some(c))),
         Linked::Last(c) => c,
     };

@@ -2,7 +2,7 @@
 //! of serial norms around one pass of dot partials. Every pass hands on the
 //! [`Stats`] known so far as the coefficients; a chain's links also hand on its norm state.
 
-use super::combine::{Linked, Partial, bad, handed, resumed_norms};
+use super::combine::{Fold, Linked, bad, resumed_norms};
 use crate::error::KernelError;
 use crate::kernels::WorkDType;
 use crate::kernels::multislerp_stream::{self, Stats};
@@ -39,21 +39,15 @@ pub(crate) fn models(task: &MergeTask) -> usize {
 }
 
 /// [`super::combine()`] for multislerp.
-pub(super) fn combine(
-    task: &MergeTask,
-    pass: u32,
-    partials: &[Partial<'_>],
-    received: Option<&[CombinedStats]>,
-    next: usize,
-) -> Result<Vec<CombinedStats>, KernelError> {
-    let info = task.chunk.as_ref().ok_or_else(|| bad("not a chunk task"))?;
+pub(super) fn combine(fold: &Fold<'_>) -> Result<Vec<CombinedStats>, KernelError> {
+    let (task, info, pass, partials) = (fold.task, fold.info, fold.pass, fold.partials);
     let n = info.tensor_numel;
     let k = models(task);
     let work = WorkDType::try_from(task.working_dtype())?;
-    let mut stats = known(k, pass, received.and_then(<[CombinedStats]>::first)).map_err(bad)?;
+    let mut stats = known(k, pass, fold.got()).map_err(bad)?;
     let links = info.passes.saturating_sub(1) / 3;
     let (stage, link) = stage(pass, info.passes);
-    let same = |s: &Stats, chain| handed(s.to_floats(), chain, next);
+    let same = |s: &Stats, chain| fold.hand(s.to_floats(), chain);
     let Some(link) = link else {
         // The dot pass: every statistics chunk, in element order, from element 0 to n.
         let contiguous = partials.windows(2).all(|w| w[0].0.end == w[1].0.start);
@@ -76,7 +70,7 @@ pub(super) fn combine(
         stats.dots = with_precision!(work, P => multislerp_stream::dots::<P>(n as usize, k, &chunks)).map_err(bad)?;
         return Ok(same(&stats, None));
     };
-    let carried = match super::combine::link(task, link == 0, link + 1 == links, pass, partials, received)? {
+    let carried = match fold.link(link == 0, link + 1 == links)? {
         Linked::Carry(c) => return Ok(same(&stats, Some(c))),
         Linked::Last(c) => c,
     };
