@@ -142,7 +142,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
     };
     // Statistics passes of chunk tasks write nothing and return their partial statistics.
     if let Some(c) = task.chunk.as_ref().filter(|c| c.pass >= 1) {
-        let stats = chunked::run(task, c, &mut loader, None)?;
+        let stats = chunked::run(&chunked::ChunkRun::new(task, c, None), &mut loader)?;
         return Ok(TaskOutcome {
             bytes_read: loader.bytes_read,
             bytes_written: 0,
@@ -172,7 +172,7 @@ pub fn execute_task(task: &MergeTask, io: &dyn TaskIo) -> Result<TaskOutcome, Ta
     };
     let chunk_apply = |c: &&ChunkInfo| c.passes >= 1 || crate::chunk::pipeline(task).is_ok_and(|p| p.chunk_apply());
     if let Some(c) = task.chunk.as_ref().filter(chunk_apply) {
-        chunked::run(task, c, &mut loader, Some(&writer))?;
+        chunked::run(&chunked::ChunkRun::new(task, c, Some(&writer)), &mut loader)?;
         return Ok(TaskOutcome {
             bytes_read: loader.bytes_read,
             bytes_written: dest.length,

@@ -3,12 +3,11 @@
 //! partials); nuslerp then takes its normalised dot in one parallel pass (multislerp: three
 //! chains around a dot pass); apply chunks interpolate with the coefficients.
 
-use super::chunked::{contract, kernel_err, received};
+use super::chunked::ChunkRun;
 use super::streamed::NuslerpInputs;
-use super::tensor_io::{Loader, Writer};
+use super::tensor_io::{Loader, sources};
 use crate::chunk::tensor_shape;
 use crate::chunk::{karcher_combine, multislerp_combine};
-use crate::error::KernelError;
 use crate::error::TaskError;
 use crate::execute::{boolean, float};
 use crate::kernels::gta_stream::ChunkSource;
@@ -20,35 +19,20 @@ use crate::kernels::nuslerp_columns::{Columns, DOT_STATE};
 use crate::kernels::nuslerp_stream;
 use crate::kernels::stream_ops;
 use crate::kernels::torch_norm::NormStream;
-use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
+use crate::kernels::torch_sum::DEFAULT_THREADS;
 use crate::kernels::{model_stock_chain, model_stock_stream};
 use crate::with_precision;
-use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, MergeTask, NormState};
-use std::ops::Range;
-
-/// The part of a sum torch runs on `threads` threads that a statistics chunk lies in, and the
-/// chunk's element range.
-pub(super) fn part_of(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    threads: usize,
-) -> Result<(Range<usize>, Range<usize>), TaskError> {
-    let total = info.tensor_numel as usize;
-    let range = info.start as usize..(info.start + info.len) as usize;
-    let part = torch_parts(total, threads)
-        .into_iter()
-        .find(|p| p.contains(&range.start) && range.end <= p.end)
-        .ok_or_else(|| contract(task, "a statistics chunk crosses torch's summation parts"))?;
-    Ok((part, range))
-}
+use shardmerge_proto::v1::{ChainState, ChunkInfo, ChunkStats, LinkSum, NormState};
 
 /// The norms a link continues: fresh ones for the first link of its chain (`first`), else
 /// the state it received.
-fn chain_norms(task: &MergeTask, info: &ChunkInfo, count: usize, first: bool) -> Result<Vec<NormStream>, TaskError> {
+fn chain_norms(run: &ChunkRun<'_>, count: usize, first: bool) -> Result<Vec<NormStream>, TaskError> {
+    let info = run.info;
     let total = info.tensor_numel as usize;
     let norms: Vec<NormStream> = match first {
         true => (0..count).map(|_| NormStream::new(total)).collect(),
-        _ => received(task, info)?
+        _ => run
+            .received()?
             .chain
             .as_ref()
             .map(|c| &c.norms[..])
@@ -56,10 +40,10 @@ fn chain_norms(task: &MergeTask, info: &ChunkInfo, count: usize, first: bool) ->
             .iter()
             .map(|s| NormStream::resume(total, s.fed as usize, &s.acc, &s.tail))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| contract(task, "a norm state does not fit the tensor"))?,
+            .ok_or_else(|| run.contract("a norm state does not fit the tensor"))?,
     };
     if norms.len() != count || norms.iter().any(|n| n.state().0 as u64 != info.start) {
-        return Err(contract(task, "the chain's norms do not stop where this link starts"));
+        return Err(run.contract("the chain's norms do not stop where this link starts"));
     }
     Ok(norms)
 }
@@ -94,32 +78,27 @@ fn chained(norms: Vec<NormState>, sums: Vec<LinkSum>) -> ChunkStats {
 }
 
 /// model_stock of one vector: a link of the statistics chain, or an apply chunk at the ratio.
-pub(super) fn model_stock(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let (b, others) = super::whole::split_base(task).map_err(kernel_err(task))?;
+pub(super) fn model_stock(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let (b, others) = super::whole::split_base(task).map_err(run.err())?;
     let base = loader.open(b)?;
-    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
-    let refs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let opened = loader.open_all(others)?;
+    let refs = sources(&opened);
     let work = loader.work;
     if info.pass == 0 {
-        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-        let &[t] = &received(task, info)?.coefficients[..] else {
-            return Err(contract(task, "model_stock apply needs its ratio"));
+        let sink = run.sink()?;
+        let &[t] = &run.received()?.coefficients[..] else {
+            return Err(run.contract("model_stock apply needs its ratio"));
         };
-        let sink = |start: usize, values: &[f32]| out.write(start, values);
         with_precision!(work, P => model_stock_stream::apply_pass::<P, TaskError>(loader.numel, t, &base, &refs, &sink))?;
         return Ok(None);
     }
-    let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
-    let mut norms = chain_norms(task, info, refs.len(), info.pass == 1)?;
+    let (part, range) = run.part_of(DEFAULT_THREADS)?;
+    let mut norms = chain_norms(run, refs.len(), info.pass == 1)?;
     let sums = with_precision!(work, P => model_stock_chain::link::<P, TaskError>(
         part, range, &base, &refs, &mut norms
     ))?
-    .map_err(|e| contract(task, e))?;
+    .map_err(|e| run.contract(e))?;
     Ok(Some(link_stats(
         info,
         &norms,
@@ -129,73 +108,63 @@ pub(super) fn model_stock(
 
 /// nuslerp of one vector: a link of the norms' chain, a chunk of the dot pass, or an apply
 /// chunk with the interpolation coefficients.
-pub(super) fn nuslerp(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
+pub(super) fn nuslerp(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
     let opened = NuslerpInputs::open(task, loader)?;
     let inputs = opened.inputs();
     let work = loader.work;
     let links = info.passes - 1;
     if info.pass == 0 {
-        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-        let coef = Coefficients::from_floats(&received(task, info)?.coefficients)
-            .ok_or_else(|| contract(task, "nuslerp apply needs its coefficients"))?;
-        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        let sink = run.sink()?;
+        let coef = Coefficients::from_floats(&run.received()?.coefficients)
+            .ok_or_else(|| run.contract("nuslerp apply needs its coefficients"))?;
         with_precision!(work, P => nuslerp_stream::apply::<P, TaskError>(loader.numel, &inputs, coef, &sink))?;
         return Ok(None);
     }
-    let (part, range) = part_of(task, info, DEFAULT_THREADS)?;
+    let (part, range) = run.part_of(DEFAULT_THREADS)?;
     if info.pass <= links {
-        let mut norms = chain_norms(task, info, 2, info.pass == 1)?;
+        let mut norms = chain_norms(run, 2, info.pass == 1)?;
         let pair: &mut [NormStream; 2] = (&mut norms[..])
             .try_into()
-            .map_err(|_| contract(task, "nuslerp takes two norms"))?;
+            .map_err(|_| run.contract("nuslerp takes two norms"))?;
         with_precision!(work, P => nuslerp_stream::link_norms::<P, TaskError>(range.len(), &inputs, pair))?;
         return Ok(Some(link_stats(info, &norms, Vec::new())));
     }
-    let &[n0, n1] = &received(task, info)?.coefficients[..] else {
-        return Err(contract(task, "nuslerp's dot pass needs the two norms"));
+    let &[n0, n1] = &run.received()?.coefficients[..] else {
+        return Err(run.contract("nuslerp's dot pass needs the two norms"));
     };
     let partial = with_precision!(work, P => nuslerp_stream::dot_partial::<P, TaskError>(
         part, range, &inputs, n0, n1
     ))?
-    .map_err(|e| contract(task, e))?;
+    .map_err(|e| run.contract(e))?;
     Ok(Some(link_stats(info, &[], vec![partial.to_floats()])))
 }
 
 /// multislerp: a link of one of its three chains, a chunk of its dot pass, or an apply chunk
 /// (see [`crate::kernels::multislerp_stream`]).
-pub(super) fn multislerp(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let err = kernel_err(task);
+pub(super) fn multislerp(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let err = run.err();
     let (b, others) = super::whole::base_and_models(task);
     let weights = super::whole::model_weights(task, &others).map_err(&err)?;
     let normalize = boolean(&task.shared_params, "normalize_weights").map_err(&err)?;
     let eps = float(&task.shared_params, "eps").map_err(&err)?;
     let base = b.map(|b| loader.open(b)).transpose()?;
-    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
+    let opened = loader.open_all(others.iter().copied())?;
     let inputs = multislerp_stream::Inputs {
-        xs: opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect(),
+        xs: sources(&opened),
         base: base.as_ref().map(|b| b as &dyn ChunkSource<TaskError>),
     };
     let (work, len, k) = (loader.work, loader.numel, others.len());
     let stats = match info.pass {
         1 => Stats::default(),
-        _ => Stats::from_floats(k, &received(task, info)?.coefficients)
-            .ok_or_else(|| contract(task, "malformed multislerp statistics"))?,
+        _ => Stats::from_floats(k, &run.received()?.coefficients)
+            .ok_or_else(|| run.contract("malformed multislerp statistics"))?,
     };
     let setup = with_precision!(work, P => Setup::new::<P>(&weights, normalize, eps));
-    let inner = |r: Result<(), String>| r.map_err(|e| err(KernelError::Contract(e)));
+    let inner = |r: Result<(), String>| r.map_err(|e| run.contract(e));
     if info.pass == 0 {
-        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        let sink = run.sink()?;
         inner(
             with_precision!(work, P => multislerp_stream::apply::<P, TaskError>(len, &inputs, &setup, &stats, &sink))?,
         )?;
@@ -203,11 +172,11 @@ pub(super) fn multislerp(
     }
     let (stage, link) = multislerp_combine::stage(info.pass, info.passes);
     let Some(link) = link else {
-        let (part, range) = part_of(task, info, 1)?;
+        let (part, range) = run.part_of(1)?;
         let partials = with_precision!(work, P => multislerp_stream::dot_partials::<P, TaskError>(
             part.len(), range, &inputs, &setup, &stats
         ))?
-        .map_err(|e| contract(task, e))?;
+        .map_err(|e| run.contract(e))?;
         return Ok(Some(link_stats(
             info,
             &[],
@@ -215,7 +184,7 @@ pub(super) fn multislerp(
         )));
     };
     let count = if stage == 1 { k } else { 1 };
-    let mut norms = chain_norms(task, info, count, link == 0)?;
+    let mut norms = chain_norms(run, count, link == 0)?;
     match stage {
         1 => with_precision!(work, P => multislerp_stream::link_norms::<P, TaskError>(len, &inputs, &mut norms))?,
         2 => with_precision!(work, P => multislerp_stream::link_mean_norm::<P, TaskError>(
@@ -232,27 +201,20 @@ pub(super) fn multislerp(
 
 /// karcher: a link of one of its stages' chains, or an apply chunk (see
 /// [`crate::kernels::karcher_stream`]).
-pub(super) fn karcher(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let err = kernel_err(task);
+pub(super) fn karcher(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let err = run.err();
     let (params, _) = karcher_combine::params(task).map_err(&err)?;
-    let opened = (0..task.inputs.len())
-        .map(|i| loader.open(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let xs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let opened = loader.open_all(0..task.inputs.len())?;
+    let xs = sources(&opened);
     let (work, len) = (loader.work, loader.numel);
     let got = match info.pass {
         1 => None,
-        _ => Some(received(task, info)?),
+        _ => Some(run.received()?),
     };
     let stats = karcher_combine::known(params, if got.is_some() { 2 } else { 1 }, got).map_err(&err)?;
     if info.pass == 0 {
-        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-        let sink = |start: usize, values: &[f32]| out.write(start, values);
+        let sink = run.sink()?;
         with_precision!(work, P => karcher_stream::apply::<P, TaskError>(len, &xs, params, &stats, &sink))?;
         return Ok(None);
     }
@@ -280,14 +242,14 @@ pub(super) fn karcher(
                     .map(|s| with_precision!(work, P => DotStream::resume::<P>(total, s.fed as usize, &s.acc, s.sum)))
                     .collect(),
             };
-            let dots = dots.ok_or_else(|| contract(task, "a dot state does not fit the tensor"))?;
+            let dots = dots.ok_or_else(|| run.contract("a dot state does not fit the tensor"))?;
             if dots.len() != count || dots.iter().any(|d| d.state().0 as u64 != info.start) {
-                return Err(contract(task, "the chain's dots do not stop where this link starts"));
+                return Err(run.contract("the chain's dots do not stop where this link starts"));
             }
             Feeds::Dots(dots)
         }
-        Stage::Norms => Feeds::Norms(chain_norms(task, info, params.k, link == 0)?),
-        _ => Feeds::Norms(chain_norms(task, info, 1, link == 0)?),
+        Stage::Norms => Feeds::Norms(chain_norms(run, params.k, link == 0)?),
+        _ => Feeds::Norms(chain_norms(run, 1, link == 0)?),
     };
     with_precision!(work, P => karcher_stream::link::<P, TaskError>(stage, len, &xs, params, &stats, &mut feeds))?;
     Ok(Some(match feeds {
@@ -310,21 +272,17 @@ pub(super) fn karcher(
 /// nuslerp over columns (`nuslerp_row_wise`): a link of the squares' or the dots' chain over
 /// whole rows, or an apply chunk with the columns' cosines (see
 /// [`crate::kernels::nuslerp_columns`]).
-pub(super) fn nuslerp_columns(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
+pub(super) fn nuslerp_columns(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
     let Vectors::Columns { len: rows, stride } = Vectors::of(tensor_shape(task), false, true) else {
-        return Err(contract(task, "nuslerp columns of a tensor without them"));
+        return Err(run.contract("nuslerp columns of a tensor without them"));
     };
     let cols = Columns { len: rows, stride };
     let opened = NuslerpInputs::open(task, loader)?;
     let inputs = opened.inputs();
     let (work, len) = (loader.work, loader.numel);
     if !len.is_multiple_of(stride.max(1)) || !info.start.is_multiple_of(stride.max(1) as u64) {
-        return Err(contract(task, "a nuslerp column chunk is not whole rows"));
+        return Err(run.contract("a nuslerp column chunk is not whole rows"));
     }
     let read = |x: &dyn ChunkSource<TaskError>| -> Result<Vec<f32>, TaskError> {
         let mut v = vec![0.0f32; len];
@@ -340,12 +298,12 @@ pub(super) fn nuslerp_columns(
         });
     }
     if info.pass == 0 {
-        let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-        let cosines = &received(task, info)?.coefficients;
+        let out = run.output()?;
+        let cosines = &run.received()?.coefficients;
         if cosines.len() != stride {
-            return Err(contract(task, "nuslerp column apply needs every column's cosine"));
+            return Err(run.contract("nuslerp column apply needs every column's cosine"));
         }
-        let t = crate::chunk::combine::nuslerp_t(task).map_err(kernel_err(task))?;
+        let t = crate::chunk::combine::nuslerp_t(task).map_err(run.err())?;
         with_precision!(work, P => {
             cols.apply::<P>(&mut a, &b, cosines, t);
             if let Some(base) = &base {
@@ -361,23 +319,24 @@ pub(super) fn nuslerp_columns(
     let first = info.pass == 1 || info.pass == links + 1;
     let mut state = match first {
         true => vec![0.0f32; size],
-        false => received(task, info)?
+        false => run
+            .received()?
             .chain
             .as_ref()
             .and_then(|c| c.sums.first())
             .filter(|s| s.start == info.start)
             .map(|s| s.partial.clone())
-            .ok_or_else(|| contract(task, "the columns' chain does not stop where this link starts"))?,
+            .ok_or_else(|| run.contract("the columns' chain does not stop where this link starts"))?,
     };
     if state.len() != size {
-        return Err(contract(task, "a column state does not fit the tensor"));
+        return Err(run.contract("a column state does not fit the tensor"));
     }
     if squares {
         cols.feed_squares(&a, &b, &mut state);
     } else {
-        let norms = &received(task, info)?.coefficients;
+        let norms = &run.received()?.coefficients;
         if norms.len() != 2 * stride {
-            return Err(contract(task, "the dots' chain needs every column's norms"));
+            return Err(run.contract("the dots' chain needs every column's norms"));
         }
         let row0 = info.start as usize / stride;
         with_precision!(work, P => cols.feed_dots::<P>(row0, &a, &b, norms, &mut state));

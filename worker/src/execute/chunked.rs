@@ -2,67 +2,113 @@
 //! pass that uses the combined statistics (see [`crate::chunk`]). Elementwise chunks run
 //! through the ordinary kernels on the narrowed inputs.
 
-use super::tensor_io::{Loader, Writer};
+use super::tensor_io::{Loader, Writer, sources};
 use super::{float, gta_params};
 use crate::chunk::{self, Pipeline, select};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::della_chunk::{self, DellaMask};
 use crate::kernels::gta::GtaError;
 use crate::kernels::gta_masked::{self, Mask, MaskedInput};
-use crate::kernels::gta_stream::ChunkSource;
 use crate::kernels::magnitude_select::ChunkMask;
 use crate::kernels::nuslerp::OUTER_GROUP;
 use crate::kernels::sce_chunk::{self, Select};
 use crate::kernels::slerp_stream;
-use crate::kernels::torch_sum::DEFAULT_THREADS;
+use crate::kernels::torch_sum::{DEFAULT_THREADS, torch_parts};
 use crate::kernels::{ram, sce};
 use crate::methods::{self, MethodKind};
 use crate::rng::Mt19937;
 use crate::with_precision;
 use shardmerge_proto::v1::{ChunkInfo, ChunkStats, CombinedStats, InputCombined, InputStats, MergeTask};
+use std::ops::Range;
 
-pub(super) fn kernel_err(task: &MergeTask) -> impl Fn(KernelError) -> TaskError + '_ {
-    |source| TaskError::Kernel {
-        tensor: task.tensor.clone(),
-        source,
+/// One chunk task being run: the task, its chunk and, for an apply chunk, its output.
+pub(super) struct ChunkRun<'a> {
+    /// The task.
+    pub(super) task: &'a MergeTask,
+    /// The task's chunk.
+    pub(super) info: &'a ChunkInfo,
+    /// Where an apply chunk writes its values (`None` for a statistics pass).
+    pub(super) out: Option<&'a Writer<'a>>,
+}
+
+impl<'a> ChunkRun<'a> {
+    /// Chunk `info` of `task`, writing to `out` if it is an apply chunk.
+    pub(super) fn new(task: &'a MergeTask, info: &'a ChunkInfo, out: Option<&'a Writer<'a>>) -> Self {
+        ChunkRun { task, info, out }
+    }
+
+    /// Turns a kernel's error into the task's.
+    pub(super) fn err(&self) -> impl Fn(KernelError) -> TaskError + 'a {
+        let task = self.task;
+        move |source| TaskError::Kernel {
+            tensor: task.tensor.clone(),
+            source,
+        }
+    }
+
+    /// A broken contract between the planner and this chunk: `msg` says which.
+    pub(super) fn contract(&self, msg: impl Into<String>) -> TaskError {
+        self.err()(KernelError::Contract(msg.into()))
+    }
+
+    /// The statistics this chunk received, required from pass 2 on and for apply.
+    pub(super) fn received(&self) -> Result<&'a CombinedStats, TaskError> {
+        let info = self.info;
+        info.stats
+            .as_ref()
+            .ok_or_else(|| self.contract(format!("chunk pass {} dispatched without statistics", info.pass)))
+    }
+
+    /// The output an apply chunk writes to.
+    pub(super) fn output(&self) -> Result<&'a Writer<'a>, TaskError> {
+        self.out.ok_or_else(|| self.contract("apply chunk without output"))
+    }
+
+    /// The output an apply chunk writes to, as the streamed kernels' sink (values at an
+    /// element offset).
+    pub(super) fn sink(&self) -> Result<impl Fn(usize, &[f32]) -> Result<(), TaskError> + Sync + 'a, TaskError> {
+        let out = self.output()?;
+        Ok(move |start: usize, values: &[f32]| out.write(start, values))
+    }
+
+    /// The part of a sum torch runs on `threads` threads that a statistics chunk lies in, and
+    /// the chunk's element range.
+    pub(super) fn part_of(&self, threads: usize) -> Result<(Range<usize>, Range<usize>), TaskError> {
+        let info = self.info;
+        let total = info.tensor_numel as usize;
+        let range = info.start as usize..(info.start + info.len) as usize;
+        let part = torch_parts(total, threads)
+            .into_iter()
+            .find(|p| p.contains(&range.start) && range.end <= p.end)
+            .ok_or_else(|| self.contract("a statistics chunk crosses torch's summation parts"))?;
+        Ok((part, range))
+    }
+
+    /// The length of the summation part (of a sum torch runs on `threads` threads) a
+    /// statistics chunk lies in, and the chunk's offset in it.
+    fn sum_part(&self, threads: usize) -> Result<(usize, usize), TaskError> {
+        let (part, range) = self.part_of(threads)?;
+        Ok((part.len(), range.start - part.start))
     }
 }
 
-pub(super) fn contract(task: &MergeTask, msg: impl Into<String>) -> TaskError {
-    kernel_err(task)(KernelError::Contract(msg.into()))
-}
-
-/// The statistics this chunk received, required from pass 2 on and for apply.
-pub(super) fn received<'t>(task: &'t MergeTask, info: &'t ChunkInfo) -> Result<&'t CombinedStats, TaskError> {
-    info.stats
-        .as_ref()
-        .ok_or_else(|| contract(task, format!("chunk pass {} dispatched without statistics", info.pass)))
-}
-
 /// Runs a chunk task of a tensor with statistics passes: a statistics pass returns its
-/// partial statistics, the apply pass writes through `out` and returns `None`.
-pub(super) fn run(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let pipeline = chunk::pipeline(task).map_err(kernel_err(task))?;
+/// partial statistics, the apply pass writes through `run.out` and returns `None`.
+pub(super) fn run(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let pipeline = chunk::pipeline(task).map_err(run.err())?;
     if !pipeline.chained() && pipeline.passes() != info.passes {
-        return Err(contract(
-            task,
-            format!(
-                "{pipeline:?} has {} passes, the task says {}",
-                pipeline.passes(),
-                info.passes
-            ),
-        ));
+        return Err(run.contract(format!(
+            "{pipeline:?} has {} passes, the task says {}",
+            pipeline.passes(),
+            info.passes
+        )));
     }
     let n = loader.numel;
     let work = loader.work;
     match pipeline {
         Pipeline::Slerp => {
-            let (b, o) = chunk::combine::slerp_inputs(task).map_err(kernel_err(task))?;
+            let (b, o) = chunk::combine::slerp_inputs(task).map_err(run.err())?;
             let base = loader.open(b)?;
             let other = loader.open(o)?;
             match info.pass {
@@ -78,9 +124,9 @@ pub(super) fn run(
                     }))
                 }
                 2 => {
-                    let s = received(task, info)?;
+                    let s = run.received()?;
                     let [na, nb] = s.slerp[..] else {
-                        return Err(contract(task, "slerp pass 2 needs two norms"));
+                        return Err(run.contract("slerp pass 2 needs two norms"));
                     };
                     let dots = slerp_stream::block_dots(n, &base, &other, na, nb)?;
                     Ok(Some(ChunkStats {
@@ -90,12 +136,11 @@ pub(super) fn run(
                     }))
                 }
                 _ => {
-                    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-                    let s = received(task, info)?;
+                    let sink = run.sink()?;
+                    let s = run.received()?;
                     let [ca, cb] = s.slerp[..] else {
-                        return Err(contract(task, "slerp apply needs two coefficients"));
+                        return Err(run.contract("slerp apply needs two coefficients"));
                     };
-                    let sink = |start: usize, values: &[f32]| out.write(start, values);
                     with_precision!(work, P => slerp_stream::interpolate_streamed::<P, TaskError>(
                         n, &base, &other, ca, cb, &sink
                     ))?;
@@ -107,45 +152,29 @@ pub(super) fn run(
         | Pipeline::Magnitude
         | Pipeline::MagnitudeRescale
         | Pipeline::Ranked
-        | Pipeline::RankedRescale => gta(task, info, pipeline, loader, out),
-        Pipeline::Sce => sce(task, info, loader, out),
-        Pipeline::RamPlus => ram_plus(task, info, loader, out),
-        Pipeline::Chain => super::chained::model_stock(task, info, loader, out),
-        Pipeline::NuslerpChain => super::chained::nuslerp(task, info, loader, out),
-        Pipeline::Multislerp => super::chained::multislerp(task, info, loader, out),
-        Pipeline::Arcee => super::arcee_chunked::run(task, info, loader, out),
-        Pipeline::Karcher => super::chained::karcher(task, info, loader, out),
-        Pipeline::NuslerpColumns => super::chained::nuslerp_columns(task, info, loader, out),
+        | Pipeline::RankedRescale => gta(run, pipeline, loader),
+        Pipeline::Sce => sce(run, loader),
+        Pipeline::RamPlus => ram_plus(run, loader),
+        Pipeline::Chain => super::chained::model_stock(run, loader),
+        Pipeline::NuslerpChain => super::chained::nuslerp(run, loader),
+        Pipeline::Multislerp => super::chained::multislerp(run, loader),
+        Pipeline::Arcee => super::arcee_chunked::run(run, loader),
+        Pipeline::Karcher => super::chained::karcher(run, loader),
+        Pipeline::NuslerpColumns => super::chained::nuslerp_columns(run, loader),
         Pipeline::Elementwise | Pipeline::Rows | Pipeline::Whole => {
-            Err(contract(task, format!("{pipeline:?} has no chunk passes")))
+            Err(run.contract(format!("{pipeline:?} has no chunk passes")))
         }
     }
 }
 
-/// The length of the torch summation part a statistics chunk lies in, and the chunk's offset
-/// in it.
-fn sum_part(task: &MergeTask, info: &ChunkInfo) -> Result<(usize, usize), TaskError> {
-    sum_part_in(task, info, DEFAULT_THREADS)
-}
-
-/// [`sum_part`] of a sum torch runs on `threads` threads.
-fn sum_part_in(task: &MergeTask, info: &ChunkInfo, threads: usize) -> Result<(usize, usize), TaskError> {
-    let (part, range) = super::chained::part_of(task, info, threads)?;
-    Ok((part.len(), range.start - part.start))
-}
-
 /// ramplus_tl: the counting pass and apply, over the chunk's inputs loaded whole.
-fn ram_plus(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let err = kernel_err(task);
+fn ram_plus(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let err = run.err();
     let (b, others) = super::whole::split_base(task).map_err(&err)?;
     let epsilon = float(&task.shared_params, "epsilon").map_err(&err)?;
     let mut base = loader.load(b)?;
-    let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = loader.load_all(others.iter().copied())?;
     let xs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
     let work = loader.work;
     if info.pass == 1 {
@@ -160,10 +189,10 @@ fn ram_plus(
             ..Default::default()
         }));
     }
-    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-    let lambda = &received(task, info)?.coefficients;
+    let out = run.output()?;
+    let lambda = &run.received()?.coefficients;
     if lambda.len() != xs.len() {
-        return Err(contract(task, "ramplus_tl apply needs one lambda per model"));
+        return Err(run.contract("ramplus_tl apply needs one lambda per model"));
     }
     let (start, numel) = (info.start as usize, info.tensor_numel as usize);
     with_precision!(work, P => ram::plus_apply::<P>(&mut base, &xs, epsilon, lambda, start, numel));
@@ -172,17 +201,12 @@ fn ram_plus(
 }
 
 /// sce: the three statistics passes (see [`sce_chunk`]) and apply.
-fn sce(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let err = kernel_err(task);
-    let (b, others) = super::whole::split_base(task).map_err(&err)?;
+fn sce(run: &ChunkRun<'_>, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let (b, others) = super::whole::split_base(task).map_err(run.err())?;
     let base = loader.open(b)?;
-    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
-    let xs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let opened = loader.open_all(others.iter().copied())?;
+    let xs = sources(&opened);
     let (n, work) = (loader.numel, loader.work);
     let selection = |r: &InputCombined| match (r.keep_all, r.keep_none) {
         (true, _) => Select::All,
@@ -190,11 +214,11 @@ fn sce(
         _ => Select::TopK(ChunkMask::new(r.threshold, r.keep_ties)),
     };
     let received_selection = || -> Result<InputCombined, TaskError> {
-        received(task, info)?
+        run.received()?
             .inputs
             .first()
             .cloned()
-            .ok_or_else(|| contract(task, "sce chunk without its selection"))
+            .ok_or_else(|| run.contract("sce chunk without its selection"))
     };
     let high = match info.pass {
         1 => None,
@@ -203,15 +227,15 @@ fn sce(
             if r.keep_all || r.keep_none {
                 return Ok(Some(ChunkStats::default()));
             }
-            Some(u16::try_from(r.high_bin).map_err(|_| contract(task, "high bin out of range"))?)
+            Some(u16::try_from(r.high_bin).map_err(|_| run.contract("high bin out of range"))?)
         }
         3 => {
             let select = selection(&received_selection()?);
-            let (part_len, offset) = sum_part_in(task, info, sce::mean_square_threads(xs.len()))?;
+            let (part_len, offset) = run.sum_part(sce::mean_square_threads(xs.len()))?;
             let partials = with_precision!(work, P => sce_chunk::mean_squares::<P, TaskError>(
                 part_len, offset, n, &base, &xs, select
             ))?
-            .map_err(|e| contract(task, e))?;
+            .map_err(|e| run.contract(e))?;
             let mut inputs = vec![InputStats::default(); task.inputs.len()];
             for (&i, p) in others.iter().zip(partials) {
                 inputs[i].sums = p.to_floats();
@@ -222,22 +246,21 @@ fn sce(
             }));
         }
         _ => {
-            let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
-            let s = received(task, info)?;
+            let sink = run.sink()?;
+            let s = run.received()?;
             if s.coefficients.len() != xs.len() {
-                return Err(contract(task, "sce apply needs one weight per model"));
+                return Err(run.contract("sce apply needs one weight per model"));
             }
             let select = selection(&received_selection()?);
             let total = info.tensor_numel as usize;
             let grouped = total / OUTER_GROUP * OUTER_GROUP;
-            let sink = |start: usize, values: &[f32]| out.write(start, values);
             with_precision!(work, P => sce_chunk::apply::<P, TaskError>(
                 n, info.start as usize, grouped, &base, &xs, select, &s.coefficients, &sink
             ))?;
             return Ok(None);
         }
     };
-    let topk = float(&task.shared_params, "select_topk").map_err(&err)?;
+    let topk = float(&task.shared_params, "select_topk").map_err(run.err())?;
     if info.pass == 1 && !(topk > 0.0 && topk < 1.0) {
         // No selection: the combine step ignores pass 1.
         return Ok(Some(ChunkStats::default()));
@@ -256,29 +279,21 @@ fn sce(
 }
 
 /// The task-arithmetic family's statistics and apply passes.
-fn gta(
-    task: &MergeTask,
-    info: &ChunkInfo,
-    pipeline: Pipeline,
-    loader: &mut Loader<'_>,
-    out: Option<&Writer<'_>>,
-) -> Result<Option<ChunkStats>, TaskError> {
-    let err = kernel_err(task);
+fn gta(run: &ChunkRun<'_>, pipeline: Pipeline, loader: &mut Loader<'_>) -> Result<Option<ChunkStats>, TaskError> {
+    let (task, info) = (run.task, run.info);
+    let err = run.err();
     let spec = methods::lookup(&task.method).ok_or_else(|| err(KernelError::UnknownMethod(task.method.clone())))?;
     let MethodKind::Gta(variant) = spec.kind else {
-        return Err(contract(task, "not a task-arithmetic method"));
+        return Err(run.contract("not a task-arithmetic method"));
     };
     let (opts, b, params) = gta_params(task).map_err(&err)?;
     let n = loader.numel;
     let work = loader.work;
     let base = loader.open(b)?;
-    let opened = params
-        .iter()
-        .map(|p| loader.open(p.index))
-        .collect::<Result<Vec<_>, _>>()?;
+    let opened = loader.open_all(params.iter().map(|p| p.index))?;
     let total = info.tensor_numel;
     // A DELLA statistics chunk reads the whole ranking blocks around its range (its window).
-    let window = chunk::read_range(task).ok_or_else(|| contract(task, "not a chunk task"))?;
+    let window = chunk::read_range(task).ok_or_else(|| run.contract("not a chunk task"))?;
     let (window_len, skip) = (
         (window.end - window.start) as usize,
         (info.start - window.start) as usize,
@@ -304,23 +319,23 @@ fn gta(
             match pipeline {
                 Pipeline::RankedRescale if density < 1.0 => {
                     let mask = della(i, rng, density, p.epsilon)?;
-                    let (part_len, offset) = sum_part(task, info)?;
+                    let (part_len, offset) = run.sum_part(DEFAULT_THREADS)?;
                     let kind = chunk::sum_kind(pipeline, task.working_dtype());
                     let (before, after) = with_precision!(work, P => della_chunk::sums::<P, TaskError>(
                         kind, part_len, offset, &base, x, window_len, skip, n, &mask
                     ))?
-                    .map_err(|e| contract(task, e))?;
+                    .map_err(|e| run.contract(e))?;
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
                 }
                 Pipeline::RandomRescale if density < 1.0 => {
                     let rng = rng.ok_or_else(|| err(KernelError::Gta(GtaError::MissingRng(i))))?;
-                    let (part_len, offset) = sum_part(task, info)?;
+                    let (part_len, offset) = run.sum_part(DEFAULT_THREADS)?;
                     let kind = chunk::sum_kind(pipeline, task.working_dtype());
                     let (before, after) = with_precision!(work, P => gta_masked::random_sums::<P, TaskError>(
                         kind, part_len, offset, n, &base, x, density, rng
                     ))?
-                    .map_err(|e| contract(task, e))?;
+                    .map_err(|e| run.contract(e))?;
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
                 }
@@ -335,10 +350,11 @@ fn gta(
                         stats.counts = h.counts;
                         continue;
                     }
-                    let r = received(task, info)?
+                    let r = run
+                        .received()?
                         .inputs
                         .get(i)
-                        .ok_or_else(|| contract(task, "missing input"))?;
+                        .ok_or_else(|| run.contract("missing input"))?;
                     if info.pass == 2 {
                         let [lower, upper] = select::pass2_bins(r, sel).map_err(&err)?;
                         let lower = lower.map(|h| histogram(Some(h))).transpose()?;
@@ -347,12 +363,12 @@ fn gta(
                         continue;
                     }
                     let mask = select::select_mask(r, sel);
-                    let (part_len, offset) = sum_part(task, info)?;
+                    let (part_len, offset) = run.sum_part(DEFAULT_THREADS)?;
                     let kind = chunk::sum_kind(pipeline, task.working_dtype());
                     let (before, after) = with_precision!(work, P => gta_masked::selection_sums::<P, TaskError>(
                         kind, part_len, offset, n, &base, x, mask
                     ))?
-                    .map_err(|e| contract(task, e))?;
+                    .map_err(|e| run.contract(e))?;
                     stats.sums = before.to_floats();
                     stats.masked_sums = after.to_floats();
                 }
@@ -365,11 +381,11 @@ fn gta(
             ..Default::default()
         }));
     }
-    let out = out.ok_or_else(|| contract(task, "apply chunk without output"))?;
+    let sink = run.sink()?;
     let none = CombinedStats::default();
     let s = match pipeline {
         Pipeline::Ranked => &none,
-        _ => received(task, info)?,
+        _ => run.received()?,
     };
     let mut masked = Vec::new();
     for (p, x) in params.into_iter().zip(&opened) {
@@ -377,7 +393,7 @@ fn gta(
         let none = InputCombined::default();
         let r = match pipeline {
             Pipeline::Ranked => &none,
-            _ => s.inputs.get(i).ok_or_else(|| contract(task, "missing input"))?,
+            _ => s.inputs.get(i).ok_or_else(|| run.contract("missing input"))?,
         };
         let mask = match pipeline {
             Pipeline::Ranked | Pipeline::RankedRescale if density >= 1.0 => Mask::Keep,
@@ -403,7 +419,6 @@ fn gta(
             scale: r.rescale,
         });
     }
-    let sink = |start: usize, values: &[f32]| out.write(start, values);
     with_precision!(work, P => gta_masked::merge_masked::<P, TaskError>(variant, opts, n, &base, masked, &sink))?;
     Ok(None)
 }

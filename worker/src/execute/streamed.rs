@@ -2,7 +2,7 @@
 //! the output (no whole-tensor f32 buffers): model_stock and nuslerp over contiguous vectors
 //! (see [`crate::kernels::model_stock_stream`] and [`crate::kernels::nuslerp_stream`]).
 
-use super::tensor_io::{Loader, Opened, Writer};
+use super::tensor_io::{Loader, Opened, Writer, sources};
 use super::{boolean, whole};
 use crate::error::{KernelError, TaskError};
 use crate::kernels::gta_stream::ChunkSource;
@@ -31,8 +31,8 @@ pub(super) fn model_stock(task: &MergeTask, loader: &mut Loader<'_>, out: &Write
         .unwrap_or(task.numel) as usize;
     let (b, others) = whole::split_base(task).map_err(&err)?;
     let base = loader.open(b)?;
-    let opened = others.iter().map(|&i| loader.open(i)).collect::<Result<Vec<_>, _>>()?;
-    let refs: Vec<&dyn ChunkSource<TaskError>> = opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect();
+    let opened = loader.open_all(others)?;
+    let refs = sources(&opened);
     let sink = |start: usize, values: &[f32]| out.write(start, values);
     with_precision!(loader.work, P => model_stock_stream::merge_streamed::<P, TaskError>(
         loader.numel, row, filter_wise, &base, &refs, &sink

@@ -210,6 +210,16 @@ impl<'a> Loader<'a> {
         rounding.map(|r| r.filter(|&r| r != WorkDType::F32))
     }
 
+    /// Opens the inputs `indices`, in their order (see [`Loader::open`]).
+    pub(super) fn open_all(&mut self, indices: impl IntoIterator<Item = usize>) -> Result<Vec<Opened<'a>>, TaskError> {
+        indices.into_iter().map(|i| self.open(i)).collect()
+    }
+
+    /// Loads the inputs `indices`, in their order (see [`Loader::load`]).
+    pub(super) fn load_all(&mut self, indices: impl IntoIterator<Item = usize>) -> Result<Vec<Buffer>, TaskError> {
+        indices.into_iter().map(|i| self.load(i)).collect()
+    }
+
     /// Input `index` as a whole tensor of working-dtype values.
     pub(super) fn load(&mut self, index: usize) -> Result<Buffer, TaskError> {
         let opened = self.open(index)?;
@@ -222,6 +232,11 @@ impl<'a> Loader<'a> {
         }
         Ok(v)
     }
+}
+
+/// The streamed kernels' view of opened inputs.
+pub(super) fn sources<'s>(opened: &'s [Opened<'_>]) -> Vec<&'s dyn ChunkSource<TaskError>> {
+    opened.iter().map(|o| o as &dyn ChunkSource<TaskError>).collect()
 }
 
 fn round_in_place(w: WorkDType, v: &mut [f32]) {

@@ -47,9 +47,7 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
         MethodKind::Karcher => {
             let max_iter = float(&task.shared_params, "max_iter").map_err(kernel_err)? as i64;
             let tol = float(&task.shared_params, "tol").map_err(kernel_err)?;
-            let mut loaded = (0..task.inputs.len())
-                .map(|i| loader.load(i))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut loaded = loader.load_all(0..task.inputs.len())?;
             if loaded.len() > 1 {
                 let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
                 with_precision!(work, P => karcher::merge::<P>(&mut refs, max_iter, tol));
@@ -70,7 +68,7 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
                 .as_ref()
                 .map_or((0, task.numel), |c| (c.start, c.tensor_numel));
             let mut base = loader.load(b)?;
-            let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let loaded = loader.load_all(others.iter().copied())?;
             let refs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
             with_precision!(work, P => ram::merge::<P>(&mut base, &refs, epsilon, start as usize, numel as usize));
             Ok(base)
@@ -79,7 +77,7 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
             let get = |name| float(&task.shared_params, name).map_err(kernel_err);
             let (epsilon, r, alpha) = (get("epsilon")?, get("r")?, get("alpha")?);
             let mut base = loader.load(b)?;
-            let loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let loaded = loader.load_all(others.iter().copied())?;
             let refs: Vec<&[f32]> = loaded.iter().map(|x| &x[..]).collect();
             with_precision!(work, P => ram::merge_plus::<P>(&mut base, &refs, epsilon, r, alpha));
             Ok(base)
@@ -87,7 +85,7 @@ pub(super) fn run(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>) -
         MethodKind::Sce => {
             let select_topk = float(&task.shared_params, "select_topk").map_err(kernel_err)?;
             let mut base = loader.load(b)?;
-            let mut loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let mut loaded = loader.load_all(others.iter().copied())?;
             let mut refs: Vec<&mut [f32]> = loaded.iter_mut().map(|x| &mut x[..]).collect();
             with_precision!(work, P => sce::merge::<P>(&mut base, &mut refs, select_topk));
             Ok(base)
@@ -177,7 +175,7 @@ fn run_base_optional(task: &MergeTask, kind: MethodKind, loader: &mut Loader<'_>
         _ => {
             let normalize = boolean(&task.shared_params, "normalize_weights").map_err(kernel_err)?;
             let eps = float(&task.shared_params, "eps").map_err(kernel_err)?;
-            let mut loaded = others.iter().map(|&i| loader.load(i)).collect::<Result<Vec<_>, _>>()?;
+            let mut loaded = loader.load_all(others.iter().copied())?;
             if loaded.len() == 1 {
                 // mergekit returns the single input unchanged (the base is not added back).
                 return Ok(loaded.remove(0));
