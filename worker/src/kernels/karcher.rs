@@ -20,7 +20,9 @@
 //! the bf16 one is an f64 dot rounded to bf16. See `tests/golden/README.md` for what is exact.
 
 use super::WorkDType;
+use super::karcher_ops::{add_tangent_rnd, add_weighted_rnd, rotate_rnd, scale_rnd};
 use super::precision::Precision;
+use super::stream_ops::div_rnd;
 use super::torch_norm::torch_vector_norm_f32;
 use super::torch_trig::{torch_acos_f32, torch_sin_f32};
 use rayon::prelude::*;
@@ -95,8 +97,11 @@ pub(crate) fn sin<P: Precision>(x: f32) -> f32 {
 
 /// `rnd(x / s)` for every element (an f32 0-dim divisor is used at full precision).
 pub(crate) fn divide<P: Precision>(x: &mut [f32], s: f32) {
-    x.par_iter_mut().for_each(|v| *v = P::rnd(*v / s));
+    x.par_chunks_mut(PIECE).for_each(|x| div_rnd::<P>(x, s));
 }
+
+/// Elements per parallel piece of the elementwise loops.
+const PIECE: usize = 1 << 14;
 
 /// The Karcher mean of `xs` (at least two inputs, in mergekit's order; the first is
 /// overwritten with the result, the others with scratch).
@@ -120,9 +125,9 @@ pub fn merge<P: Precision>(xs: &mut [&mut [f32]], max_iter: i64, tol: f64) {
     let units: Vec<&[f32]> = valid.iter().map(|&i| &xs[i][..]).collect();
     let mut mean = vec![0.0f32; n];
     for u in &units {
-        mean.par_iter_mut()
-            .zip(u.par_iter())
-            .for_each(|(m, &u)| *m = P::rnd(*m + P::rnd(u * weight)));
+        mean.par_chunks_mut(PIECE)
+            .zip(u.par_chunks(PIECE))
+            .for_each(|(m, u)| add_weighted_rnd::<P>(m, u, weight));
     }
     let mean_norm = torch_vector_norm_f32(&mean);
     if f64::from(mean_norm) < tol {
@@ -141,18 +146,18 @@ pub fn merge<P: Precision>(xs: &mut [&mut [f32]], max_iter: i64, tol: f64) {
             }
             let c = P::rnd(P::rnd(theta / sin::<P>(theta)) * weight);
             tangent
-                .par_iter_mut()
-                .zip(u.par_iter().zip(mean.par_iter()))
-                .for_each(|(t, (&u, &m))| *t = P::rnd(*t + P::rnd(c * P::rnd(u - P::rnd(d * m)))));
+                .par_chunks_mut(PIECE)
+                .zip(u.par_chunks(PIECE).zip(mean.par_chunks(PIECE)))
+                .for_each(|(t, (u, m))| add_tangent_rnd::<P>(t, u, m, d, c));
         }
         let tn = torch_vector_norm_f32(&tangent);
         if f64::from(tn) < tol {
             break;
         }
         let (c, s) = (P::rnd(f64::from(tn).cos() as f32), P::rnd(torch_sin_f32(tn)));
-        mean.par_iter_mut().zip(tangent.par_iter()).for_each(|(m, &t)| {
-            *m = P::rnd(P::rnd(c * *m) + P::rnd(s * P::rnd(t / tn)));
-        });
+        mean.par_chunks_mut(PIECE)
+            .zip(tangent.par_chunks(PIECE))
+            .for_each(|(m, t)| rotate_rnd::<P>(m, t, c, s, tn));
         let un = torch_vector_norm_f32(&mean);
         if f64::from(un) > tol {
             divide::<P>(&mut mean, un);
@@ -160,9 +165,12 @@ pub fn merge<P: Precision>(xs: &mut [&mut [f32]], max_iter: i64, tol: f64) {
     }
     let s = P::rnd(scale);
     xs[0]
-        .par_iter_mut()
-        .zip(mean.par_iter())
-        .for_each(|(x, &m)| *x = P::rnd(s * m));
+        .par_chunks_mut(PIECE)
+        .zip(mean.par_chunks(PIECE))
+        .for_each(|(x, m)| {
+            x.copy_from_slice(m);
+            scale_rnd::<P>(x, s);
+        });
 }
 
 #[cfg(test)]

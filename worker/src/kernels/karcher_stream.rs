@@ -12,7 +12,9 @@
 use super::WorkDType;
 use super::gta_stream::{ChunkSource, Sink};
 use super::karcher::{acos, sin};
+use super::karcher_ops::{add_tangent_rnd, add_weighted_rnd, rotate_rnd, scale_rnd};
 use super::precision::Precision;
+use super::stream_ops::div_rnd;
 use super::torch_norm::NormStream;
 use super::torch_trig::torch_sin_f32;
 use rayon::prelude::*;
@@ -257,8 +259,7 @@ impl<'s> Replay<'s> {
     /// Turns the valid inputs' values (`xs[v]` for each valid `v`, in order) into unit vectors.
     pub fn units<P: Precision>(&self, xs: &mut [Vec<f32>], len: usize) {
         for (x, &i) in xs.iter_mut().zip(&self.valid) {
-            let n = self.stats.norms[i];
-            x[..len].iter_mut().for_each(|v| *v = P::rnd(*v / n));
+            div_rnd::<P>(&mut x[..len], self.stats.norms[i]);
         }
     }
 
@@ -266,9 +267,7 @@ impl<'s> Replay<'s> {
     pub fn raw_mean<P: Precision>(&self, units: &[Vec<f32>], m: &mut [f32]) {
         m.fill(0.0);
         for u in units {
-            for (m, &u) in m.iter_mut().zip(&u[..]) {
-                *m = P::rnd(*m + P::rnd(u * self.weight));
-            }
+            add_weighted_rnd::<P>(m, u, self.weight);
         }
     }
 
@@ -278,9 +277,7 @@ impl<'s> Replay<'s> {
         let coef = coefficients::<P>(&self.stats.iters[j].dots, self.weight, self.params.tol);
         for (u, c) in units.iter().zip(coef) {
             let Some((d, c)) = c else { continue };
-            for ((t, &u), &m) in t.iter_mut().zip(&u[..]).zip(m) {
-                *t = P::rnd(*t + P::rnd(c * P::rnd(u - P::rnd(d * m))));
-            }
+            add_tangent_rnd::<P>(t, u, m, d, c);
         }
     }
 
@@ -291,7 +288,7 @@ impl<'s> Replay<'s> {
         if f64::from(mean_norm) < self.params.tol {
             m.copy_from_slice(&units[0][..m.len()]);
         } else {
-            m.iter_mut().for_each(|v| *v = P::rnd(*v / mean_norm));
+            div_rnd::<P>(m, mean_norm);
         }
     }
 
@@ -312,12 +309,10 @@ impl<'s> Replay<'s> {
             return false;
         };
         let (c, s) = (P::rnd(f64::from(tn).cos() as f32), P::rnd(torch_sin_f32(tn)));
-        for (m, &t) in m.iter_mut().zip(&t[..]) {
-            *m = P::rnd(P::rnd(c * *m) + P::rnd(s * P::rnd(t / tn)));
-        }
+        rotate_rnd::<P>(m, t, c, s, tn);
         let un = self.stats.iters[j].update_norm.unwrap_or(0.0);
         if normalize && f64::from(un) > tol {
-            m.iter_mut().for_each(|v| *v = P::rnd(*v / un));
+            div_rnd::<P>(m, un);
         }
         true
     }
@@ -514,7 +509,7 @@ pub fn apply<P: Precision, E: Send>(
             let Scratch { xs: units, m, t } = s;
             replay.mean::<P>(units, stats.iters.len(), &mut m[..l], &mut t[..l]);
             let scale = replay.scale::<P>();
-            m[..l].iter_mut().for_each(|v| *v = P::rnd(scale * *v));
+            scale_rnd::<P>(&mut m[..l], scale);
             sink(range.start, &m[..l])
         },
     )

@@ -14,6 +14,7 @@ mod gta_chunk;
 pub mod gta_masked;
 pub mod gta_stream;
 pub mod karcher;
+pub(crate) mod karcher_ops;
 pub mod karcher_stream;
 pub mod linear;
 pub mod magnitude_select;
