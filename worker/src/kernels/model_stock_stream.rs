@@ -9,13 +9,19 @@
 //! * **Per row** (`filter_wise: true`): every row's ratio depends on that row only, so one
 //!   parallel pass over groups of whole rows computes each row's ratio and output.
 //!
-//! Memory is a few pieces per thread, whatever the tensor size.
+//! Memory is a few pieces per thread, whatever the tensor size. Inputs stored as bfloat16
+//! (exactly their working-dtype values) are widened inside the statistics' subtraction and, for
+//! two models, inside the interpolation, instead of being decoded into buffers first: the same
+//! bits with less memory traffic.
 
 use super::gta_stream::{ChunkSource, Sink};
 use super::model_stock::{ModelStockError, ratio, ratio_from};
 use super::model_stock_chain::pairs;
 use super::precision::Precision;
-use super::stream_ops::{add_rnd, div_rnd, emit, feed_norm, lerp_pair_rnd, lerp_rnd, mul_rnd, push_sum, sub_rnd};
+use super::stream_ops::{
+    add_rnd, div_rnd, emit, feed_norm, lerp_pair_bf16_rnd, lerp_pair_rnd, lerp_rnd, mul_rnd, push_sum, sub_bf16_rnd,
+    sub_rnd,
+};
 use super::torch_norm::NormStream;
 use super::torch_sum::{DEFAULT_THREADS, torch_combine_rounded, torch_parts};
 use super::torch_sum_stream::{SumKind, TorchSumStream};
@@ -91,8 +97,7 @@ impl Scratch {
         norms: &mut [NormStream],
         mut dot: impl FnMut(usize, &[f32]),
     ) -> Result<(), E> {
-        self.read(start, len, base, others)?;
-        self.deltas::<P>(len);
+        self.read_deltas::<P, E>(start, len, base, others)?;
         for (norm, d) in norms.iter_mut().zip(&self.others) {
             feed_norm(norm, &d[..len]);
         }
@@ -100,6 +105,31 @@ impl Scratch {
             mul_rnd::<P>(&mut self.prod[..len], &self.others[i][..len], &self.others[j][..len]);
             dot(q, &self.prod[..len]);
         }
+        Ok(())
+    }
+
+    /// Reads elements `start .. start + len` of every input and turns the fine-tuned ones into
+    /// task vectors (the base is not kept). Stored bfloat16 inputs are widened inside the
+    /// subtraction, so the inputs are not decoded into buffers first.
+    fn read_deltas<P: Precision, E>(
+        &mut self,
+        start: usize,
+        len: usize,
+        base: &dyn ChunkSource<E>,
+        others: &[&dyn ChunkSource<E>],
+    ) -> Result<(), E> {
+        let range = start..start + len;
+        if let Some(b) = stored_bf16(base, &range) {
+            let xs: Option<Vec<_>> = others.iter().map(|o| stored_bf16(*o, &range)).collect();
+            if let Some(xs) = xs {
+                for (d, x) in self.others.iter_mut().zip(xs) {
+                    sub_bf16_rnd::<P>(&mut d[..len], x, b);
+                }
+                return Ok(());
+            }
+        }
+        self.read(start, len, base, others)?;
+        self.deltas::<P>(len);
         Ok(())
     }
 
@@ -194,11 +224,28 @@ pub(crate) fn apply_pass<P: Precision, E: Send>(
         || Scratch::new(others.len(), PIECE.min(n)),
         |s, i| {
             let (start, len) = (i * PIECE, PIECE.min(n - i * PIECE));
-            s.read(start, len, base, others)?;
-            s.average_and_interpolate::<P>(len, t);
+            let range = start..start + len;
+            let raw = match others {
+                [a, b] => stored_bf16(base, &range)
+                    .zip(stored_bf16(*a, &range))
+                    .zip(stored_bf16(*b, &range)),
+                _ => None,
+            };
+            if let Some(((w, a), b)) = raw {
+                lerp_pair_bf16_rnd::<P>(&mut s.base[..len], w, a, b, t, P::rnd(1.0 - t));
+            } else {
+                s.read(start, len, base, others)?;
+                s.average_and_interpolate::<P>(len, t);
+            }
             sink(start, &s.base[..len])
         },
     )
+}
+
+/// Elements `range` of `src` as stored bfloat16, when they are exactly its working-dtype values.
+fn stored_bf16<'a, E>(src: &'a dyn ChunkSource<E>, range: &std::ops::Range<usize>) -> Option<&'a [[u8; 2]]> {
+    let bytes = src.bf16_bytes()?.get(range.start * 2..range.end * 2)?;
+    Some(bytes.as_chunks::<2>().0)
 }
 
 /// `filter_wise`: groups of whole rows in parallel, each row with its own ratio.
@@ -296,6 +343,55 @@ mod tests {
                 check::<F32>(n, models, n, false);
                 check::<Bf16>(n, models, n, false);
                 check::<F16>(n, models, n, false);
+            }
+        }
+    }
+
+    /// Stored bf16 inputs: the statistics widen them inside the subtraction and, for two
+    /// models, the apply pass inside the interpolation, without a single `read`; same bits as
+    /// the whole kernel in bf16 and in f32 (bf16 inputs promoted).
+    fn check_stored<P: Precision>(n: usize, models: usize) {
+        use crate::kernels::stream_ops::StoredBf16;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (base, others) = inputs::<Bf16>(n, models, n as u64 ^ 0xB16);
+        let mut want = base.clone();
+        let mut scratch = others.clone();
+        let mut refs: Vec<&mut [f32]> = scratch.iter_mut().map(|o| &mut o[..]).collect();
+        merge::<P>(&mut want, &mut refs, n, false).unwrap();
+
+        let got = Mutex::new(vec![f32::NAN; n]);
+        let sink = |start: usize, v: &[f32]| -> Result<(), String> {
+            got.lock().unwrap()[start..start + v.len()].copy_from_slice(v);
+            Ok(())
+        };
+        let b = StoredBf16::new(base);
+        let os: Vec<StoredBf16> = others.into_iter().map(StoredBf16::new).collect();
+        let refs: Vec<&dyn ChunkSource<String>> = os.iter().map(|o| o as &dyn ChunkSource<String>).collect();
+        merge_streamed::<P, String>(n, n, false, &b, &refs, &sink)
+            .unwrap()
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&got.into_inner().unwrap()) == bits(&want),
+            "{:?} n = {n}, {models} models",
+            P::DTYPE
+        );
+        let reads = b.reads.load(Relaxed) + os.iter().map(|o| o.reads.load(Relaxed)).sum::<usize>();
+        if models == 2 {
+            assert_eq!(reads, 0, "two stored bf16 models are never decoded into buffers");
+        } else {
+            // More models: the apply pass reads (each piece of every input once), the
+            // statistics do not.
+            assert_eq!(reads, (models + 1) * n.div_ceil(PIECE));
+        }
+    }
+
+    #[test]
+    fn stored_bf16_inputs_equal_the_whole_kernel() {
+        for n in [1, 37, 3 * PIECE + 77, 300_007] {
+            for models in [2, 3] {
+                check_stored::<Bf16>(n, models);
+                check_stored::<F32>(n, models);
             }
         }
     }

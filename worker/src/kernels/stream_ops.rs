@@ -21,6 +21,25 @@ fn sub_rnd_impl<P: Precision>(x: &mut [f32], b: &[f32]) {
     }
 }
 
+/// One stored bfloat16 element (little-endian) as its exact f32 value.
+#[inline(always)]
+fn widen(x: [u8; 2]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes(x)) << 16)
+}
+
+simd_dispatch! {
+    /// `d[i] = rnd(x[i] - b[i])` from stored bfloat16 elements: [`sub_rnd`] without decoding
+    /// the inputs into buffers first.
+    pub(crate) fn sub_bf16_rnd<P: Precision>(d: &mut [f32], x: &[[u8; 2]], b: &[[u8; 2]]) => sub_bf16_rnd_impl
+}
+
+#[inline(always)]
+fn sub_bf16_rnd_impl<P: Precision>(d: &mut [f32], x: &[[u8; 2]], b: &[[u8; 2]]) {
+    for ((d, &x), &b) in d.iter_mut().zip(x).zip(b) {
+        *d = P::rnd(widen(x) - widen(b));
+    }
+}
+
 simd_dispatch! {
     /// `x[i] = rnd(b[i] + x[i])` (a result added back to the base).
     pub(crate) fn add_base_rnd<P: Precision>(x: &mut [f32], b: &[f32]) => add_base_rnd_impl
@@ -105,6 +124,28 @@ fn lerp_pair_rnd_impl<P: Precision>(w: &mut [f32], a: &[f32], b: &[f32], t: f32,
     for ((w, &a), &b) in w.iter_mut().zip(a).zip(b) {
         let avg = P::rnd(P::rnd(a + b) / 2.0);
         *w = P::rnd(P::rnd(t * avg) + P::rnd(keep * *w));
+    }
+}
+
+simd_dispatch! {
+    /// [`lerp_pair_rnd`] from stored bfloat16 elements: `out[i]` is the interpolation of the
+    /// base `w[i]` towards the average of `a[i]` and `b[i]`, with the same roundings, without
+    /// decoding the inputs into buffers first.
+    pub(crate) fn lerp_pair_bf16_rnd<P: Precision>(out: &mut [f32], w: &[[u8; 2]], a: &[[u8; 2]], b: &[[u8; 2]], t: f32, keep: f32) => lerp_pair_bf16_rnd_impl
+}
+
+#[inline(always)]
+fn lerp_pair_bf16_rnd_impl<P: Precision>(
+    out: &mut [f32],
+    w: &[[u8; 2]],
+    a: &[[u8; 2]],
+    b: &[[u8; 2]],
+    t: f32,
+    keep: f32,
+) {
+    for (((o, &w), &a), &b) in out.iter_mut().zip(w).zip(a).zip(b) {
+        let avg = P::rnd(P::rnd(widen(a) + widen(b)) / 2.0);
+        *o = P::rnd(P::rnd(t * avg) + P::rnd(keep * widen(w)));
     }
 }
 
@@ -201,5 +242,54 @@ impl super::gta_stream::ChunkSource<String> for VecSource {
         let v = self.0.get(start..start + out.len()).ok_or("out of range")?;
         out.copy_from_slice(v);
         Ok(())
+    }
+}
+
+/// A bf16-exact tensor that also offers its stored bfloat16 bytes (tests of the streamed
+/// kernels' paths that widen stored elements themselves); counts the [`read`] calls, which
+/// those paths avoid.
+///
+/// [`read`]: super::gta_stream::ChunkSource::read
+#[cfg(test)]
+pub(crate) struct StoredBf16 {
+    values: Vec<f32>,
+    raw: Vec<u8>,
+    pub(crate) reads: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl StoredBf16 {
+    pub(crate) fn new(values: Vec<f32>) -> Self {
+        assert!(
+            values.iter().all(|v| v.to_bits() & 0xffff == 0),
+            "values must be bf16-exact"
+        );
+        let raw = values
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        StoredBf16 {
+            values,
+            raw,
+            reads: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl super::gta_stream::ChunkSource<String> for StoredBf16 {
+    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), String> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        VecSource(
+            self.values
+                .get(start..start + out.len())
+                .ok_or("out of range")?
+                .to_vec(),
+        )
+        .read(0, out)
+    }
+
+    fn bf16_bytes(&self) -> Option<&[u8]> {
+        Some(&self.raw)
     }
 }
