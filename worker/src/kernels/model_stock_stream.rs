@@ -19,8 +19,8 @@ use super::model_stock::{ModelStockError, ratio, ratio_from};
 use super::model_stock_chain::pairs;
 use super::precision::Precision;
 use super::stream_ops::{
-    add_rnd, div_rnd, emit, feed_norm, lerp_pair_bf16_rnd, lerp_pair_rnd, lerp_rnd, mul_rnd, push_sum, sub_bf16_rnd,
-    sub_rnd,
+    add_rnd, div_rnd, emit, feed_norm, lerp_pair_bf16_rnd, lerp_pair_rnd, lerp_rnd, mul_rnd, push_sum, stored_bf16,
+    sub_bf16_rnd, sub_rnd,
 };
 use super::torch_norm::NormStream;
 use super::torch_sum::{DEFAULT_THREADS, torch_combine_rounded, torch_parts};
@@ -240,12 +240,6 @@ pub(crate) fn apply_pass<P: Precision, E: Send>(
             sink(start, &s.base[..len])
         },
     )
-}
-
-/// Elements `range` of `src` as stored bfloat16, when they are exactly its working-dtype values.
-fn stored_bf16<'a, E>(src: &'a dyn ChunkSource<E>, range: &std::ops::Range<usize>) -> Option<&'a [[u8; 2]]> {
-    let bytes = src.bf16_bytes()?.get(range.start * 2..range.end * 2)?;
-    Some(bytes.as_chunks::<2>().0)
 }
 
 /// `filter_wise`: groups of whole rows in parallel, each row with its own ratio.

@@ -17,7 +17,7 @@
 //! rounded from f32 (torch computes bf16 trig in f32 too).
 
 use super::precision::Precision;
-use super::stream_ops::combine_rnd;
+use super::stream_ops::{combine_bf16_rnd, combine_rnd};
 use super::torch_norm::{torch_norm_of_parts_batched_f32, torch_vector_norm_f32};
 use super::torch_sum::{DEFAULT_THREADS, torch_sum_rounded};
 use super::torch_trig::{torch_acos_f32, torch_sin_f32};
@@ -171,6 +171,14 @@ impl Coefficients {
         match self {
             Coefficients::Collinear { sf, tf } => combine_rnd::<P>(a, b, sf, tf, None),
             Coefficients::Spherical { ca, cb, sin_theta } => combine_rnd::<P>(a, b, ca, cb, Some(sin_theta)),
+        }
+    }
+
+    /// [`Self::apply`] to stored bfloat16 vectors `a` and `b`, into `out`.
+    pub(crate) fn apply_bf16<P: Precision>(self, out: &mut [f32], a: &[[u8; 2]], b: &[[u8; 2]]) {
+        match self {
+            Coefficients::Collinear { sf, tf } => combine_bf16_rnd::<P>(out, a, b, sf, tf, None),
+            Coefficients::Spherical { ca, cb, sin_theta } => combine_bf16_rnd::<P>(out, a, b, ca, cb, Some(sin_theta)),
         }
     }
 }

@@ -13,7 +13,10 @@
 use super::gta_stream::{ChunkSource, Sink};
 use super::nuslerp::{Coefficients, ROW, Vectors, slerp_vector};
 use super::precision::Precision;
-use super::stream_ops::{add_base_rnd, emit, feed_norm, normalized_products_rnd, push_sum, sub_rnd};
+use super::stream_ops::{
+    Bf16Elems, add_base_rnd, emit, feed_norm, normalized_products_bf16_rnd, normalized_products_rnd, push_sum,
+    stored_bf16, sub_rnd,
+};
 use super::torch_norm::NormStream;
 use super::torch_sum::{DEFAULT_THREADS, torch_combine_rounded, torch_parts};
 use super::torch_sum_partial::{PartialStream, SumPartial};
@@ -70,6 +73,27 @@ fn read_vector<P: Precision, E>(
 }
 
 impl<E> Inputs<'_, E> {
+    /// Both models' stored bfloat16 elements over `range`, when there is no base and both are
+    /// stored as exactly their working-dtype values: the loops then widen them themselves.
+    fn stored(&self, range: &Range<usize>) -> Option<(Bf16Elems<'_>, Bf16Elems<'_>)> {
+        match self.base {
+            None => stored_bf16(self.x0, range).zip(stored_bf16(self.x1, range)),
+            Some(_) => None,
+        }
+    }
+
+    /// The normalised products `rnd(rnd(a / n0) rnd(b / n1))` over `range`, in `s.a`.
+    fn products<P: Precision>(&self, range: Range<usize>, s: &mut Scratch, n0: f32, n1: f32) -> Result<(), E> {
+        let len = range.len();
+        if let Some((a, b)) = self.stored(&range) {
+            normalized_products_bf16_rnd::<P>(&mut s.a[..len], a, b, n0, n1);
+        } else {
+            self.read::<P>(range, s)?;
+            normalized_products_rnd::<P>(&mut s.a[..len], &s.b[..len], n0, n1);
+        }
+        Ok(())
+    }
+
     /// Both vectors (and the base values) over `range`.
     fn read<P: Precision>(&self, range: Range<usize>, s: &mut Scratch) -> Result<(), E> {
         let len = range.len();
@@ -144,8 +168,7 @@ fn flat_cosine<P: Precision, E: Send>(n: usize, inputs: &Inputs<'_, E>) -> Resul
             for start in part.clone().step_by(PIECE) {
                 let range = start..(start + PIECE).min(part.end);
                 let len = range.len();
-                inputs.read::<P>(range, &mut s)?;
-                normalized_products_rnd::<P>(&mut s.a[..len], &s.b[..len], n0, n1);
+                inputs.products::<P>(range, &mut s, n0, n1)?;
                 push_sum(&mut dot, &s.a[..len]);
             }
             Ok(dot.finish())
@@ -191,8 +214,7 @@ pub fn dot_partial<P: Precision, E>(
     for start in (0..n).step_by(PIECE) {
         let piece = start..(start + PIECE).min(n);
         let len = piece.len();
-        inputs.read::<P>(piece, &mut s)?;
-        normalized_products_rnd::<P>(&mut s.a[..len], &s.b[..len], n0, n1);
+        inputs.products::<P>(piece, &mut s, n0, n1)?;
         dot.feed(&s.a[..len]);
     }
     Ok(dot.finish())
@@ -216,9 +238,13 @@ pub(crate) fn apply<P: Precision, E: Send>(
         |s, i| {
             let range = i * PIECE..((i + 1) * PIECE).min(n);
             let len = range.len();
-            inputs.read::<P>(range.clone(), s)?;
-            coef.apply::<P>(&mut s.a[..len], &s.b[..len]);
-            add_base::<P>(&mut s.a[..len], inputs.base.map(|_| &s.base[..len]));
+            if let Some((a, b)) = inputs.stored(&range) {
+                coef.apply_bf16::<P>(&mut s.a[..len], a, b);
+            } else {
+                inputs.read::<P>(range.clone(), s)?;
+                coef.apply::<P>(&mut s.a[..len], &s.b[..len]);
+                add_base::<P>(&mut s.a[..len], inputs.base.map(|_| &s.base[..len]));
+            }
             sink(range.start, &s.a[..len])
         },
     )
@@ -304,6 +330,51 @@ mod tests {
             check::<F32>(n, Vectors::Rows(row), true, 0.6);
             check::<Bf16>(n, Vectors::Rows(row), false, 0.4);
             check::<F16>(n, Vectors::Rows(row), true, 0.5);
+        }
+    }
+
+    /// Stored bf16 models without a base: the dot and the interpolation widen the stored
+    /// elements themselves (only the norms read, each piece of each model once); same bits as
+    /// the whole kernel in bf16 and in f32 (bf16 inputs promoted), spherical and collinear.
+    fn check_stored<P: Precision>(n: usize, collinear: bool) {
+        use crate::kernels::stream_ops::StoredBf16;
+        use std::sync::atomic::Ordering::Relaxed;
+        let x0 = values::<Bf16>(n, 17 + n as u64, 0.02, None);
+        let x1 = if collinear {
+            x0.clone()
+        } else {
+            values::<Bf16>(n, 19 + n as u64, 0.02, None)
+        };
+        let mut want = x0.clone();
+        let mut w1 = x1.clone();
+        merge::<P>(&mut want, &mut w1, None, 0.4, Vectors::Flat);
+
+        let got = Mutex::new(vec![f32::NAN; n]);
+        let sink = |start: usize, v: &[f32]| -> Result<(), String> {
+            got.lock().unwrap()[start..start + v.len()].copy_from_slice(v);
+            Ok(())
+        };
+        let (s0, s1) = (StoredBf16::new(x0), StoredBf16::new(x1));
+        let inputs = Inputs {
+            x0: &s0,
+            x1: &s1,
+            base: None,
+        };
+        assert!(merge_streamed::<P, String>(n, &inputs, 0.4, Vectors::Flat, &sink).unwrap());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let what = format!("{:?} n = {n}, collinear {collinear}", P::DTYPE);
+        assert!(bits(&got.into_inner().unwrap()) == bits(&want), "{what}");
+        let reads = s0.reads.load(Relaxed) + s1.reads.load(Relaxed);
+        assert_eq!(reads, 2 * n.div_ceil(PIECE), "{what}: only the norms decode");
+    }
+
+    #[test]
+    fn stored_bf16_models_equal_the_whole_kernel() {
+        for n in [1, 37, 3 * PIECE + 77, 300_007] {
+            for collinear in [false, true] {
+                check_stored::<Bf16>(n, collinear);
+                check_stored::<F32>(n, collinear);
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! (see `kernels/simd.rs`), plus the norm and sum streams fed from such code. Every op rounds to
 //! the working precision `P` exactly as the whole kernels do; only the instructions differ.
 
-use super::gta_stream::Sink;
+use super::gta_stream::{ChunkSource, Sink};
 use super::precision::Precision;
 use super::simd::simd_dispatch;
 use super::torch_norm::NormStream;
@@ -101,6 +101,18 @@ fn normalized_products_rnd_impl<P: Precision>(a: &mut [f32], b: &[f32], na: f32,
 }
 
 simd_dispatch! {
+    /// [`normalized_products_rnd`] from stored bfloat16 elements, into `out`.
+    pub(crate) fn normalized_products_bf16_rnd<P: Precision>(out: &mut [f32], a: &[[u8; 2]], b: &[[u8; 2]], na: f32, nb: f32) => normalized_products_bf16_rnd_impl
+}
+
+#[inline(always)]
+fn normalized_products_bf16_rnd_impl<P: Precision>(out: &mut [f32], a: &[[u8; 2]], b: &[[u8; 2]], na: f32, nb: f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = P::rnd(P::rnd(widen(a) / na) * P::rnd(widen(b) / nb));
+    }
+}
+
+simd_dispatch! {
     /// `w[i] = rnd(rnd(t * avg[i]) + rnd(keep * w[i]))` (Model Stock's interpolation).
     pub(crate) fn lerp_rnd<P: Precision>(w: &mut [f32], avg: &[f32], t: f32, keep: f32) => lerp_rnd_impl
 }
@@ -169,6 +181,45 @@ fn combine_rnd_impl<P: Precision>(a: &mut [f32], b: &[f32], sa: f32, sb: f32, di
             }
         }
     }
+}
+
+simd_dispatch! {
+    /// [`combine_rnd`] from stored bfloat16 elements, into `out`.
+    pub(crate) fn combine_bf16_rnd<P: Precision>(out: &mut [f32], a: &[[u8; 2]], b: &[[u8; 2]], sa: f32, sb: f32, div: Option<f32>) => combine_bf16_rnd_impl
+}
+
+#[inline(always)]
+fn combine_bf16_rnd_impl<P: Precision>(
+    out: &mut [f32],
+    a: &[[u8; 2]],
+    b: &[[u8; 2]],
+    sa: f32,
+    sb: f32,
+    div: Option<f32>,
+) {
+    let pairs = out.iter_mut().zip(a).zip(b);
+    match div {
+        Some(d) => {
+            for ((o, &a), &b) in pairs {
+                *o = P::rnd(P::rnd(P::rnd(sa * widen(a)) + P::rnd(sb * widen(b))) / d);
+            }
+        }
+        None => {
+            for ((o, &a), &b) in pairs {
+                *o = P::rnd(P::rnd(sa * widen(a)) + P::rnd(sb * widen(b)));
+            }
+        }
+    }
+}
+
+/// Stored little-endian bfloat16 elements.
+pub(crate) type Bf16Elems<'a> = &'a [[u8; 2]];
+
+/// Elements `range` of `src` as stored bfloat16, when they are exactly its working-dtype
+/// values (see [`ChunkSource::bf16_bytes`]).
+pub(crate) fn stored_bf16<'a, E>(src: &'a dyn ChunkSource<E>, range: &std::ops::Range<usize>) -> Option<Bf16Elems<'a>> {
+    let bytes = src.bf16_bytes()?.get(range.start * 2..range.end * 2)?;
+    Some(bytes.as_chunks::<2>().0)
 }
 
 simd_dispatch! {
