@@ -223,6 +223,16 @@ pub(crate) fn stored_bf16<'a, E>(src: &'a dyn ChunkSource<E>, range: &std::ops::
 }
 
 simd_dispatch! {
+    /// Feeds stored bfloat16 elements `xs` to a norm stream (widened inside its loop).
+    pub(crate) fn feed_norm_bf16<>(s: &mut NormStream, xs: &[[u8; 2]]) => feed_norm_bf16_impl
+}
+
+#[inline(always)]
+fn feed_norm_bf16_impl(s: &mut NormStream, xs: &[[u8; 2]]) {
+    s.feed_as(xs, widen);
+}
+
+simd_dispatch! {
     /// Feeds `xs` to a norm stream.
     pub(crate) fn feed_norm<>(s: &mut NormStream, xs: &[f32]) => feed_norm_impl
 }

@@ -127,6 +127,13 @@ impl NormStream {
     /// If more than `total` elements are fed.
     #[inline(always)]
     pub fn feed(&mut self, xs: &[f32]) {
+        self.feed_as(xs, |x| x);
+    }
+
+    /// [`Self::feed`] of the values `value(x)` of the elements `xs` (for example stored
+    /// bfloat16 elements, widened inside the loop).
+    #[inline(always)]
+    pub fn feed_as<T: Copy>(&mut self, xs: &[T], value: impl Fn(T) -> f32) {
         assert!(self.fed + xs.len() <= self.total, "fed past the end of the vector");
         let mut i = 0;
         // Whole vectors when aligned (the usual case: pieces are multiples of 8).
@@ -134,6 +141,7 @@ impl NormStream {
             let whole = (self.body.saturating_sub(self.fed)).min(xs.len()) / LANES * LANES;
             for v in xs[..whole].chunks_exact(LANES) {
                 for (a, &x) in self.acc.iter_mut().zip(v) {
+                    let x = value(x);
                     *a += x * x;
                 }
             }
@@ -141,6 +149,7 @@ impl NormStream {
             self.fed += whole;
         }
         for &x in &xs[i..] {
+            let x = value(x);
             if self.fed < self.body {
                 self.acc[self.fed % LANES] += x * x;
             } else {
