@@ -301,29 +301,48 @@ mod tests {
         (base, others)
     }
 
-    fn check<P: Precision>(n: usize, models: usize, row: usize, filter_wise: bool) {
-        let (base, others) = inputs::<P>(n, models, n as u64 ^ 0x5EED);
-        let mut want = base.clone();
-        let mut scratch = others.clone();
+    /// The whole kernel's result, as bits.
+    fn whole<P: Precision>(base: &[f32], others: &[Vec<f32>], row: usize, filter_wise: bool) -> Vec<u32> {
+        let mut want = base.to_vec();
+        let mut scratch = others.to_vec();
         let mut refs: Vec<&mut [f32]> = scratch.iter_mut().map(|o| &mut o[..]).collect();
         merge::<P>(&mut want, &mut refs, row, filter_wise).unwrap();
+        want.iter().map(|x| x.to_bits()).collect()
+    }
 
+    /// [`merge_streamed`]'s result over these sources, as bits.
+    fn streamed<P: Precision, S: ChunkSource<String>>(
+        n: usize,
+        row: usize,
+        filter_wise: bool,
+        b: &S,
+        os: &[S],
+    ) -> Vec<u32> {
         let got = Mutex::new(vec![f32::NAN; n]);
         let sink = |start: usize, v: &[f32]| -> Result<(), String> {
             assert!(v.len() <= PIECE);
             got.lock().unwrap()[start..start + v.len()].copy_from_slice(v);
             Ok(())
         };
-        let b = Src(base);
-        let os: Vec<Src> = others.into_iter().map(Src).collect();
         let refs: Vec<&dyn ChunkSource<String>> = os.iter().map(|o| o as &dyn ChunkSource<String>).collect();
-        merge_streamed::<P, String>(n, row, filter_wise, &b, &refs, &sink)
+        merge_streamed::<P, String>(n, row, filter_wise, b, &refs, &sink)
             .unwrap()
             .unwrap();
-        let got = got.into_inner().unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        got.into_inner().unwrap().iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn check<P: Precision>(n: usize, models: usize, row: usize, filter_wise: bool) {
+        let (base, others) = inputs::<P>(n, models, n as u64 ^ 0x5EED);
+        let want = whole::<P>(&base, &others, row, filter_wise);
+        let got = streamed::<P, Src>(
+            n,
+            row,
+            filter_wise,
+            &Src(base),
+            &others.into_iter().map(Src).collect::<Vec<_>>(),
+        );
         assert!(
-            bits(&got) == bits(&want),
+            got == want,
             "{:?} n = {n}, {models} models, row {row}, filter_wise {filter_wise}",
             P::DTYPE
         );
@@ -348,28 +367,11 @@ mod tests {
         use crate::kernels::stream_ops::StoredBf16;
         use std::sync::atomic::Ordering::Relaxed;
         let (base, others) = inputs::<Bf16>(n, models, n as u64 ^ 0xB16);
-        let mut want = base.clone();
-        let mut scratch = others.clone();
-        let mut refs: Vec<&mut [f32]> = scratch.iter_mut().map(|o| &mut o[..]).collect();
-        merge::<P>(&mut want, &mut refs, n, false).unwrap();
-
-        let got = Mutex::new(vec![f32::NAN; n]);
-        let sink = |start: usize, v: &[f32]| -> Result<(), String> {
-            got.lock().unwrap()[start..start + v.len()].copy_from_slice(v);
-            Ok(())
-        };
+        let want = whole::<P>(&base, &others, n, false);
         let b = StoredBf16::new(base);
         let os: Vec<StoredBf16> = others.into_iter().map(StoredBf16::new).collect();
-        let refs: Vec<&dyn ChunkSource<String>> = os.iter().map(|o| o as &dyn ChunkSource<String>).collect();
-        merge_streamed::<P, String>(n, n, false, &b, &refs, &sink)
-            .unwrap()
-            .unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(
-            bits(&got.into_inner().unwrap()) == bits(&want),
-            "{:?} n = {n}, {models} models",
-            P::DTYPE
-        );
+        let got = streamed::<P, StoredBf16>(n, n, false, &b, &os);
+        assert!(got == want, "{:?} n = {n}, {models} models", P::DTYPE);
         let reads = b.reads.load(Relaxed) + os.iter().map(|o| o.reads.load(Relaxed)).sum::<usize>();
         if models == 2 {
             assert_eq!(reads, 0, "two stored bf16 models are never decoded into buffers");
