@@ -46,7 +46,7 @@ pub(super) struct Bf16Le<'a>(pub &'a [[u8; 2]]);
 impl Elems for Bf16Le<'_> {
     #[inline(always)]
     fn at(self, i: usize) -> f32 {
-        f32::from_bits(u32::from(u16::from_le_bytes(self.0[i])) << 16)
+        super::precision::widen_bf16(self.0[i])
     }
     #[inline(always)]
     fn slice(self, start: usize, len: usize) -> Self {

@@ -170,9 +170,15 @@ simd_dispatch! {
 #[inline(always)]
 fn decode_bf16_impl(bytes: &[u8], out: &mut [f32]) {
     let (pairs, _) = bytes.as_chunks::<2>();
-    for (o, b) in out.iter_mut().zip(pairs) {
-        *o = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16);
+    for (o, &b) in out.iter_mut().zip(pairs) {
+        *o = widen_bf16(b);
     }
+}
+
+/// One stored little-endian bfloat16 element as its exact f32 value (a 16-bit shift).
+#[inline(always)]
+pub fn widen_bf16(x: [u8; 2]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes(x)) << 16)
 }
 
 /// Rounds to the nearest float16 (ties to even), returned as f32.

@@ -4,7 +4,7 @@
 //! the working precision `P` exactly as the whole kernels do; only the instructions differ.
 
 use super::gta_stream::{ChunkSource, Sink};
-use super::precision::Precision;
+use super::precision::{Precision, widen_bf16 as widen};
 use super::simd::simd_dispatch;
 use super::torch_norm::NormStream;
 use super::torch_sum_stream::TorchSumStream;
@@ -19,12 +19,6 @@ fn sub_rnd_impl<P: Precision>(x: &mut [f32], b: &[f32]) {
     for (x, &b) in x.iter_mut().zip(b) {
         *x = P::rnd(*x - b);
     }
-}
-
-/// One stored bfloat16 element (little-endian) as its exact f32 value.
-#[inline(always)]
-fn widen(x: [u8; 2]) -> f32 {
-    f32::from_bits(u32::from(u16::from_le_bytes(x)) << 16)
 }
 
 simd_dispatch! {
